@@ -1,0 +1,36 @@
+//! Wire types of the Tanvrit Compute API: what travels between clients, agents and replicas.
+//!
+//! # Layout
+//! - [`ids`]: identifiers and timestamps.
+//! - [`job`], [`node`], [`key`], [`credit`], [`schedule`]: the resources, with their
+//!   `<Noun><Verb>Request` / `Response` types.
+//! - [`cluster`]: topology and read consistency.
+//! - [`error`]: the JSON error body every non-2xx response carries.
+//!
+//! This crate depends on serde only (plus `utoipa` behind the `openapi` feature, so the
+//! server can describe these types in `/api/openapi.json` without the SDK paying for it).
+
+pub mod cluster;
+pub mod credit;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod key;
+pub mod node;
+pub mod schedule;
+
+pub use cluster::*;
+pub use credit::*;
+pub use error::*;
+pub use ids::*;
+pub use job::*;
+pub use key::*;
+pub use node::*;
+pub use schedule::*;
+
+/// Response header carrying the responding replica's applied index.
+pub const INDEX_HEADER: &str = "X-Tanvrit-Index";
+/// Request header naming an idempotency key for a mutating call.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// Path prefix of every API route.
+pub const API_PREFIX: &str = "/api/compute";

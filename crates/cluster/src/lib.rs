@@ -1,0 +1,106 @@
+//! The `ClusterService`: the one door every write goes through, and the read barriers
+//! that make reads as fresh as a request asks.
+//!
+//! # Layout
+//! - this file: the [`ClusterService`] trait, [`Receipt`], [`ClusterError`].
+//! - [`reader`]: [`Reader`], local read access to a replica's applied state and job logs.
+//! - [`single_node`]: [`SingleNode`], the reference implementation (always leader; the
+//!   redb store is the log).
+//!
+//! Call sites hold an `Arc<dyn ClusterService>` and never know which implementation
+//! is bound (seed section 4).
+
+pub mod reader;
+pub mod single_node;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tanvrit_api::{Consistency, Index, Role, Topology};
+use tanvrit_state::{Command, Outcome};
+
+pub use reader::{LogWindow, Reader};
+pub use single_node::{SingleNode, SingleNodeConfig};
+
+/// What a write produced: the command's outcome and the log index it was applied at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// Accepted (with its effect) or rejected by `apply` (with a typed reason).
+    pub outcome: Outcome,
+    /// The log index the command was applied at (rejected commands have one too).
+    pub index: Index,
+}
+
+/// Why the cluster could not take a write or serve a read. Each has a stable code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known right now (election in progress); retry after the hint.
+    #[error("no leader is available; retry in {retry_after:?}")]
+    NoLeader {
+        /// How long a client should wait before retrying.
+        retry_after: Duration,
+        /// The leader this replica last knew, if any.
+        leader: Option<String>,
+    },
+    /// This replica did not reach the requested index in time.
+    #[error("replica has applied {applied}, not yet {wanted}; retry in {retry_after:?}")]
+    NotCaughtUp {
+        /// The index asked for.
+        wanted: Index,
+        /// What this replica has applied.
+        applied: Index,
+        /// How long a client should wait before retrying.
+        retry_after: Duration,
+    },
+    /// The replica is shutting down.
+    #[error("replica is shutting down")]
+    ShuttingDown,
+    /// The local store failed; the write was not acknowledged.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// Anything else unexpected inside the cluster layer.
+    #[error("internal cluster error: {0}")]
+    Internal(String),
+}
+
+impl ClusterError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClusterError::NoLeader { .. } => "no_leader",
+            ClusterError::NotCaughtUp { .. } => "not_caught_up",
+            ClusterError::ShuttingDown => "shutting_down",
+            ClusterError::Storage(_) => "storage_error",
+            ClusterError::Internal(_) => "internal",
+        }
+    }
+
+    /// When the client should retry, for `Retry-After` (503s only).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClusterError::NoLeader { retry_after, .. }
+            | ClusterError::NotCaughtUp { retry_after, .. } => Some(*retry_after),
+            ClusterError::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+/// The control plane's replication boundary (seed section 4).
+#[async_trait]
+pub trait ClusterService: Send + Sync + 'static {
+    /// This replica's role now.
+    fn role(&self) -> Role;
+    /// The leader's replica name, if one is known.
+    fn leader_id(&self) -> Option<String>;
+    /// Every replica as this one sees it.
+    fn topology(&self) -> Topology;
+    /// Proposes a command; returns once it is durable (committed) and applied locally.
+    async fn submit_write(&self, command: Command) -> Result<Receipt, ClusterError>;
+    /// Waits until a read at `consistency` may be served here; returns the index it reflects.
+    async fn read_barrier(&self, consistency: Consistency) -> Result<Index, ClusterError>;
+    /// Local read access to the applied state and job logs.
+    fn reader(&self) -> &Reader;
+    /// Stops background work and flushes; later writes fail with `ShuttingDown`.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,1 @@
+//! SingleNode (being written)

@@ -1,0 +1,234 @@
+//! Every replicated write of the domain, as one enum.
+//!
+//! Ids and timestamps (`at`) are chosen by the server before the command is proposed,
+//! so `apply` stays deterministic. Variants and fields only grow: a new field carries
+//! `#[serde(default)]`, so an old log entry still decodes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{
+    AttemptId, BusinessId, CatchUpPolicy, EntryId, EntryKind, JobId, JobSpec, KeyId, MicroCredits,
+    Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId, ScheduleUpdateRequest, Scope,
+};
+
+/// One placement decided by the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The pending job.
+    pub job: JobId,
+    /// The new attempt's id.
+    pub attempt: AttemptId,
+    /// The node it goes to.
+    pub node: NodeId,
+}
+
+/// How an attempt ended, as its agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishKind {
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed by a signal, or could not start.
+    Failed,
+    /// Stopped at the job's timeout.
+    TimedOut,
+    /// Stopped because the job was cancelled (or the agent was told to stop it).
+    Cancelled,
+}
+
+/// A replicated write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A business submits a job; its hold is placed in the same command.
+    JobSubmit {
+        job: JobId,
+        business: BusinessId,
+        spec: JobSpec,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+        rates: Rates,
+        at: Millis,
+    },
+    /// Cancel a job; an active attempt is told to stop.
+    JobCancel {
+        job: JobId,
+        #[serde(default)]
+        reason: Option<String>,
+        at: Millis,
+    },
+    /// Requeue a failed, cancelled or lost job.
+    JobRetry { job: JobId, at: Millis },
+    /// The scheduler's placements, many per entry.
+    JobsAssign {
+        placements: Vec<Placement>,
+        at: Millis,
+    },
+    /// An agent started an attempt's process.
+    AttemptStarted {
+        job: JobId,
+        attempt: AttemptId,
+        at: Millis,
+    },
+    /// An agent reports an attempt's end; the charge and release happen here, once.
+    AttemptFinished {
+        job: JobId,
+        attempt: AttemptId,
+        kind: FinishKind,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        reason: Option<String>,
+        at: Millis,
+    },
+    /// A chunk of an attempt's output at a byte offset (the store keeps the bytes).
+    LogAppend {
+        job: JobId,
+        attempt: AttemptId,
+        offset: u64,
+        data: String,
+        at: Millis,
+    },
+    /// An agent registers (or re-registers) its node.
+    NodeRegister {
+        node: NodeId,
+        name: String,
+        resources: Resources,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        at: Millis,
+    },
+    /// Stop placing on a node; stop its work at the deadline, if one is given.
+    NodeDrain {
+        node: NodeId,
+        #[serde(default)]
+        deadline: Option<Millis>,
+        at: Millis,
+    },
+    /// Remove a node; `force` declares its active attempts lost.
+    NodeDelete {
+        node: NodeId,
+        #[serde(default)]
+        force: bool,
+        at: Millis,
+    },
+    /// The leader saw no heartbeat for the node's TTL.
+    NodeLost { node: NodeId, at: Millis },
+    /// Stop a node's active attempts and requeue their jobs without using a retry
+    /// (a drain deadline passed).
+    NodeEvict {
+        node: NodeId,
+        reason: String,
+        at: Millis,
+    },
+    /// A new API key; only its hash is replicated.
+    KeyCreate {
+        key: KeyId,
+        name: String,
+        scope: Scope,
+        #[serde(default)]
+        business: Option<BusinessId>,
+        secret_hash: String,
+        at: Millis,
+    },
+    /// Revoke a key.
+    KeyRevoke { key: KeyId, at: Millis },
+    /// A ledger entry written by an admin: top-up, refund or adjustment.
+    LedgerEntryCreate {
+        entry: EntryId,
+        business: BusinessId,
+        kind: EntryKind,
+        amount: MicroCredits,
+        idempotency_key: String,
+        #[serde(default)]
+        note: Option<String>,
+        at: Millis,
+    },
+    /// A new schedule.
+    ScheduleCreate {
+        schedule: ScheduleId,
+        business: BusinessId,
+        #[serde(default)]
+        name: Option<String>,
+        cron: String,
+        timezone: String,
+        template: JobSpec,
+        enabled: bool,
+        overlap: OverlapPolicy,
+        catch_up: CatchUpPolicy,
+        at: Millis,
+    },
+    /// Change some fields of a schedule.
+    ScheduleUpdate {
+        schedule: ScheduleId,
+        patch: ScheduleUpdateRequest,
+        at: Millis,
+    },
+    /// Delete a schedule; jobs it fired stay.
+    ScheduleDelete { schedule: ScheduleId, at: Millis },
+    /// One due time of a schedule, fired or skipped. Keyed by (schedule, due_at): a
+    /// second delivery of the same due time changes nothing.
+    ScheduleFire {
+        schedule: ScheduleId,
+        due_at: Millis,
+        job: JobId,
+        rates: Rates,
+        /// Set when the leader skips this due time (catch-up policy).
+        #[serde(default)]
+        skip_reason: Option<String>,
+        at: Millis,
+    },
+}
+
+impl Command {
+    /// A short stable name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::JobSubmit { .. } => "job_submit",
+            Command::JobCancel { .. } => "job_cancel",
+            Command::JobRetry { .. } => "job_retry",
+            Command::JobsAssign { .. } => "jobs_assign",
+            Command::AttemptStarted { .. } => "attempt_started",
+            Command::AttemptFinished { .. } => "attempt_finished",
+            Command::LogAppend { .. } => "log_append",
+            Command::NodeRegister { .. } => "node_register",
+            Command::NodeDrain { .. } => "node_drain",
+            Command::NodeDelete { .. } => "node_delete",
+            Command::NodeLost { .. } => "node_lost",
+            Command::NodeEvict { .. } => "node_evict",
+            Command::KeyCreate { .. } => "key_create",
+            Command::KeyRevoke { .. } => "key_revoke",
+            Command::LedgerEntryCreate { .. } => "ledger_entry_create",
+            Command::ScheduleCreate { .. } => "schedule_create",
+            Command::ScheduleUpdate { .. } => "schedule_update",
+            Command::ScheduleDelete { .. } => "schedule_delete",
+            Command::ScheduleFire { .. } => "schedule_fire",
+        }
+    }
+
+    /// The time the server chose for this command.
+    pub fn at(&self) -> Millis {
+        match self {
+            Command::JobSubmit { at, .. }
+            | Command::JobCancel { at, .. }
+            | Command::JobRetry { at, .. }
+            | Command::JobsAssign { at, .. }
+            | Command::AttemptStarted { at, .. }
+            | Command::AttemptFinished { at, .. }
+            | Command::LogAppend { at, .. }
+            | Command::NodeRegister { at, .. }
+            | Command::NodeDrain { at, .. }
+            | Command::NodeDelete { at, .. }
+            | Command::NodeLost { at, .. }
+            | Command::NodeEvict { at, .. }
+            | Command::KeyCreate { at, .. }
+            | Command::KeyRevoke { at, .. }
+            | Command::LedgerEntryCreate { at, .. }
+            | Command::ScheduleCreate { at, .. }
+            | Command::ScheduleUpdate { at, .. }
+            | Command::ScheduleDelete { at, .. }
+            | Command::ScheduleFire { at, .. } => *at,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Pure checks of user input, shared by the API (to answer 422 early) and `apply`.
+
+use tanvrit_api::JobSpec;
+
+use crate::Rejection;
+
+/// The longest job timeout: seven days.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Longest argv, env, label or name strings we accept.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+/// Most argv items, env entries or labels.
+pub const MAX_ITEMS: usize = 1024;
+
+/// Checks a job spec (also used for schedule templates).
+pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
+    let invalid = |m: String| Err(Rejection::Invalid { message: m });
+    match (&spec.shell, spec.command.is_empty()) {
+        (Some(_), false) => return invalid("give either `command` or `shell`, not both".into()),
+        (None, true) => return invalid("`command` (argv) or `shell` is required".into()),
+        (Some(shell), true) if shell.trim().is_empty() => {
+            return invalid("`shell` must not be empty".into())
+        }
+        _ => {}
+    }
+    if spec.command.first().is_some_and(|a| a.is_empty()) {
+        return invalid("`command[0]` must not be empty".into());
+    }
+    if spec.command.len() > MAX_ITEMS || spec.env.len() > MAX_ITEMS || spec.labels.len() > MAX_ITEMS
+    {
+        return invalid(format!(
+            "at most {MAX_ITEMS} argv items, env entries and labels"
+        ));
+    }
+    let strings = spec
+        .command
+        .iter()
+        .chain(spec.shell.iter())
+        .chain(spec.name.iter())
+        .chain(spec.working_dir.iter())
+        .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+        .chain(spec.labels.iter().flat_map(|(k, v)| [k, v]));
+    for s in strings {
+        if s.len() > MAX_STRING_BYTES {
+            return invalid(format!("strings are limited to {MAX_STRING_BYTES} bytes"));
+        }
+        if s.contains('\0') {
+            return invalid("strings must not contain NUL bytes".into());
+        }
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') {
+            return invalid(format!(
+                "env name `{key}` must be non-empty and contain no `=`"
+            ));
+        }
+    }
+    for key in spec.labels.keys() {
+        if key.is_empty() {
+            return invalid("label names must not be empty".into());
+        }
+    }
+    if spec.timeout_secs == 0 || spec.timeout_secs > MAX_TIMEOUT_SECS {
+        return invalid(format!(
+            "`timeout_secs` must be between 1 and {MAX_TIMEOUT_SECS}"
+        ));
+    }
+    if spec.max_retries > 100 {
+        return invalid("`max_retries` must be at most 100".into());
+    }
+    if !(-1000..=1000).contains(&spec.priority) {
+        return invalid("`priority` must be between -1000 and 1000".into());
+    }
+    let r = &spec.resources;
+    if r.cpu_millis > 1_000_000 || r.memory_mb > 64 * 1024 * 1024 || r.gpus > 1024 {
+        return invalid(
+            "resources exceed any node (cpu_millis <= 1e6, memory_mb <= 64 TiB, gpus <= 1024)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a business id, node id or other name-like identifier.
+pub fn identifier(what: &str, value: &str) -> Result<(), Rejection> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid {
+            message: format!(
+                "{what} `{value}` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> JobSpec {
+        JobSpec {
+            command: a.iter().map(|s| s.to_string()).collect(),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_spec_needs_exactly_one_of_command_and_shell() {
+        assert!(job_spec(&argv(&["echo", "hi"])).is_ok());
+        assert!(job_spec(&argv(&[])).is_err());
+        let mut both = argv(&["echo"]);
+        both.shell = Some("echo".into());
+        assert!(job_spec(&both).is_err());
+        let shell = JobSpec {
+            shell: Some("echo hi | wc -c".into()),
+            ..JobSpec::default()
+        };
+        assert!(job_spec(&shell).is_ok());
+    }
+
+    #[test]
+    fn timeouts_outside_one_second_to_a_week_are_invalid() {
+        let mut spec = argv(&["true"]);
+        spec.timeout_secs = 0;
+        assert!(job_spec(&spec).is_err());
+        spec.timeout_secs = MAX_TIMEOUT_SECS + 1;
+        assert!(job_spec(&spec).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_short_and_plain() {
+        assert!(identifier("business", "acme-corp_1").is_ok());
+        assert!(identifier("business", "").is_err());
+        assert!(identifier("business", "a b").is_err());
+        assert!(identifier("business", &"x".repeat(129)).is_err());
+    }
+}
