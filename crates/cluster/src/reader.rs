@@ -52,7 +52,11 @@ impl Reader {
     }
 
     /// Waits until this replica applied at least `index`, up to `timeout`.
-    pub async fn wait_applied(&self, index: Index, timeout: Duration) -> Result<Index, ClusterError> {
+    pub async fn wait_applied(
+        &self,
+        index: Index,
+        timeout: Duration,
+    ) -> Result<Index, ClusterError> {
         let mut rx = self.applied.clone();
         let wait = rx.wait_for(|applied| *applied >= index);
         match tokio::time::timeout(timeout, wait).await {

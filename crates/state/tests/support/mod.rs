@@ -1,0 +1,112 @@
+//! Builders shared by the domain tests: commands with readable defaults.
+
+#![allow(dead_code)]
+
+use tanvrit_api::*;
+use tanvrit_state::{Command, Effect, FinishKind, Placement, State};
+
+pub const RATES: Rates = Rates {
+    cpu_second: 10,
+    memory_gb_second: 2,
+    gpu_second: 1000,
+};
+
+pub fn spec(cpu: u64, timeout: u64) -> JobSpec {
+    JobSpec {
+        command: vec!["echo".into(), "hi".into()],
+        resources: Resources {
+            cpu_millis: cpu,
+            memory_mb: 0,
+            gpus: 0,
+        },
+        timeout_secs: timeout,
+        ..JobSpec::default()
+    }
+}
+
+pub fn top_up(business: &str, amount: i64, key: &str) -> Command {
+    Command::LedgerEntryCreate {
+        entry: EntryId(format!("ent-{key}")),
+        business: business.into(),
+        kind: EntryKind::TopUp,
+        amount,
+        idempotency_key: key.into(),
+        note: None,
+        at: 1,
+    }
+}
+
+pub fn submit(job: &str, business: &str, spec: JobSpec) -> Command {
+    Command::JobSubmit {
+        job: job.into(),
+        business: business.into(),
+        spec,
+        idempotency_key: None,
+        rates: RATES,
+        at: 10,
+    }
+}
+
+pub fn register(node: &str, cpu: u64) -> Command {
+    Command::NodeRegister {
+        node: node.into(),
+        name: node.into(),
+        resources: Resources {
+            cpu_millis: cpu,
+            memory_mb: 1024,
+            gpus: 0,
+        },
+        labels: Default::default(),
+        at: 5,
+    }
+}
+
+pub fn assign(job: &str, attempt: &str, node: &str, at: Millis) -> Command {
+    Command::JobsAssign {
+        placements: vec![Placement {
+            job: job.into(),
+            attempt: attempt.into(),
+            node: node.into(),
+        }],
+        at,
+    }
+}
+
+pub fn started(job: &str, attempt: &str, at: Millis) -> Command {
+    Command::AttemptStarted {
+        job: job.into(),
+        attempt: attempt.into(),
+        at,
+    }
+}
+
+pub fn finished(job: &str, attempt: &str, kind: FinishKind, at: Millis) -> Command {
+    Command::AttemptFinished {
+        job: job.into(),
+        attempt: attempt.into(),
+        kind,
+        exit_code: Some(if kind == FinishKind::Succeeded { 0 } else { 1 }),
+        reason: None,
+        at,
+    }
+}
+
+/// Applies commands in order at indices 1.., panicking on any rejection.
+pub fn applied(commands: &[Command]) -> State {
+    let mut state = State::new();
+    for (i, command) in commands.iter().enumerate() {
+        state
+            .apply(i as u64 + 1, command)
+            .unwrap_or_else(|r| panic!("command {i} ({}) rejected: {r}", command.name()));
+    }
+    state
+}
+
+pub fn next(state: &State) -> u64 {
+    state.applied_index() + 1
+}
+
+pub fn apply(state: &mut State, command: &Command) -> Result<Effect, tanvrit_state::Rejection> {
+    let index = next(state);
+    state.apply(index, command)
+}
