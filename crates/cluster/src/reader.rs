@@ -52,11 +52,19 @@ impl Reader {
     }
 
     /// Waits until this replica applied at least `index`, up to `timeout`.
-    pub async fn wait_applied(&self, index: Index, timeout: Duration) -> Result<Index, ClusterError> {
+    pub async fn wait_applied(
+        &self,
+        index: Index,
+        timeout: Duration,
+    ) -> Result<Index, ClusterError> {
         let mut rx = self.applied.clone();
-        let wait = rx.wait_for(|applied| *applied >= index);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(applied)) => Ok(*applied),
+        // Copy the index out of the watch guard inside this statement: the guard borrows
+        // `rx` and must be gone before `rx` is.
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index))
+            .await
+            .map(|seen| seen.map(|applied| *applied));
+        match waited {
+            Ok(Ok(applied)) => Ok(applied),
             Ok(Err(_)) => Err(ClusterError::ShuttingDown),
             Err(_) => Err(ClusterError::NotCaughtUp {
                 wanted: index,
