@@ -20,7 +20,7 @@ use tanvrit_api::{Consistency, Index, Role, Topology};
 use tanvrit_state::{Command, Outcome};
 
 pub use reader::{LogWindow, Reader};
-pub use single_node::{SingleNode, SingleNodeConfig};
+pub use single_node::{SingleNode, SingleNodeConfig, WriteStats};
 
 /// What a write produced: the command's outcome and the log index it was applied at.
 #[derive(Clone, Debug, PartialEq, Eq)]

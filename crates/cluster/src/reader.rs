@@ -58,9 +58,13 @@ impl Reader {
         timeout: Duration,
     ) -> Result<Index, ClusterError> {
         let mut rx = self.applied.clone();
-        let wait = rx.wait_for(|applied| *applied >= index);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(applied)) => Ok(*applied),
+        // Copy the index out of the watch guard inside this statement: the guard borrows
+        // `rx` and must be gone before `rx` is.
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index))
+            .await
+            .map(|seen| seen.map(|applied| *applied));
+        match waited {
+            Ok(Ok(applied)) => Ok(applied),
             Ok(Err(_)) => Err(ClusterError::ShuttingDown),
             Err(_) => Err(ClusterError::NotCaughtUp {
                 wanted: index,

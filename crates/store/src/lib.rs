@@ -1,1 +1,225 @@
-//! placeholder
+//! Tanvrit Compute storage: one embedded redb database per replica, the file
+//! `<data_dir>/tanvrit.redb`.
+//!
+//! # Layout
+//! - this file: [`Store`] (cheap to clone), [`StoreOptions`], opening and the format check.
+//! - [`error`]: [`StoreError`], with stable codes.
+//! - [`encoding`]: versioned record envelopes (`{"v": 1, ...}`) and their decoder.
+//! - [`log`]: the replicated log (`index -> command`): append, read, purge, truncate.
+//! - [`snapshot`]: one state snapshot whose commit also purges the log it covers.
+//! - [`job_log`]: attempts' output, keyed `(job, attempt, offset)`, bounded per job.
+//! - [`meta`]: small named values (cluster id, ...).
+//!
+//! # Tables
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | bytes; `format_version` and `log_purged` are the store's own |
+//! | `log` | `u64` index | versioned JSON `{"v":1,"command":...}` |
+//! | `snapshot` | `"current"` | versioned JSON `{"v":1,"index":N,"state":...}` |
+//! | `job_logs` | `(job, attempt, offset)` | raw bytes |
+//! | `job_log_sizes` | job | bytes stored for the job |
+//!
+//! Every write is one redb transaction: it commits whole or not at all, and unless a
+//! method says otherwise it is durable (fsynced) before the method returns.
+
+pub mod encoding;
+pub mod error;
+pub mod job_log;
+pub mod log;
+pub mod meta;
+pub mod snapshot;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[cfg(test)]
+use redb::ReadableDatabase;
+use redb::{Database, ReadableTable, TableDefinition};
+
+pub use error::StoreError;
+pub use job_log::{JobLogChunk, JobLogRead};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE_NAME: &str = "tanvrit.redb";
+/// The on-disk format this binary writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// Default bound on stored log bytes per job (64 MiB).
+pub const DEFAULT_RETENTION_BYTES_PER_JOB: u64 = 64 * 1024 * 1024;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+pub(crate) const JOB_LOGS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("job_logs");
+pub(crate) const JOB_LOG_SIZES: TableDefinition<&str, u64> = TableDefinition::new("job_log_sizes");
+
+pub(crate) const META_FORMAT_VERSION: &str = "format_version";
+pub(crate) const META_LOG_PURGED: &str = "log_purged";
+
+/// Settings fixed when the store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Job-log bytes kept per job (all attempts together); past it the oldest chunks
+    /// are deleted. Default 64 MiB.
+    pub retention_bytes_per_job: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
+        }
+    }
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+/// One replica's database. Cheap to clone (an `Arc` inside); the file stays open (and
+/// locked against other openers) until the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/tanvrit.redb` with default options.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(data_dir, StoreOptions::default())
+    }
+
+    /// Opens (or creates) `<data_dir>/tanvrit.redb`. Creates the directory and the tables;
+    /// refuses a file whose format version is not one this binary reads.
+    pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let db = Database::create(&path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta
+                .get(META_FORMAT_VERSION)?
+                .map(|v| parse_u64("meta", v.value()));
+            match found {
+                // Returning drops (aborts) the transaction: a newer file is left untouched.
+                Some(Err(err)) => return Err(err),
+                Some(Ok(version)) if version != FORMAT_VERSION => {
+                    return Err(StoreError::UnsupportedFormat {
+                        found: version,
+                        supported: FORMAT_VERSION,
+                    })
+                }
+                Some(Ok(_)) => {}
+                None => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION.to_string().as_bytes())?;
+                }
+            }
+            txn.open_table(LOG)?;
+            txn.open_table(SNAPSHOT)?;
+            txn.open_table(JOB_LOGS)?;
+            txn.open_table(JOB_LOG_SIZES)?;
+        }
+        txn.commit()?;
+        Ok(Store {
+            inner: Arc::new(Inner { db, path, options }),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+}
+
+/// Meta numbers are stored as decimal text so a person can read them with any redb tool.
+pub(crate) fn parse_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            detail: format!("expected a decimal number, found {bytes:?}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_the_directory_and_records_the_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("nested/data");
+        let store = Store::open(&data_dir).unwrap();
+        assert_eq!(store.path(), data_dir.join(DB_FILE_NAME));
+        let txn = store.db().begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let version = meta.get(META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.value(), b"1");
+    }
+
+    #[test]
+    fn open_refuses_a_newer_format_version_and_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db().begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT_VERSION, b"2".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnsupportedFormat {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), "store_format_unsupported");
+        assert!(err.to_string().contains("format version 2"), "{err}");
+        // Refusing twice proves the first refusal did not rewrite the version.
+        assert!(matches!(
+            Store::open(dir.path()).unwrap_err(),
+            StoreError::UnsupportedFormat { found: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert_eq!(err.code(), "store_locked");
+        drop(first);
+        Store::open(dir.path()).unwrap();
+    }
+}
