@@ -4,12 +4,14 @@
 //! - [`ids`]: identifiers and timestamps.
 //! - [`job`], [`node`], [`key`], [`credit`], [`schedule`]: the resources, with their
 //!   `<Noun><Verb>Request` / `Response` types.
+//! - [`agent`]: the agent protocol (heartbeat, work, attempt reports).
 //! - [`cluster`]: topology and read consistency.
 //! - [`error`]: the JSON error body every non-2xx response carries.
 //!
 //! This crate depends on serde only (plus `utoipa` behind the `openapi` feature, so the
 //! server can describe these types in `/api/openapi.json` without the SDK paying for it).
 
+pub mod agent;
 pub mod cluster;
 pub mod credit;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod key;
 pub mod node;
 pub mod schedule;
 
+pub use agent::*;
 pub use cluster::*;
 pub use credit::*;
 pub use error::*;
