@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AttemptId, BusinessId, Consistency, Index, JobId, MicroCredits, Millis, NodeId};
 
 /// What a job needs from a node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resources {

@@ -6,6 +6,7 @@
 //! - [`state`]: `State`, its secondary indexes, and `apply`.
 //! - [`rejection`]: typed refusals of a command (`Rejection`) with stable codes.
 //! - [`effect`]: what an accepted command produced (`Effect`).
+//! - [`scheduler`]: placement planning (pure; the leader's loop proposes the result).
 //! - [`billing`]: the integer cost function.
 //! - [`validate`]: pure checks of user input shared by the API and `apply`.
 //! - [`invariants`]: checks that must hold after every command (used by tests).
@@ -18,6 +19,7 @@ pub mod command;
 pub mod effect;
 pub mod invariants;
 pub mod rejection;
+pub mod scheduler;
 pub mod state;
 pub mod validate;
 
