@@ -210,6 +210,7 @@ async fn track_request(State(app): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
     let started = Instant::now();
+    let _in_flight = app.metrics().start_request();
     let response = next.run(request).await;
     app.metrics()
         .observe(&route, response.status().as_u16(), started.elapsed());

@@ -87,7 +87,11 @@ impl CronSchedule {
 
     /// The first due time strictly after `after` (ms since the epoch), if there is one.
     pub fn next_after(&self, after: Millis) -> Option<Millis> {
-        let start: DateTime<Utc> = Utc.timestamp_millis_opt(after).single()?;
+        // Cron works in whole seconds, and croner carries the start's fraction of a
+        // second into what it finds; start from the whole second instead (still
+        // strictly after: a due time in that second is not after `after`).
+        let whole_second = after.div_euclid(1000) * 1000;
+        let start: DateTime<Utc> = Utc.timestamp_millis_opt(whole_second).single()?;
         let local = start.with_timezone(&self.zone);
         self.cron
             .find_next_occurrence(&local, false)
@@ -171,6 +175,22 @@ mod tests {
         assert_eq!(
             berlin.next_after(at("2026-07-10T06:00:00Z")),
             Some(at("2026-07-10T07:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn due_times_are_whole_seconds_whatever_the_millisecond_of_the_start() {
+        let every_five = CronSchedule::parse("*/5 * * * *", "UTC").unwrap();
+        let start = at("2026-01-10T08:03:00Z") + 606;
+        assert_eq!(
+            every_five.next_after(start),
+            Some(at("2026-01-10T08:05:00Z"))
+        );
+        let every_second = CronSchedule::parse("* * * * * *", "UTC").unwrap();
+        let half_past = at("2026-01-10T08:00:00Z") + 500;
+        assert_eq!(
+            every_second.next_after(half_past),
+            Some(at("2026-01-10T08:00:01Z"))
         );
     }
 

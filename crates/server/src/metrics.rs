@@ -60,6 +60,7 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    in_flight: Gauge,
     latency: HistogramFamily,
     applied_index: Gauge,
     commit_index: Gauge,
@@ -93,6 +94,12 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered, by route and status",
             requests.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered now (long polls included)",
+            in_flight.clone(),
         );
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
@@ -138,6 +145,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            in_flight,
             latency,
             applied_index,
             commit_index,
@@ -148,6 +156,13 @@ impl Metrics {
             nodes,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped (also when the
+    /// client goes away and the request's future is dropped mid-way).
+    pub(crate) fn start_request(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     /// Counts one answered request.
@@ -226,6 +241,15 @@ impl Metrics {
         } else {
             openmetrics_to_prometheus_text(&text)
         }
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
