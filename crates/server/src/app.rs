@@ -9,13 +9,14 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tanvrit_api::{BusinessId, Consistency, Index, Millis};
 use tanvrit_cluster::{ClusterError, ClusterService, Reader};
 use tanvrit_state::{Command, Effect, State as DomainState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Principal;
@@ -176,6 +177,7 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
         .fallback(handle_unknown_route)
         .method_not_allowed_fallback(handle_wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(app.clone(), track_request))
         .layer(middleware::map_response_with_state(
             app.clone(),
@@ -200,6 +202,18 @@ async fn handle_wrong_method(method: Method) -> ApiError {
     ApiError::MethodNotAllowed {
         method: method.to_string(),
     }
+}
+
+/// A handler that panicked still answers: 500 `internal` with the JSON body (and the
+/// index header and metrics of the layers around it), and the panic is logged.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    tracing::error!(panic = message, "request handler panicked");
+    ApiError::Internal("the server failed while answering; see its log".into()).into_response()
 }
 
 /// Counts the request by its route template (never the raw path, which would give
@@ -255,6 +269,17 @@ mod tests {
     #[test]
     fn the_index_header_constant_matches_the_wire_name() {
         assert!(tanvrit_api::INDEX_HEADER.eq_ignore_ascii_case(INDEX_HEADER_NAME.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_internal_as_json() {
+        let response = answer_panic(Box::new("boom".to_string()));
+        assert_eq!(response.status().as_u16(), 500);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
     }
 
     #[test]

@@ -5,8 +5,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use tanvrit_api::{
     BusinessId, CreditBalanceRequest, CreditBalanceResponse, CreditEntriesRequest,
-    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, EntryId, ErrorBody,
-    LedgerEntry, Millis, Scope,
+    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, EntryId, EntryKind,
+    ErrorBody, LedgerEntry, Millis, Scope,
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
 
@@ -22,6 +22,8 @@ const LEDGER_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
 pub const DEFAULT_ENTRIES_LIMIT: u32 = 100;
 /// Largest page of entries.
 pub const MAX_ENTRIES_LIMIT: u32 = 10_000;
+/// Longest note on an entry (as `apply` allows).
+pub const MAX_NOTE_BYTES: usize = 4096;
 
 /// Writes a top-up, refund or adjustment.
 #[utoipa::path(
@@ -108,12 +110,41 @@ pub(crate) async fn handle_list_credit_entries(
 
 /// Builds `LedgerEntryCreate`. Without an idempotency key the entry's own id serves as
 /// one, so a request without a key is never deduplicated.
+///
+/// The kind, sign and note checks repeat `apply`'s (which stays the authority), so
+/// that bad input is refused before anything reaches the log.
 pub(crate) fn entry_command(
     request: CreditEntryCreateRequest,
     header_key: Option<String>,
     at: Millis,
 ) -> Result<Command, ApiError> {
     validate::identifier("business", request.business.as_str())?;
+    match request.kind {
+        EntryKind::TopUp | EntryKind::Refund if request.amount <= 0 => {
+            return Err(ApiError::Invalid(format!(
+                "a {} must be a positive amount",
+                request.kind.as_str()
+            )))
+        }
+        EntryKind::Adjustment if request.amount == 0 => {
+            return Err(ApiError::Invalid("an adjustment must not be zero".into()))
+        }
+        EntryKind::Hold | EntryKind::Charge | EntryKind::Release => {
+            return Err(ApiError::Invalid(
+                "holds, charges and releases are written by the system, not by hand".into(),
+            ))
+        }
+        EntryKind::TopUp | EntryKind::Refund | EntryKind::Adjustment => {}
+    }
+    if request
+        .note
+        .as_ref()
+        .is_some_and(|n| n.len() > MAX_NOTE_BYTES)
+    {
+        return Err(ApiError::Invalid(format!(
+            "notes are at most {MAX_NOTE_BYTES} bytes"
+        )));
+    }
     let entry = EntryId(new_id("ent"));
     let idempotency_key = merge_idempotency(request.idempotency_key, header_key)?
         .unwrap_or_else(|| entry.to_string());
@@ -179,7 +210,6 @@ pub(crate) fn list_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tanvrit_api::EntryKind;
 
     fn top_up(business: &str, amount: i64, key: Option<&str>) -> CreditEntryCreateRequest {
         CreditEntryCreateRequest {
@@ -221,6 +251,30 @@ mod tests {
                 .code(),
             "invalid"
         );
+    }
+
+    #[test]
+    fn entries_of_the_wrong_sign_or_kind_are_refused_before_proposing() {
+        let with = |kind: EntryKind, amount: i64| CreditEntryCreateRequest {
+            kind,
+            amount,
+            ..top_up("acme", 1, None)
+        };
+        for (kind, amount) in [
+            (EntryKind::TopUp, 0),
+            (EntryKind::Refund, -5),
+            (EntryKind::Adjustment, 0),
+            (EntryKind::Hold, -5),
+            (EntryKind::Charge, -5),
+            (EntryKind::Release, 5),
+        ] {
+            let error = entry_command(with(kind, amount), None, 1).unwrap_err();
+            assert_eq!(error.code(), "invalid", "{kind:?} {amount}");
+        }
+        assert!(entry_command(with(EntryKind::Adjustment, -5), None, 1).is_ok());
+        let mut noted = top_up("acme", 5, None);
+        noted.note = Some("n".repeat(MAX_NOTE_BYTES + 1));
+        assert_eq!(entry_command(noted, None, 1).unwrap_err().code(), "invalid");
     }
 
     #[test]

@@ -180,6 +180,12 @@ pub(crate) fn register_command(
     if request.name.is_empty() || request.name.len() > 256 {
         return Err(ApiError::Invalid("node names are 1-256 bytes".into()));
     }
+    if request.labels.len() > validate::MAX_ITEMS || request.labels.keys().any(String::is_empty) {
+        return Err(ApiError::Invalid(format!(
+            "labels need non-empty names (at most {})",
+            validate::MAX_ITEMS
+        )));
+    }
     Ok(Command::NodeRegister {
         node: request.id,
         name: request.name,

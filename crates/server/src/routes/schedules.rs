@@ -5,8 +5,8 @@
 use axum::extract::State;
 use axum::Json;
 use tanvrit_api::{
-    BusinessId, ErrorBody, Millis, ReadRequest, Schedule, ScheduleCreateRequest, ScheduleId,
-    ScheduleListRequest, ScheduleListResponse, ScheduleResponse, ScheduleUpdateRequest,
+    BusinessId, CatchUpPolicy, ErrorBody, Millis, ReadRequest, Schedule, ScheduleCreateRequest,
+    ScheduleId, ScheduleListRequest, ScheduleListResponse, ScheduleResponse, ScheduleUpdateRequest,
     ScheduleView, Scope, WriteResponse,
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
@@ -204,8 +204,10 @@ pub(crate) fn create_command(
     let timezone = request
         .timezone
         .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
+    check_cron_length(&request.cron)?;
     CronSchedule::parse(&request.cron, &timezone).map_err(invalid)?;
     validate::job_spec(&request.template)?;
+    check_catch_up(request.catch_up)?;
     Ok(Command::ScheduleCreate {
         schedule: ScheduleId(new_id("sch")),
         business,
@@ -223,8 +225,10 @@ pub(crate) fn create_command(
 /// Checks the fields a patch changes.
 pub(crate) fn check_patch(patch: &ScheduleUpdateRequest) -> Result<(), ApiError> {
     if let Some(cron) = &patch.cron {
+        check_cron_length(cron)?;
         parse_expression(cron).map_err(invalid)?;
     }
+    check_catch_up(patch.catch_up)?;
     if let Some(zone) = &patch.timezone {
         parse_zone(zone).map_err(invalid)?;
     }
@@ -232,6 +236,26 @@ pub(crate) fn check_patch(patch: &ScheduleUpdateRequest) -> Result<(), ApiError>
         validate::job_spec(template)?;
     }
     Ok(())
+}
+
+/// `apply` keeps expressions to 256 bytes.
+fn check_cron_length(cron: &str) -> Result<(), ApiError> {
+    if cron.len() > 256 {
+        return Err(ApiError::Invalid(
+            "cron expressions are at most 256 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `all` catch-up takes 1 to 1000 fires, as `apply` allows.
+fn check_catch_up(catch_up: Option<CatchUpPolicy>) -> Result<(), ApiError> {
+    match catch_up {
+        Some(CatchUpPolicy::All(n)) if n == 0 || n > 1000 => {
+            Err(ApiError::Invalid("catch-up `all` takes 1 to 1000".into()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A schedule with its next due time after `now` (none while disabled).
@@ -375,6 +399,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_patch(&zone).unwrap_err().code(), "invalid");
+        let catch_up = ScheduleUpdateRequest {
+            catch_up: Some(CatchUpPolicy::All(0)),
+            ..Default::default()
+        };
+        assert_eq!(check_patch(&catch_up).unwrap_err().code(), "invalid");
         let ok = ScheduleUpdateRequest {
             cron: Some("*/15 * * * *".into()),
             timezone: Some("Asia/Tokyo".into()),
