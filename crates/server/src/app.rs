@@ -160,9 +160,10 @@ pub(crate) fn unexpected(effect: Effect) -> ApiError {
 pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (Router, AppState) {
     let body_limit = config.body_limit_bytes;
     let (routes, openapi) = routes::api().split_for_parts();
-    let openapi_json = openapi
-        .to_pretty_json()
-        .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
+    // Serializing plain data cannot fail; should it, the route says so in the usual shape.
+    let openapi_json = openapi.to_pretty_json().unwrap_or_else(|error| {
+        serde_json::to_string(&ApiError::Internal(error.to_string()).body()).unwrap_or_default()
+    });
     let (shutdown, _) = watch::channel(false);
     let app = AppState {
         inner: Arc::new(Inner {

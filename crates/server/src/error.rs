@@ -155,7 +155,10 @@ pub enum ServerError {
     BootstrapKeyInvalid(String),
     /// The bootstrap secret is already a key that cannot serve as the admin key
     /// (revoked, or of another scope).
-    #[error("the bootstrap key is already registered as key `{key}` ({why}); choose another")]
+    #[error(
+        "the bootstrap secret is already key `{key}` ({why}); set another \
+         TANVRIT_BOOTSTRAP_KEY, or remove <data-dir>/admin.key to generate a new one"
+    )]
     BootstrapKeyUnusable {
         /// The existing key's id.
         key: String,

@@ -917,3 +917,36 @@ async fn serve_answers_over_tcp_and_shutdown_ends_long_polls_at_once() {
         "the long poll held the shutdown"
     );
 }
+
+#[tokio::test]
+async fn with_every_admin_key_revoked_bootstrap_takes_a_new_secret_but_not_the_revoked_one() {
+    let api = start(config()).await;
+    let keys = api.admin("keys/list", json!({})).await;
+    let admin_id = keys.body["keys"][0]["id"].as_str().unwrap().to_string();
+    let revoked = api
+        .admin(&format!("keys/{admin_id}/revoke"), json!({}))
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+
+    let data_dir = api._dir.path();
+    let error = ensure_bootstrap_admin(api.cluster.as_ref(), data_dir, Some(ADMIN_SECRET))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "bootstrap_key_unusable");
+    let outcome = ensure_bootstrap_admin(
+        api.cluster.as_ref(),
+        data_dir,
+        Some("a-brand-new-admin-secret"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(outcome, BootstrapOutcome::FromEnv { .. }),
+        "{outcome:?}"
+    );
+    let listed = api
+        .post("keys/list", Some("a-brand-new-admin-secret"), json!({}))
+        .await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body["keys"].as_array().unwrap().len(), 2);
+}
