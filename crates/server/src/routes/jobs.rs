@@ -222,9 +222,22 @@ pub(crate) async fn handle_get_job_logs(
     ApiJson(request): ApiJson<JobLogsRequest>,
 ) -> Result<Json<JobLogsResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
-    let job = JobId(id);
-    let max_bytes = log_window(request.max_bytes)?;
     app.barrier(request.consistency).await?;
+    follow_logs(&app, &principal, &JobId(id), &request)
+        .await
+        .map(Json)
+}
+
+/// Reads a window; while it is empty and more output can come, waits for the applied
+/// index to move (every `LogAppend` and attempt change moves it) until `wait_ms`, the
+/// server's `long_poll_max`, or shutdown.
+async fn follow_logs(
+    app: &AppState,
+    principal: &Principal,
+    job: &JobId,
+    request: &JobLogsRequest,
+) -> Result<JobLogsResponse, ApiError> {
+    let max_bytes = log_window(request.max_bytes)?;
     let wait = Duration::from_millis(request.wait_ms.unwrap_or(0)).min(app.config().long_poll_max);
     let deadline = Instant::now() + wait;
     let shutting_down = app.shutting_down();
@@ -232,11 +245,11 @@ pub(crate) async fn handle_get_job_logs(
     loop {
         // Take the index before reading, so output applied after the read wakes the wait.
         let applied = app.reader().applied_index();
-        let plan = app.read(|state| plan_log_read(state, &principal, &job, &request))?;
+        let plan = app.read(|state| plan_log_read(state, principal, job, request))?;
         let window = match &plan.attempt {
             Some(attempt) if request.offset < attempt.log_bytes => {
                 app.reader()
-                    .job_log(&job, &attempt.id, request.offset, max_bytes)?
+                    .job_log(job, &attempt.id, request.offset, max_bytes)?
             }
             _ => LogWindow {
                 offset: request.offset,
@@ -247,11 +260,11 @@ pub(crate) async fn handle_get_job_logs(
         let response = logs_response(&plan, window, app.reader().applied_index());
         let now = Instant::now();
         if !response.data.is_empty() || plan.finished || now >= deadline {
-            return Ok(Json(response));
+            return Ok(response);
         }
         tokio::select! {
             _ = app.reader().wait_past(applied, deadline - now) => {}
-            _ = &mut shutting_down => return Ok(Json(response)),
+            _ = &mut shutting_down => return Ok(response),
         }
     }
 }
