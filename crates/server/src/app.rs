@@ -1,0 +1,294 @@
+//! The router and what every handler shares ([`AppState`]): the cluster, the config,
+//! the metrics, and the helpers that give reads their consistency and turn a write's
+//! receipt into an effect or an error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tanvrit_api::{BusinessId, Consistency, Index, Millis};
+use tanvrit_cluster::{ClusterError, ClusterService, Reader};
+use tanvrit_state::{Command, Effect, State as DomainState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Principal;
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
+use crate::routes;
+
+/// Shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    cluster: Arc<dyn ClusterService>,
+    metrics: Metrics,
+    openapi_json: String,
+    /// Flips to true when graceful shutdown starts, so long polls answer at once
+    /// instead of holding the shutdown for up to `long_poll_max`.
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn cluster(&self) -> &dyn ClusterService {
+        self.inner.cluster.as_ref()
+    }
+
+    pub(crate) fn reader(&self) -> &Reader {
+        self.inner.cluster.reader()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn openapi_json(&self) -> &str {
+        &self.inner.openapi_json
+    }
+
+    /// Runs `f` on this replica's applied state.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&DomainState) -> R) -> R {
+        self.reader().read(f)
+    }
+
+    /// Waits until a read at `consistency` may be served here, bounded by
+    /// `min_index_wait` (then 503, so a lagging replica never hangs a client).
+    pub(crate) async fn barrier(&self, consistency: Consistency) -> Result<Index, ApiError> {
+        let wait = self.config().min_index_wait;
+        match tokio::time::timeout(wait, self.cluster().read_barrier(consistency)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ApiError::Cluster(match consistency {
+                Consistency::MinIndex(wanted) => ClusterError::NotCaughtUp {
+                    wanted,
+                    applied: self.reader().applied_index(),
+                    retry_after: self.config().retry_after,
+                },
+                Consistency::Stale | Consistency::Strict => ClusterError::NoLeader {
+                    retry_after: self.config().retry_after,
+                    leader: self.cluster().leader_id(),
+                },
+            })),
+        }
+    }
+
+    /// Proposes a command; an accepted one gives its effect and index, a refused one
+    /// becomes the rejection's error.
+    pub(crate) async fn write(&self, command: Command) -> Result<(Effect, Index), ApiError> {
+        let name = command.name();
+        let receipt = self.cluster().submit_write(command).await?;
+        tracing::debug!(
+            command = name,
+            index = receipt.index,
+            accepted = receipt.outcome.is_ok(),
+            "write"
+        );
+        Ok((receipt.outcome?, receipt.index))
+    }
+
+    /// Answers 404 unless `principal` may see the resource `owner_of` finds. Admin keys
+    /// skip the check (`apply` answers for missing resources). A resource missing
+    /// locally may be a write this replica has not applied yet, so the lookup is
+    /// repeated once after a strict barrier before it is called missing.
+    pub(crate) async fn ensure_visible(
+        &self,
+        principal: &Principal,
+        kind: &str,
+        id: &str,
+        owner_of: impl Fn(&DomainState) -> Option<BusinessId>,
+    ) -> Result<(), ApiError> {
+        if principal.scope == tanvrit_api::Scope::Admin {
+            return Ok(());
+        }
+        let owner = match self.read(&owner_of) {
+            Some(owner) => Some(owner),
+            None => {
+                self.barrier(Consistency::Strict).await?;
+                self.read(&owner_of)
+            }
+        };
+        match owner {
+            Some(owner) if principal.sees(&owner) => Ok(()),
+            _ => Err(ApiError::not_found(kind, id)),
+        }
+    }
+
+    /// Resolves when graceful shutdown begins.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            // The sender lives as long as the state, so an error cannot happen while a
+            // request is being served; treat it as shutdown all the same.
+            let _ = rx.wait_for(|down| *down).await;
+        }
+    }
+}
+
+/// Now, in milliseconds since the epoch: the `at` of every command this server builds.
+pub(crate) fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A fresh id, `<prefix>-<uuid v7>` (time-ordered, so ids sort by creation).
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7())
+}
+
+/// The error for an effect that does not match the command that produced it.
+pub(crate) fn unexpected(effect: Effect) -> ApiError {
+    ApiError::Internal(format!(
+        "unexpected effect from the state machine: {effect:?}"
+    ))
+}
+
+/// Builds the router and the state behind it.
+pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (Router, AppState) {
+    let body_limit = config.body_limit_bytes;
+    let (routes, openapi) = routes::api().split_for_parts();
+    // Serializing plain data cannot fail; should it, the route says so in the usual shape.
+    let openapi_json = openapi.to_pretty_json().unwrap_or_else(|error| {
+        serde_json::to_string(&ApiError::Internal(error.to_string()).body()).unwrap_or_default()
+    });
+    let (shutdown, _) = watch::channel(false);
+    let app = AppState {
+        inner: Arc::new(Inner {
+            config,
+            cluster,
+            metrics: Metrics::new(),
+            openapi_json,
+            shutdown,
+        }),
+    };
+    let router = routes
+        .fallback(handle_unknown_route)
+        .method_not_allowed_fallback(handle_wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(answer_panic))
+        .layer(middleware::from_fn_with_state(app.clone(), track_request))
+        .layer(middleware::map_response_with_state(
+            app.clone(),
+            add_index_header,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app.clone());
+    (router, app)
+}
+
+/// Unknown paths: 404 with the JSON error body.
+async fn handle_unknown_route(request: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// Known paths with the wrong method: 405 with the JSON error body.
+async fn handle_wrong_method(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+}
+
+/// A handler that panicked still answers: 500 `internal` with the JSON body (and the
+/// index header and metrics of the layers around it), and the panic is logged.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    tracing::error!(panic = message, "request handler panicked");
+    ApiError::Internal("the server failed while answering; see its log".into()).into_response()
+}
+
+/// Counts the request by its route template (never the raw path, which would give
+/// every job id its own series).
+async fn track_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let started = Instant::now();
+    let _in_flight = app.metrics().start_request();
+    let response = next.run(request).await;
+    app.metrics()
+        .observe(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Every response, errors included, carries this replica's applied index.
+async fn add_index_header(State(app): State<AppState>, mut response: Response) -> Response {
+    let index = app.reader().applied_index();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER_NAME, HeaderValue::from(index));
+    response
+}
+
+/// `X-Tanvrit-Index` (`tanvrit_api::INDEX_HEADER`) in the lower case header names use.
+const INDEX_HEADER_NAME: HeaderName = HeaderName::from_static("x-tanvrit-index");
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops taking
+/// connections and lets requests in flight finish (long polls answer at once).
+pub(crate) async fn serve(
+    config: ServerConfig,
+    cluster: Arc<dyn ClusterService>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (router, app) = build(config, cluster);
+    let signal = async move {
+        shutdown.await;
+        app.inner.shutdown.send_replace(true);
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(ServerError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_header_constant_matches_the_wire_name() {
+        assert!(tanvrit_api::INDEX_HEADER.eq_ignore_ascii_case(INDEX_HEADER_NAME.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_internal_as_json() {
+        let response = answer_panic(Box::new("boom".to_string()));
+        assert_eq!(response.status().as_u16(), 500);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+    }
+
+    #[test]
+    fn ids_carry_their_prefix_and_sort_by_creation() {
+        let a = new_id("job");
+        let b = new_id("job");
+        assert!(a.starts_with("job-"));
+        assert!(a < b, "uuid v7 ids are time-ordered");
+        assert!(tanvrit_state::validate::identifier("job id", &a).is_ok());
+    }
+}

@@ -1,0 +1,305 @@
+//! API keys on the request path: secrets, their hashes, and who a request acts as.
+//!
+//! A secret is `tvk_<key id>_<64 hex digits>` (256 random bits). Only its SHA-256 is
+//! replicated: a plain hash is enough for a secret with that much entropy (no password
+//! stretching needed), and it lets every replica look a key up without a shared salt.
+//! Secrets are never logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, HeaderValue};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tanvrit_api::{BusinessId, KeyId, Scope};
+use tanvrit_state::State;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Every secret this server generates starts with this.
+pub const SECRET_PREFIX: &str = "tvk_";
+
+/// Hex SHA-256 of a secret: what `State::key_by_hash` is keyed by.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh key id, `key-<uuid v7>`.
+pub fn new_key_id() -> KeyId {
+    KeyId(format!("key-{}", uuid::Uuid::now_v7()))
+}
+
+/// A fresh secret for `key`: `tvk_<key id>_<64 hex>` from 256 bits of a CSPRNG.
+pub fn generate_secret(key: &KeyId) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{SECRET_PREFIX}{key}_{}", hex::encode(bytes))
+}
+
+/// The key id inside a secret this server generated, if it is one.
+pub fn key_id_of_secret(secret: &str) -> Option<KeyId> {
+    let (key, random) = secret.strip_prefix(SECRET_PREFIX)?.rsplit_once('_')?;
+    let well_formed = !key.is_empty()
+        && random.len() == 64
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+        && tanvrit_state::validate::identifier("key id", key).is_ok();
+    well_formed.then(|| KeyId(key.to_string()))
+}
+
+/// Who a request acts as: the key that authenticated it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id.
+    pub key: KeyId,
+    /// What it may do.
+    pub scope: Scope,
+    /// For `user` keys: the one business it sees and touches.
+    pub business: Option<BusinessId>,
+}
+
+/// Finds the active key for an `Authorization: Bearer <secret>` header.
+pub fn authenticate(
+    state: &State,
+    authorization: Option<&HeaderValue>,
+) -> Result<Principal, ApiError> {
+    let secret = bearer(authorization)?;
+    let stored = state
+        .key_by_hash(&hash_secret(secret))
+        .ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
+    if stored.info.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized(format!(
+            "API key `{}` was revoked",
+            stored.info.id
+        )));
+    }
+    Ok(Principal {
+        key: stored.info.id.clone(),
+        scope: stored.info.scope,
+        business: stored.info.business.clone(),
+    })
+}
+
+fn bearer(authorization: Option<&HeaderValue>) -> Result<&str, ApiError> {
+    let missing = || ApiError::Unauthorized("send `Authorization: Bearer <API key>`".into());
+    let value = authorization
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| missing())?;
+    let (scheme, secret) = value.trim().split_once(' ').ok_or_else(missing)?;
+    let secret = secret.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() {
+        return Err(missing());
+    }
+    Ok(secret)
+}
+
+impl Principal {
+    /// Refuses with 403 unless the key's scope is one of `allowed`.
+    pub fn require(&self, allowed: &[Scope]) -> Result<(), ApiError> {
+        if allowed.contains(&self.scope) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            Err(ApiError::Forbidden(format!(
+                "a {} key cannot do this (needs {})",
+                self.scope.as_str(),
+                names.join(" or ")
+            )))
+        }
+    }
+
+    /// True when this key may see what `owner` owns: admin keys see everything, user keys
+    /// their own business. Callers answer 404 (not 403) otherwise, so a user key learns
+    /// nothing about other businesses.
+    pub fn sees(&self, owner: &BusinessId) -> bool {
+        match self.scope {
+            Scope::Admin => true,
+            Scope::User => self.business.as_ref() == Some(owner),
+            Scope::Agent => false,
+        }
+    }
+
+    /// The one business a request acts on (a submission, a balance): a user key's own
+    /// (naming another is 404), or the one an admin key names (422 without it).
+    pub fn required_business(&self, named: Option<&BusinessId>) -> Result<BusinessId, ApiError> {
+        match self.business_filter(named)? {
+            Some(business) => Ok(business),
+            None => Err(ApiError::Invalid(
+                "admin keys must name the `business` to act on".into(),
+            )),
+        }
+    }
+
+    /// The business a list or read is narrowed to: always a user key's own (naming
+    /// another is 404); for admin keys, whatever they named (maybe none).
+    pub fn business_filter(
+        &self,
+        named: Option<&BusinessId>,
+    ) -> Result<Option<BusinessId>, ApiError> {
+        match self.scope {
+            Scope::User => {
+                let own = self.business.clone().ok_or_else(|| {
+                    ApiError::Internal(format!("user key `{}` has no business", self.key))
+                })?;
+                match named {
+                    Some(other) if *other != own => Err(ApiError::not_found("business", other)),
+                    _ => Ok(Some(own)),
+                }
+            }
+            Scope::Admin | Scope::Agent => Ok(named.cloned()),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        app.reader()
+            .read(|state| authenticate(state, authorization))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tanvrit_state::{Command, Effect};
+
+    fn state_with(keys: &[(&str, Scope, Option<&str>, &str)]) -> State {
+        let mut state = State::new();
+        for (i, (id, scope, business, secret)) in keys.iter().enumerate() {
+            let outcome = state.apply(
+                i as u64 + 1,
+                &Command::KeyCreate {
+                    key: KeyId::from(*id),
+                    name: id.to_string(),
+                    scope: *scope,
+                    business: business.map(BusinessId::from),
+                    secret_hash: hash_secret(secret),
+                    at: 1,
+                },
+            );
+            assert!(matches!(outcome, Ok(Effect::Key { .. })), "{outcome:?}");
+        }
+        state
+    }
+
+    fn header(value: &str) -> HeaderValue {
+        HeaderValue::from_str(value).unwrap()
+    }
+
+    #[test]
+    fn the_hash_is_hex_sha256_of_the_whole_secret() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(hash_secret("abc"), hash_secret("abd"));
+    }
+
+    #[test]
+    fn generated_secrets_carry_their_key_id_and_256_random_bits() {
+        let key = new_key_id();
+        let a = generate_secret(&key);
+        let b = generate_secret(&key);
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("tvk_{key}_")));
+        assert_eq!(a.len(), "tvk_".len() + key.as_str().len() + 1 + 64);
+        assert_eq!(key_id_of_secret(&a), Some(key));
+        assert_eq!(key_id_of_secret("tvk_key-1_short"), None);
+        assert_eq!(key_id_of_secret("not a secret"), None);
+    }
+
+    #[test]
+    fn a_known_active_key_authenticates_as_its_scope_and_business() {
+        let state = state_with(&[("key-u", Scope::User, Some("acme"), "secret-user-0001")]);
+        let principal = authenticate(&state, Some(&header("Bearer secret-user-0001"))).unwrap();
+        assert_eq!(principal.key.as_str(), "key-u");
+        assert_eq!(principal.scope, Scope::User);
+        assert_eq!(principal.business, Some(BusinessId::from("acme")));
+        // The scheme is case-insensitive.
+        assert!(authenticate(&state, Some(&header("bearer secret-user-0001"))).is_ok());
+    }
+
+    #[test]
+    fn missing_malformed_unknown_and_revoked_keys_are_unauthorized() {
+        let mut state = state_with(&[("key-a", Scope::Admin, None, "secret-admin-001")]);
+        for value in [
+            None,
+            Some("secret-admin-001"),
+            Some("Basic abc"),
+            Some("Bearer "),
+            Some("Bearer nope"),
+        ] {
+            let error = authenticate(&state, value.map(header).as_ref()).unwrap_err();
+            assert_eq!(error.code(), "unauthorized", "{value:?}");
+        }
+        state
+            .apply(
+                9,
+                &Command::KeyRevoke {
+                    key: KeyId::from("key-a"),
+                    at: 2,
+                },
+            )
+            .unwrap();
+        let error = authenticate(&state, Some(&header("Bearer secret-admin-001"))).unwrap_err();
+        assert_eq!(error.code(), "unauthorized");
+        assert!(error.to_string().contains("revoked"));
+    }
+
+    fn principal(scope: Scope, business: Option<&str>) -> Principal {
+        Principal {
+            key: KeyId::from("key-x"),
+            scope,
+            business: business.map(BusinessId::from),
+        }
+    }
+
+    #[test]
+    fn scopes_outside_the_allowed_set_are_forbidden() {
+        let agent = principal(Scope::Agent, None);
+        assert!(agent.require(&[Scope::Agent, Scope::Admin]).is_ok());
+        let error = agent.require(&[Scope::Admin]).unwrap_err();
+        assert_eq!(error.code(), "forbidden");
+        assert_eq!(error.status().as_u16(), 403);
+    }
+
+    #[test]
+    fn user_keys_see_only_their_business_and_others_are_not_found() {
+        let user = principal(Scope::User, Some("acme"));
+        let acme = BusinessId::from("acme");
+        let globex = BusinessId::from("globex");
+        assert!(user.sees(&acme));
+        assert!(!user.sees(&globex));
+        assert_eq!(user.required_business(None).unwrap(), acme);
+        assert_eq!(user.required_business(Some(&acme)).unwrap(), acme);
+        assert_eq!(
+            user.required_business(Some(&globex)).unwrap_err().code(),
+            "not_found"
+        );
+        assert_eq!(user.business_filter(None).unwrap(), Some(acme.clone()));
+        assert_eq!(
+            user.business_filter(Some(&globex))
+                .unwrap_err()
+                .status()
+                .as_u16(),
+            404
+        );
+    }
+
+    #[test]
+    fn admin_keys_see_everything_but_must_name_a_business_to_create() {
+        let admin = principal(Scope::Admin, None);
+        let globex = BusinessId::from("globex");
+        assert!(admin.sees(&globex));
+        assert_eq!(admin.business_filter(None).unwrap(), None);
+        assert_eq!(admin.required_business(Some(&globex)).unwrap(), globex);
+        let error = admin.required_business(None).unwrap_err();
+        assert_eq!((error.code(), error.status().as_u16()), ("invalid", 422));
+        assert!(!principal(Scope::Agent, None).sees(&globex));
+    }
+}

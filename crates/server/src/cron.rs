@@ -1,0 +1,205 @@
+//! Cron expressions and time zones of schedules: checked before a schedule is written
+//! (so `apply`, which knows no calendar, only ever sees valid ones), and the next due
+//! time computed at read time.
+//!
+//! Accepted: 5 fields (`min hour dom month dow`), 6 fields with a leading seconds field,
+//! and the `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly` nicknames. Zones are IANA
+//! names (`Europe/Berlin`, `UTC`); due times follow the zone's DST rules.
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+use tanvrit_api::Millis;
+
+/// A parsed cron expression bound to its time zone.
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+/// Why a cron expression or zone was refused (a 422 `invalid` on the API).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    /// The expression does not parse.
+    #[error("invalid cron expression `{expression}`: {reason}")]
+    Expression {
+        /// What was given.
+        expression: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Not an IANA zone name.
+    #[error("unknown time zone `{0}` (use an IANA name such as `Europe/Berlin` or `UTC`)")]
+    Zone(String),
+}
+
+impl CronError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        "invalid"
+    }
+}
+
+fn parser() -> CronParser {
+    // Years stay out: a 7th field is refused, as DESIGN.md promises 5 or 6 fields.
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Checks a cron expression alone.
+pub fn parse_expression(expression: &str) -> Result<Cron, CronError> {
+    let refuse = |reason: String| CronError::Expression {
+        expression: expression.to_string(),
+        reason,
+    };
+    let trimmed = expression.trim();
+    let fields = trimmed.split_whitespace().count();
+    if trimmed.starts_with('@') {
+        if fields != 1 {
+            return Err(refuse("a nickname such as `@hourly` stands alone".into()));
+        }
+    } else if !(5..=6).contains(&fields) {
+        return Err(refuse(format!(
+            "{fields} fields; use 5 (min hour dom month dow) or 6 (with leading seconds)"
+        )));
+    }
+    parser().parse(trimmed).map_err(|e| refuse(e.to_string()))
+}
+
+/// Checks an IANA zone name.
+pub fn parse_zone(zone: &str) -> Result<Tz, CronError> {
+    zone.parse::<Tz>()
+        .map_err(|_| CronError::Zone(zone.to_string()))
+}
+
+impl CronSchedule {
+    /// Parses an expression and a zone.
+    pub fn parse(expression: &str, zone: &str) -> Result<Self, CronError> {
+        Ok(Self {
+            cron: parse_expression(expression)?,
+            zone: parse_zone(zone)?,
+        })
+    }
+
+    /// The first due time strictly after `after` (ms since the epoch), if there is one.
+    pub fn next_after(&self, after: Millis) -> Option<Millis> {
+        // Cron works in whole seconds, and croner carries the start's fraction of a
+        // second into what it finds; start from the whole second instead (still
+        // strictly after: a due time in that second is not after `after`).
+        let whole_second = after.div_euclid(1000) * 1000;
+        let start: DateTime<Utc> = Utc.timestamp_millis_opt(whole_second).single()?;
+        let local = start.with_timezone(&self.zone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|due| due.timestamp_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rfc3339: &str) -> Millis {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn five_and_six_field_expressions_and_nicknames_are_accepted() {
+        for expression in [
+            "*/5 * * * *",
+            "0 9 * * mon-fri",
+            "30 */10 * * * *",
+            "@hourly",
+            "@daily",
+            " 0 0 1 * * ",
+        ] {
+            assert!(parse_expression(expression).is_ok(), "{expression}");
+        }
+    }
+
+    #[test]
+    fn malformed_expressions_are_invalid() {
+        for expression in [
+            "",
+            "* * * *",
+            "0 0 0 1 1 * 2030",
+            "61 * * * *",
+            "* 25 * * *",
+            "@sometimes",
+            "@hourly *",
+            "every minute",
+        ] {
+            let error = parse_expression(expression).unwrap_err();
+            assert_eq!(error.code(), "invalid", "{expression}");
+        }
+    }
+
+    #[test]
+    fn zones_are_iana_names() {
+        assert!(parse_zone("UTC").is_ok());
+        assert!(parse_zone("Europe/Berlin").is_ok());
+        assert!(parse_zone("America/Argentina/Buenos_Aires").is_ok());
+        assert_eq!(
+            parse_zone("Mars/Olympus").unwrap_err(),
+            CronError::Zone("Mars/Olympus".into())
+        );
+        assert!(parse_zone("").is_err());
+    }
+
+    #[test]
+    fn the_next_due_time_is_strictly_after_and_in_the_schedules_zone() {
+        let utc = CronSchedule::parse("0 9 * * *", "UTC").unwrap();
+        assert_eq!(
+            utc.next_after(at("2026-01-10T08:00:00Z")),
+            Some(at("2026-01-10T09:00:00Z"))
+        );
+        assert_eq!(
+            utc.next_after(at("2026-01-10T09:00:00Z")),
+            Some(at("2026-01-11T09:00:00Z")),
+            "a due time equal to `after` is not next"
+        );
+        // 09:00 in Berlin is 08:00 UTC in winter.
+        let berlin = CronSchedule::parse("0 9 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            berlin.next_after(at("2026-01-10T07:00:00Z")),
+            Some(at("2026-01-10T08:00:00Z"))
+        );
+        // ... and 07:00 UTC in summer (DST).
+        assert_eq!(
+            berlin.next_after(at("2026-07-10T06:00:00Z")),
+            Some(at("2026-07-10T07:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn due_times_are_whole_seconds_whatever_the_millisecond_of_the_start() {
+        let every_five = CronSchedule::parse("*/5 * * * *", "UTC").unwrap();
+        let start = at("2026-01-10T08:03:00Z") + 606;
+        assert_eq!(
+            every_five.next_after(start),
+            Some(at("2026-01-10T08:05:00Z"))
+        );
+        let every_second = CronSchedule::parse("* * * * * *", "UTC").unwrap();
+        let half_past = at("2026-01-10T08:00:00Z") + 500;
+        assert_eq!(
+            every_second.next_after(half_past),
+            Some(at("2026-01-10T08:00:01Z"))
+        );
+    }
+
+    #[test]
+    fn a_leading_seconds_field_fires_within_the_minute() {
+        let every_ten = CronSchedule::parse("*/10 * * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_ten.next_after(at("2026-01-10T08:00:01Z")),
+            Some(at("2026-01-10T08:00:10Z"))
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The one place errors become HTTP: [`ApiError`] (every failure a request can meet, each
+//! with a status and a stable `code`) and its `IntoResponse`; [`ServerError`] for what
+//! fails outside a request (binding, bootstrap).
+//!
+//! Every error body is `{"error": {"code": "...", "message": "..."}}` ([`ErrorBody`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tanvrit_api::ErrorBody;
+use tanvrit_cluster::ClusterError;
+use tanvrit_state::Rejection;
+
+/// Why a request failed. Each variant maps to one status and one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all (syntax error, truncated). 400 `malformed_json`.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The JSON does not fit the request type: unknown field, wrong type, missing field,
+    /// or a path parameter that cannot be read. 400 `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No key, an unknown key, or a revoked key. 401 `unauthorized`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key's scope does not allow this route. 403 `forbidden`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such route, or no such resource visible to this key. 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists, but not for this method. 405 `method_not_allowed`.
+    #[error("method {method} is not allowed on this route")]
+    MethodNotAllowed {
+        /// The method the client used.
+        method: String,
+    },
+    /// The body is larger than `ServerConfig::body_limit_bytes`. 413 `body_too_large`.
+    #[error("request body is larger than this server accepts")]
+    BodyTooLarge,
+    /// A body with a content type other than JSON. 415 `unsupported_media_type`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The request is well-formed but a value is not acceptable. 422 `invalid`.
+    #[error("{0}")]
+    Invalid(String),
+    /// `apply` refused the command; status and code come from the rejection.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The cluster could not take the write or serve the read: 503 with `Retry-After`
+    /// (no leader, not caught up, shutting down) or 500 (storage, internal).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A bug or an impossible state on this side. 500 `internal`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BodyTooLarge => "body_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::Rejected(rejection) => rejection.code(),
+            ApiError::Cluster(error) => error.code(),
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            ApiError::Cluster(error) => match error.retry_after() {
+                Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+                None => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A `not_found` for a kind of resource and its id.
+    pub fn not_found(kind: &str, id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound(format!("{kind} `{id}` not found"))
+    }
+
+    /// The body this error is answered with.
+    pub fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        if let ApiError::Cluster(ClusterError::NoLeader { leader, .. }) = self {
+            body.error.leader = leader.clone();
+        }
+        body
+    }
+}
+
+/// Seconds for a `Retry-After` header: whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        if let ApiError::Cluster(error) = &self {
+            if let Some(wait) = error.retry_after() {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(wait)),
+                );
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// What can fail outside a request: serving, and creating the first admin key.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listener failed.
+    #[error("serving the API failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// `TANVRIT_BOOTSTRAP_KEY` cannot serve as a secret.
+    #[error("TANVRIT_BOOTSTRAP_KEY is not usable: {0}")]
+    BootstrapKeyInvalid(String),
+    /// The bootstrap secret is already a key that cannot serve as the admin key
+    /// (revoked, or of another scope).
+    #[error(
+        "the bootstrap secret is already key `{key}` ({why}); set another \
+         TANVRIT_BOOTSTRAP_KEY, or remove <data-dir>/admin.key to generate a new one"
+    )]
+    BootstrapKeyUnusable {
+        /// The existing key's id.
+        key: String,
+        /// Why it cannot be used.
+        why: &'static str,
+    },
+    /// `<data-dir>/admin.key` could not be read or written.
+    #[error("admin key file {path}: {source}")]
+    AdminKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `<data-dir>/admin.key` holds something that is not a key this server generated.
+    #[error("admin key file {path} does not hold a tanvrit key; remove it to generate a new one")]
+    AdminKeyFileMalformed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The cluster could not take the write.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// `apply` refused the key.
+    #[error("creating the admin key was refused: {0}")]
+    Rejected(#[from] Rejection),
+}
+
+impl ServerError {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServerError::Serve(_) => "serve_failed",
+            ServerError::BootstrapKeyInvalid(_) => "bootstrap_key_invalid",
+            ServerError::BootstrapKeyUnusable { .. } => "bootstrap_key_unusable",
+            ServerError::AdminKeyFile { .. } => "admin_key_file",
+            ServerError::AdminKeyFileMalformed { .. } => "admin_key_file_malformed",
+            ServerError::Cluster(error) => error.code(),
+            ServerError::Rejected(rejection) => rejection.code(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).expect("json"),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_request_error_class_has_its_status_code_and_json_body() {
+        let cases = [
+            (ApiError::MalformedJson("eof".into()), 400, "malformed_json"),
+            (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ApiError::Unauthorized("no key".into()), 401, "unauthorized"),
+            (ApiError::Forbidden("scope".into()), 403, "forbidden"),
+            (ApiError::not_found("job", "job-1"), 404, "not_found"),
+            (
+                ApiError::MethodNotAllowed {
+                    method: "GET".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (ApiError::BodyTooLarge, 413, "body_too_large"),
+            (
+                ApiError::UnsupportedMediaType("text/plain".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::Invalid("bad cron".into()), 422, "invalid"),
+            (ApiError::Internal("bug".into()), 500, "internal"),
+        ];
+        for (error, status, code) in cases {
+            let message = error.to_string();
+            let (got_status, _, body) = parts(error).await;
+            assert_eq!(got_status.as_u16(), status, "{code}");
+            assert_eq!(body["error"]["code"], code);
+            assert_eq!(body["error"]["message"], message.as_str());
+            assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only `error`");
+        }
+    }
+
+    #[tokio::test]
+    async fn rejections_keep_their_own_status_and_code() {
+        let cases = [
+            (
+                Rejection::InsufficientCredits {
+                    business: "acme".into(),
+                    needed: 10,
+                    available: 1,
+                },
+                402,
+                "insufficient_credits",
+            ),
+            (
+                Rejection::IllegalTransition {
+                    kind: "job".into(),
+                    id: "j".into(),
+                    from: "succeeded".into(),
+                    action: "cancel".into(),
+                },
+                409,
+                "illegal_transition",
+            ),
+            (
+                Rejection::NotFound {
+                    kind: "job".into(),
+                    id: "j".into(),
+                },
+                404,
+                "not_found",
+            ),
+            (
+                Rejection::IdempotencyConflict { key: "k".into() },
+                422,
+                "idempotency_conflict",
+            ),
+        ];
+        for (rejection, status, code) in cases {
+            let (got, _, body) = parts(ApiError::Rejected(rejection)).await;
+            assert_eq!(got.as_u16(), status);
+            assert_eq!(body["error"]["code"], code);
+        }
+    }
+
+    #[tokio::test]
+    async fn unavailable_cluster_answers_503_with_retry_after_and_the_leader() {
+        let (status, headers, body) = parts(ApiError::Cluster(ClusterError::NoLeader {
+            retry_after: Duration::from_millis(1500),
+            leader: Some("replica-2".into()),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(body["error"]["code"], "no_leader");
+        assert_eq!(body["error"]["leader"], "replica-2");
+
+        let (status, headers, body) = parts(ApiError::Cluster(ClusterError::NotCaughtUp {
+            wanted: 9,
+            applied: 3,
+            retry_after: Duration::from_millis(10),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1", "rounded up to a second");
+        assert_eq!(body["error"]["code"], "not_caught_up");
+
+        let (status, headers, _) = parts(ApiError::Cluster(ClusterError::ShuttingDown)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn storage_and_internal_cluster_failures_are_500_without_retry_after() {
+        for (error, code) in [
+            (ClusterError::Storage("disk".into()), "storage_error"),
+            (ClusterError::Internal("oops".into()), "internal"),
+        ] {
+            let (status, headers, body) = parts(ApiError::Cluster(error)).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!headers.contains_key(header::RETRY_AFTER));
+            assert_eq!(body["error"]["code"], code);
+        }
+    }
+
+    #[tokio::test]
+    async fn unauthorized_names_the_bearer_scheme() {
+        let (_, headers, _) = parts(ApiError::Unauthorized("missing".into())).await;
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

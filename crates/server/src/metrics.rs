@@ -1,0 +1,400 @@
+//! `GET /metrics`: Prometheus metrics kept with `prometheus-client`.
+//!
+//! HTTP requests are counted as they finish; replica and domain gauges (applied index,
+//! role, leader, jobs and nodes by state) are refreshed from the cluster at each scrape,
+//! so they are never stale and cost nothing between scrapes.
+//!
+//! `prometheus-client` writes OpenMetrics text. A scraper that asks for it (`Accept:
+//! application/openmetrics-text`) gets it as is; everyone else (curl, `promtool check
+//! metrics`) gets the classic Prometheus text format, into which
+//! [`openmetrics_to_prometheus_text`] rewrites it (counter families named with their
+//! `_total`, no `# UNIT` or `# EOF` lines).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tanvrit_api::{JobState, NodeState, Role};
+use tanvrit_cluster::ClusterService;
+
+/// Content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics text.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The server's metrics registry.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    in_flight: Gauge,
+    latency: HistogramFamily,
+    applied_index: Gauge,
+    commit_index: Gauge,
+    term: Gauge,
+    role: Family<RoleLabels, Gauge>,
+    leader: Family<ReplicaLabels, Gauge>,
+    jobs: Family<StateLabels, Gauge>,
+    nodes: Family<StateLabels, Gauge>,
+    /// Serializes scrapes: each one refreshes the gauges, then encodes.
+    scrape: Mutex<()>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s: covers quick reads and the longest log long poll.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+const NODE_STATES: [NodeState; 4] = [
+    NodeState::Ready,
+    NodeState::Draining,
+    NodeState::Down,
+    NodeState::Deleted,
+];
+const ROLES: [Role; 4] = [Role::Leader, Role::Follower, Role::Candidate, Role::Learner];
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("tanvrit");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered now (long polls included)",
+            in_flight.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request, by route",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let applied_index = Gauge::default();
+        registry.register(
+            "raft_applied_index",
+            "Last log index this replica applied",
+            applied_index.clone(),
+        );
+        let commit_index = Gauge::default();
+        registry.register(
+            "raft_commit_index",
+            "Last log index this replica knows to be committed",
+            commit_index.clone(),
+        );
+        let term = Gauge::default();
+        registry.register(
+            "raft_term",
+            "Current Raft term of this replica",
+            term.clone(),
+        );
+        let role = Family::<RoleLabels, Gauge>::default();
+        registry.register(
+            "raft_role",
+            "1 for this replica's current role, 0 for the others",
+            role.clone(),
+        );
+        let leader = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "raft_leader",
+            "1 for the replica this one knows as leader (absent when none is known)",
+            leader.clone(),
+        );
+        let jobs = Family::<StateLabels, Gauge>::default();
+        registry.register("jobs", "Jobs by state", jobs.clone());
+        let nodes = Family::<StateLabels, Gauge>::default();
+        registry.register("nodes", "Worker nodes by state", nodes.clone());
+        Self {
+            registry,
+            requests,
+            in_flight,
+            latency,
+            applied_index,
+            commit_index,
+            term,
+            role,
+            leader,
+            jobs,
+            nodes,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped (also when the
+    /// client goes away and the request's future is dropped mid-way).
+    pub(crate) fn start_request(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn observe(&self, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the gauges from the cluster and encodes everything.
+    pub(crate) fn render(&self, cluster: &dyn ClusterService, openmetrics: bool) -> String {
+        let _scrape = self.scrape.lock();
+        let topology = cluster.topology();
+        let this = topology
+            .replicas
+            .iter()
+            .find(|replica| replica.name == topology.this_replica);
+        let (job_counts, node_counts, applied) = cluster.reader().read(|state| {
+            let mut nodes = [0i64; NODE_STATES.len()];
+            for node in state.nodes() {
+                if let Some(i) = NODE_STATES.iter().position(|s| *s == node.state) {
+                    nodes[i] += 1;
+                }
+            }
+            (state.job_counts(), nodes, state.applied_index())
+        });
+        self.applied_index.set(saturating_i64(applied));
+        self.commit_index.set(saturating_i64(
+            this.map_or(applied, |r| r.commit_index.max(applied)),
+        ));
+        self.term.set(saturating_i64(this.map_or(0, |r| r.term)));
+        let current = cluster.role();
+        for role in ROLES {
+            self.role
+                .get_or_create(&RoleLabels {
+                    role: role.as_str(),
+                })
+                .set(i64::from(role == current));
+        }
+        self.leader.clear();
+        if let Some(leader) = cluster.leader_id() {
+            self.leader
+                .get_or_create(&ReplicaLabels { replica: leader })
+                .set(1);
+        }
+        for state in JobState::ALL {
+            let count = job_counts.get(&state).copied().unwrap_or(0);
+            self.jobs
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(saturating_i64(count));
+        }
+        for (state, count) in NODE_STATES.iter().zip(node_counts) {
+            self.nodes
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(count);
+        }
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            // Writing into a String cannot fail; keep what was written if it somehow did.
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        if openmetrics {
+            text
+        } else {
+            openmetrics_to_prometheus_text(&text)
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// True when an `Accept` header asks for OpenMetrics.
+pub(crate) fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+/// Rewrites OpenMetrics text into the classic Prometheus text format (version 0.0.4).
+///
+/// The two differ, for what `prometheus-client` writes, in three ways: a counter family
+/// is named without `_total` in OpenMetrics (its samples carry it) but with it in the
+/// classic format; `# UNIT` lines and the closing `# EOF` exist only in OpenMetrics.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(line) => out.push_str(line.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_registry_text() -> String {
+        let metrics = Metrics::new();
+        metrics.observe("/api/compute/jobs/list", 200, Duration::from_millis(3));
+        metrics.observe("/api/compute/jobs/list", 200, Duration::from_millis(5));
+        metrics.observe("unmatched", 404, Duration::from_micros(40));
+        metrics
+            .jobs
+            .get_or_create(&StateLabels { state: "pending" })
+            .set(2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn counters_are_named_with_total_and_units_are_in_names() {
+        let text = openmetrics_to_prometheus_text(&sample_registry_text());
+        assert!(text.contains("# HELP tanvrit_http_requests_total HTTP requests answered"));
+        assert!(text.contains("# TYPE tanvrit_http_requests_total counter\n"));
+        assert!(text.contains(
+            "tanvrit_http_requests_total{route=\"/api/compute/jobs/list\",status=\"200\"} 2\n"
+        ));
+        assert!(text.contains("# TYPE tanvrit_http_request_duration_seconds histogram\n"));
+        assert!(
+            text.contains("tanvrit_http_request_duration_seconds_count{route=\"unmatched\"} 1\n")
+        );
+        assert!(text.contains("# TYPE tanvrit_jobs gauge\n"));
+        assert!(text.contains("tanvrit_jobs{state=\"pending\"} 2\n"));
+        assert!(!text.contains("# UNIT"));
+        assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn every_sample_family_has_help_and_type_lines() {
+        let text = openmetrics_to_prometheus_text(&sample_registry_text());
+        let mut typed = HashSet::new();
+        let mut helped = HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split(' ').next().unwrap().to_string());
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+                    .unwrap_or(name);
+                assert!(typed.contains(family), "no TYPE for {name}");
+                assert!(helped.contains(family), "no HELP for {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn openmetrics_is_passed_through_only_when_asked_for() {
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(None));
+        let open = sample_registry_text();
+        assert!(open.ends_with("# EOF\n"));
+        assert!(open.contains("# TYPE tanvrit_http_requests counter\n"));
+    }
+
+    /// `promtool check metrics` is the judge of the format when it is installed (it is
+    /// on the project's machines: Debian's `prometheus` package).
+    #[test]
+    fn promtool_accepts_the_prometheus_text() {
+        let text = openmetrics_to_prometheus_text(&sample_registry_text());
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("promtool not installed; format checked by the other tests only");
+            return;
+        };
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && report.trim().is_empty(),
+            "promtool: {report}\n{text}"
+        );
+    }
+}

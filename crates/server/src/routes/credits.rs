@@ -1,0 +1,334 @@
+//! `credits/entries/create` (admin), `credits/balance`, `credits/entries/list`.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use tanvrit_api::{
+    BusinessId, CreditBalanceRequest, CreditBalanceResponse, CreditEntriesRequest,
+    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, EntryId, EntryKind,
+    ErrorBody, LedgerEntry, Millis, Scope,
+};
+use tanvrit_state::{validate, Command, Effect, State as DomainState};
+
+use super::jobs::{idempotency_header, merge_idempotency};
+use super::ApiErrors;
+use crate::app::{new_id, now_ms, unexpected, AppState};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+
+const LEDGER_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
+/// Entries per page when none is asked for.
+pub const DEFAULT_ENTRIES_LIMIT: u32 = 100;
+/// Largest page of entries.
+pub const MAX_ENTRIES_LIMIT: u32 = 10_000;
+/// Longest note on an entry (as `apply` allows).
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// Writes a top-up, refund or adjustment.
+#[utoipa::path(
+    post,
+    path = "/api/compute/credits/entries/create",
+    tag = "credits",
+    request_body = CreditEntryCreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alias of the body's `idempotency_key`")),
+    responses(
+        (status = 200, description = "The entry (or the earlier one for a repeated idempotency key)", body = CreditEntryResponse),
+        (status = 402, description = "`insufficient_credits`: a negative adjustment beyond the balance", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_create_credit_entry(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<CreditEntryCreateRequest>,
+) -> Result<Json<CreditEntryResponse>, ApiError> {
+    principal.require(&[Scope::Admin])?;
+    let command = entry_command(request, idempotency_header(&headers)?, now_ms())?;
+    let (effect, index) = app.write(command).await?;
+    match effect {
+        Effect::Entry { entry, .. } => Ok(Json(CreditEntryResponse {
+            entry: *entry,
+            index,
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A business's balance: available and held micro-credits.
+#[utoipa::path(
+    post,
+    path = "/api/compute/credits/balance",
+    tag = "credits",
+    request_body = CreditBalanceRequest,
+    responses(
+        (status = 200, description = "The balance", body = CreditBalanceResponse),
+        (status = 404, description = "`not_found`: a user key named another business", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_get_credit_balance(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<CreditBalanceRequest>,
+) -> Result<Json<CreditBalanceResponse>, ApiError> {
+    principal.require(LEDGER_SCOPES)?;
+    let business = principal.required_business(request.business.as_ref())?;
+    app.barrier(request.consistency).await?;
+    Ok(Json(app.read(|state| balance(state, business))))
+}
+
+/// A business's ledger entries, oldest first, with the running balance.
+#[utoipa::path(
+    post,
+    path = "/api/compute/credits/entries/list",
+    tag = "credits",
+    request_body = CreditEntriesRequest,
+    responses(
+        (status = 200, description = "Entries, oldest first", body = CreditEntriesResponse),
+        (status = 404, description = "`not_found`: a user key named another business", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_list_credit_entries(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<CreditEntriesRequest>,
+) -> Result<Json<CreditEntriesResponse>, ApiError> {
+    principal.require(LEDGER_SCOPES)?;
+    let business = principal.required_business(request.business.as_ref())?;
+    app.barrier(request.consistency).await?;
+    app.read(|state| list_entries(state, business, &request))
+        .map(Json)
+}
+
+// ---- logic, testable on a bare `State` ------------------------------------------------
+
+/// Builds `LedgerEntryCreate`. Without an idempotency key the entry's own id serves as
+/// one, so a request without a key is never deduplicated.
+///
+/// The kind, sign and note checks repeat `apply`'s (which stays the authority), so
+/// that bad input is refused before anything reaches the log.
+pub(crate) fn entry_command(
+    request: CreditEntryCreateRequest,
+    header_key: Option<String>,
+    at: Millis,
+) -> Result<Command, ApiError> {
+    validate::identifier("business", request.business.as_str())?;
+    match request.kind {
+        EntryKind::TopUp | EntryKind::Refund if request.amount <= 0 => {
+            return Err(ApiError::Invalid(format!(
+                "a {} must be a positive amount",
+                request.kind.as_str()
+            )))
+        }
+        EntryKind::Adjustment if request.amount == 0 => {
+            return Err(ApiError::Invalid("an adjustment must not be zero".into()))
+        }
+        EntryKind::Hold | EntryKind::Charge | EntryKind::Release => {
+            return Err(ApiError::Invalid(
+                "holds, charges and releases are written by the system, not by hand".into(),
+            ))
+        }
+        EntryKind::TopUp | EntryKind::Refund | EntryKind::Adjustment => {}
+    }
+    if request
+        .note
+        .as_ref()
+        .is_some_and(|n| n.len() > MAX_NOTE_BYTES)
+    {
+        return Err(ApiError::Invalid(format!(
+            "notes are at most {MAX_NOTE_BYTES} bytes"
+        )));
+    }
+    let entry = EntryId(new_id("ent"));
+    let idempotency_key = merge_idempotency(request.idempotency_key, header_key)?
+        .unwrap_or_else(|| entry.to_string());
+    Ok(Command::LedgerEntryCreate {
+        entry,
+        business: request.business,
+        kind: request.kind,
+        amount: request.amount,
+        idempotency_key,
+        note: request.note,
+        at,
+    })
+}
+
+/// A business's balance (zero for one without a ledger yet).
+pub(crate) fn balance(state: &DomainState, business: BusinessId) -> CreditBalanceResponse {
+    let account = state.account(&business);
+    CreditBalanceResponse {
+        available: account.map_or(0, |a| a.available),
+        held: account.map_or(0, |a| a.held),
+        entries: account.map_or(0, |a| a.entries.len() as u64),
+        business,
+        index: state.applied_index(),
+    }
+}
+
+/// A page of a business's entries.
+pub(crate) fn list_entries(
+    state: &DomainState,
+    business: BusinessId,
+    request: &CreditEntriesRequest,
+) -> Result<CreditEntriesResponse, ApiError> {
+    let limit = request.limit.unwrap_or(DEFAULT_ENTRIES_LIMIT);
+    if limit == 0 || limit > MAX_ENTRIES_LIMIT {
+        return Err(ApiError::Invalid(format!(
+            "`limit` must be between 1 and {MAX_ENTRIES_LIMIT}"
+        )));
+    }
+    let entries: Vec<LedgerEntry> = state
+        .account(&business)
+        .map(|account| {
+            // `seq` is the position + 1, so `after_seq` is where the page starts.
+            let start = request
+                .after_seq
+                .unwrap_or(0)
+                .min(account.entries.len() as u64) as usize;
+            account.entries[start..]
+                .iter()
+                .filter(|e| request.from.is_none_or(|from| e.at >= from))
+                .filter(|e| request.to.is_none_or(|to| e.at < to))
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(CreditEntriesResponse {
+        business,
+        entries,
+        index: state.applied_index(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top_up(business: &str, amount: i64, key: Option<&str>) -> CreditEntryCreateRequest {
+        CreditEntryCreateRequest {
+            business: BusinessId::from(business),
+            kind: EntryKind::TopUp,
+            amount,
+            idempotency_key: key.map(str::to_string),
+            note: None,
+        }
+    }
+
+    fn ledger() -> DomainState {
+        let mut state = DomainState::new();
+        for (i, amount) in [100, 200, 300, 400].into_iter().enumerate() {
+            let command =
+                entry_command(top_up("acme", amount, None), None, 1000 * (i as i64 + 1)).unwrap();
+            state.apply(i as u64 + 1, &command).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn entries_without_a_key_are_never_deduplicated_and_keys_come_from_the_header_too() {
+        let a = entry_command(top_up("acme", 5, None), None, 1).unwrap();
+        let b = entry_command(top_up("acme", 5, None), None, 1).unwrap();
+        let key = |c: &Command| match c {
+            Command::LedgerEntryCreate {
+                idempotency_key, ..
+            } => idempotency_key.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(key(&a), key(&b));
+        let from_header =
+            entry_command(top_up("acme", 5, None), Some("topup-42".into()), 1).unwrap();
+        assert_eq!(key(&from_header), "topup-42");
+        assert_eq!(
+            entry_command(top_up("a b", 5, None), None, 1)
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+    }
+
+    #[test]
+    fn entries_of_the_wrong_sign_or_kind_are_refused_before_proposing() {
+        let with = |kind: EntryKind, amount: i64| CreditEntryCreateRequest {
+            kind,
+            amount,
+            ..top_up("acme", 1, None)
+        };
+        for (kind, amount) in [
+            (EntryKind::TopUp, 0),
+            (EntryKind::Refund, -5),
+            (EntryKind::Adjustment, 0),
+            (EntryKind::Hold, -5),
+            (EntryKind::Charge, -5),
+            (EntryKind::Release, 5),
+        ] {
+            let error = entry_command(with(kind, amount), None, 1).unwrap_err();
+            assert_eq!(error.code(), "invalid", "{kind:?} {amount}");
+        }
+        assert!(entry_command(with(EntryKind::Adjustment, -5), None, 1).is_ok());
+        let mut noted = top_up("acme", 5, None);
+        noted.note = Some("n".repeat(MAX_NOTE_BYTES + 1));
+        assert_eq!(entry_command(noted, None, 1).unwrap_err().code(), "invalid");
+    }
+
+    #[test]
+    fn the_balance_of_a_business_without_a_ledger_is_zero() {
+        let state = ledger();
+        let acme = balance(&state, BusinessId::from("acme"));
+        assert_eq!((acme.available, acme.held, acme.entries), (1000, 0, 4));
+        let none = balance(&state, BusinessId::from("globex"));
+        assert_eq!((none.available, none.held, none.entries), (0, 0, 0));
+        assert_eq!(none.index, 4);
+    }
+
+    #[test]
+    fn entries_are_paged_by_sequence_and_filtered_by_time() {
+        let state = ledger();
+        let acme = || BusinessId::from("acme");
+        let page = |request: CreditEntriesRequest| {
+            list_entries(&state, acme(), &request)
+                .unwrap()
+                .entries
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(CreditEntriesRequest::default()), vec![1, 2, 3, 4]);
+        assert_eq!(
+            page(CreditEntriesRequest {
+                after_seq: Some(1),
+                limit: Some(2),
+                ..Default::default()
+            }),
+            vec![2, 3]
+        );
+        assert_eq!(
+            page(CreditEntriesRequest {
+                from: Some(2000),
+                to: Some(4000),
+                ..Default::default()
+            }),
+            vec![2, 3],
+            "`from` is inclusive, `to` exclusive"
+        );
+        assert!(page(CreditEntriesRequest {
+            after_seq: Some(99),
+            ..Default::default()
+        })
+        .is_empty());
+        let too_many = CreditEntriesRequest {
+            limit: Some(MAX_ENTRIES_LIMIT + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            list_entries(&state, acme(), &too_many).unwrap_err().code(),
+            "invalid"
+        );
+    }
+}

@@ -1,0 +1,892 @@
+//! `jobs/submit`, `jobs/list`, `jobs/{id}/get`, `jobs/{id}/cancel`, `jobs/{id}/retry`,
+//! `jobs/{id}/logs` (with long polling).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use tanvrit_api::{
+    Attempt, BusinessId, ErrorBody, Job, JobActionRequest, JobId, JobListRequest, JobListResponse,
+    JobLogsRequest, JobLogsResponse, JobResponse, JobSubmitRequest, Millis, Rates, ReadRequest,
+    Scope, IDEMPOTENCY_HEADER,
+};
+use tanvrit_cluster::LogWindow;
+use tanvrit_state::{validate, Command, Effect, JobFilter, Rejection, State as DomainState};
+use tokio::time::Instant;
+
+use super::ApiErrors;
+use crate::app::{new_id, now_ms, unexpected, AppState};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
+
+/// Scopes that may use the job routes.
+const JOB_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
+/// Page size of `jobs/list` when none is asked for.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest page of `jobs/list`.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Window of `jobs/{id}/logs` when none is asked for.
+pub const DEFAULT_LOG_WINDOW: u64 = 1024 * 1024;
+/// Largest window of `jobs/{id}/logs`; larger asks are trimmed to it.
+pub const MAX_LOG_WINDOW: u64 = 4 * 1024 * 1024;
+
+/// Submits a job for a business; the credits its reservation needs are held at once.
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/submit",
+    tag = "jobs",
+    request_body = JobSubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alias of the body's `idempotency_key`")),
+    responses(
+        (status = 200, description = "The new job, or the first one for a repeated idempotency key", body = JobResponse),
+        (status = 402, description = "`insufficient_credits`: the balance cannot cover the hold", body = ErrorBody),
+        (status = 404, description = "`not_found`: a user key named another business", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_submit_job(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<JobSubmitRequest>,
+) -> Result<Json<JobResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    let header_key = idempotency_header(&headers)?;
+    let command = submit_command(
+        &principal,
+        request,
+        header_key,
+        app.config().rates,
+        now_ms(),
+    )?;
+    let (effect, index) = app.write(command).await?;
+    Ok(Json(JobResponse {
+        job: effect_job(effect)?,
+        index,
+    }))
+}
+
+/// Lists jobs, newest first, a page at a time.
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/list",
+    tag = "jobs",
+    request_body = JobListRequest,
+    responses(
+        (status = 200, description = "A page of jobs", body = JobListResponse),
+        (status = 404, description = "`not_found`: a user key named another business", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_list_jobs(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<JobListRequest>,
+) -> Result<Json<JobListResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    app.barrier(request.consistency).await?;
+    app.read(|state| list_jobs(state, &principal, &request))
+        .map(Json)
+}
+
+/// Reads one job.
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/{id}/get",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = ReadRequest,
+    responses(
+        (status = 200, description = "The job", body = JobResponse),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_get_job(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath,
+    ApiJson(request): ApiJson<ReadRequest>,
+) -> Result<Json<JobResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    app.barrier(request.consistency).await?;
+    app.read(|state| {
+        let job = visible_job(state, &principal, &JobId(id))?.clone();
+        Ok(Json(JobResponse {
+            job,
+            index: state.applied_index(),
+        }))
+    })
+}
+
+/// Cancels a job; a running attempt is told to stop.
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = JobActionRequest,
+    responses(
+        (status = 200, description = "The cancelled job", body = JobResponse),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job already ended", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_cancel_job(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath,
+    ApiJson(request): ApiJson<JobActionRequest>,
+) -> Result<Json<JobResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    let job = JobId(id);
+    check_reason(request.reason.as_deref())?;
+    app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
+        .await?;
+    let command = Command::JobCancel {
+        job,
+        reason: request.reason,
+        at: now_ms(),
+    };
+    let (effect, index) = app.write(command).await?;
+    Ok(Json(JobResponse {
+        job: effect_job(effect)?,
+        index,
+    }))
+}
+
+/// Requeues a failed, cancelled or lost job (a new hold is placed).
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = JobActionRequest,
+    responses(
+        (status = 200, description = "The requeued job", body = JobResponse),
+        (status = 402, description = "`insufficient_credits`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has not ended, or is still stopping", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_retry_job(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath,
+    ApiJson(request): ApiJson<JobActionRequest>,
+) -> Result<Json<JobResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    let job = JobId(id);
+    check_reason(request.reason.as_deref())?;
+    app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
+        .await?;
+    if let Some(reason) = &request.reason {
+        // `JobRetry` records no reason; keep it in the server log for the record.
+        tracing::info!(job = %job, key = %principal.key, reason = %reason, "job retry requested");
+    }
+    let (effect, index) = app.write(Command::JobRetry { job, at: now_ms() }).await?;
+    Ok(Json(JobResponse {
+        job: effect_job(effect)?,
+        index,
+    }))
+}
+
+/// Reads a window of an attempt's output. With `wait_ms`, waits (at most the server's
+/// `long_poll_max`) until there is new output or the attempt ends.
+#[utoipa::path(
+    post,
+    path = "/api/compute/jobs/{id}/logs",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = JobLogsRequest,
+    responses(
+        (status = 200, description = "A window of output", body = JobLogsResponse),
+        (status = 404, description = "`not_found`: no such job or attempt", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_get_job_logs(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath,
+    ApiJson(request): ApiJson<JobLogsRequest>,
+) -> Result<Json<JobLogsResponse>, ApiError> {
+    principal.require(JOB_SCOPES)?;
+    app.barrier(request.consistency).await?;
+    follow_logs(&app, &principal, &JobId(id), &request)
+        .await
+        .map(Json)
+}
+
+/// Reads a window; while it is empty and more output can come, waits for the applied
+/// index to move (every `LogAppend` and attempt change moves it) until `wait_ms`, the
+/// server's `long_poll_max`, or shutdown.
+async fn follow_logs(
+    app: &AppState,
+    principal: &Principal,
+    job: &JobId,
+    request: &JobLogsRequest,
+) -> Result<JobLogsResponse, ApiError> {
+    let max_bytes = log_window(request.max_bytes)?;
+    let wait = Duration::from_millis(request.wait_ms.unwrap_or(0)).min(app.config().long_poll_max);
+    let deadline = Instant::now() + wait;
+    let shutting_down = app.shutting_down();
+    tokio::pin!(shutting_down);
+    loop {
+        // Take the index before reading, so output applied after the read wakes the wait.
+        let applied = app.reader().applied_index();
+        let plan = app.read(|state| plan_log_read(state, principal, job, request))?;
+        let window = match &plan.attempt {
+            Some(attempt) if request.offset < attempt.log_bytes => {
+                app.reader()
+                    .job_log(job, &attempt.id, request.offset, max_bytes)?
+            }
+            _ => LogWindow {
+                offset: request.offset,
+                data: Vec::new(),
+                next_offset: request.offset,
+            },
+        };
+        let response = logs_response(&plan, window, app.reader().applied_index());
+        let now = Instant::now();
+        if !response.data.is_empty() || plan.finished || now >= deadline {
+            return Ok(response);
+        }
+        tokio::select! {
+            _ = app.reader().wait_past(applied, deadline - now) => {}
+            _ = &mut shutting_down => return Ok(response),
+        }
+    }
+}
+
+// ---- logic, testable on a bare `State` ------------------------------------------------
+
+/// Reads the `Idempotency-Key` header.
+pub(crate) fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|value| {
+            value.to_str().map(str::to_string).map_err(|_| {
+                ApiError::InvalidRequest(format!("`{IDEMPOTENCY_HEADER}` must be visible ASCII"))
+            })
+        })
+        .transpose()
+}
+
+/// Merges the header and body idempotency keys; both given must agree.
+pub(crate) fn merge_idempotency(
+    body: Option<String>,
+    header: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let key = match (body, header) {
+        (Some(body), Some(header)) if body != header => {
+            return Err(ApiError::Invalid(format!(
+                "`idempotency_key` and the `{IDEMPOTENCY_HEADER}` header differ"
+            )))
+        }
+        (Some(key), _) | (None, Some(key)) => Some(key),
+        (None, None) => None,
+    };
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(ApiError::Invalid("idempotency keys are 1-256 bytes".into()));
+    }
+    Ok(key)
+}
+
+/// Builds the `JobSubmit` command: the business it acts for, a new id, the rates, now.
+pub(crate) fn submit_command(
+    principal: &Principal,
+    request: JobSubmitRequest,
+    header_key: Option<String>,
+    rates: Rates,
+    at: Millis,
+) -> Result<Command, ApiError> {
+    let business = principal.required_business(request.business.as_ref())?;
+    validate::identifier("business", business.as_str())?;
+    validate::job_spec(&request.spec)?;
+    let idempotency_key = merge_idempotency(request.idempotency_key, header_key)?;
+    Ok(Command::JobSubmit {
+        job: JobId(new_id("job")),
+        business,
+        spec: request.spec,
+        idempotency_key,
+        rates,
+        at,
+    })
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+    match reason {
+        Some(reason) if reason.len() > 4096 => {
+            Err(ApiError::Invalid("reasons are at most 4096 bytes".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn effect_job(effect: Effect) -> Result<Job, ApiError> {
+    match effect {
+        Effect::Job { job, .. } => Ok(*job),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn owner(state: &DomainState, job: &JobId) -> Option<BusinessId> {
+    state.job(job).map(|job| job.business.clone())
+}
+
+/// A job this principal may see, or 404.
+pub(crate) fn visible_job<'s>(
+    state: &'s DomainState,
+    principal: &Principal,
+    id: &JobId,
+) -> Result<&'s Job, ApiError> {
+    state
+        .job(id)
+        .filter(|job| principal.sees(&job.business))
+        .ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// A page of jobs as `jobs/list` answers it.
+pub(crate) fn list_jobs(
+    state: &DomainState,
+    principal: &Principal,
+    request: &JobListRequest,
+) -> Result<JobListResponse, ApiError> {
+    let limit = request.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::Invalid(format!(
+            "`limit` must be between 1 and {MAX_LIST_LIMIT}"
+        )));
+    }
+    let filter = JobFilter {
+        state: request.state,
+        business: principal.business_filter(request.business.as_ref())?,
+        after: request.after.clone(),
+        limit: limit as usize,
+    };
+    let (jobs, next) = state.jobs(&filter);
+    Ok(JobListResponse {
+        jobs: jobs.into_iter().cloned().collect(),
+        next,
+        index: state.applied_index(),
+    })
+}
+
+fn log_window(max_bytes: Option<u64>) -> Result<usize, ApiError> {
+    match max_bytes.unwrap_or(DEFAULT_LOG_WINDOW) {
+        0 => Err(ApiError::Invalid("`max_bytes` must be at least 1".into())),
+        n => Ok(n.min(MAX_LOG_WINDOW) as usize),
+    }
+}
+
+/// What a logs read found in the state: which attempt, and whether more can come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LogPlan {
+    /// The attempt to read (none if the job never ran).
+    pub attempt: Option<Attempt>,
+    /// No more output will ever come for this read: the attempt ended, or the job ended
+    /// without ever running.
+    pub finished: bool,
+}
+
+/// Picks the attempt a logs request reads (the one named, else the current one).
+pub(crate) fn plan_log_read(
+    state: &DomainState,
+    principal: &Principal,
+    job: &JobId,
+    request: &JobLogsRequest,
+) -> Result<LogPlan, ApiError> {
+    let found = visible_job(state, principal, job)?;
+    let attempt = match &request.attempt {
+        Some(wanted) => Some(
+            found
+                .attempts
+                .iter()
+                .find(|a| &a.id == wanted)
+                .ok_or_else(|| {
+                    ApiError::Rejected(Rejection::NotFound {
+                        kind: "attempt".into(),
+                        id: wanted.to_string(),
+                    })
+                })?
+                .clone(),
+        ),
+        None => found.current_attempt().cloned(),
+    };
+    let finished = match &attempt {
+        Some(attempt) => !attempt.state.is_active(),
+        None => found.state.is_terminal(),
+    };
+    Ok(LogPlan { attempt, finished })
+}
+
+/// The response for a window read under `plan`. Output is cut before a UTF-8 character
+/// split by the window's end (the next read starts with it), unless nothing would remain.
+pub(crate) fn logs_response(plan: &LogPlan, window: LogWindow, index: u64) -> JobLogsResponse {
+    let total = plan.attempt.as_ref().map_or(0, |a| a.log_bytes);
+    let at_end = window.next_offset >= total;
+    let keep = if plan.finished && at_end {
+        window.data.len()
+    } else {
+        whole_chars_len(&window.data)
+    };
+    let next_offset = window.offset + keep as u64;
+    JobLogsResponse {
+        attempt: plan.attempt.as_ref().map(|a| a.id.clone()),
+        offset: window.offset,
+        data: String::from_utf8_lossy(&window.data[..keep]).into_owned(),
+        next_offset,
+        complete: plan.finished && next_offset >= total,
+        index,
+    }
+}
+
+/// Length of `data` without a multi-byte UTF-8 sequence cut short at its end (all of it
+/// if cutting would leave nothing).
+fn whole_chars_len(data: &[u8]) -> usize {
+    for back in 1..=data.len().min(3) {
+        let byte = data[data.len() - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let needed = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        let start = data.len() - back;
+        return if needed > back && start > 0 {
+            start
+        } else {
+            data.len()
+        };
+    }
+    data.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tanvrit_api::{AttemptId, JobSpec, JobState, KeyId, NodeId, Resources};
+    use tanvrit_state::{FinishKind, Placement};
+
+    fn user(business: &str) -> Principal {
+        Principal {
+            key: KeyId::from("key-u"),
+            scope: Scope::User,
+            business: Some(BusinessId::from(business)),
+        }
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            key: KeyId::from("key-a"),
+            scope: Scope::Admin,
+            business: None,
+        }
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            command: vec!["echo".into(), "hi".into()],
+            resources: Resources {
+                cpu_millis: 100,
+                memory_mb: 64,
+                gpus: 0,
+            },
+            ..JobSpec::default()
+        }
+    }
+
+    /// A state with two businesses' jobs; returns the job ids, oldest first.
+    fn state_with_jobs() -> (DomainState, Vec<JobId>) {
+        let mut state = DomainState::new();
+        let mut index = 0;
+        let mut apply = |state: &mut DomainState, command: Command| {
+            index += 1;
+            state.apply(index, &command).expect("accepted")
+        };
+        let mut ids = Vec::new();
+        for (i, business) in ["acme", "globex", "acme"].iter().enumerate() {
+            let request = JobSubmitRequest {
+                business: Some(BusinessId::from(*business)),
+                spec: spec(),
+                idempotency_key: None,
+            };
+            let command =
+                submit_command(&admin(), request, None, Rates::default(), 10 + i as i64).unwrap();
+            let Command::JobSubmit { job, .. } = &command else {
+                unreachable!()
+            };
+            ids.push(job.clone());
+            apply(&mut state, command);
+        }
+        (state, ids)
+    }
+
+    #[test]
+    fn a_user_submission_is_billed_to_its_own_business_at_the_configured_rates() {
+        let rates = Rates {
+            cpu_second: 7,
+            memory_gb_second: 1,
+            gpu_second: 0,
+        };
+        let request = JobSubmitRequest {
+            business: None,
+            spec: spec(),
+            idempotency_key: None,
+        };
+        let command =
+            submit_command(&user("acme"), request, Some("key-1".into()), rates, 42).unwrap();
+        let Command::JobSubmit {
+            job,
+            business,
+            idempotency_key,
+            rates: recorded,
+            at,
+            ..
+        } = command
+        else {
+            panic!("not a submit: {command:?}");
+        };
+        assert!(job.as_str().starts_with("job-"));
+        assert_eq!(business.as_str(), "acme");
+        assert_eq!(
+            idempotency_key.as_deref(),
+            Some("key-1"),
+            "the header is an alias"
+        );
+        assert_eq!((recorded, at), (rates, 42));
+    }
+
+    #[test]
+    fn submissions_with_bad_input_are_refused_before_anything_is_proposed() {
+        let bad_spec = JobSubmitRequest {
+            business: Some(BusinessId::from("acme")),
+            spec: JobSpec::default(),
+            idempotency_key: None,
+        };
+        let error = submit_command(&admin(), bad_spec, None, Rates::default(), 1).unwrap_err();
+        assert_eq!((error.status().as_u16(), error.code()), (422, "invalid"));
+
+        let no_business = JobSubmitRequest {
+            business: None,
+            spec: spec(),
+            idempotency_key: None,
+        };
+        let error = submit_command(&admin(), no_business, None, Rates::default(), 1).unwrap_err();
+        assert_eq!(
+            error.status().as_u16(),
+            422,
+            "admin keys must name a business"
+        );
+
+        let bad_business = JobSubmitRequest {
+            business: Some(BusinessId::from("not a business")),
+            spec: spec(),
+            idempotency_key: None,
+        };
+        let error = submit_command(&admin(), bad_business, None, Rates::default(), 1).unwrap_err();
+        assert_eq!(error.code(), "invalid");
+
+        let other = JobSubmitRequest {
+            business: Some(BusinessId::from("globex")),
+            spec: spec(),
+            idempotency_key: None,
+        };
+        let error = submit_command(&user("acme"), other, None, Rates::default(), 1).unwrap_err();
+        assert_eq!(error.status().as_u16(), 404);
+    }
+
+    #[test]
+    fn header_and_body_idempotency_keys_must_agree() {
+        assert_eq!(
+            merge_idempotency(Some("a".into()), Some("a".into())).unwrap(),
+            Some("a".into())
+        );
+        assert_eq!(merge_idempotency(None, None).unwrap(), None);
+        assert_eq!(
+            merge_idempotency(Some("a".into()), Some("b".into()))
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+        assert_eq!(
+            merge_idempotency(Some(String::new()), None)
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+        assert_eq!(
+            merge_idempotency(None, Some("x".repeat(257)))
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+    }
+
+    #[test]
+    fn user_keys_list_only_their_own_jobs() {
+        let (state, ids) = state_with_jobs();
+        let all = list_jobs(&state, &admin(), &JobListRequest::default()).unwrap();
+        assert_eq!(all.jobs.len(), 3);
+        let acme = list_jobs(&state, &user("acme"), &JobListRequest::default()).unwrap();
+        let listed: Vec<_> = acme.jobs.iter().map(|j| j.id.clone()).collect();
+        assert_eq!(listed, vec![ids[2].clone(), ids[0].clone()], "newest first");
+        let asked_other = JobListRequest {
+            business: Some(BusinessId::from("globex")),
+            ..JobListRequest::default()
+        };
+        assert_eq!(
+            list_jobs(&state, &user("acme"), &asked_other)
+                .unwrap_err()
+                .status()
+                .as_u16(),
+            404
+        );
+        let admin_filtered = list_jobs(&state, &admin(), &asked_other).unwrap();
+        assert_eq!(admin_filtered.jobs.len(), 1);
+        assert_eq!(admin_filtered.index, state.applied_index());
+    }
+
+    #[test]
+    fn list_pages_continue_after_the_last_id_and_limits_are_bounded() {
+        let (state, ids) = state_with_jobs();
+        let first = JobListRequest {
+            limit: Some(2),
+            ..JobListRequest::default()
+        };
+        let page = list_jobs(&state, &admin(), &first).unwrap();
+        assert_eq!(page.jobs.len(), 2);
+        let next = JobListRequest {
+            limit: Some(2),
+            after: page.next.clone(),
+            ..JobListRequest::default()
+        };
+        let rest = list_jobs(&state, &admin(), &next).unwrap();
+        assert_eq!(
+            rest.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+            vec![ids[0].clone()]
+        );
+        assert_eq!(rest.next, None);
+        for limit in [0, MAX_LIST_LIMIT + 1] {
+            let request = JobListRequest {
+                limit: Some(limit),
+                ..JobListRequest::default()
+            };
+            assert_eq!(
+                list_jobs(&state, &admin(), &request).unwrap_err().code(),
+                "invalid"
+            );
+        }
+        let by_state = JobListRequest {
+            state: Some(JobState::Running),
+            ..JobListRequest::default()
+        };
+        assert!(list_jobs(&state, &admin(), &by_state)
+            .unwrap()
+            .jobs
+            .is_empty());
+    }
+
+    #[test]
+    fn another_business_job_is_not_found_for_a_user_key() {
+        let (state, ids) = state_with_jobs();
+        assert!(visible_job(&state, &user("acme"), &ids[0]).is_ok());
+        let error = visible_job(&state, &user("acme"), &ids[1]).unwrap_err();
+        assert_eq!((error.status().as_u16(), error.code()), (404, "not_found"));
+        assert!(visible_job(&state, &admin(), &ids[1]).is_ok());
+        assert!(visible_job(&state, &admin(), &JobId::from("job-nope")).is_err());
+    }
+
+    fn run_job(state: &mut DomainState, job: &JobId, finish: Option<FinishKind>) -> AttemptId {
+        let next = state.applied_index() + 1;
+        state
+            .apply(
+                next,
+                &Command::NodeRegister {
+                    node: NodeId::from("node-1"),
+                    name: "n1".into(),
+                    resources: Resources {
+                        cpu_millis: 4000,
+                        memory_mb: 4096,
+                        gpus: 0,
+                    },
+                    labels: Default::default(),
+                    at: 30,
+                },
+            )
+            .unwrap();
+        let attempt = AttemptId::from("att-1");
+        let mut commands = vec![
+            Command::JobsAssign {
+                placements: vec![Placement {
+                    job: job.clone(),
+                    attempt: attempt.clone(),
+                    node: NodeId::from("node-1"),
+                }],
+                at: 31,
+            },
+            Command::AttemptStarted {
+                job: job.clone(),
+                attempt: attempt.clone(),
+                at: 32,
+            },
+            Command::LogAppend {
+                job: job.clone(),
+                attempt: attempt.clone(),
+                offset: 0,
+                data: "héllo\n".into(),
+                at: 33,
+            },
+        ];
+        if let Some(kind) = finish {
+            commands.push(Command::AttemptFinished {
+                job: job.clone(),
+                attempt: attempt.clone(),
+                kind,
+                exit_code: Some(0),
+                reason: None,
+                at: 34,
+            });
+        }
+        for command in commands {
+            let next = state.applied_index() + 1;
+            state.apply(next, &command).unwrap();
+        }
+        attempt
+    }
+
+    fn window(offset: u64, data: &[u8]) -> LogWindow {
+        LogWindow {
+            offset,
+            data: data.to_vec(),
+            next_offset: offset + data.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_job_that_never_ran_has_no_attempt_and_is_finished_only_once_it_ended() {
+        let (mut state, ids) = state_with_jobs();
+        let request = JobLogsRequest::default();
+        let plan = plan_log_read(&state, &admin(), &ids[0], &request).unwrap();
+        assert_eq!(
+            plan,
+            LogPlan {
+                attempt: None,
+                finished: false
+            }
+        );
+        let next = state.applied_index() + 1;
+        state
+            .apply(
+                next,
+                &Command::JobCancel {
+                    job: ids[0].clone(),
+                    reason: None,
+                    at: 50,
+                },
+            )
+            .unwrap();
+        let plan = plan_log_read(&state, &admin(), &ids[0], &request).unwrap();
+        assert!(plan.finished);
+        let response = logs_response(&plan, window(0, b""), 7);
+        assert!(response.complete);
+        assert_eq!(response.attempt, None);
+    }
+
+    #[test]
+    fn logs_are_complete_only_when_the_attempt_ended_and_every_byte_was_read() {
+        let (mut state, ids) = state_with_jobs();
+        let attempt = run_job(&mut state, &ids[0], None);
+        let plan =
+            plan_log_read(&state, &user("acme"), &ids[0], &JobLogsRequest::default()).unwrap();
+        assert_eq!(
+            plan.attempt.as_ref().map(|a| a.id.clone()),
+            Some(attempt.clone())
+        );
+        assert!(!plan.finished, "still running");
+        let output = "héllo\n".as_bytes();
+        let running = logs_response(&plan, window(0, output), 9);
+        assert_eq!(running.data, "héllo\n");
+        assert!(!running.complete);
+
+        let next = state.applied_index() + 1;
+        state
+            .apply(
+                next,
+                &Command::AttemptFinished {
+                    job: ids[0].clone(),
+                    attempt: attempt.clone(),
+                    kind: FinishKind::Succeeded,
+                    exit_code: Some(0),
+                    reason: None,
+                    at: 40,
+                },
+            )
+            .unwrap();
+        let plan =
+            plan_log_read(&state, &user("acme"), &ids[0], &JobLogsRequest::default()).unwrap();
+        assert!(plan.finished);
+        let partial = logs_response(&plan, window(0, &output[..3]), 9);
+        assert!(!partial.complete, "bytes remain");
+        let whole = logs_response(&plan, window(0, output), 9);
+        assert!(whole.complete);
+        assert_eq!(whole.next_offset, output.len() as u64);
+        assert_eq!(state.job(&ids[0]).unwrap().attempts.len(), 1);
+    }
+
+    #[test]
+    fn a_window_never_ends_inside_a_utf8_character_while_more_output_follows() {
+        let (mut state, ids) = state_with_jobs();
+        run_job(&mut state, &ids[0], None);
+        let plan = plan_log_read(&state, &admin(), &ids[0], &JobLogsRequest::default()).unwrap();
+        // "hé" is 68 C3 A9: a window of two bytes ends inside the é.
+        let cut = logs_response(&plan, window(0, &[0x68, 0xC3]), 1);
+        assert_eq!(cut.data, "h");
+        assert_eq!(cut.next_offset, 1, "the next read starts at the é");
+        let lone = logs_response(&plan, window(1, &[0xC3]), 1);
+        assert_eq!(
+            lone.next_offset, 2,
+            "a lone partial byte is returned rather than nothing"
+        );
+        assert_eq!(whole_chars_len("a€".as_bytes()), 4);
+        assert_eq!(whole_chars_len(&"a€".as_bytes()[..3]), 1);
+        assert_eq!(whole_chars_len(&[]), 0);
+    }
+
+    #[test]
+    fn naming_an_unknown_attempt_is_not_found() {
+        let (mut state, ids) = state_with_jobs();
+        run_job(&mut state, &ids[0], Some(FinishKind::Succeeded));
+        let request = JobLogsRequest {
+            attempt: Some(AttemptId::from("att-nope")),
+            ..JobLogsRequest::default()
+        };
+        let error = plan_log_read(&state, &admin(), &ids[0], &request).unwrap_err();
+        assert_eq!(error.status().as_u16(), 404);
+        let error = plan_log_read(&state, &user("globex"), &ids[0], &JobLogsRequest::default())
+            .unwrap_err();
+        assert_eq!(error.status().as_u16(), 404, "another business's job");
+    }
+
+    #[test]
+    fn log_windows_default_to_a_mebibyte_and_are_bounded() {
+        assert_eq!(log_window(None).unwrap(), DEFAULT_LOG_WINDOW as usize);
+        assert_eq!(log_window(Some(10)).unwrap(), 10);
+        assert_eq!(log_window(Some(u64::MAX)).unwrap(), MAX_LOG_WINDOW as usize);
+        assert_eq!(log_window(Some(0)).unwrap_err().code(), "invalid");
+    }
+}

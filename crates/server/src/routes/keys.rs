@@ -1,0 +1,205 @@
+//! `keys/create`, `keys/list`, `keys/{id}/revoke`: admin only. A new key's secret is
+//! in the create response and nowhere else.
+
+use axum::extract::State;
+use axum::Json;
+use tanvrit_api::{
+    ApiKeyInfo, ErrorBody, KeyCreateRequest, KeyCreateResponse, KeyId, KeyListResponse,
+    KeyResponse, Millis, ReadRequest, Scope,
+};
+use tanvrit_state::{validate, Command, Effect, State as DomainState};
+
+use super::{ApiErrors, EmptyRequest};
+use crate::app::{now_ms, unexpected, AppState};
+use crate::auth::{generate_secret, hash_secret, new_key_id, Principal};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
+
+/// Creates an API key. The response holds its secret; it is not stored and cannot be
+/// shown again.
+#[utoipa::path(
+    post,
+    path = "/api/compute/keys/create",
+    tag = "keys",
+    request_body = KeyCreateRequest,
+    responses((status = 200, description = "The key and its secret", body = KeyCreateResponse), ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_create_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<KeyCreateRequest>,
+) -> Result<Json<KeyCreateResponse>, ApiError> {
+    principal.require(&[Scope::Admin])?;
+    let (command, secret) = create_command(request, now_ms())?;
+    let (effect, index) = app.write(command).await?;
+    Ok(Json(KeyCreateResponse {
+        key: effect_key(effect)?,
+        secret,
+        index,
+    }))
+}
+
+/// Lists every key, revoked ones included; never a secret.
+#[utoipa::path(
+    post,
+    path = "/api/compute/keys/list",
+    tag = "keys",
+    request_body = ReadRequest,
+    responses((status = 200, description = "Every key", body = KeyListResponse), ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_list_keys(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<ReadRequest>,
+) -> Result<Json<KeyListResponse>, ApiError> {
+    principal.require(&[Scope::Admin])?;
+    app.barrier(request.consistency).await?;
+    Ok(Json(app.read(list_keys)))
+}
+
+/// Revokes a key; requests with it are refused from then on.
+#[utoipa::path(
+    post,
+    path = "/api/compute/keys/{id}/revoke",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = EmptyRequest,
+    responses(
+        (status = 200, description = "The revoked key", body = KeyResponse),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_revoke_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath,
+    ApiJson(EmptyRequest {}): ApiJson<EmptyRequest>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    principal.require(&[Scope::Admin])?;
+    let command = Command::KeyRevoke {
+        key: KeyId(id),
+        at: now_ms(),
+    };
+    let (effect, index) = app.write(command).await?;
+    Ok(Json(KeyResponse {
+        key: effect_key(effect)?,
+        index,
+    }))
+}
+
+// ---- logic, testable on a bare `State` ------------------------------------------------
+
+/// Builds `KeyCreate` with a new id and secret; returns the secret beside it.
+pub(crate) fn create_command(
+    request: KeyCreateRequest,
+    at: Millis,
+) -> Result<(Command, String), ApiError> {
+    match (request.scope, &request.business) {
+        (Scope::User, None) => return Err(ApiError::Invalid("user keys need a `business`".into())),
+        (Scope::User, Some(business)) => validate::identifier("business", business.as_str())?,
+        (Scope::Admin | Scope::Agent, Some(_)) => {
+            return Err(ApiError::Invalid(
+                "only user keys are bound to a `business`".into(),
+            ))
+        }
+        (Scope::Admin | Scope::Agent, None) => {}
+    }
+    let name = request
+        .name
+        .unwrap_or_else(|| format!("{} key", request.scope.as_str()));
+    if name.len() > 256 {
+        return Err(ApiError::Invalid("key names are at most 256 bytes".into()));
+    }
+    let key = new_key_id();
+    let secret = generate_secret(&key);
+    let command = Command::KeyCreate {
+        key,
+        name,
+        scope: request.scope,
+        business: request.business,
+        secret_hash: hash_secret(&secret),
+        at,
+    };
+    Ok((command, secret))
+}
+
+/// Every key's public data.
+pub(crate) fn list_keys(state: &DomainState) -> KeyListResponse {
+    KeyListResponse {
+        keys: state.keys().map(|key| key.info.clone()).collect(),
+        index: state.applied_index(),
+    }
+}
+
+fn effect_key(effect: Effect) -> Result<ApiKeyInfo, ApiError> {
+    match effect {
+        Effect::Key { key } => Ok(key),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::authenticate;
+    use axum::http::HeaderValue;
+    use tanvrit_api::BusinessId;
+
+    fn request(scope: Scope, business: Option<&str>) -> KeyCreateRequest {
+        KeyCreateRequest {
+            name: None,
+            scope,
+            business: business.map(BusinessId::from),
+        }
+    }
+
+    #[test]
+    fn a_created_key_authenticates_with_its_secret_and_only_its_hash_is_replicated() {
+        let (command, secret) = create_command(request(Scope::User, Some("acme")), 7).unwrap();
+        let Command::KeyCreate {
+            secret_hash, name, ..
+        } = &command
+        else {
+            panic!("{command:?}");
+        };
+        assert_eq!(secret_hash, &hash_secret(&secret));
+        assert!(
+            !format!("{command:?}").contains(&secret),
+            "the command never holds the secret"
+        );
+        assert_eq!(name, "user key");
+        let mut state = DomainState::new();
+        state.apply(1, &command).unwrap();
+        let header = HeaderValue::from_str(&format!("Bearer {secret}")).unwrap();
+        let principal = authenticate(&state, Some(&header)).unwrap();
+        assert_eq!(principal.scope, Scope::User);
+        assert_eq!(list_keys(&state).keys.len(), 1);
+    }
+
+    #[test]
+    fn only_user_keys_are_bound_to_a_business() {
+        assert_eq!(
+            create_command(request(Scope::User, None), 1)
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+        assert_eq!(
+            create_command(request(Scope::Admin, Some("acme")), 1)
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+        assert_eq!(
+            create_command(request(Scope::User, Some("a b")), 1)
+                .unwrap_err()
+                .code(),
+            "invalid"
+        );
+        assert!(create_command(request(Scope::Agent, None), 1).is_ok());
+    }
+}

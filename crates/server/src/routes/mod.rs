@@ -1,0 +1,126 @@
+//! Every route, one file per resource. Handlers are `handle_<verb>_<noun>`: extract,
+//! authorize, call the cluster or read the state, map the result. Whatever needs more
+//! than that lives in plain functions over `&State` beside them, tested without a server.
+//!
+//! Routes are registered through `utoipa-axum`, so the router and `/api/openapi.json`
+//! are built from the same list and cannot drift apart.
+
+pub(crate) mod cluster;
+pub(crate) mod credits;
+pub(crate) mod jobs;
+pub(crate) mod keys;
+pub(crate) mod nodes;
+pub(crate) mod probes;
+pub(crate) mod schedules;
+
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{ErrorBody, ErrorDetail};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+/// The base document: metadata, the bearer scheme, the error schemas.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tanvrit Compute API",
+        description = "Control plane of Tanvrit Compute: jobs, nodes, API keys, credits and \
+                       schedules. JSON over POST under /api/compute; every response carries \
+                       X-Tanvrit-Index, this replica's applied log index."
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Submit and follow jobs"),
+        (name = "nodes", description = "Worker nodes"),
+        (name = "keys", description = "API keys (admin)"),
+        (name = "credits", description = "The credit ledger"),
+        (name = "schedules", description = "Cron schedules"),
+        (name = "cluster", description = "Replicas and aggregate counts"),
+        (name = "probes", description = "Unauthenticated health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The errors any authenticated route can answer with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its derived description is used.
+pub(crate) enum ApiErrors {
+    /// `malformed_json` (not JSON) or `invalid_request` (unknown, missing or mistyped fields).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`: no key, an unknown key, or a revoked key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: the key's scope does not allow this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `body_too_large`.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `unsupported_media_type`: a body that is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// `invalid`: a value is not acceptable.
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// `no_leader`, `not_caught_up`, `shutting_down`; retry after `Retry-After` seconds.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// `storage_error`, `internal`.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// A body for writes that take no parameters (`{}` or empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+/// Every route with its OpenAPI description.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::handle_submit_job))
+        .routes(routes!(jobs::handle_list_jobs))
+        .routes(routes!(jobs::handle_get_job))
+        .routes(routes!(jobs::handle_cancel_job))
+        .routes(routes!(jobs::handle_retry_job))
+        .routes(routes!(jobs::handle_get_job_logs))
+        .routes(routes!(nodes::handle_register_node))
+        .routes(routes!(nodes::handle_list_nodes))
+        .routes(routes!(nodes::handle_get_node))
+        .routes(routes!(nodes::handle_drain_node))
+        .routes(routes!(nodes::handle_delete_node))
+        .routes(routes!(keys::handle_create_key))
+        .routes(routes!(keys::handle_list_keys))
+        .routes(routes!(keys::handle_revoke_key))
+        .routes(routes!(credits::handle_create_credit_entry))
+        .routes(routes!(credits::handle_get_credit_balance))
+        .routes(routes!(credits::handle_list_credit_entries))
+        .routes(routes!(schedules::handle_create_schedule))
+        .routes(routes!(schedules::handle_list_schedules))
+        .routes(routes!(schedules::handle_get_schedule))
+        .routes(routes!(schedules::handle_update_schedule))
+        .routes(routes!(schedules::handle_delete_schedule))
+        .routes(routes!(cluster::handle_get_topology))
+        .routes(routes!(cluster::handle_get_metrics_summary))
+        .routes(routes!(probes::handle_get_health))
+        .routes(routes!(probes::handle_get_readiness))
+        .routes(routes!(probes::handle_get_prometheus_metrics))
+        .routes(routes!(probes::handle_get_openapi))
+}
