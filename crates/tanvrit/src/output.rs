@@ -45,6 +45,10 @@ impl Output {
     }
 }
 
+/// No borders, no row or column lines: only a rule under the header (comfy-table's
+/// 19-character preset format; position 6 is the header line).
+const LIST_STYLE: &str = "     ─             ";
+
 /// A table with a header row, in the style every command shares.
 pub fn table<I, S>(header: I) -> Table
 where
@@ -53,7 +57,7 @@ where
 {
     let mut table = Table::new();
     table
-        .load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .load_preset(LIST_STYLE)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header);
     table
@@ -63,7 +67,7 @@ where
 pub fn fields<'a>(rows: impl IntoIterator<Item = (&'a str, String)>) -> Table {
     let mut table = Table::new();
     table
-        .load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic);
     for (name, value) in rows {
         table.add_row(vec![name.to_string(), value]);
