@@ -15,6 +15,7 @@ use crate::commands::schedule::ScheduleCommand;
 use crate::config::ConfigError;
 use crate::output::Output;
 use crate::parse;
+use crate::server::{DevArgs, ServerArgs};
 
 /// Exit code of a command that worked.
 pub const EXIT_OK: u8 = 0;
@@ -105,19 +106,36 @@ pub enum Command {
     /// Replicas, roles and indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run a single-node replica serving the API (configuration: TOML < TANVRIT_* < flags).
+    Server(ServerArgs),
+    /// Run a local single-node server for development: prints the admin key and an
+    /// `export` line, and gives business `default` 1,000 welcome credits.
+    Dev(DevArgs),
+}
+
+impl Command {
+    /// The log filter used when `RUST_LOG` is not set: servers say what they do.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Server(_) | Command::Dev(_) => "info",
+            _ => "warn",
+        }
+    }
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.global.output();
-    let client = cli.global.client()?;
+    let client = || cli.global.client();
     match cli.command {
-        Command::Job(command) => command.run(&client, out).await,
-        Command::Node(command) => command.run(&client, out).await,
-        Command::Key(command) => command.run(&client, out).await,
-        Command::Credit(command) => command.run(&client, out).await,
-        Command::Schedule(command) => command.run(&client, out).await,
-        Command::Cluster(command) => command.run(&client, out).await,
+        Command::Job(command) => command.run(&client()?, out).await,
+        Command::Node(command) => command.run(&client()?, out).await,
+        Command::Key(command) => command.run(&client()?, out).await,
+        Command::Credit(command) => command.run(&client()?, out).await,
+        Command::Schedule(command) => command.run(&client()?, out).await,
+        Command::Cluster(command) => command.run(&client()?, out).await,
+        Command::Server(args) => crate::server::run_server(args).await,
+        Command::Dev(args) => crate::server::run_dev(args).await,
     }
 }
 
@@ -131,6 +149,14 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     }
     if let Some(config_err) = err.downcast_ref::<ConfigError>() {
         eprintln!("error: {}: {config_err}", config_err.code());
+        return ExitCode::from(EXIT_ERROR);
+    }
+    if let Some(server_err) = err.downcast_ref::<tanvrit_server::ServerError>() {
+        eprintln!("error: {}: {server_err}", server_err.code());
+        return ExitCode::from(EXIT_ERROR);
+    }
+    if let Some(cluster_err) = err.downcast_ref::<tanvrit_cluster::ClusterError>() {
+        eprintln!("error: {}: {cluster_err}", cluster_err.code());
         return ExitCode::from(EXIT_ERROR);
     }
     eprintln!("error: {err:#}");

@@ -7,6 +7,7 @@
 //! - [`config`]: the replica configuration (TOML < `TANVRIT_*` env < flags).
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`parse`]: flag value parsers (durations, `k=v`, exact credit amounts, times).
+//! - [`server`]: `tanvrit server` and `tanvrit dev` (a single-node replica).
 //!
 //! `anyhow` is used here and nowhere else in the workspace: the binary only reports errors.
 
@@ -15,3 +16,4 @@ pub mod commands;
 pub mod config;
 pub mod output;
 pub mod parse;
+pub mod server;

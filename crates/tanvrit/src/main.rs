@@ -9,7 +9,7 @@ use tanvrit_cli::cli::{init_logging, report, run, Cli};
 fn main() -> ExitCode {
     // clap prints its own usage errors and exits with 2.
     let cli = Cli::parse();
-    init_logging("warn");
+    init_logging(cli.command.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
