@@ -1,0 +1,543 @@
+//! [`Client`] and the one request loop every call goes through: endpoint choice,
+//! retries with backoff, `Retry-After`, and the consistency token.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{Consistency, Index, INDEX_HEADER};
+
+use crate::{ClientConfig, ClientError};
+
+/// A connection to the control plane. Cheap to clone; clones share the endpoint choice
+/// and the consistency token.
+///
+/// # Retries
+/// Every call runs in one loop. An attempt is repeated, up to
+/// [`ClientConfig::max_retries`] times with capped exponential backoff and jitter, when:
+/// - the server answered **503** (no leader, not caught up, shutting down): the server
+///   applied nothing, so this holds for writes too. `Retry-After` is honoured (capped at
+///   [`ClientConfig::backoff_max`]), and with several endpoints the next one is tried;
+/// - the **connection was refused** (or could not be made at all): the request never left,
+///   so this holds for writes too. The call moves to the next endpoint, at once and without
+///   using a retry while some endpoint has not been tried in this call;
+/// - any other transport failure (timeout, connection reset) happened on a **read**, or on
+///   a write that carries an **idempotency key**: job submits, credit entries and node
+///   registrations. Job submits and credit entries without a key get a fresh one from the
+///   SDK (header `Idempotency-Key` and body field alike) whenever `max_retries > 0`, so a
+///   repeated submit returns the first job instead of creating a second one.
+///
+/// Other writes (cancel, retry, drain, delete, key and schedule changes) are not repeated
+/// after a transport failure that may have reached the server: the caller sees the error
+/// and decides, since repeating them could fail with `illegal_transition` or act twice.
+///
+/// # Consistency token
+/// The client remembers the highest `X-Tanvrit-Index` header and write `index` it has seen.
+/// With [`ClientConfig::read_your_writes`], reads that ask for [`Consistency::Stale`] are
+/// sent as `{"min_index": N}` with that index, so any replica answers only once it has
+/// applied this client's writes.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoints: Vec<Url>,
+    config: ClientConfig,
+    /// The endpoint calls start at; moved on when one fails.
+    current: AtomicUsize,
+    /// The consistency token: the highest index seen.
+    last_index: AtomicU64,
+    auth: Option<HeaderValue>,
+}
+
+/// Whether a call may be repeated after a failure that could have reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Safety {
+    /// Reads change nothing.
+    Read,
+    /// A write the server deduplicates (idempotency key, or naturally idempotent).
+    IdempotentWrite,
+    /// A write that may act twice if repeated.
+    Write,
+}
+
+/// One logical call, possibly sent several times.
+pub(crate) struct Call {
+    pub method: Method,
+    /// Path segments below the endpoint's base path, each percent-encoded when sent.
+    pub segments: Vec<String>,
+    pub body: Option<Vec<u8>>,
+    pub safety: Safety,
+    /// Added to the configured timeout (long polls wait on the server).
+    pub extra_timeout: Duration,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Call {
+    /// A JSON POST below `/api/compute`.
+    pub fn api<B: Serialize>(
+        segments: &[&str],
+        body: &B,
+        safety: Safety,
+    ) -> Result<Self, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Config(format!("cannot encode the request: {e}")))?;
+        let mut all = vec!["api".to_string(), "compute".to_string()];
+        all.extend(segments.iter().map(|s| s.to_string()));
+        Ok(Self {
+            method: Method::POST,
+            segments: all,
+            body: Some(body),
+            safety,
+            extra_timeout: Duration::ZERO,
+            headers: Vec::new(),
+        })
+    }
+
+    /// A GET of a plain path such as `/healthz`.
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: Method::GET,
+            segments: split_path(path),
+            body: None,
+            safety: Safety::Read,
+            extra_timeout: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A response as received: status, headers and body bytes.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl RawResponse {
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `X-Tanvrit-Index` header, if present and numeric.
+    pub fn index(&self) -> Option<Index> {
+        header_index(&self.headers)
+    }
+}
+
+/// What one attempt ended with, before the loop decides what to do.
+enum Attempt {
+    Answered(RawResponse),
+    Failed(ClientError),
+}
+
+impl Client {
+    /// A client for `config`; fails only on a malformed endpoint or key.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let endpoints = config.parsed_endpoints()?;
+        let auth = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    ClientError::Config(
+                        "the API key contains characters not allowed in a header".into(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        // A dead endpoint should cost little before failing over, whatever the timeout.
+        let connect_timeout = config.timeout.min(Duration::from_secs(3));
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("tanvrit-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoints,
+                config,
+                current: AtomicUsize::new(0),
+                last_index: AtomicU64::new(0),
+                auth,
+            }),
+        })
+    }
+
+    /// A client configured from `TANVRIT_ADDR` and `TANVRIT_API_KEY`.
+    pub fn from_env() -> Result<Self, ClientError> {
+        Self::new(ClientConfig::from_env())
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The base URL calls currently start at.
+    pub fn current_endpoint(&self) -> &str {
+        let idx = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
+        self.inner.endpoints[idx].as_str()
+    }
+
+    /// The consistency token: the highest index this client has seen.
+    pub fn last_index(&self) -> Index {
+        self.inner.last_index.load(Ordering::Relaxed)
+    }
+
+    /// Raises the consistency token to at least `index` (e.g. an index another process
+    /// wrote at, to read its writes).
+    pub fn observe_index(&self, index: Index) {
+        self.inner.last_index.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// The consistency a read is sent with: `stale` becomes `min_index` of the token
+    /// when read-your-writes is on and a write index is known.
+    pub fn read_consistency(&self, asked: Consistency) -> Consistency {
+        match asked {
+            Consistency::Stale if self.inner.config.read_your_writes => match self.last_index() {
+                0 => Consistency::Stale,
+                index => Consistency::MinIndex(index),
+            },
+            other => other,
+        }
+    }
+
+    /// Sends `body` as a POST to `path` (e.g. `/api/compute/jobs/submit`) once, with the
+    /// API key unless `headers` carry their own `Authorization`, and returns the answer
+    /// whatever its status. No retries: for tests that probe malformed input.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<RawResponse, ClientError> {
+        self.raw(Method::POST, path, Some(body.into()), headers)
+            .await
+    }
+
+    /// Sends a GET to `path` once and returns the answer whatever its status.
+    pub async fn get_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawResponse, ClientError> {
+        self.raw(Method::GET, path, None, headers).await
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<RawResponse, ClientError> {
+        let mut parsed = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ClientError::Config(format!("header name `{name}`: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| ClientError::Config(format!("header `{name}`: {e}")))?;
+            parsed.push((name, value));
+        }
+        let call = Call {
+            method,
+            segments: split_path(path),
+            body,
+            safety: Safety::Write,
+            extra_timeout: Duration::ZERO,
+            headers: parsed,
+        };
+        let idx = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
+        match self.attempt(idx, &call).await {
+            Attempt::Answered(response) => Ok(response),
+            Attempt::Failed(err) => Err(err),
+        }
+    }
+
+    /// Runs a call through the retry loop and decodes a 2xx JSON answer.
+    pub(crate) async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ClientError> {
+        let response = self.execute(&call).await?;
+        serde_json::from_slice(&response.body).map_err(|e| ClientError::Decode {
+            path: format!("/{}", call.segments.join("/")),
+            message: e.to_string(),
+        })
+    }
+
+    /// Runs a call through the retry loop; a non-2xx answer becomes [`ClientError::Api`].
+    pub(crate) async fn execute(&self, call: &Call) -> Result<RawResponse, ClientError> {
+        let inner = &self.inner;
+        let count = inner.endpoints.len();
+        let mut retries_used: u32 = 0;
+        // Endpoints that refused a connection since the last backoff: while one is left
+        // untried, moving on is free (the request never left).
+        let mut refused = vec![false; count];
+        loop {
+            let idx = inner.current.load(Ordering::Relaxed) % count;
+            let failure = match self.attempt(idx, call).await {
+                Attempt::Answered(response) if is_success(response.status) => {
+                    self.observe_body_index(&response);
+                    return Ok(response);
+                }
+                Attempt::Answered(response) => {
+                    let retry_after = retry_after(&response.headers);
+                    let err =
+                        ClientError::from_response(response.status, retry_after, &response.body);
+                    if response.status != StatusCode::SERVICE_UNAVAILABLE.as_u16()
+                        || retries_used >= inner.config.max_retries
+                    {
+                        return Err(err);
+                    }
+                    retries_used += 1;
+                    if count > 1 {
+                        self.advance_from(idx);
+                    }
+                    let delay = match retry_after {
+                        Some(hint) => with_jitter_above(hint.min(inner.config.backoff_max)),
+                        None => self.backoff(retries_used),
+                    };
+                    tracing::debug!(code = err.code(), ?delay, "503; retrying");
+                    tokio::time::sleep(delay).await;
+                    refused.fill(false);
+                    continue;
+                }
+                Attempt::Failed(err) => err,
+            };
+            let not_sent = matches!(failure, ClientError::Transport { not_sent: true, .. });
+            if !matches!(failure, ClientError::Transport { .. }) {
+                return Err(failure);
+            }
+            if !not_sent && call.safety == Safety::Write {
+                return Err(failure);
+            }
+            self.advance_from(idx);
+            if not_sent {
+                refused[idx] = true;
+                if refused.iter().any(|tried| !tried) {
+                    tracing::debug!(endpoint = %inner.endpoints[idx], "connection refused; next endpoint");
+                    continue;
+                }
+            }
+            if retries_used >= inner.config.max_retries {
+                return Err(failure);
+            }
+            retries_used += 1;
+            let delay = self.backoff(retries_used);
+            tracing::debug!(error = %failure, ?delay, "transport failure; retrying");
+            tokio::time::sleep(delay).await;
+            refused.fill(false);
+        }
+    }
+
+    /// Sends a call once to endpoint `idx`.
+    async fn attempt(&self, idx: usize, call: &Call) -> Attempt {
+        let inner = &self.inner;
+        let base = &inner.endpoints[idx];
+        let mut url = base.clone();
+        match url.path_segments_mut() {
+            Ok(mut path) => {
+                path.pop_if_empty();
+                path.extend(call.segments.iter());
+            }
+            Err(()) => {
+                return Attempt::Failed(ClientError::Config(format!(
+                    "endpoint `{base}` cannot take a path"
+                )))
+            }
+        }
+        let mut request = inner
+            .http
+            .request(call.method.clone(), url)
+            .timeout(inner.config.timeout + call.extra_timeout);
+        let caller_sets_auth = call.headers.iter().any(|(name, _)| name == AUTHORIZATION);
+        if let (Some(auth), false) = (&inner.auth, caller_sets_auth) {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(body) = &call.body {
+            if !call.headers.iter().any(|(name, _)| name == CONTENT_TYPE) {
+                request = request.header(CONTENT_TYPE, "application/json");
+            }
+            request = request.body(body.clone());
+        }
+        for (name, value) in &call.headers {
+            request = request.header(name.clone(), value.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Attempt::Failed(transport_error(base, &e)),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if let Some(index) = header_index(&headers) {
+            self.observe_index(index);
+        }
+        match response.bytes().await {
+            Ok(body) => Attempt::Answered(RawResponse {
+                status,
+                headers,
+                body,
+            }),
+            Err(e) => Attempt::Failed(transport_error(base, &e)),
+        }
+    }
+
+    /// Moves the shared endpoint choice past `idx`, unless another call already did.
+    fn advance_from(&self, idx: usize) {
+        let count = self.inner.endpoints.len();
+        let _ = self.inner.current.compare_exchange(
+            idx,
+            (idx + 1) % count,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Write responses carry the write's `index`, which a forwarding follower's header
+    /// may not reach yet; the token must cover it.
+    fn observe_body_index(&self, response: &RawResponse) {
+        #[derive(Deserialize)]
+        struct IndexOnly {
+            #[serde(default)]
+            index: Option<Index>,
+        }
+        if let Ok(IndexOnly { index: Some(index) }) = serde_json::from_slice(&response.body) {
+            self.observe_index(index);
+        }
+    }
+
+    /// Backoff before retry number `retry` (from 1): base * 2^(retry-1), capped, then
+    /// "equal jitter" (half fixed, half random) so clients that failed together spread out.
+    fn backoff(&self, retry: u32) -> Duration {
+        let config = &self.inner.config;
+        let exp = config
+            .backoff_base
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let capped = exp.min(config.backoff_max);
+        let half = capped / 2;
+        let spread = capped.saturating_sub(half).as_micros() as u64;
+        half + Duration::from_micros(rand::rng().random_range(0..=spread))
+    }
+}
+
+/// Up to a tenth more than the server's hint, so many clients do not return at once.
+fn with_jitter_above(hint: Duration) -> Duration {
+    let spread = (hint / 10).as_micros() as u64;
+    hint + Duration::from_micros(rand::rng().random_range(0..=spread))
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+fn split_path(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn header_index(headers: &HeaderMap) -> Option<Index> {
+    headers
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Retry-After` in delta-seconds (what the server sends; HTTP dates are not used here).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn transport_error(base: &Url, e: &reqwest::Error) -> ClientError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Transport {
+        endpoint: base.as_str().trim_end_matches('/').to_string(),
+        message,
+        not_sent: e.is_connect(),
+        timed_out: e.is_timeout(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_stays_under_the_cap() {
+        let client = Client::new(ClientConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        for _ in 0..50 {
+            let first = client.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = client.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = client.backoff(30);
+            assert!(late >= Duration::from_millis(250) && late <= Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_delta_seconds_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn stale_reads_become_min_index_reads_once_an_index_is_known() {
+        let client = Client::new(ClientConfig::default()).unwrap();
+        assert_eq!(
+            client.read_consistency(Consistency::Stale),
+            Consistency::Stale
+        );
+        client.observe_index(7);
+        client.observe_index(3);
+        assert_eq!(
+            client.read_consistency(Consistency::Stale),
+            Consistency::MinIndex(7)
+        );
+        assert_eq!(
+            client.read_consistency(Consistency::Strict),
+            Consistency::Strict
+        );
+        let off = Client::new(ClientConfig {
+            read_your_writes: false,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        off.observe_index(7);
+        assert_eq!(off.read_consistency(Consistency::Stale), Consistency::Stale);
+    }
+}

@@ -1,0 +1,370 @@
+//! One typed method per API route, using the request and response types of `tanvrit-api`.
+//!
+//! Reads pass their consistency through [`Client::read_consistency`]; writes that the
+//! server deduplicates are marked so the retry loop may repeat them (see [`Client`]).
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Serialize;
+use tanvrit_api::{
+    Consistency, CreditBalanceRequest, CreditBalanceResponse, CreditEntriesRequest,
+    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, JobActionRequest, JobId,
+    JobListRequest, JobListResponse, JobLogsRequest, JobLogsResponse, JobResponse,
+    JobSubmitRequest, KeyCreateRequest, KeyCreateResponse, KeyId, KeyListResponse, KeyResponse,
+    MetricsSummary, NodeDeleteRequest, NodeDrainRequest, NodeId, NodeListRequest, NodeListResponse,
+    NodeRegisterRequest, NodeResponse, ReadRequest, ScheduleCreateRequest, ScheduleId,
+    ScheduleListRequest, ScheduleListResponse, ScheduleResponse, ScheduleUpdateRequest, Topology,
+    WriteResponse, IDEMPOTENCY_HEADER,
+};
+
+use crate::client::{Call, Safety};
+use crate::{Client, ClientError};
+
+/// The body of calls that take no parameters.
+#[derive(Serialize)]
+struct Empty {}
+
+impl Client {
+    // ---- jobs ----
+
+    /// `jobs/submit`. Without an idempotency key and with retries on, the SDK picks one
+    /// (`sdk-<uuid v7>`) so a retried submit cannot create a second job.
+    pub async fn submit_job(&self, mut req: JobSubmitRequest) -> Result<JobResponse, ClientError> {
+        let key = self.idempotency_key(&mut req.idempotency_key);
+        let call = Call::api(&["jobs", "submit"], &req, safety_for(&key))?;
+        self.json(with_key(call, key)?).await
+    }
+
+    /// `jobs/list`, newest first, one page.
+    pub async fn list_jobs(&self, mut req: JobListRequest) -> Result<JobListResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        self.json(Call::api(&["jobs", "list"], &req, Safety::Read)?)
+            .await
+    }
+
+    /// `jobs/{id}/get`.
+    pub async fn get_job(
+        &self,
+        id: &JobId,
+        consistency: Consistency,
+    ) -> Result<JobResponse, ClientError> {
+        let body = self.read_request(consistency);
+        self.json(Call::api(
+            &["jobs", id.as_str(), "get"],
+            &body,
+            Safety::Read,
+        )?)
+        .await
+    }
+
+    /// `jobs/{id}/cancel`.
+    pub async fn cancel_job(
+        &self,
+        id: &JobId,
+        req: JobActionRequest,
+    ) -> Result<JobResponse, ClientError> {
+        self.json(Call::api(
+            &["jobs", id.as_str(), "cancel"],
+            &req,
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    /// `jobs/{id}/retry`.
+    pub async fn retry_job(
+        &self,
+        id: &JobId,
+        req: JobActionRequest,
+    ) -> Result<JobResponse, ClientError> {
+        self.json(Call::api(
+            &["jobs", id.as_str(), "retry"],
+            &req,
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    /// `jobs/{id}/logs`: a window of an attempt's output. With `wait_ms` the server holds
+    /// the request until output arrives or the wait ends; the HTTP timeout grows to match.
+    pub async fn job_logs(
+        &self,
+        id: &JobId,
+        mut req: JobLogsRequest,
+    ) -> Result<JobLogsResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        let mut call = Call::api(&["jobs", id.as_str(), "logs"], &req, Safety::Read)?;
+        call.extra_timeout = Duration::from_millis(req.wait_ms.unwrap_or(0));
+        self.json(call).await
+    }
+
+    // ---- nodes ----
+
+    /// `nodes/register` (agent keys). Re-registering the same id is how an agent comes
+    /// back after a restart, so this write is repeated after transport failures.
+    pub async fn register_node(
+        &self,
+        req: NodeRegisterRequest,
+    ) -> Result<NodeResponse, ClientError> {
+        self.json(Call::api(
+            &["nodes", "register"],
+            &req,
+            Safety::IdempotentWrite,
+        )?)
+        .await
+    }
+
+    /// `nodes/list`.
+    pub async fn list_nodes(
+        &self,
+        mut req: NodeListRequest,
+    ) -> Result<NodeListResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        self.json(Call::api(&["nodes", "list"], &req, Safety::Read)?)
+            .await
+    }
+
+    /// `nodes/{id}/get`.
+    pub async fn get_node(
+        &self,
+        id: &NodeId,
+        consistency: Consistency,
+    ) -> Result<NodeResponse, ClientError> {
+        let body = self.read_request(consistency);
+        self.json(Call::api(
+            &["nodes", id.as_str(), "get"],
+            &body,
+            Safety::Read,
+        )?)
+        .await
+    }
+
+    /// `nodes/{id}/drain`.
+    pub async fn drain_node(
+        &self,
+        id: &NodeId,
+        req: NodeDrainRequest,
+    ) -> Result<NodeResponse, ClientError> {
+        self.json(Call::api(
+            &["nodes", id.as_str(), "drain"],
+            &req,
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    /// `nodes/{id}/delete`.
+    pub async fn delete_node(
+        &self,
+        id: &NodeId,
+        req: NodeDeleteRequest,
+    ) -> Result<NodeResponse, ClientError> {
+        self.json(Call::api(
+            &["nodes", id.as_str(), "delete"],
+            &req,
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    // ---- keys ----
+
+    /// `keys/create` (admin). The response's `secret` is shown this once.
+    pub async fn create_key(
+        &self,
+        req: KeyCreateRequest,
+    ) -> Result<KeyCreateResponse, ClientError> {
+        self.json(Call::api(&["keys", "create"], &req, Safety::Write)?)
+            .await
+    }
+
+    /// `keys/list` (admin).
+    pub async fn list_keys(&self) -> Result<KeyListResponse, ClientError> {
+        self.json(Call::api(&["keys", "list"], &Empty {}, Safety::Read)?)
+            .await
+    }
+
+    /// `keys/{id}/revoke` (admin).
+    pub async fn revoke_key(&self, id: &KeyId) -> Result<KeyResponse, ClientError> {
+        self.json(Call::api(
+            &["keys", id.as_str(), "revoke"],
+            &Empty {},
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    // ---- credits ----
+
+    /// `credits/entries/create` (admin). Like [`Client::submit_job`], a missing
+    /// idempotency key is filled in when retries are on, so a retry never credits twice.
+    pub async fn create_credit_entry(
+        &self,
+        mut req: CreditEntryCreateRequest,
+    ) -> Result<CreditEntryResponse, ClientError> {
+        let key = self.idempotency_key(&mut req.idempotency_key);
+        let call = Call::api(&["credits", "entries", "create"], &req, safety_for(&key))?;
+        self.json(with_key(call, key)?).await
+    }
+
+    /// `credits/balance`.
+    pub async fn credit_balance(
+        &self,
+        mut req: CreditBalanceRequest,
+    ) -> Result<CreditBalanceResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        self.json(Call::api(&["credits", "balance"], &req, Safety::Read)?)
+            .await
+    }
+
+    /// `credits/entries/list`.
+    pub async fn credit_entries(
+        &self,
+        mut req: CreditEntriesRequest,
+    ) -> Result<CreditEntriesResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        self.json(Call::api(
+            &["credits", "entries", "list"],
+            &req,
+            Safety::Read,
+        )?)
+        .await
+    }
+
+    // ---- schedules ----
+
+    /// `schedules/create`.
+    pub async fn create_schedule(
+        &self,
+        req: ScheduleCreateRequest,
+    ) -> Result<ScheduleResponse, ClientError> {
+        self.json(Call::api(&["schedules", "create"], &req, Safety::Write)?)
+            .await
+    }
+
+    /// `schedules/list`.
+    pub async fn list_schedules(
+        &self,
+        mut req: ScheduleListRequest,
+    ) -> Result<ScheduleListResponse, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        self.json(Call::api(&["schedules", "list"], &req, Safety::Read)?)
+            .await
+    }
+
+    /// `schedules/{id}/get`.
+    pub async fn get_schedule(
+        &self,
+        id: &ScheduleId,
+        consistency: Consistency,
+    ) -> Result<ScheduleResponse, ClientError> {
+        let body = self.read_request(consistency);
+        self.json(Call::api(
+            &["schedules", id.as_str(), "get"],
+            &body,
+            Safety::Read,
+        )?)
+        .await
+    }
+
+    /// `schedules/{id}/update`: only the fields that are set change.
+    pub async fn update_schedule(
+        &self,
+        id: &ScheduleId,
+        req: ScheduleUpdateRequest,
+    ) -> Result<ScheduleResponse, ClientError> {
+        self.json(Call::api(
+            &["schedules", id.as_str(), "update"],
+            &req,
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    /// `schedules/{id}/delete`.
+    pub async fn delete_schedule(&self, id: &ScheduleId) -> Result<WriteResponse, ClientError> {
+        self.json(Call::api(
+            &["schedules", id.as_str(), "delete"],
+            &Empty {},
+            Safety::Write,
+        )?)
+        .await
+    }
+
+    // ---- cluster and operations ----
+
+    /// `cluster/topology`: every replica as the answering one sees it.
+    pub async fn topology(&self) -> Result<Topology, ClientError> {
+        self.json(Call::api(
+            &["cluster", "topology"],
+            &Empty {},
+            Safety::Read,
+        )?)
+        .await
+    }
+
+    /// `POST /api/compute/metrics`: aggregated counts as JSON.
+    pub async fn metrics_summary(&self) -> Result<MetricsSummary, ClientError> {
+        self.json(Call::api(&["metrics"], &Empty {}, Safety::Read)?)
+            .await
+    }
+
+    /// `GET /healthz`: the body of a healthy answer.
+    pub async fn healthz(&self) -> Result<String, ClientError> {
+        Ok(self.execute(&Call::get("/healthz")).await?.text())
+    }
+
+    /// `GET /readyz`: the body of a ready answer; not ready is an [`ClientError::Api`].
+    pub async fn readyz(&self) -> Result<String, ClientError> {
+        Ok(self.execute(&Call::get("/readyz")).await?.text())
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        Ok(self.execute(&Call::get("/metrics")).await?.text())
+    }
+
+    /// `GET /api/openapi.json`: the OpenAPI document.
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Call::get("/api/openapi.json")).await
+    }
+
+    // ---- helpers ----
+
+    fn read_request(&self, consistency: Consistency) -> ReadRequest {
+        ReadRequest {
+            consistency: self.read_consistency(consistency),
+        }
+    }
+
+    /// Fills in an idempotency key when there is none and retries are on.
+    fn idempotency_key(&self, slot: &mut Option<String>) -> Option<String> {
+        if slot.is_none() && self.config().max_retries > 0 {
+            *slot = Some(format!("sdk-{}", uuid::Uuid::now_v7()));
+        }
+        slot.clone()
+    }
+}
+
+fn safety_for(key: &Option<String>) -> Safety {
+    match key {
+        Some(_) => Safety::IdempotentWrite,
+        None => Safety::Write,
+    }
+}
+
+/// Adds the `Idempotency-Key` header equal to the body's key.
+fn with_key(mut call: Call, key: Option<String>) -> Result<Call, ClientError> {
+    if let Some(key) = key {
+        let value = HeaderValue::from_str(&key).map_err(|_| {
+            ClientError::Config(format!(
+                "idempotency key `{key}` contains characters not allowed in a header"
+            ))
+        })?;
+        let name = HeaderName::from_bytes(IDEMPOTENCY_HEADER.as_bytes())
+            .map_err(|e| ClientError::Config(format!("header name: {e}")))?;
+        call.headers.push((name, value));
+    }
+    Ok(call)
+}

@@ -1,0 +1,403 @@
+//! The SDK against tiny scripted HTTP servers on 127.0.0.1:0: error parsing, 503 retries
+//! with `Retry-After`, endpoint failover, write safety, and the consistency token.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use std::sync::Mutex;
+use tanvrit_client::api::{
+    Consistency, JobActionRequest, JobId, JobListRequest, JobSpec, JobSubmitRequest,
+};
+use tanvrit_client::{Client, ClientConfig, ClientError};
+
+/// One request as the test server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: serde_json::Value,
+}
+
+type Script = dyn Fn(usize, &Seen) -> Response + Send + Sync;
+
+/// A server that records every request and answers with `script(n, request)`.
+struct TestServer {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl TestServer {
+    async fn start(script: impl Fn(usize, &Seen) -> Response + Send + Sync + 'static) -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let record = seen.clone();
+        let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+            let record = record.clone();
+            let script = script.clone();
+            let count = count.clone();
+            async move {
+                let request = Seen {
+                    path: uri.path().to_string(),
+                    headers,
+                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                };
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                record.lock().unwrap().push(request.clone());
+                script(n, &request)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn json(status: StatusCode, index: u64, body: serde_json::Value) -> Response {
+    (
+        status,
+        [("x-tanvrit-index", index.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+fn job_body(index: u64) -> serde_json::Value {
+    serde_json::json!({
+        "job": {
+            "id": "job-1", "business": "acme", "spec": {"command": ["true"]},
+            "state": "pending", "created_at": 1, "updated_at": 1
+        },
+        "index": index
+    })
+}
+
+fn list_body(index: u64) -> serde_json::Value {
+    serde_json::json!({"jobs": [], "index": index})
+}
+
+fn client(endpoints: Vec<String>, max_retries: u32) -> Client {
+    Client::new(ClientConfig {
+        endpoints,
+        api_key: Some("test-key".into()),
+        timeout: Duration::from_secs(5),
+        max_retries,
+        read_your_writes: true,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+fn submit() -> JobSubmitRequest {
+    JobSubmitRequest {
+        business: Some("acme".into()),
+        spec: JobSpec {
+            command: vec!["true".into()],
+            ..JobSpec::default()
+        },
+        idempotency_key: None,
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+async fn dead_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_error_body_becomes_an_api_error_with_its_code() {
+    let server = TestServer::start(|_, _| {
+        json(
+            StatusCode::PAYMENT_REQUIRED,
+            3,
+            serde_json::json!({"error": {"code": "insufficient_credits", "message": "needs 10"}}),
+        )
+    })
+    .await;
+    let err = client(vec![server.url.clone()], 3)
+        .submit_job(submit())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "insufficient_credits");
+    assert_eq!(err.status(), Some(402));
+    assert_eq!(err.message(), "needs 10");
+    assert_eq!(server.seen().len(), 1, "a 402 is final, not retried");
+}
+
+#[tokio::test]
+async fn requests_carry_the_bearer_key_and_the_api_path() {
+    let server = TestServer::start(|_, _| json(StatusCode::OK, 1, job_body(1))).await;
+    let id = JobId::from("job/with slash");
+    client(vec![server.url.clone()], 0)
+        .cancel_job(&id, JobActionRequest::default())
+        .await
+        .unwrap();
+    let seen = server.seen();
+    assert_eq!(seen[0].path, "/api/compute/jobs/job%2Fwith%20slash/cancel");
+    assert_eq!(seen[0].headers["authorization"], "Bearer test-key");
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn a_503_is_retried_after_its_retry_after() {
+    let server = TestServer::start(|n, _| {
+        if n == 0 {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "1")],
+                axum::Json(
+                    serde_json::json!({"error": {"code": "no_leader", "message": "election"}}),
+                ),
+            )
+                .into_response()
+        } else {
+            json(StatusCode::OK, 5, job_body(5))
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let response = client(vec![server.url.clone()], 3)
+        .submit_job(submit())
+        .await
+        .unwrap();
+    assert_eq!(response.index, 5);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited only {:?}",
+        started.elapsed()
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    // The retried submit is the same submission: same idempotency key in header and body.
+    let key = seen[0].body["idempotency_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("sdk-"));
+    assert_eq!(seen[0].headers["idempotency-key"], key.as_str());
+    assert_eq!(seen[1].body["idempotency_key"], key.as_str());
+    assert_eq!(seen[1].headers["idempotency-key"], key.as_str());
+}
+
+#[tokio::test]
+async fn a_503_that_persists_ends_as_an_api_error_with_the_hint() {
+    let server = TestServer::start(|_, _| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "0")],
+            axum::Json(serde_json::json!({
+                "error": {"code": "no_leader", "message": "election", "leader": "replica-2"}
+            })),
+        )
+            .into_response()
+    })
+    .await;
+    let err = client(vec![server.url.clone()], 2)
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(server.seen().len(), 3, "one try and two retries");
+    match err {
+        ClientError::Api {
+            status,
+            code,
+            retry_after,
+            leader,
+            ..
+        } => {
+            assert_eq!((status, code.as_str()), (503, "no_leader"));
+            assert_eq!(retry_after, Some(Duration::ZERO));
+            assert_eq!(leader.as_deref(), Some("replica-2"));
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_over_to_the_next_endpoint_even_for_writes() {
+    let server = TestServer::start(|_, _| json(StatusCode::OK, 9, job_body(9))).await;
+    let dead = dead_endpoint().await;
+    // No retries at all: moving past a refusing endpoint is free.
+    let client = client(vec![dead, server.url.clone()], 0);
+    let id = JobId::from("job-1");
+    client
+        .cancel_job(&id, JobActionRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(client.current_endpoint().trim_end_matches('/'), server.url);
+    // Later calls start at the endpoint that worked.
+    client
+        .cancel_job(&id, JobActionRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn every_endpoint_refusing_is_a_transport_error_after_the_retries() {
+    let client = client(vec![dead_endpoint().await, dead_endpoint().await], 1);
+    let err = client
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "transport");
+    assert!(matches!(err, ClientError::Transport { not_sent: true, .. }));
+}
+
+/// A server that reads each request and hangs up without answering, counting them.
+async fn hang_up_server() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                // Read until the end of the headers and the small body have arrived.
+                while !String::from_utf8_lossy(&got).contains("\r\n\r\n{") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn a_write_that_may_have_arrived_is_not_repeated_but_a_read_is() {
+    let (url, count) = hang_up_server().await;
+    let client = client(vec![url], 2);
+    let err = client
+        .cancel_job(&JobId::from("job-1"), JobActionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "transport");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "cancel must not be repeated"
+    );
+
+    client
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1 + 3,
+        "a read is tried 1 + max_retries times"
+    );
+
+    // A submit carries an idempotency key, so it is repeated too.
+    client.submit_job(submit()).await.unwrap_err();
+    assert_eq!(count.load(Ordering::SeqCst), 4 + 3);
+}
+
+#[tokio::test]
+async fn reads_after_a_write_ask_for_its_index() {
+    let server = TestServer::start(|_, seen| {
+        if seen.path.ends_with("/submit") {
+            // The header lags the write's index, as on a forwarding follower.
+            json(StatusCode::OK, 40, job_body(42))
+        } else {
+            json(StatusCode::OK, 40, list_body(40))
+        }
+    })
+    .await;
+    let client = client(vec![server.url.clone()], 0);
+    client.list_jobs(JobListRequest::default()).await.unwrap();
+    client.submit_job(submit()).await.unwrap();
+    assert_eq!(client.last_index(), 42);
+    client.list_jobs(JobListRequest::default()).await.unwrap();
+    client
+        .list_jobs(JobListRequest {
+            consistency: Consistency::Strict,
+            ..JobListRequest::default()
+        })
+        .await
+        .unwrap();
+    let seen = server.seen();
+    assert_eq!(seen[0].body["consistency"], "stale", "nothing seen yet");
+    assert_eq!(
+        seen[1].body["consistency"],
+        serde_json::Value::Null,
+        "a submit is not a read"
+    );
+    assert!(
+        seen[1].body["idempotency_key"].is_null()
+            && !seen[1].headers.contains_key("idempotency-key"),
+        "no retries, so no key is invented"
+    );
+    assert_eq!(
+        seen[2].body["consistency"],
+        serde_json::json!({"min_index": 42})
+    );
+    assert_eq!(
+        seen[3].body["consistency"], "strict",
+        "an explicit choice is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_2xx_body_of_the_wrong_shape_is_a_decode_error() {
+    let server =
+        TestServer::start(|_, _| json(StatusCode::OK, 1, serde_json::json!({"x": 1}))).await;
+    let err = client(vec![server.url.clone()], 0)
+        .topology()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "decode");
+}
+
+#[tokio::test]
+async fn post_raw_sends_bytes_once_and_returns_any_status() {
+    let server = TestServer::start(|_, _| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("x-tanvrit-index", "7")],
+            "busy",
+        )
+            .into_response()
+    })
+    .await;
+    let client = client(vec![server.url.clone()], 3);
+    let raw = client
+        .post_raw(
+            "/api/compute/jobs/submit",
+            b"{not json".to_vec(),
+            &[("authorization", "Bearer other")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.status, 503);
+    assert_eq!(raw.text(), "busy");
+    assert_eq!(raw.index(), Some(7));
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "raw calls are never retried");
+    assert_eq!(seen[0].headers["authorization"], "Bearer other");
+}

@@ -1,0 +1,307 @@
+//! The command line: global flags, the subcommand tree, and how errors become exit codes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError, DEFAULT_ADDR};
+
+use crate::commands::cluster::ClusterCommand;
+use crate::commands::credit::CreditCommand;
+use crate::commands::job::JobCommand;
+use crate::commands::key::KeyCommand;
+use crate::commands::node::NodeCommand;
+use crate::commands::schedule::ScheduleCommand;
+use crate::config::ConfigError;
+use crate::output::Output;
+use crate::parse;
+use crate::server::{DevArgs, ServerArgs};
+
+/// Exit code of a command that worked.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of an API or transport error.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a usage error (clap uses the same for the errors it finds).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Tanvrit Compute: the control plane of a compute platform, and its client.
+#[derive(Debug, Parser)]
+#[command(name = "tanvrit", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Server URL(s), comma-separated; calls fail over between them.
+    #[arg(long, env = "TANVRIT_ADDR", default_value = DEFAULT_ADDR, global = true, help_heading = "Global options")]
+    pub addr: String,
+    /// The API key to send.
+    #[arg(
+        long,
+        env = "TANVRIT_API_KEY",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub api_key: Option<String>,
+    /// Print the JSON response (for scripts) instead of tables.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+    /// Limit for one request, e.g. 30s (long polls add their wait).
+    #[arg(long, default_value = "30s", value_parser = parse::duration, global = true, help_heading = "Global options")]
+    pub request_timeout: Duration,
+    /// Retries for calls that are safe to repeat (503s, refused connections, reads,
+    /// writes with an idempotency key).
+    #[arg(
+        long,
+        default_value_t = 3,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub retries: u32,
+}
+
+impl GlobalArgs {
+    /// An SDK client for these flags (read-your-writes on).
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::new(ClientConfig {
+            endpoints: split_endpoints(&self.addr),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            timeout: self.request_timeout,
+            max_retries: self.retries,
+            read_your_writes: true,
+            ..ClientConfig::default()
+        })
+    }
+
+    /// How results are printed.
+    pub fn output(&self) -> Output {
+        Output { json: self.json }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit, list, inspect, cancel and retry jobs; read their output.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Inspect, drain and delete worker nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Create, list and revoke API keys (admin).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Top up and inspect a business's credits.
+    #[command(subcommand)]
+    Credit(CreditCommand),
+    /// Cron schedules that submit jobs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Replicas, roles and indexes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run a single-node replica serving the API (configuration: TOML < TANVRIT_* < flags).
+    Server(ServerArgs),
+    /// Run a local single-node server for development: prints the admin key and an
+    /// `export` line, and gives business `default` 1,000 welcome credits.
+    Dev(DevArgs),
+}
+
+impl Command {
+    /// The log filter used when `RUST_LOG` is not set: servers say what they do.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Server(_) | Command::Dev(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = cli.global.output();
+    let client = || cli.global.client();
+    match cli.command {
+        Command::Job(command) => command.run(&client()?, out).await,
+        Command::Node(command) => command.run(&client()?, out).await,
+        Command::Key(command) => command.run(&client()?, out).await,
+        Command::Credit(command) => command.run(&client()?, out).await,
+        Command::Schedule(command) => command.run(&client()?, out).await,
+        Command::Cluster(command) => command.run(&client()?, out).await,
+        Command::Server(args) => crate::server::run_server(args).await,
+        Command::Dev(args) => crate::server::run_dev(args).await,
+    }
+}
+
+/// Prints `error: <code>: <message>` to stderr and picks the exit code: 2 for a
+/// configuration the user must fix before anything is sent, 1 for everything else.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(client_err) = err.downcast_ref::<ClientError>() {
+        eprintln!("error: {}: {}", client_err.code(), client_err.message());
+        let usage = matches!(client_err, ClientError::Config(_));
+        return ExitCode::from(if usage { EXIT_USAGE } else { EXIT_ERROR });
+    }
+    if let Some(config_err) = err.downcast_ref::<ConfigError>() {
+        eprintln!("error: {}: {config_err}", config_err.code());
+        return ExitCode::from(EXIT_ERROR);
+    }
+    if let Some(server_err) = err.downcast_ref::<tanvrit_server::ServerError>() {
+        eprintln!("error: {}: {server_err}", server_err.code());
+        return ExitCode::from(EXIT_ERROR);
+    }
+    if let Some(cluster_err) = err.downcast_ref::<tanvrit_cluster::ClusterError>() {
+        eprintln!("error: {}: {cluster_err}", cluster_err.code());
+        return ExitCode::from(EXIT_ERROR);
+    }
+    eprintln!("error: {err:#}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default`).
+pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A second call (tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tanvrit").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn job_submit_takes_the_command_after_a_double_dash() {
+        let cli = parse(&[
+            "job",
+            "submit",
+            "--cpu-millis",
+            "500",
+            "--label",
+            "zone=a",
+            "--env",
+            "A=1=2",
+            "--timeout",
+            "10m",
+            "--priority",
+            "-5",
+            "--",
+            "echo",
+            "--not-a-flag",
+        ])
+        .unwrap();
+        let Command::Job(JobCommand::Submit(args)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        let spec = args.template.spec();
+        assert_eq!(spec.command, vec!["echo", "--not-a-flag"]);
+        assert_eq!(spec.resources.cpu_millis, 500);
+        assert_eq!(spec.timeout_secs, 600);
+        assert_eq!(spec.priority, -5);
+        assert_eq!(spec.labels["zone"], "a");
+        assert_eq!(spec.env["A"], "1=2");
+    }
+
+    #[test]
+    fn job_submit_needs_exactly_one_of_a_command_and_shell() {
+        assert_eq!(
+            parse(&["job", "submit"]).unwrap_err().kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert!(parse(&["job", "submit", "--shell", "echo hi"]).is_ok());
+        assert_eq!(
+            parse(&["job", "submit", "--shell", "x", "--", "echo"])
+                .unwrap_err()
+                .kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_with_code_two() {
+        let err =
+            parse(&["credit", "add", "--business", "b", "--amount", "0.0000001"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+        let err = parse(&["credit", "add", "--business", "b"]).unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            i32::from(EXIT_USAGE),
+            "an amount is required"
+        );
+        let err = parse(&["node", "drain", "n1", "--deadline", "10"]).unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            i32::from(EXIT_USAGE),
+            "a duration needs a unit"
+        );
+    }
+
+    #[test]
+    fn credit_amounts_may_be_negative_adjustments() {
+        let cli = parse(&[
+            "credit",
+            "add",
+            "--business",
+            "b",
+            "--amount",
+            "-2.5",
+            "--kind",
+            "adjustment",
+        ])
+        .unwrap();
+        let Command::Credit(CreditCommand::Add { amount, kind, .. }) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(amount, Some(-2_500_000));
+        assert_eq!(kind, tanvrit_api::EntryKind::Adjustment);
+    }
+
+    #[test]
+    fn schedule_update_cannot_enable_and_disable_at_once() {
+        assert!(parse(&["schedule", "update", "s1", "--enable"]).is_ok());
+        assert_eq!(
+            parse(&["schedule", "update", "s1", "--enable", "--disable"])
+                .unwrap_err()
+                .kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_build_the_client() {
+        let cli = parse(&[
+            "job",
+            "list",
+            "--json",
+            "--addr",
+            "a:1,http://b:2",
+            "--retries",
+            "0",
+        ])
+        .unwrap();
+        assert!(cli.global.json);
+        let client = cli.global.client().unwrap();
+        assert_eq!(client.config().endpoints, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(client.config().max_retries, 0);
+    }
+}

@@ -1,0 +1,103 @@
+//! `tanvrit key ...`: create (the secret is printed once), list, revoke.
+
+use clap::Subcommand;
+use tanvrit_api::{BusinessId, KeyCreateRequest, KeyId, Scope};
+use tanvrit_client::Client;
+
+use crate::output::{or_dash, table, Output};
+use crate::parse::{format_opt_time, format_time};
+
+/// API key commands (admin keys only).
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print its secret, which cannot be shown again.
+    Create {
+        /// What the key may do: admin, user (one business) or agent (a worker).
+        #[arg(long)]
+        scope: Scope,
+        /// The business a user key is bound to (required for user keys).
+        #[arg(long)]
+        business: Option<String>,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List keys, revoked ones included (never their secrets).
+    List,
+    /// Revoke a key; requests with it are refused from then on.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+}
+
+impl KeyCommand {
+    /// Runs the command.
+    pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
+        match self {
+            KeyCommand::Create {
+                scope,
+                business,
+                name,
+            } => {
+                let response = client
+                    .create_key(KeyCreateRequest {
+                        name,
+                        scope,
+                        business: business.map(BusinessId::from),
+                    })
+                    .await?;
+                if out.json {
+                    return out.json(&response);
+                }
+                let key = &response.key;
+                let bound = key
+                    .business
+                    .as_ref()
+                    .map(|b| format!(" for business {b}"))
+                    .unwrap_or_default();
+                println!(
+                    "Created {} key {} ({}){bound}.",
+                    key.scope.as_str(),
+                    key.id,
+                    key.name
+                );
+                println!();
+                println!("Secret (shown only this once; store it now):");
+                println!();
+                println!("    {}", response.secret);
+                println!();
+                Ok(())
+            }
+            KeyCommand::List => {
+                let response = client.list_keys().await?;
+                out.show(&response, |r| {
+                    let mut t = table(["ID", "NAME", "SCOPE", "BUSINESS", "CREATED", "REVOKED"]);
+                    for key in &r.keys {
+                        t.add_row(vec![
+                            key.id.to_string(),
+                            key.name.clone(),
+                            key.scope.as_str().to_string(),
+                            or_dash(key.business.as_ref()),
+                            format_time(key.created_at),
+                            format_opt_time(key.revoked_at),
+                        ]);
+                    }
+                    t
+                })
+            }
+            KeyCommand::Revoke { id } => {
+                let response = client.revoke_key(&KeyId::from(id)).await?;
+                if out.json {
+                    return out.json(&response);
+                }
+                println!(
+                    "Revoked key {} at {}.",
+                    response.key.id,
+                    format_opt_time(response.key.revoked_at)
+                );
+                Ok(())
+            }
+        }
+    }
+}

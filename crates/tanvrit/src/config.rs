@@ -1,0 +1,618 @@
+//! The replica's configuration: one TOML file, overridden by `TANVRIT_*` environment
+//! variables, overridden by flags (figment merges the three; nothing is merged by hand).
+//!
+//! | TOML key | environment | default |
+//! |---|---|---|
+//! | `data_dir` | `TANVRIT_DATA_DIR` | `./tanvrit-data` |
+//! | `api_addr` | `TANVRIT_API_ADDR` | `127.0.0.1:7070` |
+//! | `raft_addr` | `TANVRIT_RAFT_ADDR` | `127.0.0.1:7071` |
+//! | `replica_id` | `TANVRIT_REPLICA_ID` | `replica-1` |
+//! | `replica_region` | `TANVRIT_REPLICA_REGION` | `local` |
+//! | `cluster_id` | `TANVRIT_CLUSTER_ID` | `local` |
+//! | `compute.cluster.raft` | `TANVRIT_CLUSTER_RAFT` | `false` |
+//! | `peers` | `TANVRIT_PEERS` (`name=host:port,...`) | none |
+//! | `cluster_secret` | `TANVRIT_CLUSTER_SECRET` | none |
+//! | `bootstrap_key` | `TANVRIT_BOOTSTRAP_KEY` | generated into `<data_dir>/admin.key` |
+//! | `body_limit_bytes` | `TANVRIT_BODY_LIMIT_BYTES` | 2 MiB |
+//! | `rates.cpu_second` | `TANVRIT_RATE_CPU_SECOND` | 10 |
+//! | `rates.memory_gb_second` | `TANVRIT_RATE_MEMORY_GB_SECOND` | 2 |
+//! | `rates.gpu_second` | `TANVRIT_RATE_GPU_SECOND` | 1000 |
+//! | `snapshot_every` | `TANVRIT_SNAPSHOT_EVERY` | 10000 |
+//! | `log_retention_bytes_per_job` | `TANVRIT_LOG_RETENTION_BYTES_PER_JOB` | 16 MiB |
+//! | `min_index_wait` | `TANVRIT_MIN_INDEX_WAIT` | `5s` |
+//! | `long_poll_max` | `TANVRIT_LONG_POLL_MAX` | `30s` |
+//! | `retry_after` | `TANVRIT_RETRY_AFTER` | `1s` |
+//!
+//! The file is named by `--config` or `TANVRIT_CONFIG`. Client-side variables
+//! (`TANVRIT_ADDR`, `TANVRIT_API_KEY`, `TANVRIT_BUSINESS`) are not configuration of a
+//! replica and are ignored here; an unknown key in the file is an error, so typos show.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{MicroCredits, Rates};
+
+/// Environment variable naming the config file.
+pub const ENV_CONFIG: &str = "TANVRIT_CONFIG";
+
+/// Environment variables (after `TANVRIT_`) whose values are text, and the config key
+/// each sets. They are taken verbatim: figment's value parsing would read a secret like
+/// `0123...` as a number and drop its leading zero.
+const ENV_TEXT: &[(&str, &str)] = &[
+    ("DATA_DIR", "data_dir"),
+    ("API_ADDR", "api_addr"),
+    ("RAFT_ADDR", "raft_addr"),
+    ("REPLICA_ID", "replica_id"),
+    ("REPLICA_REGION", "replica_region"),
+    ("CLUSTER_ID", "cluster_id"),
+    ("PEERS", "peers"),
+    ("CLUSTER_SECRET", "cluster_secret"),
+    ("BOOTSTRAP_KEY", "bootstrap_key"),
+    ("MIN_INDEX_WAIT", "min_index_wait"),
+    ("LONG_POLL_MAX", "long_poll_max"),
+    ("RETRY_AFTER", "retry_after"),
+];
+
+/// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
+/// booleans, and the config key each sets.
+const ENV_TYPED: &[(&str, &str)] = &[
+    ("cluster_raft", "compute.cluster.raft"),
+    ("body_limit_bytes", "body_limit_bytes"),
+    ("rate_cpu_second", "rates.cpu_second"),
+    ("rate_memory_gb_second", "rates.memory_gb_second"),
+    ("rate_gpu_second", "rates.gpu_second"),
+    ("snapshot_every", "snapshot_every"),
+    ("log_retention_bytes_per_job", "log_retention_bytes_per_job"),
+];
+
+/// Why the configuration cannot be used. Each has a stable [`ConfigError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` / `TANVRIT_CONFIG` names a file that does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value has the wrong type or an unknown key was given.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// Raft mode was asked for; it is not part of this build yet.
+    #[error(
+        "Raft mode (TANVRIT_CLUSTER_RAFT=true / compute.cluster.raft = true) is not built yet; \
+         unset it to run a single-node replica"
+    )]
+    RaftNotBuilt,
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// The stable code printed with the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::MissingFile(_) => "config_file_missing",
+            ConfigError::Load(_) | ConfigError::Invalid(_) => "config_invalid",
+            ConfigError::RaftNotBuilt => "raft_not_built",
+        }
+    }
+}
+
+/// A secret string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One voter of a Raft cluster: `name=raft_host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The replica's name (its `TANVRIT_REPLICA_ID`).
+    pub name: String,
+    /// Its replica RPC address.
+    pub addr: String,
+}
+
+/// The `[compute]` table, kept for the seed's key `compute.cluster.raft`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComputeSection {
+    /// `[compute.cluster]`.
+    pub cluster: ClusterSection,
+}
+
+/// `[compute.cluster]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `true` selects the Raft implementation (`TANVRIT_CLUSTER_RAFT`). Not built yet:
+    /// loading a configuration with it set fails with [`ConfigError::RaftNotBuilt`].
+    pub raft: bool,
+}
+
+/// Credit rates applied to new jobs, in micro-credits (1 credit = 1,000,000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RatesSection {
+    /// Per cpu-second: 1000 millicores reserved for one second.
+    pub cpu_second: MicroCredits,
+    /// Per GB-second: 1024 MB of memory reserved for one second.
+    pub memory_gb_second: MicroCredits,
+    /// Per GPU-second.
+    pub gpu_second: MicroCredits,
+}
+
+impl Default for RatesSection {
+    fn default() -> Self {
+        Self {
+            cpu_second: 10,
+            memory_gb_second: 2,
+            gpu_second: 1000,
+        }
+    }
+}
+
+impl From<RatesSection> for Rates {
+    fn from(r: RatesSection) -> Self {
+        Rates {
+            cpu_second: r.cpu_second,
+            memory_gb_second: r.memory_gb_second,
+            gpu_second: r.gpu_second,
+        }
+    }
+}
+
+/// Everything a replica is configured with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The replica's data directory: its redb database, job logs, and `admin.key`.
+    pub data_dir: PathBuf,
+    /// Public API listen address (`host:port`).
+    pub api_addr: String,
+    /// Replica RPC listen address (Raft mode).
+    pub raft_addr: String,
+    /// This replica's name (the seed's `TANVRIT_REPLICA_ID`).
+    #[serde(deserialize_with = "lenient::string")]
+    pub replica_id: String,
+    /// This replica's region (`TANVRIT_REPLICA_REGION`).
+    #[serde(deserialize_with = "lenient::string")]
+    pub replica_region: String,
+    /// The cluster's id (`TANVRIT_CLUSTER_ID`).
+    #[serde(deserialize_with = "lenient::string")]
+    pub cluster_id: String,
+    /// The `[compute]` table: `compute.cluster.raft`.
+    pub compute: ComputeSection,
+    /// The voters, `name=raft_host:port,...` (Raft mode).
+    #[serde(deserialize_with = "lenient::peers")]
+    pub peers: Vec<Peer>,
+    /// Shared secret authenticating replica RPC (required in Raft mode).
+    #[serde(deserialize_with = "lenient::secret")]
+    pub cluster_secret: Option<Secret>,
+    /// The first admin key (16+ characters); when absent one is generated into
+    /// `<data_dir>/admin.key` at first start.
+    #[serde(deserialize_with = "lenient::secret")]
+    pub bootstrap_key: Option<Secret>,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Credit rates recorded on each new job.
+    pub rates: RatesSection,
+    /// Take a state snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Job output kept per job; older bytes are dropped first.
+    pub log_retention_bytes_per_job: u64,
+    /// Longest a `min_index` read waits for this replica to catch up before a 503.
+    #[serde(with = "human_duration")]
+    pub min_index_wait: Duration,
+    /// Longest a long poll (log follow, agent work poll) is held open.
+    #[serde(with = "human_duration")]
+    pub long_poll_max: Duration,
+    /// The `Retry-After` sent with 503s.
+    #[serde(with = "human_duration")]
+    pub retry_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./tanvrit-data"),
+            api_addr: "127.0.0.1:7070".into(),
+            raft_addr: "127.0.0.1:7071".into(),
+            replica_id: "replica-1".into(),
+            replica_region: "local".into(),
+            cluster_id: "local".into(),
+            compute: ComputeSection::default(),
+            peers: Vec::new(),
+            cluster_secret: None,
+            bootstrap_key: None,
+            body_limit_bytes: 2 * 1024 * 1024,
+            rates: RatesSection::default(),
+            snapshot_every: 10_000,
+            log_retention_bytes_per_job: 16 * 1024 * 1024,
+            min_index_wait: Duration::from_secs(5),
+            long_poll_max: Duration::from_secs(30),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Flags that override the file and the environment; `None` leaves a value alone.
+#[derive(Clone, Debug, Default, clap::Args, Serialize)]
+pub struct ConfigFlags {
+    /// The TOML config file.
+    #[arg(long, env = ENV_CONFIG, value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The data directory [default: ./tanvrit-data].
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Public API listen address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_addr: Option<String>,
+    /// Replica RPC listen address (Raft mode).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft_addr: Option<String>,
+    /// This replica's name [default: replica-1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// This replica's region [default: local].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_region: Option<String>,
+    /// The cluster's id [default: local].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_limit_bytes: Option<usize>,
+    /// Snapshot every this many applied entries.
+    #[arg(long, value_name = "ENTRIES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_every: Option<u64>,
+}
+
+impl Config {
+    /// Loads defaults < the file named by `flags.config` < `TANVRIT_*` variables of this
+    /// process < `flags`, then checks the result.
+    pub fn load(flags: &ConfigFlags) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &flags.config {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.clone()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(typed_env());
+        for (name, key) in ENV_TEXT {
+            let var = format!("TANVRIT_{name}");
+            match std::env::var(&var) {
+                Ok(value) => figment = figment.merge(Serialized::default(key, value)),
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError::Invalid(format!("{var} is not valid UTF-8")))
+                }
+            }
+        }
+        let config: Config = figment
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The rates as the wire type jobs record.
+    pub fn rates(&self) -> Rates {
+        self.rates.into()
+    }
+
+    /// The bootstrap key, if one is configured.
+    pub fn bootstrap_key(&self) -> Option<&str> {
+        self.bootstrap_key.as_ref().map(|s| s.0.as_str())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.compute.cluster.raft {
+            return Err(ConfigError::RaftNotBuilt);
+        }
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(key) = &self.bootstrap_key {
+            if key.0.chars().count() < 16 {
+                return invalid(
+                    "bootstrap_key (TANVRIT_BOOTSTRAP_KEY) must have at least 16 characters".into(),
+                );
+            }
+        }
+        for (name, value) in [
+            ("replica_id", &self.replica_id),
+            ("replica_region", &self.replica_region),
+            ("cluster_id", &self.cluster_id),
+            ("api_addr", &self.api_addr),
+        ] {
+            if value.trim().is_empty() {
+                return invalid(format!("{name} must not be empty"));
+            }
+        }
+        if self.body_limit_bytes == 0 {
+            return invalid("body_limit_bytes must be positive".into());
+        }
+        if self.snapshot_every == 0 {
+            return invalid("snapshot_every must be positive".into());
+        }
+        let rates = [
+            self.rates.cpu_second,
+            self.rates.memory_gb_second,
+            self.rates.gpu_second,
+        ];
+        if rates.iter().any(|r| *r < 0) {
+            return invalid("rates must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// The `TANVRIT_*` variables named in [`ENV_TYPED`], parsed, mapped to their config keys.
+/// Only named variables are read, so client variables like `TANVRIT_API_KEY` never collide.
+fn typed_env() -> Env {
+    Env::prefixed("TANVRIT_").filter_map(|key| {
+        ENV_TYPED
+            .iter()
+            .find(|(env, _)| key == *env)
+            .map(|(_, path)| (*path).into())
+    })
+}
+
+/// Durations written like `5s`, `1m 30s`.
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration with a unit, like \"5s\" or \"2m\"")
+        })?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration like 5s or 2m ({e})"))
+        })
+    }
+}
+
+/// Deserializers that accept what environment variables produce: figment reads
+/// `TANVRIT_REPLICA_ID=1` as a number, but a name is a name.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    use super::{Peer, Secret};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl Scalar {
+        fn into_string(self) -> String {
+            match self {
+                Scalar::Text(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Uint(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(Scalar::deserialize(d)?.into_string())
+    }
+
+    pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<Scalar>::deserialize(d)?.map(|s| Secret(s.into_string())))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum PeerList {
+        Joined(String),
+        Items(Vec<String>),
+    }
+
+    /// `"a=h:1,b=h:2"` or `["a=h:1", "b=h:2"]`.
+    pub fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Peer>, D::Error> {
+        let items = match PeerList::deserialize(d)? {
+            PeerList::Joined(s) => s.split(',').map(str::to_string).collect(),
+            PeerList::Items(v) => v,
+        };
+        items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty())
+            .map(|item| match item.split_once('=') {
+                Some((name, addr)) if !name.is_empty() && !addr.is_empty() => Ok(Peer {
+                    name: name.trim().to_string(),
+                    addr: addr.trim().to_string(),
+                }),
+                _ => Err(serde::de::Error::custom(format!(
+                    "peer `{item}` is not name=host:port"
+                ))),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+// `Jail::expect_with` closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn flags_with_file(path: &str) -> ConfigFlags {
+        ConfigFlags {
+            config: Some(PathBuf::from(path)),
+            ..ConfigFlags::default()
+        }
+    }
+
+    #[test]
+    fn flags_beat_env_which_beats_the_file_which_beats_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "tanvrit.toml",
+                r#"
+                data_dir = "/from/file"
+                api_addr = "127.0.0.1:1111"
+                replica_id = "file-replica"
+                min_index_wait = "7s"
+                [rates]
+                gpu_second = 5
+                "#,
+            )?;
+            jail.set_env("TANVRIT_API_ADDR", "127.0.0.1:2222");
+            jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
+            jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
+            let mut flags = flags_with_file("tanvrit.toml");
+            flags.replica_id = Some("flag-replica".into());
+            let config = Config::load(&flags).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.data_dir,
+                PathBuf::from("/from/file"),
+                "file over default"
+            );
+            assert_eq!(config.api_addr, "127.0.0.1:2222", "env over file");
+            assert_eq!(config.replica_id, "flag-replica", "flag over env");
+            assert_eq!(config.min_index_wait, Duration::from_secs(7));
+            assert_eq!(config.rates.gpu_second, 5);
+            assert_eq!(config.rates.cpu_second, 42);
+            assert_eq!(
+                config.rates.memory_gb_second, 2,
+                "untouched rates keep defaults"
+            );
+            assert_eq!(config.cluster_id, "local");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_match_the_design_table() {
+        Jail::expect_with(|_| {
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config, Config::default());
+            assert_eq!(config.data_dir, PathBuf::from("./tanvrit-data"));
+            assert_eq!(config.api_addr, "127.0.0.1:7070");
+            assert_eq!(config.replica_id, "replica-1");
+            assert_eq!(config.replica_region, "local");
+            assert!(!config.compute.cluster.raft);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_variables_in_the_environment_are_ignored() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TANVRIT_ADDR", "http://x:1");
+            jail.set_env("TANVRIT_API_KEY", "k");
+            jail.set_env("TANVRIT_BUSINESS", "acme");
+            Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn raft_mode_from_env_fails_clearly_instead_of_falling_back() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TANVRIT_CLUSTER_RAFT", "true");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert_eq!(err.code(), "raft_not_built");
+            assert!(err.to_string().contains("not built yet"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn raft_mode_from_the_seed_toml_key_fails_too() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[compute.cluster]\nraft = true\n")?;
+            let err = Config::load(&flags_with_file("c.toml")).unwrap_err();
+            assert_eq!(err.code(), "raft_not_built");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_looking_names_and_peer_lists_from_env_are_read_as_text() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TANVRIT_REPLICA_ID", "1");
+            jail.set_env("TANVRIT_CLUSTER_SECRET", "12345");
+            jail.set_env("TANVRIT_PEERS", "r1=10.0.0.1:7071,r2=10.0.0.2:7071");
+            jail.set_env("TANVRIT_BOOTSTRAP_KEY", "0123456789012345678");
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.replica_id, "1");
+            assert_eq!(config.cluster_secret, Some(Secret("12345".into())));
+            assert_eq!(config.bootstrap_key(), Some("0123456789012345678"));
+            assert_eq!(
+                config.peers,
+                vec![
+                    Peer {
+                        name: "r1".into(),
+                        addr: "10.0.0.1:7071".into()
+                    },
+                    Peer {
+                        name: "r2".into(),
+                        addr: "10.0.0.2:7071".into()
+                    },
+                ]
+            );
+            assert!(
+                !format!("{config:?}").contains("12345"),
+                "secrets stay out of Debug"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "data_dri = \"x\"\n")?;
+            let err = Config::load(&flags_with_file("typo.toml")).unwrap_err();
+            assert_eq!(err.code(), "config_invalid");
+            assert!(err.to_string().contains("data_dri"), "{err}");
+
+            let err = Config::load(&flags_with_file("missing.toml")).unwrap_err();
+            assert_eq!(err.code(), "config_file_missing");
+
+            jail.set_env("TANVRIT_BOOTSTRAP_KEY", "short");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert!(err.to_string().contains("16"), "{err}");
+
+            jail.set_env("TANVRIT_BOOTSTRAP_KEY", "long-enough-bootstrap-key");
+            jail.set_env("TANVRIT_MIN_INDEX_WAIT", "5");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert!(err.to_string().contains("duration"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,316 @@
+//! `tanvrit server` and `tanvrit dev`: one single-node replica serving the API.
+//!
+//! Both load the configuration, open `SingleNode`, make sure an admin key exists, bind
+//! `api_addr` and serve until Ctrl-C or SIGTERM. `dev` also prints the admin key with a
+//! ready-to-paste `export` line and gives business `default` its welcome credits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tanvrit_api::{BusinessId, CreditEntryCreateRequest, EntryKind};
+use tanvrit_client::{Client, ClientConfig};
+use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
+use tanvrit_server::{BootstrapOutcome, ServerConfig, ADMIN_KEY_FILE};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigFlags};
+use crate::parse::{format_credits, MICROS_PER_CREDIT};
+
+/// The business `dev` tops up, and `job submit` bills when no `--business` is given.
+pub const DEV_BUSINESS: &str = "default";
+/// Idempotency key of the welcome top-up: one entry however often `dev` starts.
+pub const DEV_WELCOME_KEY: &str = "dev-welcome";
+/// Credits in the welcome top-up.
+pub const DEV_WELCOME_CREDITS: i64 = 1_000;
+
+/// `tanvrit server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub config: ConfigFlags,
+}
+
+/// `tanvrit dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub config: ConfigFlags,
+}
+
+/// A replica that is open and bound, not yet serving.
+struct Replica {
+    config: Config,
+    cluster: Arc<SingleNode>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    bootstrap: BootstrapOutcome,
+}
+
+impl Replica {
+    /// Binds the API address, opens the store, and ensures an admin key. Binding first
+    /// means a taken port fails before anything is written, and the topology shows the
+    /// real address when port 0 was asked for.
+    async fn open(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.api_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+        let addr = listener.local_addr()?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let cluster_config = SingleNodeConfig {
+            data_dir: config.data_dir.clone(),
+            replica_name: config.replica_id.clone(),
+            region: config.replica_region.clone(),
+            cluster_id: config.cluster_id.clone(),
+            address: addr.to_string(),
+            snapshot_every: config.snapshot_every,
+            min_index_wait: config.min_index_wait,
+            log_retention_bytes_per_job: config.log_retention_bytes_per_job,
+        };
+        // Opening replays the log: blocking work, kept off the async workers.
+        let cluster = tokio::task::spawn_blocking(move || SingleNode::open(cluster_config))
+            .await
+            .context("opening the store panicked")??;
+        let bootstrap = tanvrit_server::ensure_bootstrap_admin(
+            &*cluster,
+            &config.data_dir,
+            config.bootstrap_key(),
+        )
+        .await?;
+        match &bootstrap {
+            BootstrapOutcome::AlreadyPresent => tracing::info!("an admin key exists"),
+            BootstrapOutcome::FromEnv { key, .. } => {
+                tracing::info!(%key, "created the admin key from TANVRIT_BOOTSTRAP_KEY")
+            }
+            BootstrapOutcome::Generated { key, path, .. } => tracing::info!(
+                %key,
+                path = %path.display(),
+                "generated the admin key; its secret is in the file"
+            ),
+        }
+        Ok(Self {
+            config,
+            cluster,
+            listener,
+            addr,
+            bootstrap,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then closes the cluster. `on_ready` runs once
+    /// the API is accepting requests.
+    async fn serve<R>(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        on_ready: impl FnOnce(ReadyInfo) -> R,
+    ) -> anyhow::Result<()>
+    where
+        R: Future<Output = anyhow::Result<()>>,
+    {
+        let server_config = ServerConfig {
+            body_limit_bytes: self.config.body_limit_bytes,
+            rates: self.config.rates(),
+            min_index_wait: self.config.min_index_wait,
+            long_poll_max: self.config.long_poll_max,
+            retry_after: self.config.retry_after,
+        };
+        let cluster: Arc<dyn ClusterService> = self.cluster.clone();
+        let serving = tokio::spawn(tanvrit_server::serve(
+            server_config,
+            cluster,
+            self.listener,
+            shutdown,
+        ));
+        let info = ReadyInfo {
+            url: client_url(self.addr),
+            data_dir: self.config.data_dir.clone(),
+            bootstrap_key: self.config.bootstrap_key().map(str::to_string),
+            bootstrap: self.bootstrap,
+        };
+        let ready = on_ready(info).await;
+        let served = serving.await.context("the API task panicked")?;
+        self.cluster.shutdown().await;
+        ready?;
+        served?;
+        Ok(())
+    }
+}
+
+/// What a started replica tells its caller.
+struct ReadyInfo {
+    /// The URL clients use (a wildcard bind address becomes loopback).
+    url: String,
+    data_dir: PathBuf,
+    bootstrap_key: Option<String>,
+    bootstrap: BootstrapOutcome,
+}
+
+/// Runs `tanvrit server`.
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let replica = Replica::open(config).await?;
+    replica
+        .serve(shutdown_signal(), |info| async move {
+            // Tests and scripts wait for this exact line.
+            println!("listening on {}", info.url);
+            Ok(())
+        })
+        .await
+}
+
+/// Runs `tanvrit dev`.
+pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let replica = Replica::open(config).await?;
+    replica
+        .serve(shutdown_signal(), |info| async move {
+            dev_ready(info).await;
+            Ok(())
+        })
+        .await
+}
+
+/// Prints what a developer needs, after the welcome top-up went through the API.
+async fn dev_ready(info: ReadyInfo) {
+    let (secret, source) = match admin_secret(&info) {
+        Some(found) => found,
+        None => {
+            println!(
+                "The admin key was created in an earlier run from TANVRIT_BOOTSTRAP_KEY and is \
+                 not known now; set TANVRIT_BOOTSTRAP_KEY again to print it."
+            );
+            println!("no local agent yet: jobs stay pending until an agent runs them");
+            println!("listening on {}", info.url);
+            return;
+        }
+    };
+    let credits = welcome_top_up(&info.url, &secret).await;
+    println!("tanvrit dev: a single-node control plane");
+    println!("  data dir:  {}", info.data_dir.display());
+    println!("  admin key: {secret}  ({source})");
+    match credits {
+        Ok(balance) => println!(
+            "  business `{DEV_BUSINESS}`: {} credits available (welcome top-up of \
+             {DEV_WELCOME_CREDITS} credits, written once: idempotency key `{DEV_WELCOME_KEY}`)",
+            format_credits(balance)
+        ),
+        Err(e) => println!("  welcome top-up failed: {}: {}", e.code(), e.message()),
+    }
+    println!("  no local agent yet: jobs stay pending until an agent runs them");
+    println!();
+    println!(
+        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret}",
+        info.url
+    );
+    println!();
+    println!("listening on {}", info.url);
+}
+
+/// The admin secret and where it came from: the configured bootstrap key, or the file
+/// the server generated it into (this run or an earlier one).
+fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
+    if let Some(key) = &info.bootstrap_key {
+        return Some((key.trim().to_string(), "TANVRIT_BOOTSTRAP_KEY".into()));
+    }
+    let path = match &info.bootstrap {
+        BootstrapOutcome::Generated { path, .. } => path.clone(),
+        _ => info.data_dir.join(ADMIN_KEY_FILE),
+    };
+    read_secret(&path).map(|secret| (secret, format!("from {}", path.display())))
+}
+
+fn read_secret(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let secret = text.trim();
+    (!secret.is_empty()).then(|| secret.to_string())
+}
+
+/// Writes the welcome top-up (a no-op after the first start: same idempotency key) and
+/// returns the business's available balance.
+async fn welcome_top_up(url: &str, secret: &str) -> Result<i64, tanvrit_client::ClientError> {
+    let client = Client::new(ClientConfig {
+        endpoints: vec![url.to_string()],
+        api_key: Some(secret.to_string()),
+        ..ClientConfig::default()
+    })?;
+    client
+        .create_credit_entry(CreditEntryCreateRequest {
+            business: BusinessId::from(DEV_BUSINESS),
+            kind: EntryKind::TopUp,
+            amount: DEV_WELCOME_CREDITS * MICROS_PER_CREDIT,
+            idempotency_key: Some(DEV_WELCOME_KEY.into()),
+            note: Some("tanvrit dev welcome credits".into()),
+        })
+        .await?;
+    let balance = client
+        .credit_balance(tanvrit_api::CreditBalanceRequest {
+            business: Some(BusinessId::from(DEV_BUSINESS)),
+            ..Default::default()
+        })
+        .await?;
+    Ok(balance.available)
+}
+
+/// The base URL clients use for a bound address.
+fn client_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Without a handler only SIGTERM (or a kill) ends the server.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_are_reached_through_loopback() {
+        assert_eq!(
+            client_url("0.0.0.0:7070".parse().unwrap()),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            client_url("[::]:7070".parse().unwrap()),
+            "http://[::1]:7070"
+        );
+        assert_eq!(
+            client_url("10.1.2.3:80".parse().unwrap()),
+            "http://10.1.2.3:80"
+        );
+    }
+}
