@@ -207,7 +207,7 @@ async fn dev_ready(info: ReadyInfo) {
     println!("  no local agent yet: jobs stay pending until an agent runs them");
     println!();
     println!(
-        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret}",
+        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret} TANVRIT_BUSINESS={DEV_BUSINESS}",
         info.url
     );
     println!();

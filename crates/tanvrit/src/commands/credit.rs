@@ -37,14 +37,14 @@ pub enum CreditCommand {
     },
     /// Show a business's available and held credits.
     Balance {
-        /// The business (user keys: their own, the default).
-        #[arg(long)]
+        /// The business (default: `TANVRIT_BUSINESS`; user keys: their own).
+        #[arg(long, env = super::job::ENV_BUSINESS)]
         business: Option<String>,
     },
     /// List ledger entries, oldest first, with the running balance.
     Entries {
-        /// The business (user keys: their own, the default).
-        #[arg(long)]
+        /// The business (default: `TANVRIT_BUSINESS`; user keys: their own).
+        #[arg(long, env = super::job::ENV_BUSINESS)]
         business: Option<String>,
         /// Only entries at or after this time (2026-01-02, RFC 3339, or epoch ms).
         #[arg(long, value_parser = parse::time)]
