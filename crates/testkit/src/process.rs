@@ -1,0 +1,191 @@
+//! The real `tanvrit` binary as a child process: started on `127.0.0.1:0`, its address
+//! read from the `listening on` line it prints, killed with SIGKILL and restarted on the
+//! same port and data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tanvrit_client::{Client, ClientConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The admin key every test server is bootstrapped with.
+pub const TEST_ADMIN_KEY: &str = "tvk-test-admin-0123456789abcdef";
+
+/// How long a server may take to print `listening on` (a cold debug build is slow).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `tanvrit server` (or `dev`) child process.
+pub struct ServerProcess {
+    bin: PathBuf,
+    mode: String,
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    api_addr: String,
+    child: Option<Child>,
+    url: String,
+}
+
+impl ServerProcess {
+    /// Starts `bin server` on a free loopback port with `data_dir` and extra `env`.
+    pub async fn start(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> std::io::Result<Self> {
+        Self::start_mode(bin, "server", data_dir, env).await
+    }
+
+    /// Starts `bin <mode>` (`server` or `dev`).
+    pub async fn start_mode(
+        bin: &Path,
+        mode: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let mut process = ServerProcess {
+            bin: bin.to_path_buf(),
+            mode: mode.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            api_addr: "127.0.0.1:0".into(),
+            child: None,
+            url: String::new(),
+        };
+        process.spawn().await?;
+        // Later restarts reuse the port the first start got, so clients keep their URL.
+        process.api_addr = process
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        Ok(process)
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let mut command = Command::new(&self.bin);
+        // The test's own environment must not leak settings into the server.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TANVRIT_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg(&self.mode)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api-addr")
+            .arg(&self.api_addr)
+            .env("TANVRIT_BOOTSTRAP_KEY", TEST_ADMIN_KEY)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return Ok(url.trim().to_string());
+                }
+            }
+            Err(std::io::Error::other(
+                "server exited before it was listening",
+            ))
+        })
+        .await
+        .map_err(|_| std::io::Error::other("server did not start listening in time"))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        self.url = url;
+        Ok(())
+    }
+
+    /// The server's base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGKILL, then wait for the process to be gone: a crash, no cleanup at all.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns the exit status code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            // SAFETY: as in `kill9`.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        }
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        if self.child.is_some() {
+            self.kill9().await;
+        }
+        // The port can stay busy for a moment after a kill; retry briefly.
+        let mut last = None;
+        for _ in 0..50 {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("restart failed")))
+    }
+
+    /// An SDK client for this server with the admin key and `max_retries` retries.
+    pub fn admin_client(&self, max_retries: u32) -> Client {
+        self.client(TEST_ADMIN_KEY, max_retries)
+    }
+
+    /// An SDK client for this server with `key`.
+    pub fn client(&self, key: &str, max_retries: u32) -> Client {
+        Client::new(ClientConfig {
+            endpoints: vec![self.url.clone()],
+            api_key: Some(key.to_string()),
+            timeout: Duration::from_secs(10),
+            max_retries,
+            ..ClientConfig::default()
+        })
+        .expect("client config is valid")
+    }
+}
