@@ -106,6 +106,9 @@ pub enum Command {
     /// Replicas, roles and indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Benchmarks: HTTP submissions at several concurrencies; scheduler placements.
+    #[command(subcommand)]
+    Bench(crate::commands::bench::BenchCommand),
     /// Run a single-node replica serving the API (configuration: TOML < TANVRIT_* < flags).
     Server(ServerArgs),
     /// Run a local single-node server for development: prints the admin key and an
@@ -134,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credit(command) => command.run(&client()?, out).await,
         Command::Schedule(command) => command.run(&client()?, out).await,
         Command::Cluster(command) => command.run(&client()?, out).await,
+        Command::Bench(command) => command.run(|| Ok(client()?), out).await,
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,
     }

@@ -1,5 +1,6 @@
 //! The client commands, one file per resource; each talks to the API through the SDK.
 
+pub mod bench;
 pub mod cluster;
 pub mod credit;
 pub mod job;

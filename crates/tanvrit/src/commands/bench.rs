@@ -1,0 +1,364 @@
+//! `tanvrit bench`: measurements, never assertions. `submit` drives a running server over
+//! HTTP at several concurrencies; `placement` times the scheduler's planning and apply on
+//! a synthetic queue in process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use serde::Serialize;
+use tanvrit_api::*;
+use tanvrit_client::Client;
+use tanvrit_state::scheduler::{plan, Strategy};
+use tanvrit_state::{Command, Placement, State};
+
+use crate::output::{self, Output};
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Job submissions/s and latency percentiles against a running server.
+    Submit {
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// How long to measure each level.
+        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
+        duration: Duration,
+        /// Unmeasured warm-up before each level.
+        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
+        warmup: Duration,
+        /// The business billed for the benchmark jobs (topped up first).
+        #[arg(long, default_value = "bench")]
+        business: String,
+    },
+    /// Scheduler placements/s: a queue of pending jobs over simulated nodes, in process.
+    Placement {
+        /// Pending jobs.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Ready nodes.
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Placements proposed per write (one `JobsAssign` command).
+        #[arg(long, default_value_t = 1_000)]
+        per_write: usize,
+    },
+}
+
+/// One concurrency level's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct LevelReport {
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Acknowledged submissions in the measured window.
+    pub requests: u64,
+    /// Failed submissions.
+    pub errors: u64,
+    /// Acknowledged submissions per second.
+    pub per_second: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// The placement benchmark's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlacementReport {
+    /// Jobs queued.
+    pub jobs: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// Jobs placed.
+    pub placed: usize,
+    /// Planning + apply rounds.
+    pub rounds: usize,
+    /// Wall time in milliseconds.
+    pub elapsed_ms: f64,
+    /// Placements per second (plan + apply, one core).
+    pub per_second: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn bench_job(business: &str, worker: usize, n: u64) -> JobSubmitRequest {
+    JobSubmitRequest {
+        business: Some(business.into()),
+        spec: JobSpec {
+            name: Some("bench".into()),
+            command: vec!["true".into()],
+            resources: Resources {
+                cpu_millis: 100,
+                memory_mb: 64,
+                gpus: 0,
+            },
+            timeout_secs: 60,
+            ..JobSpec::default()
+        },
+        idempotency_key: Some(format!("bench-{}-{worker}-{n}", std::process::id())),
+    }
+}
+
+async fn run_level(
+    client: &Client,
+    business: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> LevelReport {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let client = client.clone();
+            let business = business.to_string();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut n = 0u64;
+                while Instant::now() < stop_at {
+                    let sent = Instant::now();
+                    let result = client.submit_job(bench_job(&business, worker, n)).await;
+                    n += 1;
+                    if sent < measure_from {
+                        continue;
+                    }
+                    match result {
+                        Ok(_) => latencies.push(sent.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((latencies, failed)) = task.await {
+            all.extend(latencies);
+            errors += failed;
+        }
+    }
+    all.sort();
+    LevelReport {
+        concurrency,
+        requests: all.len() as u64,
+        errors,
+        per_second: all.len() as f64 / duration.as_secs_f64(),
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    }
+}
+
+/// Builds `jobs` pending jobs over `nodes` ready nodes, then plans and applies rounds of
+/// `per_write` placements until nothing more fits.
+pub fn placement(jobs: usize, nodes: usize, per_write: usize) -> PlacementReport {
+    let mut state = State::new();
+    let mut index = 0u64;
+    let mut apply = |state: &mut State, command: Command| {
+        index += 1;
+        state
+            .apply(index, &command)
+            .unwrap_or_else(|r| panic!("{}: {r}", command.name()))
+    };
+    let rates = Rates::default();
+    for n in 0..nodes {
+        apply(
+            &mut state,
+            Command::NodeRegister {
+                node: NodeId(format!("node-{n:05}")),
+                name: format!("node-{n:05}"),
+                // Mixed node sizes, as a real fleet has.
+                resources: Resources {
+                    cpu_millis: [8_000, 16_000, 32_000][n % 3],
+                    memory_mb: [16_384, 65_536, 131_072][n % 3],
+                    gpus: if n % 10 == 0 { 4 } else { 0 },
+                },
+                labels: [("zone".to_string(), format!("z{}", n % 4))].into(),
+                at: 1,
+            },
+        );
+    }
+    for j in 0..jobs {
+        let mut labels = std::collections::BTreeMap::new();
+        if j % 5 == 0 {
+            labels.insert("zone".to_string(), format!("z{}", j % 4));
+        }
+        apply(
+            &mut state,
+            Command::JobSubmit {
+                job: JobId(format!("job-{j:08}")),
+                business: "bench".into(),
+                spec: JobSpec {
+                    command: vec!["true".into()],
+                    resources: Resources {
+                        cpu_millis: [250, 500, 1000, 2000][j % 4],
+                        memory_mb: [256, 512, 1024, 4096][j % 4],
+                        gpus: u32::from(j % 50 == 0),
+                    },
+                    priority: (j % 3) as i32,
+                    labels,
+                    ..JobSpec::default()
+                },
+                idempotency_key: None,
+                rates,
+                at: 2 + j as i64,
+            },
+        );
+    }
+    let started = Instant::now();
+    let mut placed = 0;
+    let mut rounds = 0;
+    loop {
+        let now = 1_000_000;
+        let (planned, _) = plan(&state, now, Strategy::BinPack, per_write);
+        if planned.is_empty() {
+            break;
+        }
+        rounds += 1;
+        let placements = planned
+            .into_iter()
+            .map(|p| Placement {
+                attempt: AttemptId(format!("att-{}", p.job)),
+                job: p.job,
+                node: p.node,
+            })
+            .collect();
+        let effect = apply(
+            &mut state,
+            Command::JobsAssign {
+                placements,
+                at: now,
+            },
+        );
+        if let tanvrit_state::Effect::Placements { placed: done, .. } = effect {
+            placed += done.len();
+        }
+    }
+    let elapsed = started.elapsed();
+    PlacementReport {
+        jobs,
+        nodes,
+        placed,
+        rounds,
+        elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        per_second: placed as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+impl BenchCommand {
+    /// Runs the benchmark and prints its figures.
+    pub async fn run(
+        self,
+        client: impl FnOnce() -> anyhow::Result<Client>,
+        out: Output,
+    ) -> anyhow::Result<()> {
+        match self {
+            BenchCommand::Submit {
+                concurrency,
+                duration,
+                warmup,
+                business,
+            } => {
+                let client = client()?;
+                client
+                    .create_credit_entry(CreditEntryCreateRequest {
+                        business: business.as_str().into(),
+                        kind: EntryKind::TopUp,
+                        amount: 1_000_000_000_000,
+                        idempotency_key: None,
+                        note: Some("tanvrit bench".into()),
+                    })
+                    .await?;
+                let client = Arc::new(client);
+                let mut reports = Vec::new();
+                for level in concurrency {
+                    let report = run_level(&client, &business, level, warmup, duration).await;
+                    if !out.json {
+                        eprintln!(
+                            "concurrency {level}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+                            report.per_second, report.p50_ms, report.p99_ms
+                        );
+                    }
+                    reports.push(report);
+                }
+                out.show(&reports, |reports| {
+                    let mut table = output::table([
+                        "CONCURRENCY",
+                        "SUBMITS/S",
+                        "P50 MS",
+                        "P99 MS",
+                        "MAX MS",
+                        "OK",
+                        "ERRORS",
+                    ]);
+                    for r in reports {
+                        table.add_row([
+                            r.concurrency.to_string(),
+                            format!("{:.0}", r.per_second),
+                            format!("{:.2}", r.p50_ms),
+                            format!("{:.2}", r.p99_ms),
+                            format!("{:.2}", r.max_ms),
+                            r.requests.to_string(),
+                            r.errors.to_string(),
+                        ]);
+                    }
+                    table
+                })
+            }
+            BenchCommand::Placement {
+                jobs,
+                nodes,
+                per_write,
+            } => {
+                let report =
+                    tokio::task::spawn_blocking(move || placement(jobs, nodes, per_write)).await?;
+                out.show(&report, |r| {
+                    let mut table =
+                        output::table(["JOBS", "NODES", "PLACED", "ROUNDS", "MS", "PLACEMENTS/S"]);
+                    table.add_row([
+                        r.jobs.to_string(),
+                        r.nodes.to_string(),
+                        r.placed.to_string(),
+                        r.rounds.to_string(),
+                        format!("{:.1}", r.elapsed_ms),
+                        format!("{:.0}", r.per_second),
+                    ]);
+                    table
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks_of_the_sorted_latencies() {
+        let sorted: Vec<_> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 50.0), 51.0);
+        assert_eq!(percentile(&sorted, 99.0), 99.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn the_placement_bench_places_what_fits_and_nothing_twice() {
+        let report = placement(200, 10, 50);
+        assert!(report.placed > 0 && report.placed <= 200);
+        assert!(report.rounds >= report.placed.div_ceil(50));
+    }
+}
