@@ -15,7 +15,9 @@ use tanvrit_api::{Consistency, Index, Rates, Role, Topology};
 use tanvrit_cluster::{
     ClusterError, ClusterService, Reader, Receipt, SingleNode, SingleNodeConfig,
 };
-use tanvrit_server::{ensure_bootstrap_admin, router_with_leader_loops, LeaderLoops, ServerConfig};
+use tanvrit_server::{
+    ensure_bootstrap_admin, router_with_leader_loops, serve, LeaderLoops, ServerConfig,
+};
 use tanvrit_state::Command;
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -753,6 +755,61 @@ async fn a_forbid_schedule_skips_while_its_previous_job_is_active() {
     );
     api.metric_until("tanvrit_schedule_skips_total", |n| n >= 2.0)
         .await;
+}
+
+#[tokio::test]
+async fn serve_runs_the_leader_loops_until_shutdown() {
+    let (cluster, _dir) = open_cluster().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(config(), cluster.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    // Written straight through the cluster: the loops act on the replicated state,
+    // whoever wrote it.
+    let job = tanvrit_api::JobId::from("job-direct");
+    for command in [
+        Command::NodeRegister {
+            node: "node-1".into(),
+            name: "n1".into(),
+            resources: tanvrit_api::Resources {
+                cpu_millis: 1000,
+                memory_mb: 1024,
+                gpus: 0,
+            },
+            labels: Default::default(),
+            at: now_ms(),
+        },
+        Command::JobSubmit {
+            job: job.clone(),
+            business: "acme".into(),
+            spec: tanvrit_api::JobSpec {
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+            idempotency_key: None,
+            rates: Rates::default(),
+            at: now_ms(),
+        },
+    ] {
+        let receipt = cluster.submit_write(command).await.unwrap();
+        assert!(receipt.outcome.is_ok(), "{:?}", receipt.outcome);
+    }
+    let started = Instant::now();
+    while cluster
+        .reader()
+        .read(|state| state.job(&job).unwrap().state)
+        != tanvrit_api::JobState::Assigned
+    {
+        assert!(started.elapsed() < PATIENCE, "the job was never placed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
 }
 
 /// A `SingleNode` whose leadership the test switches.
