@@ -1,5 +1,5 @@
 //! Node liveness: [`Liveness`] keeps the last heartbeat of each node in the leader's
-//! memory (heartbeats are not writes), and [`run`] declares a node lost (`NodeLost`) once
+//! memory (heartbeats are not writes), and the liveness loop declares a node lost (`NodeLost`) once
 //! it has been silent for `node_ttl`, and stops the work of a draining node at its drain
 //! deadline (`NodeEvict`).
 //!
