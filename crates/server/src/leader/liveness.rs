@@ -1,7 +1,7 @@
 //! Node liveness: [`Liveness`] keeps the last heartbeat of each node in the leader's
-//! memory (heartbeats are not writes), and the liveness loop declares a node lost (`NodeLost`) once
-//! it has been silent for `node_ttl`, and stops the work of a draining node at its drain
-//! deadline (`NodeEvict`).
+//! memory (heartbeats are not writes), and the liveness loop declares a node lost
+//! (`NodeLost`) once it has been silent for `node_ttl`, and stops the work of a draining
+//! node at its drain deadline (`NodeEvict`).
 //!
 //! Grace: a node is judged from the later of its last heartbeat here and the moment this
 //! leader's loop first saw it ready or draining. So a new leader (which has heard no
