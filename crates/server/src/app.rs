@@ -205,6 +205,10 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
         .fallback(handle_unknown_route)
         .method_not_allowed_fallback(handle_wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            refuse_oversized_body,
+        ))
         .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(app.clone(), track_request))
         .layer(middleware::map_response_with_state(
@@ -242,6 +246,41 @@ fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .unwrap_or("a handler panicked");
     tracing::error!(panic = message, "request handler panicked");
     ApiError::Internal("the server failed while answering; see its log".into()).into_response()
+}
+
+/// Most bytes of an oversized body read (and discarded) before answering 413.
+const OVERSIZED_DRAIN_MAX: usize = 64 * 1024 * 1024;
+
+/// A body whose declared length is over the limit is answered 413 — after reading and
+/// discarding it (up to a cap). Answering before the client finished sending makes the
+/// connection close under it, and the client then sees a reset instead of the JSON error.
+async fn refuse_oversized_body(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = app.inner.config.body_limit_bytes;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > limit => {
+            if length <= OVERSIZED_DRAIN_MAX {
+                let mut body = request.into_body().into_data_stream();
+                let mut read = 0usize;
+                while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                    read += chunk.len();
+                    if read > OVERSIZED_DRAIN_MAX {
+                        break;
+                    }
+                }
+            }
+            ApiError::BodyTooLarge.into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Counts the request by its route template (never the raw path, which would give

@@ -22,6 +22,9 @@
 //! | `min_index_wait` | `TANVRIT_MIN_INDEX_WAIT` | `5s` |
 //! | `long_poll_max` | `TANVRIT_LONG_POLL_MAX` | `30s` |
 //! | `retry_after` | `TANVRIT_RETRY_AFTER` | `1s` |
+//! | `node_ttl` | `TANVRIT_NODE_TTL` | `15s` |
+//! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
+//! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
 //!
 //! The file is named by `--config` or `TANVRIT_CONFIG`. Client-side variables
 //! (`TANVRIT_ADDR`, `TANVRIT_API_KEY`, `TANVRIT_BUSINESS`) are not configuration of a
@@ -55,6 +58,9 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("MIN_INDEX_WAIT", "min_index_wait"),
     ("LONG_POLL_MAX", "long_poll_max"),
     ("RETRY_AFTER", "retry_after"),
+    ("NODE_TTL", "node_ttl"),
+    ("SCHEDULER_STRATEGY", "scheduler_strategy"),
+    ("CRON_SKIP_GRACE", "cron_skip_grace"),
 ];
 
 /// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
@@ -217,6 +223,14 @@ pub struct Config {
     /// The `Retry-After` sent with 503s.
     #[serde(with = "human_duration")]
     pub retry_after: Duration,
+    /// A node that sends no heartbeat for this long is declared down and its work lost.
+    #[serde(with = "human_duration")]
+    pub node_ttl: Duration,
+    /// How the scheduler picks among nodes that fit: `bin_pack` or `spread`.
+    pub scheduler_strategy: tanvrit_state::scheduler::Strategy,
+    /// With catch-up `skip`, a due time this late still fires.
+    #[serde(with = "human_duration")]
+    pub cron_skip_grace: Duration,
 }
 
 impl Default for Config {
@@ -239,6 +253,9 @@ impl Default for Config {
             min_index_wait: Duration::from_secs(5),
             long_poll_max: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(15),
+            scheduler_strategy: tanvrit_state::scheduler::Strategy::BinPack,
+            cron_skip_grace: Duration::from_secs(5),
         }
     }
 }

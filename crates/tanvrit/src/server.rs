@@ -121,6 +121,10 @@ impl Replica {
             min_index_wait: self.config.min_index_wait,
             long_poll_max: self.config.long_poll_max,
             retry_after: self.config.retry_after,
+            node_ttl: self.config.node_ttl,
+            scheduler_strategy: self.config.scheduler_strategy,
+            cron_skip_grace: self.config.cron_skip_grace,
+            ..ServerConfig::default()
         };
         let cluster: Arc<dyn ClusterService> = self.cluster.clone();
         let serving = tokio::spawn(tanvrit_server::serve(

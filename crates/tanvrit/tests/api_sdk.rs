@@ -222,13 +222,14 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
     let globex_jobs = globex.list_jobs(JobListRequest::default()).await.unwrap();
     assert!(globex_jobs.jobs.is_empty());
 
-    // Nodes: an agent registers; an admin lists, drains and deletes.
+    // Nodes: an agent registers; an admin lists, drains and deletes. The node is too
+    // small for the pending jobs, so the scheduler leaves it empty.
     let node = agent
         .register_node(NodeRegisterRequest {
             id: "node-1".into(),
             name: "worker-1".into(),
             resources: Resources {
-                cpu_millis: 4000,
+                cpu_millis: 500,
                 memory_mb: 8192,
                 gpus: 0,
             },
