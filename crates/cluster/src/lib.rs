@@ -10,6 +10,7 @@
 //! Call sites hold an `Arc<dyn ClusterService>` and never know which implementation
 //! is bound (seed section 4).
 
+pub mod raft;
 pub mod reader;
 pub mod single_node;
 

@@ -136,7 +136,7 @@ fn storage(err: StoreError) -> ClusterError {
 }
 
 /// The chunk an accepted, new `LogAppend` carries (duplicates and rejections carry none).
-fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
+pub(crate) fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
     match (command, outcome) {
         (
             Command::LogAppend {
