@@ -129,6 +129,9 @@ pub struct SingleNode {
     sender: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Always `true`: a single node is always its own leader. Kept so receivers never
+    /// see the sender gone.
+    leadership: watch::Sender<bool>,
 }
 
 fn storage(err: StoreError) -> ClusterError {
@@ -161,7 +164,7 @@ pub(crate) fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChu
 
 /// Loads the snapshot and replays the log after it. Returns the state and the last
 /// index in the log (which the state has applied).
-fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
+pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
     let (snapshot_index, mut state) = store
         .load_snapshot()
         .map_err(storage)?
@@ -204,6 +207,18 @@ impl SingleNode {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
         };
         let store = Store::open_with(&config.data_dir, options).map_err(storage)?;
+        if store
+            .meta_get(crate::raft::upgrade::META_MODE)
+            .map_err(storage)?
+            .as_deref()
+            == Some(crate::raft::upgrade::MODE_RAFT)
+        {
+            // Its single-node tables stopped being current when it became a replica.
+            return Err(ClusterError::Config(format!(
+                "{} belongs to a Raft replica; start it with the Raft cluster",
+                config.data_dir.display()
+            )));
+        }
         match store.meta_get(META_CLUSTER_ID).map_err(storage)? {
             None => store
                 .meta_put(META_CLUSTER_ID, config.cluster_id.as_bytes())
@@ -249,6 +264,7 @@ impl SingleNode {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             closed: AtomicBool::new(false),
+            leadership: watch::channel(true).0,
         }))
     }
 
@@ -357,6 +373,10 @@ impl ClusterService for SingleNode {
 
     fn reader(&self) -> &Reader {
         &self.reader
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.subscribe()
     }
 
     async fn shutdown(&self) {

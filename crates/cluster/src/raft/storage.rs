@@ -77,6 +77,10 @@ impl LogStore {
     pub fn committed_index(&self) -> Index {
         self.committed.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn committed_handle(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -351,6 +355,10 @@ impl StateMachine {
             self.shared.store.clone(),
             self.shared.applied_index.subscribe(),
         )
+    }
+
+    pub(crate) fn counters(&self) -> Arc<SnapshotCounters> {
+        self.shared.counters.clone()
     }
 
     fn applied(&self) -> Applied {
