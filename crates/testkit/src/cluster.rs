@@ -96,8 +96,14 @@ pub struct TestCluster {
     replicas: BTreeMap<NodeId, Replica>,
 }
 
-fn name(id: NodeId) -> String {
+/// Replica `id`'s name.
+pub fn name(id: NodeId) -> String {
     format!("replica-{id}")
+}
+
+/// Replica `id`'s data directory under a cluster's directory.
+pub fn replica_dir(root: &std::path::Path, id: NodeId) -> PathBuf {
+    root.join(name(id))
 }
 
 impl TestCluster {
@@ -105,6 +111,15 @@ impl TestCluster {
     /// their own (wait with [`TestCluster::leader`]).
     pub async fn start(options: ClusterOptions) -> Result<TestCluster, ClusterError> {
         let dir = tempfile::tempdir().map_err(|e| ClusterError::Internal(e.to_string()))?;
+        Self::start_in(dir, options).await
+    }
+
+    /// Like [`TestCluster::start`], in `dir`: replica `id` uses `dir/replica-<id>`, so a
+    /// test can put data there first (an upgrade from a single node).
+    pub async fn start_in(
+        dir: TempDir,
+        options: ClusterOptions,
+    ) -> Result<TestCluster, ClusterError> {
         let faults = Arc::new(Faults::new(options.seed));
         let registry = Arc::new(InProcess::new());
         let inner: Arc<dyn RaftTransport> = if options.http {
@@ -192,7 +207,7 @@ impl TestCluster {
 
     /// Replica `id`'s data directory.
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
-        self.dir.path().join(name(id))
+        replica_dir(self.dir.path(), id)
     }
 
     async fn launch(

@@ -237,7 +237,8 @@ impl RaftClusterConfig {
             install_snapshot_timeout: ms(self.install_snapshot_timeout),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
-            purge_batch_size: 256,
+            // Purge in batches, but never wait for more than one snapshot interval.
+            purge_batch_size: self.snapshot_every.clamp(1, 256),
             // Sized so a batch is sent well within one heartbeat on a slow link.
             max_payload_entries: 256,
             // A learner counts as caught up within this many entries of the leader.
