@@ -72,11 +72,14 @@ async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
         started.elapsed() < Duration::from_secs(3),
         "answered in bounded time"
     );
-    // The leadership watch turned false (leader-only loops stop).
+    // The leadership watch turned false (leader-only loops stop), and it no longer
+    // calls itself leader.
     tokio::time::timeout(WAIT, leadership.wait_for(|l| !*l))
         .await
         .unwrap()
         .unwrap();
+    assert_ne!(cluster.node(old).role(), tanvrit_api::Role::Leader);
+    assert_eq!(cluster.node(old).leader_id(), None);
 
     let others: Vec<_> = cluster
         .running()
@@ -323,5 +326,34 @@ async fn with_the_lan_profile_a_crashed_leader_is_replaced_well_under_a_second()
         took <= Duration::from_millis(1200),
         "failover took {took:?}"
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_the_leader_answers_no_leader_within_the_lease() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    write_retrying(&cluster.node(follower), 1).await;
+    cluster.faults().isolate(follower);
+    let node = cluster.node(follower);
+    let started = Instant::now();
+    // Its forwarded write is lost; it gives up once no leader was heard for the lease.
+    let err = node.submit_write(top_up(2)).await.unwrap_err();
+    assert_eq!(err.code(), "no_leader", "{err}");
+    let bound = node.config().election_max + node.config().no_leader_timeout;
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+    let err = node.read_barrier(Consistency::Strict).await.unwrap_err();
+    assert_eq!(err.code(), "no_leader");
+    // Stale reads still work: whatever this replica applied.
+    assert!(node.read_barrier(Consistency::Stale).await.unwrap() >= 1);
+    cluster.faults().heal();
+    let receipt = write_retrying(&node, 3).await;
+    cluster.applied_everywhere(receipt.index, WAIT).await;
     cluster.shutdown().await;
 }

@@ -89,9 +89,10 @@ fn membership_view(m: &RaftMetrics) -> MembershipView {
 }
 
 impl Node {
-    /// The pause between two tries of a leader-only request, and the detector's tick.
+    /// The pause between two tries of a leader-only request, and the detector's tick
+    /// (it adds up to one tick to a failover).
     pub fn tick(&self) -> Duration {
-        (self.config.heartbeat / 4).max(Duration::from_millis(5))
+        (self.config.heartbeat / 10).max(Duration::from_millis(5))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -121,6 +122,26 @@ impl Node {
             return self.is_leader().then_some(self.config.node_id);
         }
         m.current_leader.filter(|id| *id != self.config.node_id)
+    }
+
+    /// The leader to route a leader-only request to now: [`Node::leader_of`], unless
+    /// this follower has not heard from it for longer than the lease (it is gone or cut
+    /// off; waiting for the next one beats a call that can only time out).
+    pub fn usable_leader(&self) -> Option<NodeId> {
+        let leader = self.leader_of(&self.metrics())?;
+        (leader == self.config.node_id || !self.leader_silent()).then_some(leader)
+    }
+
+    /// Whether this replica has heard from no leader (no AppendEntries accepted) for
+    /// longer than the lease and a heartbeat.
+    fn leader_silent(&self) -> bool {
+        let last = self
+            .detector
+            .lock()
+            .last_leader_contact
+            .unwrap_or(self.started);
+        Instant::now().saturating_duration_since(last)
+            > self.config.election_max + self.config.heartbeat
     }
 
     pub fn role_of(&self, m: &RaftMetrics) -> Role {
@@ -285,11 +306,27 @@ impl Node {
             return Forwarded::NotDelivered;
         };
         let kind = rpc.kind();
-        match self
+        let call = self
             .transport
-            .call(self.config.node_id, leader, &node.raft_addr, rpc, timeout)
-            .await
-        {
+            .call(self.config.node_id, leader, &node.raft_addr, rpc, timeout);
+        // A follower that stops hearing from any leader gives up at once rather than
+        // waiting out the call's deadline: the leader is gone or this replica is cut off.
+        let silence = async {
+            loop {
+                tokio::time::sleep(self.tick()).await;
+                if self.leader_silent() && !self.is_leader() {
+                    return;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = call => answer,
+            _ = silence => {
+                tracing::debug!(leader, "no leader heard from while forwarding; giving up");
+                return Forwarded::Failed(self.no_leader());
+            }
+        };
+        match answer {
             Ok(reply) => {
                 self.contacts.heard_from(leader);
                 match unpack(reply) {
@@ -338,7 +375,7 @@ impl Node {
                 return Err(ClusterError::ShuttingDown);
             }
             let followed_hint = hint.is_some();
-            let target = hint.take().or_else(|| self.leader_of(&self.metrics()));
+            let target = hint.take().or_else(|| self.usable_leader());
             match target {
                 Some(id) if id == self.config.node_id => {
                     match self.propose(command.clone()).await {
@@ -468,7 +505,7 @@ impl Node {
             if self.is_closed() {
                 return Err(ClusterError::ShuttingDown);
             }
-            let target = hint.take().or_else(|| self.leader_of(&self.metrics()));
+            let target = hint.take().or_else(|| self.usable_leader());
             let outcome =
                 match target {
                     Some(id) if id == self.config.node_id => match self.read_index_here().await {
@@ -584,7 +621,7 @@ impl Node {
             if self.is_closed() {
                 return Err(ClusterError::ShuttingDown);
             }
-            let target = hint.take().or_else(|| self.leader_of(&self.metrics()));
+            let target = hint.take().or_else(|| self.usable_leader());
             let outcome =
                 match target {
                     Some(id) if id == self.config.node_id => {
