@@ -90,3 +90,49 @@ async fn entries_vote_and_snapshot_survive_reopen() {
     // The committed marker was written without fsync, but a clean close keeps it.
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 3)));
 }
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_finishes_after_a_newer_install_does_not_replace_it() {
+    use openraft::RaftSnapshotBuilder;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_, mut leader) = open(&leader_dir);
+    leader
+        .apply(
+            (1..=5)
+                .map(|i| normal(1, i, &format!("k{i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let shipped = leader.get_current_snapshot().await.unwrap().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut sm) = open(&dir);
+        sm.apply(vec![blank(1, 1), blank(1, 2)]).await.unwrap();
+        // The copy is taken at index 2; the install of index 5 lands before it is saved.
+        let mut late = sm.get_snapshot_builder().await;
+        sm.install_snapshot(&shipped.meta, shipped.snapshot)
+            .await
+            .unwrap();
+        late.build_snapshot().await.unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id(1, 5)));
+    }
+    let (_, mut sm) = open(&dir);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 5)));
+    assert_eq!(sm.reader().applied_index(), 5);
+}

@@ -234,12 +234,28 @@ struct Applied {
     membership: StoredMembership,
 }
 
+/// The latest snapshot's metadata and payload, ready to ship.
+type Current = (SnapshotMeta, Arc<Vec<u8>>);
+
+/// The snapshot in the store. Its lock is held across every snapshot write, so a build
+/// that finishes after a newer snapshot was installed cannot overwrite it (the log is
+/// purged up to the newest one).
+struct Saved {
+    /// The stored snapshot's last log id.
+    last: Option<LogId>,
+    /// Its payload, once built, installed or loaded: serving a snapshot to a lagging
+    /// replica is then a copy, not a rebuild on the state-machine task (which would
+    /// hold up applies meanwhile).
+    payload: Option<Current>,
+}
+
 struct Shared {
     store: Store,
     state: Arc<RwLock<State>>,
     applied: Mutex<Applied>,
     applied_index: watch::Sender<Index>,
     counters: Arc<SnapshotCounters>,
+    saved: Mutex<Saved>,
 }
 
 /// The replicated state machine: the domain [`State`] in memory (shared with a
@@ -334,6 +350,7 @@ impl StateMachine {
             None => (Applied::default(), State::new()),
         };
         let index = applied.last.map_or(0, |id| id.index);
+        let applied_last = applied.last;
         let counters = Arc::new(SnapshotCounters::default());
         counters.last_index.store(index, Ordering::Relaxed);
         let (applied_index, _) = watch::channel(index);
@@ -344,6 +361,10 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 applied_index,
                 counters,
+                saved: Mutex::new(Saved {
+                    last: applied_last,
+                    payload: None,
+                }),
             }),
         })
     }
@@ -450,12 +471,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
         let stored_meta = meta.clone();
         let bytes = snapshot.into_inner();
         let state = blocking(move || {
             let (state, chunks) = decode_payload(&bytes)?;
-            store.raft_install_snapshot(&stored_meta, &state, &chunks)?;
+            let mut saved = shared.saved.lock();
+            shared
+                .store
+                .raft_install_snapshot(&stored_meta, &state, &chunks)?;
+            saved.last = stored_meta.last_log_id;
+            saved.payload = Some((stored_meta, Arc::new(bytes)));
             Ok(state)
         })
         .await
@@ -476,21 +502,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let store = self.shared.store.clone();
-        let loaded = blocking(move || {
-            let Some((meta, state)) = store.raft_load_snapshot::<SnapshotMeta>()? else {
-                return Ok(None);
-            };
-            // Chunks are read after the snapshot: the table may hold chunks of later
-            // entries too, which re-applying those entries rewrites identically.
-            let chunks = store.job_log_chunks()?;
-            Ok(Some((meta, encode_payload(&state, chunks)?)))
-        })
-        .await
-        .map_err(|e| StorageIOError::read_snapshot(None, e))?;
-        Ok(loaded.map(|(meta, bytes)| Snapshot {
+        let cached = self.shared.saved.lock().payload.clone();
+        let (meta, bytes) = match cached {
+            Some(current) => current,
+            None => {
+                // Only after a restart, before the next build: load and encode once.
+                let shared = self.shared.clone();
+                let loaded = blocking(move || {
+                    let mut saved = shared.saved.lock();
+                    if let Some(current) = &saved.payload {
+                        return Ok(Some(current.clone()));
+                    }
+                    let store = &shared.store;
+                    let Some((meta, state)) = store.raft_load_snapshot::<SnapshotMeta>()? else {
+                        return Ok(None);
+                    };
+                    // The table may hold chunks of later entries too; re-applying those
+                    // entries on the receiver rewrites them identically.
+                    let chunks = store.job_log_chunks()?;
+                    let current = (meta, Arc::new(encode_payload(&state, chunks)?));
+                    saved.payload = Some(current.clone());
+                    Ok(Some(current))
+                })
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+                let Some(current) = loaded else {
+                    return Ok(None);
+                };
+                current
+            }
+        };
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
         }))
     }
 }
@@ -517,21 +561,33 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last.map_or(0, |id| id.index)
             ),
         };
-        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
         let state = std::mem::take(&mut self.state);
         let stored_meta = meta.clone();
-        let bytes = blocking(move || {
-            store.raft_save_snapshot(&stored_meta, &state)?;
-            let chunks = store.job_log_chunks()?;
-            encode_payload(&state, chunks)
+        let (bytes, saved) = blocking(move || {
+            let chunks = shared.store.job_log_chunks()?;
+            let bytes = encode_payload(&state, chunks)?;
+            let mut saved = shared.saved.lock();
+            if saved.last > stored_meta.last_log_id {
+                // A newer snapshot was installed meanwhile; this one is obsolete.
+                return Ok((bytes, false));
+            }
+            shared.store.raft_save_snapshot(&stored_meta, &state)?;
+            saved.last = stored_meta.last_log_id;
+            saved.payload = Some((stored_meta, Arc::new(bytes.clone())));
+            Ok((bytes, true))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
         let index = last.map_or(0, |id| id.index);
-        let counters = &self.shared.counters;
-        counters.built.fetch_add(1, Ordering::Relaxed);
-        counters.last_index.store(index, Ordering::Relaxed);
-        tracing::info!(index, bytes = bytes.len(), "built a snapshot");
+        if saved {
+            let counters = &self.shared.counters;
+            counters.built.fetch_add(1, Ordering::Relaxed);
+            counters.last_index.store(index, Ordering::Relaxed);
+            tracing::info!(index, bytes = bytes.len(), "built a snapshot");
+        } else {
+            tracing::info!(index, "a newer snapshot was installed meanwhile; kept it");
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
