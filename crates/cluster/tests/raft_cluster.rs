@@ -121,3 +121,25 @@ async fn topology_lists_every_replica_with_roles_and_indexes() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_cluster_bootstraps_itself_and_survives_a_restart() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(1)).await.unwrap();
+    assert_eq!(cluster.leader(WAIT).await, 1);
+    let node = cluster.node(1);
+    assert!(*node.leadership().borrow());
+    let receipt = node.submit_write(top_up(1)).await.unwrap();
+    assert_eq!(
+        node.read_barrier(Consistency::Strict).await.unwrap(),
+        receipt.index
+    );
+    drop(node);
+    cluster.stop(1).await;
+    let node = cluster.restart(1).await;
+    assert_eq!(cluster.leader(WAIT).await, 1);
+    assert!(node.reader().read(|s| has_top_up(s, 1)));
+    let next = node.submit_write(top_up(2)).await.unwrap();
+    assert!(next.index > receipt.index);
+    cluster.shutdown().await;
+}
