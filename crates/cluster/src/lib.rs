@@ -6,25 +6,30 @@
 //! - [`reader`]: [`Reader`], local read access to a replica's applied state and job logs.
 //! - [`single_node`]: [`SingleNode`], the reference implementation (always leader; the
 //!   redb store is the log).
+//! - [`raft`]: [`RaftCluster`], the replicated implementation on openraft 0.9: storage,
+//!   replica RPC, forwarding, failure detection, membership and the upgrade path.
 //!
 //! Call sites hold an `Arc<dyn ClusterService>` and never know which implementation
 //! is bound (seed section 4).
 
+pub mod raft;
 pub mod reader;
 pub mod single_node;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tanvrit_api::{Consistency, Index, Role, Topology};
 use tanvrit_state::{Command, Outcome};
 use tokio::sync::watch;
 
+pub use raft::{Peer, RaftCluster, RaftClusterConfig, RaftStats};
 pub use reader::{LogWindow, Reader};
 pub use single_node::{SingleNode, SingleNodeConfig, WriteStats};
 
 /// What a write produced: the command's outcome and the log index it was applied at.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// Accepted (with its effect) or rejected by `apply` (with a typed reason).
     pub outcome: Outcome,
@@ -33,7 +38,8 @@ pub struct Receipt {
 }
 
 /// Why the cluster could not take a write or serve a read. Each has a stable code.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// (Serializable: a leader's answer to a forwarded write travels back to the follower.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ClusterError {
     /// No leader is known right now (election in progress); retry after the hint.
     #[error("no leader is available; retry in {retry_after:?}")]
@@ -62,6 +68,12 @@ pub enum ClusterError {
     /// Anything else unexpected inside the cluster layer.
     #[error("internal cluster error: {0}")]
     Internal(String),
+    /// The cluster configuration is not usable.
+    #[error("invalid cluster configuration: {0}")]
+    Config(String),
+    /// A membership change (add or remove a replica, initialize) was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }
 
 impl ClusterError {
@@ -73,6 +85,8 @@ impl ClusterError {
             ClusterError::ShuttingDown => "shutting_down",
             ClusterError::Storage(_) => "storage_error",
             ClusterError::Internal(_) => "internal",
+            ClusterError::Config(_) => "cluster_config_invalid",
+            ClusterError::Membership(_) => "membership_refused",
         }
     }
 

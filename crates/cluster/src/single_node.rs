@@ -139,7 +139,7 @@ fn storage(err: StoreError) -> ClusterError {
 }
 
 /// The chunk an accepted, new `LogAppend` carries (duplicates and rejections carry none).
-fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
+pub(crate) fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
     match (command, outcome) {
         (
             Command::LogAppend {
@@ -164,7 +164,7 @@ fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
 
 /// Loads the snapshot and replays the log after it. Returns the state and the last
 /// index in the log (which the state has applied).
-fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
+pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
     let (snapshot_index, mut state) = store
         .load_snapshot()
         .map_err(storage)?
@@ -207,6 +207,18 @@ impl SingleNode {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
         };
         let store = Store::open_with(&config.data_dir, options).map_err(storage)?;
+        if store
+            .meta_get(crate::raft::upgrade::META_MODE)
+            .map_err(storage)?
+            .as_deref()
+            == Some(crate::raft::upgrade::MODE_RAFT)
+        {
+            // Its single-node tables stopped being current when it became a replica.
+            return Err(ClusterError::Config(format!(
+                "{} belongs to a Raft replica; start it with the Raft cluster",
+                config.data_dir.display()
+            )));
+        }
         match store.meta_get(META_CLUSTER_ID).map_err(storage)? {
             None => store
                 .meta_put(META_CLUSTER_ID, config.cluster_id.as_bytes())

@@ -406,6 +406,20 @@ async fn writes_after_shutdown_fail_with_shutting_down() {
 }
 
 #[tokio::test]
+async fn a_single_node_always_holds_leadership_and_its_watch_never_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = SingleNode::open(config(&dir)).unwrap();
+    let mut leadership = node.leadership();
+    assert!(*leadership.borrow_and_update());
+    node.submit_write(top_up(1)).await.unwrap();
+    // Nothing changes and the sender stays alive while the node lives.
+    let changed = tokio::time::timeout(Duration::from_millis(50), leadership.changed()).await;
+    assert!(changed.is_err(), "the watch neither changed nor closed");
+    assert!(*node.leadership().borrow());
+    close(node).await;
+}
+
+#[tokio::test]
 async fn topology_shows_one_leader_in_single_node_mode() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir);

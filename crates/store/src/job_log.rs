@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableDatabase, ReadableTable, Table};
+use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tanvrit_api::{AttemptId, JobId};
 
 use crate::{Store, StoreError, JOB_LOGS, JOB_LOG_SIZES};
@@ -64,6 +64,43 @@ fn enforce_retention(
     Ok(kept)
 }
 
+/// Stores chunks inside `txn`, keeping each touched job within `limit` bytes.
+pub(crate) fn write_chunks_in(
+    txn: &WriteTransaction,
+    chunks: &[JobLogChunk],
+    limit: u64,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(JOB_LOGS)?;
+    let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
+    let mut touched = BTreeSet::new();
+    for chunk in chunks.iter().filter(|c| !c.data.is_empty()) {
+        let key = (chunk.job.as_str(), chunk.attempt.as_str(), chunk.offset);
+        let replaced = table
+            .insert(key, chunk.data.as_slice())?
+            .map_or(0, |old| old.value().len() as u64);
+        let job = chunk.job.as_str();
+        let before = sizes.get(job)?.map_or(0, |v| v.value());
+        let after = before - replaced + chunk.data.len() as u64;
+        sizes.insert(job, after)?;
+        touched.insert(job);
+    }
+    for job in touched {
+        let total = sizes.get(job)?.map_or(0, |v| v.value());
+        if total > limit {
+            let kept = enforce_retention(&mut table, job, total, limit)?;
+            sizes.insert(job, kept)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every chunk and size inside `txn` (a snapshot install replaces them).
+pub(crate) fn clear_job_logs_in(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(JOB_LOGS)?.retain(|_, _| false)?;
+    txn.open_table(JOB_LOG_SIZES)?.retain(|_, _| false)?;
+    Ok(())
+}
+
 impl Store {
     /// Stores chunks in one transaction. Idempotent: a chunk at an existing key replaces
     /// the bytes there. Empty chunks are skipped. With `durable = false` the commit is
@@ -82,31 +119,28 @@ impl Store {
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
-        {
-            let mut table = txn.open_table(JOB_LOGS)?;
-            let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
-            let mut touched = BTreeSet::new();
-            for chunk in chunks.iter().filter(|c| !c.data.is_empty()) {
-                let key = (chunk.job.as_str(), chunk.attempt.as_str(), chunk.offset);
-                let replaced = table
-                    .insert(key, chunk.data.as_slice())?
-                    .map_or(0, |old| old.value().len() as u64);
-                let job = chunk.job.as_str();
-                let before = sizes.get(job)?.map_or(0, |v| v.value());
-                let after = before - replaced + chunk.data.len() as u64;
-                sizes.insert(job, after)?;
-                touched.insert(job);
-            }
-            for job in touched {
-                let total = sizes.get(job)?.map_or(0, |v| v.value());
-                if total > limit {
-                    let kept = enforce_retention(&mut table, job, total, limit)?;
-                    sizes.insert(job, kept)?;
-                }
-            }
-        }
+        write_chunks_in(&txn, chunks, limit)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Every stored chunk, in key order, read from one consistent view (a snapshot of a
+    /// Raft replica ships them to a replica that installs it).
+    pub fn job_log_chunks(&self) -> Result<Vec<JobLogChunk>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let table = txn.open_table(JOB_LOGS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (job, attempt, offset) = k.value();
+            out.push(JobLogChunk {
+                job: JobId::from(job),
+                attempt: AttemptId::from(attempt),
+                offset,
+                data: v.value().to_vec(),
+            });
+        }
+        Ok(out)
     }
 
     /// Reads up to `max_bytes` contiguous bytes of an attempt's output starting at

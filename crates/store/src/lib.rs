@@ -9,6 +9,8 @@
 //! - [`snapshot`]: one state snapshot whose commit also purges the log it covers.
 //! - [`job_log`]: attempts' output, keyed `(job, attempt, offset)`, bounded per job.
 //! - [`meta`]: small named values (cluster id, ...).
+//! - [`raft`]: the Raft replica's log, vote/committed/purged values and snapshot, over
+//!   caller-chosen serde types (openraft's traits live in `tanvrit-cluster`).
 //!
 //! # Tables
 //! | table | key | value |
@@ -18,6 +20,12 @@
 //! | `snapshot` | `"current"` | versioned JSON `{"v":1,"index":N,"state":...}` |
 //! | `job_logs` | `(job, attempt, offset)` | raw bytes |
 //! | `job_log_sizes` | job | bytes stored for the job |
+//! | `raft_log` | `u64` index | versioned JSON `{"v":1,"entry":...}` (an openraft entry) |
+//! | `raft_meta` | `&str` (`vote`, `committed`, `purged`) | versioned JSON `{"v":1,"value":...}` |
+//! | `raft_snapshot` | `"current"` | versioned JSON `{"v":1,"meta":...,"state":...}` |
+//!
+//! `log` and `snapshot` belong to the single-node mode; a Raft replica uses the `raft_*`
+//! tables and shares `job_logs`, `job_log_sizes` and `meta`.
 //!
 //! Every write is one redb transaction: it commits whole or not at all, and unless a
 //! method says otherwise it is durable (fsynced) before the method returns.
@@ -27,6 +35,7 @@ pub mod error;
 pub mod job_log;
 pub mod log;
 pub mod meta;
+pub mod raft;
 pub mod snapshot;
 
 use std::fmt;
@@ -53,6 +62,10 @@ pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const JOB_LOGS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("job_logs");
 pub(crate) const JOB_LOG_SIZES: TableDefinition<&str, u64> = TableDefinition::new("job_log_sizes");
+pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("raft_snapshot");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_LOG_PURGED: &str = "log_purged";
@@ -132,6 +145,9 @@ impl Store {
             txn.open_table(SNAPSHOT)?;
             txn.open_table(JOB_LOGS)?;
             txn.open_table(JOB_LOG_SIZES)?;
+            txn.open_table(RAFT_LOG)?;
+            txn.open_table(RAFT_META)?;
+            txn.open_table(RAFT_SNAPSHOT)?;
         }
         txn.commit()?;
         Ok(Store {

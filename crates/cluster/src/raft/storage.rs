@@ -1,0 +1,596 @@
+//! openraft's storage traits on the replica's redb [`Store`]: [`LogStore`] (log, vote,
+//! committed, purged) and [`StateMachine`] (the in-memory [`State`] plus its snapshots).
+//!
+//! Durability, in the order openraft relies on it:
+//! - `append` commits the entries with fsync *before* it calls `LogFlushed`;
+//! - `save_vote` and `purge`/`truncate` are durable before they return;
+//! - `save_committed` is written without fsync: losing it in a crash only means a
+//!   restart re-applies fewer entries at once (the leader re-sends the commit index);
+//! - the state machine lives in memory and is persisted as snapshots; at start openraft
+//!   re-applies the committed entries after the last snapshot (`read_committed`).
+//!
+//! Job-log chunks of accepted `LogAppend` commands are written to the job-log table on
+//! apply without fsync; a later durable commit (the next append, snapshot or purge) makes
+//! them durable before the entries that carry them can be purged, and a crash before
+//! that is repaired by re-applying those entries.
+//!
+//! Every redb call blocks, so it runs under `spawn_blocking`.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    StorageIOError,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{AttemptId, Index, JobId};
+use tanvrit_state::State;
+use tanvrit_store::{JobLogChunk, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::raft::types::{
+    Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote, WriteOutcome,
+};
+use crate::single_node::chunk_of;
+use crate::Reader;
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+/// The version of the snapshot payload shipped between replicas.
+const SNAPSHOT_PAYLOAD_VERSION: u64 = 1;
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, AnyError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(AnyError::new(&err)),
+        Err(err) => Err(AnyError::new(&err)),
+    }
+}
+
+/// The Raft log, vote and commit marker of one replica.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+    committed: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    /// The log storage of `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            committed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The last committed index this replica was told of (0 before the first).
+    pub fn committed_index(&self) -> Index {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn committed_handle(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = bounds(&range);
+        let store = self.store.clone();
+        let entries = blocking(move || store.raft_read::<Entry>(from, to))
+            .await
+            .map_err(StorageIOError::read_logs)?;
+        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let store = self.store.clone();
+        let (purged, last) = blocking(move || {
+            let purged = store.raft_get::<LogId>(tanvrit_store::raft::RAFT_KEY_PURGED)?;
+            let last = store.raft_last::<Entry>()?.map(|(_, entry)| entry.log_id);
+            Ok((purged, last))
+        })
+        .await
+        .map_err(StorageIOError::read_logs)?;
+        Ok(LogState {
+            last_log_id: last.or(purged),
+            last_purged_log_id: purged,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let (store, vote) = (self.store.clone(), *vote);
+        blocking(move || store.raft_put(KEY_VOTE, &vote, true))
+            .await
+            .map_err(StorageIOError::write_vote)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let store = self.store.clone();
+        let vote = blocking(move || store.raft_get::<Vote>(KEY_VOTE))
+            .await
+            .map_err(StorageIOError::read_vote)?;
+        Ok(vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(log_id) = &committed {
+            self.committed.fetch_max(log_id.index, Ordering::Relaxed);
+        }
+        let store = self.store.clone();
+        // Not fsynced: see the module docs.
+        blocking(move || store.raft_put(KEY_COMMITTED, &committed, false))
+            .await
+            .map_err(StorageIOError::write)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let store = self.store.clone();
+        let committed = blocking(move || store.raft_get::<Option<LogId>>(KEY_COMMITTED))
+            .await
+            .map_err(StorageIOError::read)?
+            .flatten();
+        if let Some(log_id) = &committed {
+            self.committed.fetch_max(log_id.index, Ordering::Relaxed);
+        }
+        Ok(committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.store.clone();
+        let result = blocking(move || {
+            let refs: Vec<(u64, &Entry)> = entries.iter().map(|e| (e.log_id.index, e)).collect();
+            store.raft_append(&refs)
+        })
+        .await;
+        match result {
+            // The commit above fsynced: only now may openraft count the entries as flushed.
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(err) => {
+                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+                Err(StorageIOError::write_logs(err).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        blocking(move || store.raft_truncate_from(log_id.index))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        blocking(move || store.raft_purge_through(log_id.index, &log_id))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+}
+
+/// Snapshot counters, shared with the cluster's stats.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotCounters {
+    pub built: AtomicU64,
+    pub installed: AtomicU64,
+    pub last_index: AtomicU64,
+}
+
+/// What the state machine has applied, besides the domain state.
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// The latest snapshot's metadata and payload, ready to ship.
+type Current = (SnapshotMeta, Arc<Vec<u8>>);
+
+/// The snapshot in the store. Its lock is held across every snapshot write, so a build
+/// that finishes after a newer snapshot was installed cannot overwrite it (the log is
+/// purged up to the newest one).
+struct Saved {
+    /// The stored snapshot's last log id.
+    last: Option<LogId>,
+    /// Its payload, once built, installed or loaded: serving a snapshot to a lagging
+    /// replica is then a copy, not a rebuild on the state-machine task (which would
+    /// hold up applies meanwhile).
+    payload: Option<Current>,
+}
+
+struct Shared {
+    store: Store,
+    state: Arc<RwLock<State>>,
+    applied: Mutex<Applied>,
+    applied_index: watch::Sender<Index>,
+    counters: Arc<SnapshotCounters>,
+    saved: Mutex<Saved>,
+}
+
+/// The replicated state machine: the domain [`State`] in memory (shared with a
+/// [`Reader`]), job-log chunks on disk, and snapshots in the store.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChunkWire {
+    job: JobId,
+    attempt: AttemptId,
+    offset: u64,
+    data: String,
+}
+
+/// What a snapshot ships: the state and every job-log chunk (the chunks live outside the
+/// state, in the job-log table, and a new replica needs them too).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    v: u64,
+    state: State,
+    job_logs: Vec<ChunkWire>,
+}
+
+fn encode_payload(state: &State, chunks: Vec<JobLogChunk>) -> Result<Vec<u8>, StoreError> {
+    #[derive(Serialize)]
+    struct PayloadRef<'a> {
+        v: u64,
+        state: &'a State,
+        job_logs: Vec<ChunkWire>,
+    }
+    let job_logs = chunks
+        .into_iter()
+        .map(|c| ChunkWire {
+            job: c.job,
+            attempt: c.attempt,
+            offset: c.offset,
+            // Chunks are stored from `LogAppend`'s `String` data, so they are UTF-8.
+            data: String::from_utf8(c.data)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        })
+        .collect();
+    serde_json::to_vec(&PayloadRef {
+        v: SNAPSHOT_PAYLOAD_VERSION,
+        state,
+        job_logs,
+    })
+    .map_err(|e| StoreError::Encode {
+        what: "snapshot payload",
+        detail: e.to_string(),
+    })
+}
+
+fn decode_payload(bytes: &[u8]) -> Result<(State, Vec<JobLogChunk>), StoreError> {
+    let payload: SnapshotPayload =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            what: "snapshot payload",
+            detail: e.to_string(),
+        })?;
+    if payload.v != SNAPSHOT_PAYLOAD_VERSION {
+        return Err(StoreError::UnsupportedRecord {
+            what: "snapshot payload",
+            found: payload.v,
+            supported: SNAPSHOT_PAYLOAD_VERSION,
+        });
+    }
+    let chunks = payload
+        .job_logs
+        .into_iter()
+        .map(|c| JobLogChunk {
+            job: c.job,
+            attempt: c.attempt,
+            offset: c.offset,
+            data: c.data.into_bytes(),
+        })
+        .collect();
+    Ok((payload.state, chunks))
+}
+
+impl StateMachine {
+    /// Loads the last snapshot of `store` (or starts empty).
+    pub fn open(store: Store) -> Result<StateMachine, StoreError> {
+        let (applied, state) = match store.raft_load_snapshot::<SnapshotMeta>()? {
+            Some((meta, state)) => (
+                Applied {
+                    last: meta.last_log_id,
+                    membership: meta.last_membership,
+                },
+                state,
+            ),
+            None => (Applied::default(), State::new()),
+        };
+        let index = applied.last.map_or(0, |id| id.index);
+        let applied_last = applied.last;
+        let counters = Arc::new(SnapshotCounters::default());
+        counters.last_index.store(index, Ordering::Relaxed);
+        let (applied_index, _) = watch::channel(index);
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                store,
+                state: Arc::new(RwLock::new(state)),
+                applied: Mutex::new(applied),
+                applied_index,
+                counters,
+                saved: Mutex::new(Saved {
+                    last: applied_last,
+                    payload: None,
+                }),
+            }),
+        })
+    }
+
+    /// Local read access to what this state machine applied.
+    pub fn reader(&self) -> Reader {
+        Reader::new(
+            self.shared.state.clone(),
+            self.shared.store.clone(),
+            self.shared.applied_index.subscribe(),
+        )
+    }
+
+    pub(crate) fn counters(&self) -> Arc<SnapshotCounters> {
+        self.shared.counters.clone()
+    }
+
+    fn applied(&self) -> Applied {
+        self.shared.applied.lock().clone()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.applied();
+        Ok((applied.last, applied.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut chunks = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        {
+            // One write lock for the batch; nothing in here awaits.
+            let mut state = self.shared.state.write();
+            for entry in entries {
+                let index = entry.log_id.index;
+                match entry.payload {
+                    EntryPayload::Blank => {
+                        state.set_applied_index(index);
+                        replies.push(WriteOutcome(None));
+                    }
+                    EntryPayload::Normal(request) => {
+                        let outcome = state.apply(index, &request.command);
+                        chunks.extend(chunk_of(&request.command, &outcome));
+                        replies.push(WriteOutcome(Some(outcome)));
+                    }
+                    EntryPayload::Membership(m) => {
+                        state.set_applied_index(index);
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        replies.push(WriteOutcome(None));
+                    }
+                }
+                last = Some(entry.log_id);
+            }
+        }
+        let Some(last) = last else {
+            return Ok(replies);
+        };
+        if !chunks.is_empty() {
+            // Before the index is published, so a reader waiting for it finds the bytes.
+            let store = self.shared.store.clone();
+            blocking(move || store.write_job_log_chunks(&chunks, false))
+                .await
+                .map_err(|e| StorageIOError::apply(last, e))?;
+        }
+        {
+            let mut applied = self.shared.applied.lock();
+            applied.last = Some(last);
+            if let Some(m) = membership {
+                applied.membership = m;
+            }
+        }
+        self.shared.applied_index.send_replace(last.index);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called between two applies: the clone is exactly the state at `applied.last`.
+        // It takes a read lock only, so readers carry on; serializing happens later, in
+        // the builder's own task, while apply continues.
+        let state = self.shared.state.read().clone();
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            state,
+            applied: self.applied(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let signature = Some(meta.signature());
+        let shared = self.shared.clone();
+        let stored_meta = meta.clone();
+        let bytes = snapshot.into_inner();
+        let state = blocking(move || {
+            let (state, chunks) = decode_payload(&bytes)?;
+            let mut saved = shared.saved.lock();
+            shared
+                .store
+                .raft_install_snapshot(&stored_meta, &state, &chunks)?;
+            saved.last = stored_meta.last_log_id;
+            saved.payload = Some((stored_meta, Arc::new(bytes)));
+            Ok(state)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(signature, e))?;
+        *self.shared.state.write() = state;
+        {
+            let mut applied = self.shared.applied.lock();
+            applied.last = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let counters = &self.shared.counters;
+        counters.installed.fetch_add(1, Ordering::Relaxed);
+        counters.last_index.store(index, Ordering::Relaxed);
+        self.shared.applied_index.send_replace(index);
+        tracing::info!(index, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let cached = self.shared.saved.lock().payload.clone();
+        let (meta, bytes) = match cached {
+            Some(current) => current,
+            None => {
+                // Only after a restart, before the next build: load and encode once.
+                let shared = self.shared.clone();
+                let loaded = blocking(move || {
+                    let mut saved = shared.saved.lock();
+                    if let Some(current) = &saved.payload {
+                        return Ok(Some(current.clone()));
+                    }
+                    let store = &shared.store;
+                    let Some((meta, state)) = store.raft_load_snapshot::<SnapshotMeta>()? else {
+                        return Ok(None);
+                    };
+                    // The table may hold chunks of later entries too; re-applying those
+                    // entries on the receiver rewrites them identically.
+                    let chunks = store.job_log_chunks()?;
+                    let current = (meta, Arc::new(encode_payload(&state, chunks)?));
+                    saved.payload = Some(current.clone());
+                    Ok(Some(current))
+                })
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+                let Some(current) = loaded else {
+                    return Ok(None);
+                };
+                current
+            }
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+        }))
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken between two applies.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    state: State,
+    applied: Applied,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let last = self.applied.last;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{millis}",
+                last.map_or(0, |id| id.leader_id.term),
+                last.map_or(0, |id| id.index)
+            ),
+        };
+        let shared = self.shared.clone();
+        let state = std::mem::take(&mut self.state);
+        let stored_meta = meta.clone();
+        let (bytes, saved) = blocking(move || {
+            let chunks = shared.store.job_log_chunks()?;
+            let bytes = encode_payload(&state, chunks)?;
+            let mut saved = shared.saved.lock();
+            if saved.last > stored_meta.last_log_id {
+                // A newer snapshot was installed meanwhile; this one is obsolete.
+                return Ok((bytes, false));
+            }
+            shared.store.raft_save_snapshot(&stored_meta, &state)?;
+            saved.last = stored_meta.last_log_id;
+            saved.payload = Some((stored_meta, Arc::new(bytes.clone())));
+            Ok((bytes, true))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        let index = last.map_or(0, |id| id.index);
+        if saved {
+            let counters = &self.shared.counters;
+            counters.built.fetch_add(1, Ordering::Relaxed);
+            counters.last_index.store(index, Ordering::Relaxed);
+            tracing::info!(index, bytes = bytes.len(), "built a snapshot");
+        } else {
+            tracing::info!(index, "a newer snapshot was installed meanwhile; kept it");
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! RaftCluster end to end in one process: forming, writes on the leader and forwarded
+//! from followers, read consistencies, topology and stats.
+
+use std::time::Duration;
+
+use tanvrit_api::{Consistency, Role};
+use tanvrit_cluster::ClusterService;
+use tanvrit_testkit::commands::{has_top_up, top_up};
+use tanvrit_testkit::{init_tracing, ClusterOptions, TestCluster};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_form_a_cluster_and_writes_reach_every_replica() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+
+    let on_leader = cluster.node(leader).submit_write(top_up(1)).await.unwrap();
+    assert!(on_leader.outcome.is_ok());
+    // A follower forwards to the leader and answers once it applied the write itself.
+    let forwarded = cluster
+        .node(follower)
+        .submit_write(top_up(2))
+        .await
+        .unwrap();
+    assert!(forwarded.index > on_leader.index);
+    assert!(cluster.node(follower).reader().read(|s| has_top_up(s, 2)));
+    cluster.applied_everywhere(forwarded.index, WAIT).await;
+    for id in cluster.running() {
+        let node = cluster.node(id);
+        assert!(node.reader().read(|s| has_top_up(s, 1) && has_top_up(s, 2)));
+    }
+    let stats = cluster.node(follower).stats();
+    assert_eq!(stats.writes_forwarded_total, 1);
+    assert_eq!(stats.leader_id, Some(leader));
+    assert!(!stats.is_leader);
+    assert!(cluster.node(leader).stats().is_leader);
+    assert_eq!(cluster.node(leader).role(), Role::Leader);
+    assert_eq!(cluster.node(follower).role(), Role::Follower);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_and_min_index_reads_on_a_follower_see_acknowledged_writes() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let receipt = cluster.node(leader).submit_write(top_up(1)).await.unwrap();
+
+    let node = cluster.node(follower);
+    let index = node
+        .read_barrier(Consistency::MinIndex(receipt.index))
+        .await
+        .unwrap();
+    assert!(index >= receipt.index);
+    assert!(node.reader().read(|s| has_top_up(s, 1)));
+
+    let receipt = cluster.node(leader).submit_write(top_up(2)).await.unwrap();
+    let index = node.read_barrier(Consistency::Strict).await.unwrap();
+    assert!(
+        index >= receipt.index,
+        "strict read at {index} < {}",
+        receipt.index
+    );
+    assert!(node.reader().read(|s| has_top_up(s, 2)));
+
+    let err = node
+        .read_barrier(Consistency::MinIndex(receipt.index + 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "not_caught_up");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_lists_every_replica_with_roles_and_indexes() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let receipt = cluster.node(leader).submit_write(top_up(1)).await.unwrap();
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    let node = cluster.node(leader);
+    let topology = tanvrit_testkit::eventually(WAIT, "a topology with fresh peers", || {
+        let node = node.clone();
+        async move {
+            let t = node.topology();
+            (t.replicas.len() == 3
+                && t.replicas
+                    .iter()
+                    .all(|r| r.reachable && r.applied_index >= receipt.index))
+            .then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(topology.mode, "raft");
+    assert_eq!(
+        topology.leader.as_deref(),
+        Some(format!("replica-{leader}").as_str())
+    );
+    let roles: Vec<Role> = topology.replicas.iter().map(|r| r.role).collect();
+    assert_eq!(roles.iter().filter(|r| **r == Role::Leader).count(), 1);
+    assert_eq!(roles.iter().filter(|r| **r == Role::Follower).count(), 2);
+    for replica in &topology.replicas {
+        assert!(replica.term >= 1);
+        assert_eq!(
+            replica.region,
+            format!("region-{}", (replica.id - 1) % 3 + 1)
+        );
+        assert!(replica.lag.is_some());
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_cluster_bootstraps_itself_and_survives_a_restart() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(1)).await.unwrap();
+    assert_eq!(cluster.leader(WAIT).await, 1);
+    let node = cluster.node(1);
+    assert!(*node.leadership().borrow());
+    let receipt = node.submit_write(top_up(1)).await.unwrap();
+    assert_eq!(
+        node.read_barrier(Consistency::Strict).await.unwrap(),
+        receipt.index
+    );
+    drop(node);
+    cluster.stop(1).await;
+    let node = cluster.restart(1).await;
+    assert_eq!(cluster.leader(WAIT).await, 1);
+    assert!(node.reader().read(|s| has_top_up(s, 1)));
+    let next = node.submit_write(top_up(2)).await.unwrap();
+    assert!(next.index > receipt.index);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,359 @@
+//! RaftCluster under faults: an isolated leader, a minority partition, message loss and
+//! delay, a follower far behind, crashes with 3 and 5 voters, and failover timing.
+
+use std::time::{Duration, Instant};
+
+use tanvrit_api::Consistency;
+use tanvrit_cluster::raft::RaftCluster;
+use tanvrit_cluster::{ClusterError, ClusterService, Receipt};
+use tanvrit_testkit::commands::{
+    has_top_up, job_with_output, ledger_len, node_register, state_json, top_up,
+};
+use tanvrit_testkit::{eventually, init_tracing, ClusterOptions, TestCluster};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn futures_join_all<F: std::future::Future>(futures: [F; 2]) -> Vec<F::Output> {
+    let [a, b] = futures;
+    let (a, b) = tokio::join!(a, b);
+    vec![a, b]
+}
+
+/// Retries a write through NoLeader answers (the idempotency key makes it safe).
+async fn write_retrying(node: &RaftCluster, n: u64) -> Receipt {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match node.submit_write(top_up(n)).await {
+            Ok(receipt) => return receipt,
+            Err(err @ ClusterError::NoLeader { .. }) if Instant::now() < deadline => {
+                tracing::debug!(n, error = %err, "retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("write {n} failed: {err}"),
+        }
+    }
+}
+
+/// Waits until every running replica holds the same replicated data.
+async fn converged(cluster: &TestCluster) -> serde_json::Value {
+    eventually(WAIT, "every replica to hold the same state", || async {
+        let states: Vec<_> = cluster
+            .running()
+            .into_iter()
+            .map(|id| cluster.node(id).reader().read(state_json))
+            .collect();
+        states
+            .windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| states[0].clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let old = cluster.leader(WAIT).await;
+    let before = cluster.node(old).submit_write(top_up(1)).await.unwrap();
+    cluster.applied_everywhere(before.index, WAIT).await;
+    let mut leadership = cluster.node(old).leadership();
+    assert!(*leadership.borrow_and_update());
+
+    cluster.faults().isolate(old);
+    let started = Instant::now();
+    // Proposed while it still believes it leads; it must not be acknowledged.
+    let refused = cluster.node(old).submit_write(top_up(99)).await;
+    assert!(
+        matches!(refused, Err(ClusterError::NoLeader { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in bounded time"
+    );
+    // The leadership watch turned false (leader-only loops stop), and it no longer
+    // calls itself leader.
+    tokio::time::timeout(WAIT, leadership.wait_for(|l| !*l))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(cluster.node(old).role(), tanvrit_api::Role::Leader);
+    assert_eq!(cluster.node(old).leader_id(), None);
+
+    let others: Vec<_> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+    let new = cluster.leader_among(&others, WAIT).await;
+    assert_ne!(new, old);
+    let after = write_retrying(&cluster.node(new), 2).await;
+
+    cluster.faults().heal();
+    cluster.applied_everywhere(after.index, WAIT).await;
+    let state = converged(&cluster).await;
+    let node = cluster.node(old);
+    assert!(node.reader().read(|s| has_top_up(s, 1) && has_top_up(s, 2)));
+    assert!(
+        !node.reader().read(|s| has_top_up(s, 99)),
+        "the refused write is gone"
+    );
+    assert!(state.to_string().contains("top-up-2"));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_partition_refuses_writes_while_the_majority_carries_on() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(5)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    // The leader ends up in the minority with one other replica.
+    let buddy = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let majority: Vec<_> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != leader && *id != buddy)
+        .collect();
+    cluster.faults().partition(&[&[leader, buddy], &majority]);
+
+    let new = cluster.leader_among(&majority, WAIT).await;
+    for n in 1..=5 {
+        write_retrying(&cluster.node(new), n).await;
+    }
+    // Both minority replicas answer at once, and in bounded time.
+    let minority_answers = [leader, buddy].map(|id| {
+        let node = cluster.node(id);
+        async move {
+            let started = Instant::now();
+            let (write, read) = tokio::join!(
+                node.submit_write(top_up(100 + id)),
+                node.read_barrier(Consistency::Strict)
+            );
+            (id, started.elapsed(), write, read)
+        }
+    });
+    for (id, elapsed, write, read) in futures_join_all(minority_answers).await {
+        let err = write.unwrap_err();
+        assert_eq!(err.code(), "no_leader", "replica {id}: {err}");
+        assert!(err.retry_after().is_some());
+        assert_eq!(read.unwrap_err().code(), "no_leader", "replica {id}");
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "replica {id} took {elapsed:?}"
+        );
+    }
+
+    cluster.faults().heal();
+    let last = write_retrying(&cluster.node(new), 6).await;
+    cluster.applied_everywhere(last.index, WAIT).await;
+    converged(&cluster).await;
+    for id in cluster.running() {
+        let node = cluster.node(id);
+        assert_eq!(node.reader().read(ledger_len), 6, "replica {id}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_message_loss_and_delay_exactly_once() {
+    init_tracing();
+    // A lost forwarded write costs its caller the whole forwarding deadline: keep it short.
+    let options = ClusterOptions {
+        tweak: Some(std::sync::Arc::new(|c| {
+            c.write_timeout = Duration::from_millis(800);
+            c.rpc_timeout = Duration::from_millis(300);
+        })),
+        ..ClusterOptions::voters(3)
+    };
+    let cluster = TestCluster::start(options).await.unwrap();
+    cluster.leader(WAIT).await;
+    cluster.faults().set_loss(0.05);
+    cluster
+        .faults()
+        .set_delay(Duration::from_millis(0), Duration::from_millis(15));
+    // Writes go to every replica in turn, so some are forwarded through the faults.
+    let ids = cluster.running();
+    for n in 1..=30 {
+        let node = cluster.node(ids[n as usize % ids.len()]);
+        write_retrying(&node, n).await;
+    }
+    cluster.faults().clear();
+    let last = write_retrying(&cluster.node(ids[0]), 31).await;
+    cluster.applied_everywhere(last.index, WAIT).await;
+    converged(&cluster).await;
+    for id in cluster.running() {
+        // Retried writes were deduplicated by their idempotency keys.
+        assert_eq!(
+            cluster.node(id).reader().read(ledger_len),
+            31,
+            "replica {id}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_from_a_snapshot_with_its_job_logs() {
+    init_tracing();
+    let options = ClusterOptions {
+        snapshot_every: 20,
+        logs_kept_after_snapshot: 0,
+        ..ClusterOptions::voters(3)
+    };
+    let mut cluster = TestCluster::start(options).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let behind = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.crash(behind).await;
+
+    let node = cluster.node(leader);
+    let mut commands = vec![node_register("node-1"), top_up(0)];
+    commands.extend(job_with_output("job-1", "att-1", "node-1", "hello world\n"));
+    for command in commands {
+        let receipt = node.submit_write(command).await.unwrap();
+        assert!(receipt.outcome.is_ok(), "{:?}", receipt.outcome);
+    }
+    let mut last = 0;
+    for n in 1..=60 {
+        last = write_retrying(&node, n).await.index;
+    }
+    // The leader snapshotted and purged what the crashed follower lacks.
+    eventually(WAIT, "the leader to purge its log", || async {
+        (node.stats().purged_index > 20).then_some(())
+    })
+    .await;
+    assert!(node.stats().snapshots_built_total >= 1);
+
+    let restarted = cluster.restart(behind).await;
+    cluster.applied_everywhere(last, WAIT).await;
+    assert!(restarted.stats().snapshots_installed_total >= 1);
+    converged(&cluster).await;
+    let output = restarted
+        .reader()
+        .job_log(&"job-1".into(), &"att-1".into(), 0, 1024)
+        .unwrap();
+    assert_eq!(
+        output.data, b"hello world\n",
+        "job logs travel with the snapshot"
+    );
+    cluster.shutdown().await;
+}
+
+/// Crashes the leader of a cluster of `voters` and measures until a write through
+/// another replica succeeds.
+async fn failover(options: ClusterOptions) -> (TestCluster, Duration) {
+    let mut cluster = TestCluster::start(options).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let receipt = cluster.node(leader).submit_write(top_up(1)).await.unwrap();
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    let survivor = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.crash(leader).await;
+    let started = Instant::now();
+    write_retrying(&cluster.node(survivor), 2).await;
+    let took = started.elapsed();
+    tracing::info!(?took, "failover");
+    (cluster, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_and_five_voters_survive_leader_crashes() {
+    init_tracing();
+    for voters in [3, 5] {
+        let (mut cluster, took) = failover(ClusterOptions::voters(voters)).await;
+        // Test timings: lease 300 ms.
+        assert!(
+            took < Duration::from_secs(2),
+            "{voters} voters: failover took {took:?}"
+        );
+        if voters == 5 {
+            // Five voters lose a second leader and still have a quorum.
+            let second = cluster.leader(WAIT).await;
+            let survivor = cluster
+                .running()
+                .into_iter()
+                .find(|id| *id != second)
+                .unwrap();
+            cluster.crash(second).await;
+            write_retrying(&cluster.node(survivor), 3).await;
+        }
+        let last = write_retrying(&cluster.node(cluster.running()[0]), 4).await;
+        cluster.applied_everywhere(last.index, WAIT).await;
+        converged(&cluster).await;
+        cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_timings_a_crashed_leader_is_replaced_within_three_seconds() {
+    init_tracing();
+    let options = ClusterOptions {
+        heartbeat: Duration::from_millis(500),
+        election_min: Duration::from_millis(1000),
+        election_max: Duration::from_millis(1500),
+        tweak: Some(std::sync::Arc::new(|c| {
+            c.no_leader_timeout = Duration::from_secs(2)
+        })),
+        ..ClusterOptions::voters(3)
+    };
+    let (cluster, took) = failover(options).await;
+    assert!(took <= Duration::from_secs(3), "failover took {took:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lan_profile_a_crashed_leader_is_replaced_well_under_a_second() {
+    init_tracing();
+    let options = ClusterOptions {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(250),
+        election_max: Duration::from_millis(400),
+        ..ClusterOptions::voters(3)
+    };
+    let (cluster, took) = failover(options).await;
+    assert!(
+        took <= Duration::from_millis(1200),
+        "failover took {took:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_the_leader_answers_no_leader_within_the_lease() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    write_retrying(&cluster.node(follower), 1).await;
+    cluster.faults().isolate(follower);
+    let node = cluster.node(follower);
+    let started = Instant::now();
+    // Its forwarded write is lost; it gives up once no leader was heard for the lease.
+    let err = node.submit_write(top_up(2)).await.unwrap_err();
+    assert_eq!(err.code(), "no_leader", "{err}");
+    let bound = node.config().election_max + node.config().no_leader_timeout;
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+    let err = node.read_barrier(Consistency::Strict).await.unwrap_err();
+    assert_eq!(err.code(), "no_leader");
+    // Stale reads still work: whatever this replica applied.
+    assert!(node.read_barrier(Consistency::Stale).await.unwrap() >= 1);
+    cluster.faults().heal();
+    let receipt = write_retrying(&node, 3).await;
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    cluster.shutdown().await;
+}
