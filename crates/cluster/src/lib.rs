@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tanvrit_api::{Consistency, Index, Role, Topology};
 use tanvrit_state::{Command, Outcome};
+use tokio::sync::watch;
 
 pub use reader::{LogWindow, Reader};
 pub use single_node::{SingleNode, SingleNodeConfig, WriteStats};
@@ -101,6 +102,11 @@ pub trait ClusterService: Send + Sync + 'static {
     async fn read_barrier(&self, consistency: Consistency) -> Result<Index, ClusterError>;
     /// Local read access to the applied state and job logs.
     fn reader(&self) -> &Reader;
+    /// Whether this replica is the leader now, as a watch: leader-only loops (scheduler,
+    /// liveness, cron) run while it is `true` and stop when it turns `false`. A leader
+    /// that lost contact with its quorum for longer than the lease reads `false` even
+    /// before Raft replaces it.
+    fn leadership(&self) -> watch::Receiver<bool>;
     /// Stops background work and flushes; later writes fail with `ShuttingDown`.
     async fn shutdown(&self);
 }

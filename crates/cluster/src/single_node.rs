@@ -129,6 +129,9 @@ pub struct SingleNode {
     sender: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Always `true`: a single node is always its own leader. Kept so receivers never
+    /// see the sender gone.
+    leadership: watch::Sender<bool>,
 }
 
 fn storage(err: StoreError) -> ClusterError {
@@ -249,6 +252,7 @@ impl SingleNode {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             closed: AtomicBool::new(false),
+            leadership: watch::channel(true).0,
         }))
     }
 
@@ -357,6 +361,10 @@ impl ClusterService for SingleNode {
 
     fn reader(&self) -> &Reader {
         &self.reader
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.subscribe()
     }
 
     async fn shutdown(&self) {

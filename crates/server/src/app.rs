@@ -1,6 +1,6 @@
 //! The router and what every handler shares ([`AppState`]): the cluster, the config,
-//! the metrics, and the helpers that give reads their consistency and turn a write's
-//! receipt into an effect or an error.
+//! the metrics, the heartbeat record, and the helpers that give reads their consistency
+//! and turn a write's receipt into an effect or an error.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Principal;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ServerError};
+use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
 use crate::metrics::Metrics;
 use crate::routes;
 
@@ -36,6 +37,10 @@ struct Inner {
     cluster: Arc<dyn ClusterService>,
     metrics: Metrics,
     openapi_json: String,
+    /// Last heartbeat per node, shared with the leader's liveness loop.
+    liveness: Liveness,
+    /// True while this replica leads (heartbeats are answered by the leader only).
+    leadership: watch::Receiver<bool>,
     /// Flips to true when graceful shutdown starts, so long polls answer at once
     /// instead of holding the shutdown for up to `long_poll_max`.
     shutdown: watch::Sender<bool>,
@@ -60,6 +65,25 @@ impl AppState {
 
     pub(crate) fn openapi_json(&self) -> &str {
         &self.inner.openapi_json
+    }
+
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.inner.liveness
+    }
+
+    /// True while this replica leads.
+    pub(crate) fn is_leader(&self) -> bool {
+        *self.inner.leadership.borrow()
+    }
+
+    /// The leader loops for this API: they share its heartbeat record and metrics.
+    pub(crate) fn spawn_leader_loops(&self) -> LeaderLoops {
+        leader::spawn(LeaderContext {
+            config: self.inner.config.clone(),
+            cluster: self.inner.cluster.clone(),
+            liveness: self.inner.liveness.clone(),
+            metrics: self.inner.metrics.leader_loops().clone(),
+        })
     }
 
     /// Runs `f` on this replica's applied state.
@@ -165,12 +189,15 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
         serde_json::to_string(&ApiError::Internal(error.to_string()).body()).unwrap_or_default()
     });
     let (shutdown, _) = watch::channel(false);
+    let leadership = cluster.leadership();
     let app = AppState {
         inner: Arc::new(Inner {
             config,
             cluster,
             metrics: Metrics::new(),
             openapi_json,
+            liveness: Liveness::new(),
+            leadership,
             shutdown,
         }),
     };
@@ -244,8 +271,9 @@ async fn add_index_header(State(app): State<AppState>, mut response: Response) -
 /// `X-Tanvrit-Index` (`tanvrit_api::INDEX_HEADER`) in the lower case header names use.
 const INDEX_HEADER_NAME: HeaderName = HeaderName::from_static("x-tanvrit-index");
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops taking
-/// connections and lets requests in flight finish (long polls answer at once).
+/// Serves the API on `listener`, with the leader loops running while this replica
+/// leads, until `shutdown` resolves; then stops the loops, stops taking connections and
+/// lets requests in flight finish (long polls answer at once).
 pub(crate) async fn serve(
     config: ServerConfig,
     cluster: Arc<dyn ClusterService>,
@@ -253,8 +281,11 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (router, app) = build(config, cluster);
+    let loops = app.spawn_leader_loops();
     let signal = async move {
         shutdown.await;
+        // No placements or fires while the API drains.
+        loops.stop().await;
         app.inner.shutdown.send_replace(true);
     };
     axum::serve(listener, router)

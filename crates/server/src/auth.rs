@@ -118,6 +118,12 @@ impl Principal {
         }
     }
 
+    /// True when this key may read a job `owner` owns: what it [`sees`](Self::sees),
+    /// and for agent keys every job (agents run jobs of every business).
+    pub fn reads_job_of(&self, owner: &BusinessId) -> bool {
+        self.scope == Scope::Agent || self.sees(owner)
+    }
+
     /// The one business a request acts on (a submission, a balance): a user key's own
     /// (naming another is 404), or the one an admin key names (422 without it).
     pub fn required_business(&self, named: Option<&BusinessId>) -> Result<BusinessId, ApiError> {
@@ -301,5 +307,15 @@ mod tests {
         let error = admin.required_business(None).unwrap_err();
         assert_eq!((error.code(), error.status().as_u16()), ("invalid", 422));
         assert!(!principal(Scope::Agent, None).sees(&globex));
+    }
+
+    #[test]
+    fn agent_keys_read_every_job_but_see_nothing_else() {
+        let globex = BusinessId::from("globex");
+        let agent = principal(Scope::Agent, None);
+        assert!(agent.reads_job_of(&globex));
+        assert!(!agent.sees(&globex));
+        assert!(!principal(Scope::User, Some("acme")).reads_job_of(&globex));
+        assert!(principal(Scope::User, Some("globex")).reads_job_of(&globex));
     }
 }

@@ -1,25 +1,45 @@
-//! [`ServerConfig`]: the knobs of the HTTP API, with the defaults DESIGN.md names.
+//! [`ServerConfig`]: the knobs of the HTTP API and the leader loops, with the defaults
+//! DESIGN.md names.
 
 use std::time::Duration;
 
 use tanvrit_api::Rates;
+use tanvrit_state::scheduler::Strategy;
 
-/// How the API server behaves. Every field has a default ([`ServerConfig::default`]).
+/// How the API server and its leader loops behave. Every field has a default
+/// ([`ServerConfig::default`]); build one with `..ServerConfig::default()` so new knobs
+/// do not break callers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413 `body_too_large`. Default 1 MiB.
     pub body_limit_bytes: usize,
-    /// Credit rates recorded on every job submitted (and held for at submission).
-    /// Default: all zero, so nothing is charged until an operator sets rates.
+    /// Credit rates recorded on every job submitted (and held for at submission), and on
+    /// every job a schedule fires. Default: all zero, so nothing is charged until an
+    /// operator sets rates.
     pub rates: Rates,
     /// Longest a `min_index` or `strict` read waits for this replica to catch up before
     /// it answers 503 `not_caught_up`. Default 5 s.
     pub min_index_wait: Duration,
-    /// Longest a `jobs/{id}/logs` long poll (`wait_ms`) may hold a request. Default 30 s.
+    /// Longest a long poll (`jobs/{id}/logs` with `wait_ms`, `nodes/{id}/work`) may hold
+    /// a request. Default 30 s.
     pub long_poll_max: Duration,
     /// `Retry-After` sent with a 503 when the cluster layer gives no hint of its own.
     /// Default 1 s.
     pub retry_after: Duration,
+    /// A node that has not heartbeated for this long is declared down and its attempts
+    /// lost (retried per the job's `max_retries`). Agents are told to heartbeat every
+    /// third of it. A new leader grants every node this long from when it took over.
+    /// Default 15 s.
+    pub node_ttl: Duration,
+    /// How the scheduler picks among nodes that fit a job: `BinPack` (the fullest that
+    /// fits) or `Spread` (the emptiest). Default `BinPack`.
+    pub scheduler_strategy: Strategy,
+    /// Most placements the scheduler proposes in one `JobsAssign` log entry; a longer
+    /// queue is placed in several entries back to back. Default 1000.
+    pub max_placements_per_write: usize,
+    /// Under a schedule's `skip` catch-up policy, a due time is still fired if the leader
+    /// gets to it at most this late; older due times are recorded as skipped. Default 5 s.
+    pub cron_skip_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +50,10 @@ impl Default for ServerConfig {
             min_index_wait: Duration::from_secs(5),
             long_poll_max: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(15),
+            scheduler_strategy: Strategy::BinPack,
+            max_placements_per_write: 1000,
+            cron_skip_grace: Duration::from_secs(5),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Cron expressions and time zones of schedules: checked before a schedule is written
-//! (so `apply`, which knows no calendar, only ever sees valid ones), and the next due
-//! time computed at read time.
+//! (so `apply`, which knows no calendar, only ever sees valid ones), the next due time
+//! computed at read time, and the due times the leader's cron loop fires.
 //!
 //! Accepted: 5 fields (`min hour dom month dow`), 6 fields with a leading seconds field,
 //! and the `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly` nicknames. Zones are IANA
@@ -95,6 +95,21 @@ impl CronSchedule {
         let local = start.with_timezone(&self.zone);
         self.cron
             .find_next_occurrence(&local, false)
+            .ok()
+            .map(|due| due.timestamp_millis())
+    }
+
+    /// The last due time strictly before `before` (ms since the epoch), if there is one.
+    /// `previous_before(now + 1)` is the latest due time at or before `now`.
+    pub fn previous_before(&self, before: Millis) -> Option<Millis> {
+        // Due times are whole seconds: one in the second `before` falls in counts only
+        // when `before` is past that second's start.
+        let whole_second = before.div_euclid(1000) * 1000;
+        let inclusive = whole_second < before;
+        let start: DateTime<Utc> = Utc.timestamp_millis_opt(whole_second).single()?;
+        let local = start.with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&local, inclusive)
             .ok()
             .map(|due| due.timestamp_millis())
     }
@@ -200,6 +215,29 @@ mod tests {
         assert_eq!(
             every_ten.next_after(at("2026-01-10T08:00:01Z")),
             Some(at("2026-01-10T08:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn the_previous_due_time_is_strictly_before_and_whole_seconds_count_when_passed() {
+        let every_second = CronSchedule::parse("* * * * * *", "UTC").unwrap();
+        let eight = at("2026-01-10T08:00:00Z");
+        assert_eq!(every_second.previous_before(eight), Some(eight - 1000));
+        assert_eq!(
+            every_second.previous_before(eight + 1),
+            Some(eight),
+            "a due time at `before - 1 ms` counts"
+        );
+        assert_eq!(every_second.previous_before(eight + 999), Some(eight));
+        let nine_daily = CronSchedule::parse("0 9 * * *", "Europe/Berlin").unwrap();
+        // 09:00 in Berlin is 08:00 UTC in winter.
+        assert_eq!(
+            nine_daily.previous_before(at("2026-01-10T07:59:59Z")),
+            Some(at("2026-01-09T08:00:00Z"))
+        );
+        assert_eq!(
+            nine_daily.previous_before(at("2026-01-10T08:00:00.001Z")),
+            Some(at("2026-01-10T08:00:00Z"))
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Request extractors whose failures are [`ApiError`]s, so every refusal carries the JSON
-//! error body: [`ApiJson`] for bodies and [`ApiPath`] for the `{id}` path segment.
+//! error body: [`ApiJson`] for bodies, [`ApiPath`] for the `{id}` path segment and
+//! [`ApiAttemptPath`] for `jobs/{id}/attempts/{attempt}/...`.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -100,6 +101,26 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
             .await
             .map_err(|rejection| ApiError::InvalidRequest(format!("bad path: {rejection}")))?;
         Ok(ApiPath(id))
+    }
+}
+
+/// The `{id}` and `{attempt}` segments of `jobs/{id}/attempts/{attempt}/...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiAttemptPath {
+    /// The job's id.
+    pub job: String,
+    /// The attempt's id.
+    pub attempt: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiAttemptPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((job, attempt)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::InvalidRequest(format!("bad path: {rejection}")))?;
+        Ok(ApiAttemptPath { job, attempt })
     }
 }
 

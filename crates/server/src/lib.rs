@@ -7,16 +7,20 @@
 //! `X-Tanvrit-Index`, the replica's applied index.
 //!
 //! # Layout
-//! - this file: the public entry points, [`serve`], [`router`], [`ensure_bootstrap_admin`].
+//! - this file: the public entry points, [`serve`], [`router`],
+//!   [`router_with_leader_loops`], [`ensure_bootstrap_admin`].
 //! - [`config`] holds [`ServerConfig`].
 //! - [`error`] holds [`ApiError`] (one `IntoResponse` for every failure) and [`ServerError`].
 //! - [`extract`] holds the JSON body and path extractors that answer with [`ApiError`]s.
 //! - [`auth`] holds key secrets and hashes, [`Principal`] and its scope checks.
 //! - [`cron`] checks cron expressions and time zones and computes next due times.
 //! - [`bootstrap`] creates the first admin key.
+//! - [`leader`]: the leader-only loops (scheduler, node liveness and drain deadlines,
+//!   cron) and their supervisor, which runs them only while this replica leads.
 //! - `app`: the router, shared state, consistency and write helpers, middleware.
-//! - `routes`: one file per resource (`jobs`, `nodes`, `keys`, `credits`, `schedules`,
-//!   `cluster`, `probes`), each handler named `handle_<verb>_<noun>`.
+//! - `routes`: one file per resource (`jobs`, `nodes`, `agents` (the agent protocol),
+//!   `keys`, `credits`, `schedules`, `cluster`, `probes`), each handler named
+//!   `handle_<verb>_<noun>`.
 //! - `metrics`: the Prometheus registry behind `GET /metrics`.
 
 mod app;
@@ -26,6 +30,7 @@ pub mod config;
 pub mod cron;
 pub mod error;
 pub mod extract;
+pub mod leader;
 mod metrics;
 mod routes;
 
@@ -39,20 +44,36 @@ pub use auth::Principal;
 pub use bootstrap::{ensure_bootstrap_admin, BootstrapOutcome, ADMIN_KEY_FILE};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
+pub use leader::{LeaderLoops, Liveness};
 pub use metrics::openmetrics_to_prometheus_text;
 pub use routes::probes::{Health, Readiness};
 pub use routes::EmptyRequest;
 
 /// The whole API as an axum router, for in-process tests (`tower::ServiceExt::oneshot`)
-/// or embedding. Long polls in it end at their own deadline; use [`serve`] for a
-/// shutdown that also ends them early.
+/// or embedding, without the leader loops (nothing is scheduled, no node is declared
+/// lost, no schedule fires). Long polls in it end at their own deadline; use [`serve`]
+/// for a shutdown that also ends them early.
 pub fn router(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> axum::Router {
     app::build(config, cluster).0
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; then stops accepting
-/// connections, answers long polls at once, and returns when requests in flight are done.
-/// Tests bind `127.0.0.1:0` and pass the listener in.
+/// The API router together with the leader loops (scheduler, node liveness, cron),
+/// which share its heartbeat record and metrics and run while `cluster` reports this
+/// replica as leader. Must be called inside a tokio runtime. Dropping the handle (or
+/// [`LeaderLoops::stop`]) stops the loops.
+pub fn router_with_leader_loops(
+    config: ServerConfig,
+    cluster: Arc<dyn ClusterService>,
+) -> (axum::Router, LeaderLoops) {
+    let (router, app) = app::build(config, cluster);
+    let loops = app.spawn_leader_loops();
+    (router, loops)
+}
+
+/// Serves the API on `listener`, with the leader loops running while this replica leads,
+/// until `shutdown` resolves; then stops the loops and accepting connections, answers
+/// long polls at once, and returns when requests in flight are done. Tests bind
+/// `127.0.0.1:0` and pass the listener in.
 pub async fn serve(
     config: ServerConfig,
     cluster: Arc<dyn ClusterService>,

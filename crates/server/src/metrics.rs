@@ -56,6 +56,26 @@ struct StateLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// What the leader loops count. Cheap to clone: every field is a shared handle into the
+/// registry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LeaderMetrics {
+    /// Jobs placed by the scheduler (accepted placements).
+    pub placements: Counter,
+    /// Scheduler planning rounds.
+    pub scheduler_rounds: Counter,
+    /// Nodes declared down for missed heartbeats.
+    pub nodes_lost: Counter,
+    /// Draining nodes whose work was stopped at the drain deadline.
+    pub node_evictions: Counter,
+    /// Schedule due times that created a job.
+    pub schedule_fires: Counter,
+    /// Schedule due times recorded as skipped (catch-up, overlap, credits, disabled).
+    pub schedule_skips: Counter,
+    /// Leader loops running on this replica now (0 on followers).
+    pub loops_running: Gauge,
+}
+
 /// The server's metrics registry.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -69,6 +89,7 @@ pub(crate) struct Metrics {
     leader: Family<ReplicaLabels, Gauge>,
     jobs: Family<StateLabels, Gauge>,
     nodes: Family<StateLabels, Gauge>,
+    leader_loops: LeaderMetrics,
     /// Serializes scrapes: each one refreshes the gauges, then encodes.
     scrape: Mutex<()>,
 }
@@ -142,6 +163,42 @@ impl Metrics {
         registry.register("jobs", "Jobs by state", jobs.clone());
         let nodes = Family::<StateLabels, Gauge>::default();
         registry.register("nodes", "Worker nodes by state", nodes.clone());
+        let leader_loops = LeaderMetrics::default();
+        registry.register(
+            "scheduler_placements",
+            "Jobs placed on nodes by the scheduler",
+            leader_loops.placements.clone(),
+        );
+        registry.register(
+            "scheduler_rounds",
+            "Scheduler planning rounds",
+            leader_loops.scheduler_rounds.clone(),
+        );
+        registry.register(
+            "nodes_lost",
+            "Nodes declared down after missing their heartbeats",
+            leader_loops.nodes_lost.clone(),
+        );
+        registry.register(
+            "node_evictions",
+            "Draining nodes whose work was stopped at the drain deadline",
+            leader_loops.node_evictions.clone(),
+        );
+        registry.register(
+            "schedule_fires",
+            "Schedule due times that created a job",
+            leader_loops.schedule_fires.clone(),
+        );
+        registry.register(
+            "schedule_skips",
+            "Schedule due times recorded as skipped",
+            leader_loops.schedule_skips.clone(),
+        );
+        registry.register(
+            "leader_loops_running",
+            "Leader-only loops (scheduler, liveness, cron) running on this replica",
+            leader_loops.loops_running.clone(),
+        );
         Self {
             registry,
             requests,
@@ -154,8 +211,14 @@ impl Metrics {
             leader,
             jobs,
             nodes,
+            leader_loops,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// The leader loops' counters and gauge.
+    pub(crate) fn leader_loops(&self) -> &LeaderMetrics {
+        &self.leader_loops
     }
 
     /// Counts a request as in flight until the returned guard is dropped (also when the

@@ -211,6 +211,43 @@ async fn scopes_limit_what_a_key_may_do() {
     let topology = api.post("cluster/topology", Some(&user), json!({})).await;
     assert_eq!(topology.status, 200);
     assert_eq!(topology.body["leader"], "replica-1");
+    let agent_topology = api.post("cluster/topology", Some(&agent), json!({})).await;
+    assert_eq!(agent_topology.status, 200);
+    // Agents register, speak the agent protocol and read jobs; nothing else.
+    for path in [
+        "nodes/list",
+        "nodes/node-1/get",
+        "nodes/node-1/drain",
+        "keys/list",
+    ] {
+        let refused = api.post(path, Some(&agent), json!({})).await;
+        assert_eq!(
+            (refused.status.as_u16(), refused.code()),
+            (403, "forbidden"),
+            "{path}"
+        );
+    }
+    for path in [
+        "nodes/node-1/heartbeat",
+        "jobs/job-1/attempts/att-1/started",
+    ] {
+        let refused = api.post(path, Some(&user), json!({})).await;
+        assert_eq!(refused.status, 403, "{path}");
+    }
+    api.top_up("acme", 1_000_000).await;
+    let job = api.post("jobs/submit", Some(&user), job_spec()).await.body["job"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = api
+        .post(&format!("jobs/{job}/get"), Some(&agent), json!({}))
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["job"]["business"], "acme");
+    let logs = api
+        .post(&format!("jobs/{job}/logs"), Some(&agent), json!({}))
+        .await;
+    assert_eq!(logs.status, 403);
 }
 
 #[tokio::test]
@@ -740,6 +777,11 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
         "/api/compute/nodes/{id}/get",
         "/api/compute/nodes/{id}/drain",
         "/api/compute/nodes/{id}/delete",
+        "/api/compute/nodes/{id}/heartbeat",
+        "/api/compute/nodes/{id}/work",
+        "/api/compute/jobs/{id}/attempts/{attempt}/started",
+        "/api/compute/jobs/{id}/attempts/{attempt}/finished",
+        "/api/compute/jobs/{id}/attempts/{attempt}/logs",
         "/api/compute/keys/create",
         "/api/compute/keys/list",
         "/api/compute/keys/{id}/revoke",
@@ -762,7 +804,7 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
     }
     assert_eq!(
         paths.len(),
-        28,
+        33,
         "a route is documented that the test does not know"
     );
     let schemas = doc["components"]["schemas"].as_object().unwrap();

@@ -23,6 +23,8 @@ use crate::extract::{ApiJson, ApiPath};
 
 /// Scopes that may use the job routes.
 const JOB_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
+/// Scopes that may read one job: agents too, to see what they run.
+const JOB_READ_SCOPES: &[Scope] = &[Scope::Admin, Scope::User, Scope::Agent];
 /// Page size of `jobs/list` when none is asked for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Largest page of `jobs/list`.
@@ -113,7 +115,7 @@ pub(crate) async fn handle_get_job(
     ApiPath(id): ApiPath,
     ApiJson(request): ApiJson<ReadRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    principal.require(JOB_SCOPES)?;
+    principal.require(JOB_READ_SCOPES)?;
     app.barrier(request.consistency).await?;
     app.read(|state| {
         let job = visible_job(state, &principal, &JobId(id))?.clone();
@@ -325,7 +327,7 @@ pub(crate) fn submit_command(
     })
 }
 
-fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_reason(reason: Option<&str>) -> Result<(), ApiError> {
     match reason {
         Some(reason) if reason.len() > 4096 => {
             Err(ApiError::Invalid("reasons are at most 4096 bytes".into()))
@@ -353,7 +355,7 @@ pub(crate) fn visible_job<'s>(
 ) -> Result<&'s Job, ApiError> {
     state
         .job(id)
-        .filter(|job| principal.sees(&job.business))
+        .filter(|job| principal.reads_job_of(&job.business))
         .ok_or_else(|| ApiError::not_found("job", id))
 }
 

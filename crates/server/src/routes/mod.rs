@@ -5,6 +5,7 @@
 //! Routes are registered through `utoipa-axum`, so the router and `/api/openapi.json`
 //! are built from the same list and cannot drift apart.
 
+pub(crate) mod agents;
 pub(crate) mod cluster;
 pub(crate) mod credits;
 pub(crate) mod jobs;
@@ -36,6 +37,7 @@ use crate::app::AppState;
     tags(
         (name = "jobs", description = "Submit and follow jobs"),
         (name = "nodes", description = "Worker nodes"),
+        (name = "agents", description = "The agent protocol: heartbeats, work, attempt reports (agent or admin keys)"),
         (name = "keys", description = "API keys (admin)"),
         (name = "credits", description = "The credit ledger"),
         (name = "schedules", description = "Cron schedules"),
@@ -106,6 +108,11 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::handle_get_node))
         .routes(routes!(nodes::handle_drain_node))
         .routes(routes!(nodes::handle_delete_node))
+        .routes(routes!(agents::handle_heartbeat_node))
+        .routes(routes!(agents::handle_poll_node_work))
+        .routes(routes!(agents::handle_report_attempt_started))
+        .routes(routes!(agents::handle_report_attempt_finished))
+        .routes(routes!(agents::handle_append_attempt_logs))
         .routes(routes!(keys::handle_create_key))
         .routes(routes!(keys::handle_list_keys))
         .routes(routes!(keys::handle_revoke_key))

@@ -1,5 +1,6 @@
-//! `nodes/register` (agents), `nodes/list`, `nodes/{id}/get`, `nodes/{id}/drain`,
-//! `nodes/{id}/delete`.
+//! `nodes/register` (agents and admins), `nodes/list`, `nodes/{id}/get`,
+//! `nodes/{id}/drain`, `nodes/{id}/delete` (admins). The agent protocol's node routes
+//! (`heartbeat`, `work`) are in `agents`.
 
 use axum::extract::State;
 use axum::Json;
@@ -15,8 +16,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 
-/// Agents register their node and read nodes; admins do everything.
-const READ_SCOPES: &[Scope] = &[Scope::Admin, Scope::Agent];
+/// Agents register their node; admins do everything.
+const REGISTER_SCOPES: &[Scope] = &[Scope::Admin, Scope::Agent];
 /// The longest drain deadline: 30 days.
 pub const MAX_DRAIN_SECS: u64 = 30 * 24 * 3600;
 
@@ -34,7 +35,7 @@ pub(crate) async fn handle_register_node(
     principal: Principal,
     ApiJson(request): ApiJson<NodeRegisterRequest>,
 ) -> Result<Json<NodeResponse>, ApiError> {
-    principal.require(READ_SCOPES)?;
+    principal.require(REGISTER_SCOPES)?;
     let command = register_command(request, now_ms())?;
     let (effect, index) = app.write(command).await?;
     Ok(Json(NodeResponse {
@@ -57,7 +58,7 @@ pub(crate) async fn handle_list_nodes(
     principal: Principal,
     ApiJson(request): ApiJson<NodeListRequest>,
 ) -> Result<Json<NodeListResponse>, ApiError> {
-    principal.require(READ_SCOPES)?;
+    principal.require(&[Scope::Admin])?;
     app.barrier(request.consistency).await?;
     Ok(Json(
         app.read(|state| list_nodes(state, request.include_deleted)),
@@ -84,7 +85,7 @@ pub(crate) async fn handle_get_node(
     ApiPath(id): ApiPath,
     ApiJson(request): ApiJson<ReadRequest>,
 ) -> Result<Json<NodeResponse>, ApiError> {
-    principal.require(READ_SCOPES)?;
+    principal.require(&[Scope::Admin])?;
     app.barrier(request.consistency).await?;
     let id = NodeId(id);
     app.read(|state| {

@@ -1,0 +1,379 @@
+//! The cron loop: fires each enabled schedule's due times, applying its catch-up policy
+//! to due times missed while no leader was firing.
+//!
+//! Each due time handled is one `ScheduleFire` whose job id derives from (schedule id,
+//! due time) alone ([`fire_job_id`]); `apply` ignores a due time at or before the
+//! schedule's `last_fire_at`. Together they make a tick fire exactly once, whichever
+//! leader (or how many, across a failover) proposes it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tanvrit_api::{CatchUpPolicy, JobId, Millis, Schedule, ScheduleId};
+use tanvrit_state::{Command, Effect};
+
+use super::{LeaderContext, ProposeError};
+use crate::app::now_ms;
+use crate::cron::CronSchedule;
+
+/// The loop looks at the schedules at least this often, so new and changed ones are
+/// noticed soon.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// The skip reason of due times the catch-up policy passes over.
+pub(crate) const MISSED: &str = "missed";
+
+/// One due time to handle: fired, or recorded as skipped with a reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// The due time.
+    pub due_at: Millis,
+    /// Set when it is recorded as skipped instead of fired.
+    pub skip_reason: Option<String>,
+}
+
+impl Due {
+    fn fire(due_at: Millis) -> Self {
+        Self {
+            due_at,
+            skip_reason: None,
+        }
+    }
+
+    fn skip(due_at: Millis) -> Self {
+        Self {
+            due_at,
+            skip_reason: Some(MISSED.into()),
+        }
+    }
+}
+
+/// The job id of a schedule's fire at `due_at`: `job-<uuid v7>` with the due time as its
+/// timestamp and hash bytes of the schedule id as the rest, so the same tick gives the
+/// same id on every replica and every leader, and ids still sort by due time.
+pub(crate) fn fire_job_id(schedule: &ScheduleId, due_at: Millis) -> JobId {
+    let digest = Sha256::digest(schedule.as_str().as_bytes());
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(due_at).unwrap_or(0);
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
+    JobId(format!("job-{uuid}"))
+}
+
+/// The due times of `schedule` to handle at `now`, oldest first: those after its last
+/// handled one (or its creation) and at or before `now`, filtered by its catch-up policy.
+///
+/// Due times passed over are recorded with one skip, at the newest of them: it moves
+/// `last_fire_at` past all of them and counts once, however many there were (a schedule
+/// every second that missed a day does not write 86,400 entries).
+pub(crate) fn due_now(
+    schedule: &Schedule,
+    cron: &CronSchedule,
+    now: Millis,
+    skip_grace: Duration,
+) -> Vec<Due> {
+    let after = schedule.last_fire_at.unwrap_or(schedule.created_at);
+    let due_after = |before: Millis| cron.previous_before(before).filter(|due| *due > after);
+    let Some(latest) = due_after(now + 1) else {
+        return Vec::new();
+    };
+    let grace = i64::try_from(skip_grace.as_millis()).unwrap_or(i64::MAX);
+    let mut handled = Vec::new();
+    match schedule.catch_up {
+        CatchUpPolicy::Skip if now - latest > grace => handled.push(Due::skip(latest)),
+        CatchUpPolicy::Skip | CatchUpPolicy::LatestOnly => {
+            handled.extend(due_after(latest).map(Due::skip));
+            handled.push(Due::fire(latest));
+        }
+        CatchUpPolicy::All(limit) => {
+            // Walk back from the newest: `limit` fires at most, oldest first.
+            let mut fires = vec![latest];
+            while fires.len() < limit.max(1) as usize {
+                match due_after(fires[fires.len() - 1]) {
+                    Some(older) => fires.push(older),
+                    None => break,
+                }
+            }
+            handled.extend(due_after(fires[fires.len() - 1]).map(Due::skip));
+            handled.extend(fires.into_iter().rev().map(Due::fire));
+        }
+    }
+    handled
+}
+
+/// The cron loop; returns only when the replica shuts down.
+pub(crate) async fn run(context: &LeaderContext) {
+    let grace = context.config.cron_skip_grace;
+    // Schedules whose stored expression does not parse (cannot happen through the API,
+    // which checks it) are reported once, not every second.
+    let mut reported = HashSet::new();
+    loop {
+        let now = now_ms();
+        let schedules: Vec<Schedule> = context
+            .reader()
+            .read(|state| state.schedules().filter(|s| s.enabled).cloned().collect());
+        let mut wake = now + MAX_SLEEP.as_millis() as Millis;
+        for schedule in &schedules {
+            let cron = match CronSchedule::parse(&schedule.cron, &schedule.timezone) {
+                Ok(cron) => cron,
+                Err(error) => {
+                    if reported.insert(schedule.id.clone()) {
+                        tracing::error!(schedule = %schedule.id, %error, "schedule cannot be fired");
+                    }
+                    continue;
+                }
+            };
+            for due in due_now(schedule, &cron, now, grace) {
+                match fire(context, schedule, due).await {
+                    Ok(()) => {}
+                    Err(ProposeError::ShuttingDown) => return,
+                    // Retried on the next pass, at most a second away.
+                    Err(ProposeError::Failed) => break,
+                }
+            }
+            if let Some(next) = cron.next_after(now) {
+                wake = wake.min(next);
+            }
+        }
+        let until = u64::try_from(wake - now_ms()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(until)).await;
+    }
+}
+
+/// Proposes one `ScheduleFire` and counts what it did.
+async fn fire(context: &LeaderContext, schedule: &Schedule, due: Due) -> Result<(), ProposeError> {
+    let command = Command::ScheduleFire {
+        schedule: schedule.id.clone(),
+        due_at: due.due_at,
+        job: fire_job_id(&schedule.id, due.due_at),
+        rates: context.config.rates,
+        skip_reason: due.skip_reason,
+        at: now_ms(),
+    };
+    let (outcome, _) = context.propose(command).await?;
+    match outcome {
+        Ok(Effect::Fired {
+            duplicate: true, ..
+        }) => {}
+        Ok(Effect::Fired { job, skipped, .. }) => {
+            if let Some(job) = job {
+                context.metrics.schedule_fires.inc();
+                tracing::debug!(schedule = %schedule.id, due_at = due.due_at, job = %job.id, "schedule fired");
+            }
+            if let Some(reason) = skipped {
+                context.metrics.schedule_skips.inc();
+                tracing::debug!(schedule = %schedule.id, due_at = due.due_at, reason, "schedule due time skipped");
+            }
+        }
+        Ok(other) => tracing::warn!(?other, "unexpected outcome of a ScheduleFire"),
+        // Deleted (or changed) since it was read: nothing to fire.
+        Err(rejection) => {
+            tracing::debug!(schedule = %schedule.id, %rejection, "schedule fire refused")
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tanvrit_api::{JobSpec, OverlapPolicy};
+
+    // 2026-01-10T08:00:00Z
+    const EIGHT: Millis = 1_768_032_000_000;
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn schedule(cron: &str, catch_up: CatchUpPolicy, last_fire_at: Option<Millis>) -> Schedule {
+        Schedule {
+            id: ScheduleId::from("sch-1"),
+            business: "acme".into(),
+            name: None,
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            template: JobSpec {
+                command: vec!["true".into()],
+                ..JobSpec::default()
+            },
+            enabled: true,
+            overlap: OverlapPolicy::Allow,
+            catch_up,
+            created_at: EIGHT - 3_600_000,
+            updated_at: EIGHT - 3_600_000,
+            last_fire_at,
+            last_job: None,
+            fired: 0,
+            skipped: 0,
+            modify_index: 1,
+        }
+    }
+
+    fn plan(cron: &str, catch_up: CatchUpPolicy, last: Option<Millis>, now: Millis) -> Vec<Due> {
+        let s = schedule(cron, catch_up, last);
+        due_now(&s, &CronSchedule::parse(cron, "UTC").unwrap(), now, GRACE)
+    }
+
+    const MINUTE: Millis = 60_000;
+
+    #[test]
+    fn a_due_time_on_schedule_fires_once_and_nothing_fires_before_it() {
+        let every_minute = "* * * * *";
+        for policy in [
+            CatchUpPolicy::Skip,
+            CatchUpPolicy::LatestOnly,
+            CatchUpPolicy::All(5),
+        ] {
+            assert_eq!(
+                plan(every_minute, policy, Some(EIGHT), EIGHT + 30_000),
+                vec![],
+                "{policy:?}"
+            );
+            assert_eq!(
+                plan(every_minute, policy, Some(EIGHT), EIGHT + MINUTE + 20),
+                vec![Due::fire(EIGHT + MINUTE)],
+                "{policy:?}"
+            );
+            assert_eq!(
+                plan(
+                    every_minute,
+                    policy,
+                    Some(EIGHT + MINUTE),
+                    EIGHT + MINUTE + 20
+                ),
+                vec![],
+                "already handled: {policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_schedule_fires_nothing_from_before_it_was_created() {
+        // Created at 07:00; the first due time is 07:01.
+        assert_eq!(
+            plan(
+                "* * * * *",
+                CatchUpPolicy::All(1000),
+                None,
+                EIGHT - 3_600_000 + 500
+            ),
+            vec![]
+        );
+        assert_eq!(
+            plan(
+                "* * * * *",
+                CatchUpPolicy::All(1000),
+                None,
+                EIGHT - 3_600_000 + MINUTE
+            ),
+            vec![Due::fire(EIGHT - 3_600_000 + MINUTE)]
+        );
+    }
+
+    #[test]
+    fn skip_fires_a_missed_time_only_within_the_grace_and_records_the_rest_once() {
+        let last = Some(EIGHT);
+        let now = EIGHT + 10 * MINUTE + 2_000;
+        assert_eq!(
+            plan("* * * * *", CatchUpPolicy::Skip, last, now),
+            vec![
+                Due::skip(EIGHT + 9 * MINUTE),
+                Due::fire(EIGHT + 10 * MINUTE)
+            ],
+            "the 10th minute is 2 s late: within the grace"
+        );
+        let late = EIGHT + 10 * MINUTE + 6_000;
+        assert_eq!(
+            plan("* * * * *", CatchUpPolicy::Skip, last, late),
+            vec![Due::skip(EIGHT + 10 * MINUTE)]
+        );
+        assert_eq!(
+            plan(
+                "* * * * *",
+                CatchUpPolicy::Skip,
+                last,
+                EIGHT + MINUTE + 6_000
+            ),
+            vec![Due::skip(EIGHT + MINUTE)],
+            "a single missed time past the grace is skipped too"
+        );
+    }
+
+    #[test]
+    fn latest_only_fires_the_newest_missed_time_however_late() {
+        let now = EIGHT + 10 * MINUTE + 30_000;
+        assert_eq!(
+            plan("* * * * *", CatchUpPolicy::LatestOnly, Some(EIGHT), now),
+            vec![
+                Due::skip(EIGHT + 9 * MINUTE),
+                Due::fire(EIGHT + 10 * MINUTE)
+            ]
+        );
+        assert_eq!(
+            plan(
+                "* * * * *",
+                CatchUpPolicy::LatestOnly,
+                Some(EIGHT),
+                EIGHT + MINUTE + 30_000
+            ),
+            vec![Due::fire(EIGHT + MINUTE)]
+        );
+    }
+
+    #[test]
+    fn all_fires_up_to_n_missed_times_oldest_first_and_skips_older_ones_once() {
+        let now = EIGHT + 10 * MINUTE + 30_000;
+        assert_eq!(
+            plan("* * * * *", CatchUpPolicy::All(3), Some(EIGHT), now),
+            vec![
+                Due::skip(EIGHT + 7 * MINUTE),
+                Due::fire(EIGHT + 8 * MINUTE),
+                Due::fire(EIGHT + 9 * MINUTE),
+                Due::fire(EIGHT + 10 * MINUTE),
+            ]
+        );
+        let fewer = EIGHT + 2 * MINUTE + 1;
+        assert_eq!(
+            plan("* * * * *", CatchUpPolicy::All(3), Some(EIGHT), fewer),
+            vec![Due::fire(EIGHT + MINUTE), Due::fire(EIGHT + 2 * MINUTE)]
+        );
+    }
+
+    #[test]
+    fn a_year_of_missed_seconds_is_planned_without_walking_through_them() {
+        let year = 365 * 24 * 3_600_000;
+        let started = std::time::Instant::now();
+        let handled = plan(
+            "* * * * * *",
+            CatchUpPolicy::Skip,
+            Some(EIGHT),
+            EIGHT + year,
+        );
+        assert_eq!(
+            handled,
+            vec![Due::skip(EIGHT + year - 1000), Due::fire(EIGHT + year)]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn fire_job_ids_derive_from_the_schedule_and_due_time_only() {
+        let a = ScheduleId::from("sch-a");
+        let b = ScheduleId::from("sch-b");
+        assert_eq!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT));
+        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&b, EIGHT));
+        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT + 1000));
+        assert!(fire_job_id(&a, EIGHT) < fire_job_id(&a, EIGHT + 1000));
+        let id = fire_job_id(&a, EIGHT);
+        let uuid = uuid::Uuid::parse_str(id.as_str().strip_prefix("job-").unwrap()).unwrap();
+        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000),
+            EIGHT,
+            "the uuid's timestamp is the due time"
+        );
+        assert!(tanvrit_state::validate::identifier("job id", id.as_str()).is_ok());
+    }
+}

@@ -1,0 +1,332 @@
+//! Node liveness: [`Liveness`] keeps the last heartbeat of each node in the leader's
+//! memory (heartbeats are not writes), and [`run`] declares a node lost (`NodeLost`) once
+//! it has been silent for `node_ttl`, and stops the work of a draining node at its drain
+//! deadline (`NodeEvict`).
+//!
+//! Grace: a node is judged from the later of its last heartbeat here and the moment this
+//! leader's loop first saw it ready or draining. So a new leader (which has heard no
+//! heartbeat yet) gives every node one TTL from when it took over, and a node that just
+//! registered gets one TTL to send its first heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tanvrit_api::{Millis, NodeId, NodeState};
+use tanvrit_state::{Command, Effect, State};
+use tokio::time::Instant;
+
+use super::{LeaderContext, ProposeError};
+use crate::app::now_ms;
+
+/// The reason recorded on attempts stopped at a drain deadline.
+pub const DRAIN_DEADLINE_REASON: &str = "drain deadline";
+/// Nodes are checked at least this often, so newly registered ones start their grace
+/// soon after they appear.
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Checks are at least this far apart, however many nodes expire together.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The last heartbeat heard from each node, on this replica. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    last_seen: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Liveness {
+    /// A new, empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a heartbeat from `node` now.
+    pub fn record(&self, node: &NodeId) {
+        self.last_seen.lock().insert(node.clone(), Instant::now());
+    }
+
+    /// When `node` last heartbeated here, if it did.
+    pub fn last_seen(&self, node: &NodeId) -> Option<Instant> {
+        self.last_seen.lock().get(node).copied()
+    }
+
+    /// Forgets every node `keep` refuses (nodes that are down or deleted).
+    fn retain(&self, mut keep: impl FnMut(&NodeId) -> bool) {
+        self.last_seen.lock().retain(|node, _| keep(node));
+    }
+}
+
+/// What one liveness check found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Check {
+    /// Nodes silent for longer than the TTL.
+    pub lost: Vec<NodeId>,
+    /// When the next node expires if nothing is heard from it.
+    pub next_expiry: Option<Instant>,
+}
+
+/// Judges the `watched` nodes (ready or draining) at `now`. `since` holds when this loop
+/// first saw each node; it is updated here (new nodes start now, gone ones are dropped).
+pub(crate) fn check(
+    watched: &[NodeId],
+    liveness: &Liveness,
+    since: &mut HashMap<NodeId, Instant>,
+    now: Instant,
+    ttl: Duration,
+) -> Check {
+    since.retain(|node, _| watched.contains(node));
+    let mut result = Check::default();
+    for node in watched {
+        let first_seen = *since.entry(node.clone()).or_insert(now);
+        let heard = liveness
+            .last_seen(node)
+            .map_or(first_seen, |t| t.max(first_seen));
+        let expiry = heard + ttl;
+        if now > expiry {
+            result.lost.push(node.clone());
+        } else {
+            result.next_expiry = Some(result.next_expiry.map_or(expiry, |e| e.min(expiry)));
+        }
+    }
+    result
+}
+
+/// Draining nodes past their deadline that still have active attempts.
+pub(crate) fn overdue_drains(state: &State, now: Millis) -> Vec<NodeId> {
+    state
+        .nodes()
+        .filter(|node| node.state == NodeState::Draining)
+        .filter(|node| node.drain_deadline.is_some_and(|deadline| deadline <= now))
+        .filter(|node| state.node_view(node).active_attempts > 0)
+        .map(|node| node.id.clone())
+        .collect()
+}
+
+/// The earliest drain deadline of a draining node still ahead of `now`.
+fn next_drain_deadline(state: &State, now: Millis) -> Option<Millis> {
+    state
+        .nodes()
+        .filter(|node| node.state == NodeState::Draining)
+        .filter_map(|node| node.drain_deadline)
+        .filter(|deadline| *deadline > now)
+        .min()
+}
+
+/// The liveness loop; returns only when the replica shuts down.
+pub(crate) async fn run(context: &LeaderContext) {
+    let ttl = context.config.node_ttl;
+    let mut since = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let wall = now_ms();
+        let (watched, overdue, next_deadline) = context.reader().read(|state| {
+            let watched: Vec<NodeId> = state
+                .nodes()
+                .filter(|node| matches!(node.state, NodeState::Ready | NodeState::Draining))
+                .map(|node| node.id.clone())
+                .collect();
+            (
+                watched,
+                overdue_drains(state, wall),
+                next_drain_deadline(state, wall),
+            )
+        });
+        context.liveness.retain(|node| watched.contains(node));
+        let found = check(&watched, &context.liveness, &mut since, now, ttl);
+        let mut failed = false;
+        for node in found.lost {
+            tracing::warn!(node = %node, ttl_ms = ttl.as_millis() as u64, "node missed its heartbeats; declaring it down");
+            let command = Command::NodeLost {
+                node: node.clone(),
+                at: now_ms(),
+            };
+            match context.propose(command).await {
+                Ok((Ok(Effect::Node { .. }), _)) => {
+                    context.metrics.nodes_lost.inc();
+                }
+                Ok((outcome, _)) => {
+                    tracing::debug!(node = %node, ?outcome, "declaring a node down changed nothing")
+                }
+                Err(ProposeError::ShuttingDown) => return,
+                Err(ProposeError::Failed) => failed = true,
+            }
+        }
+        for node in overdue {
+            tracing::info!(node = %node, "drain deadline passed; stopping the node's work");
+            let command = Command::NodeEvict {
+                node: node.clone(),
+                reason: DRAIN_DEADLINE_REASON.into(),
+                at: now_ms(),
+            };
+            match context.propose(command).await {
+                Ok((Ok(Effect::Node { .. }), _)) => {
+                    context.metrics.node_evictions.inc();
+                }
+                Ok((outcome, _)) => {
+                    tracing::debug!(node = %node, ?outcome, "eviction at the drain deadline refused")
+                }
+                Err(ProposeError::ShuttingDown) => return,
+                Err(ProposeError::Failed) => failed = true,
+            }
+        }
+        let mut wake = now + MAX_CHECK_INTERVAL;
+        if let Some(expiry) = found.next_expiry {
+            // Just past the expiry: a node is lost once it is *more* than a TTL silent.
+            wake = wake.min(expiry + Duration::from_millis(1));
+        }
+        if let Some(deadline) = next_deadline {
+            let until = Duration::from_millis(u64::try_from(deadline - wall).unwrap_or(0));
+            wake = wake.min(now + until);
+        }
+        if failed {
+            wake = wake.max(now + context.config.retry_after);
+        }
+        tokio::time::sleep_until(wake.max(now + MIN_CHECK_INTERVAL)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tanvrit_api::{JobId, JobSpec, Rates, Resources};
+    use tanvrit_state::Placement;
+
+    const TTL: Duration = Duration::from_millis(300);
+
+    fn nodes(ids: &[&str]) -> Vec<NodeId> {
+        ids.iter().map(|id| NodeId::from(*id)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_lost_only_after_a_whole_ttl_without_a_heartbeat() {
+        let liveness = Liveness::new();
+        let mut since = HashMap::new();
+        let start = Instant::now();
+        let watched = nodes(&["node-a", "node-b"]);
+        liveness.record(&NodeId::from("node-a"));
+        let first = check(&watched, &liveness, &mut since, start, TTL);
+        assert!(first.lost.is_empty());
+        assert_eq!(first.next_expiry, Some(start + TTL));
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        liveness.record(&NodeId::from("node-b"));
+        let at_ttl = check(&watched, &liveness, &mut since, start + TTL, TTL);
+        assert!(
+            at_ttl.lost.is_empty(),
+            "exactly one TTL is not yet too long"
+        );
+
+        let later = start + TTL + Duration::from_millis(1);
+        let found = check(&watched, &liveness, &mut since, later, TTL);
+        assert_eq!(found.lost, nodes(&["node-a"]));
+        assert_eq!(
+            found.next_expiry,
+            Some(start + Duration::from_millis(200) + TTL),
+            "node-b heartbeated later"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_grants_every_node_one_ttl_from_when_it_first_saw_it() {
+        let liveness = Liveness::new();
+        // A heartbeat heard long ago (a previous term) does not shorten the grace.
+        liveness.record(&NodeId::from("node-a"));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let mut since = HashMap::new();
+        let took_over = Instant::now();
+        let watched = nodes(&["node-a"]);
+        assert!(check(&watched, &liveness, &mut since, took_over, TTL)
+            .lost
+            .is_empty());
+        let within = took_over + TTL - Duration::from_millis(1);
+        assert!(check(&watched, &liveness, &mut since, within, TTL)
+            .lost
+            .is_empty());
+        let past = took_over + TTL + Duration::from_millis(1);
+        assert_eq!(
+            check(&watched, &liveness, &mut since, past, TTL).lost,
+            watched
+        );
+        // A node that appears later (registered) starts its own grace then.
+        let both = nodes(&["node-a", "node-b"]);
+        let found = check(&both, &liveness, &mut since, past, TTL);
+        assert_eq!(found.lost, nodes(&["node-a"]));
+        assert_eq!(found.next_expiry, Some(past + TTL));
+        // A node no longer watched (down) is forgotten; when it comes back it starts over.
+        check(&[], &liveness, &mut since, past, TTL);
+        assert!(since.is_empty());
+    }
+
+    fn apply(state: &mut State, command: Command) {
+        let index = state.applied_index() + 1;
+        state.apply(index, &command).expect("accepted");
+    }
+
+    #[test]
+    fn only_draining_nodes_past_their_deadline_with_active_work_are_overdue() {
+        let mut state = State::new();
+        for id in ["node-a", "node-b", "node-c"] {
+            apply(
+                &mut state,
+                Command::NodeRegister {
+                    node: NodeId::from(id),
+                    name: id.into(),
+                    resources: Resources {
+                        cpu_millis: 1000,
+                        memory_mb: 1024,
+                        gpus: 0,
+                    },
+                    labels: Default::default(),
+                    at: 1,
+                },
+            );
+        }
+        for (n, node) in ["node-a", "node-b"].iter().enumerate() {
+            let job = JobId(format!("job-{n}"));
+            apply(
+                &mut state,
+                Command::JobSubmit {
+                    job: job.clone(),
+                    business: "acme".into(),
+                    spec: JobSpec {
+                        command: vec!["true".into()],
+                        ..JobSpec::default()
+                    },
+                    idempotency_key: None,
+                    rates: Rates::default(),
+                    at: 2,
+                },
+            );
+            apply(
+                &mut state,
+                Command::JobsAssign {
+                    placements: vec![Placement {
+                        job,
+                        attempt: format!("att-{n}").into(),
+                        node: NodeId::from(*node),
+                    }],
+                    at: 3,
+                },
+            );
+        }
+        for (node, deadline) in [("node-a", 100), ("node-b", 500), ("node-c", 100)] {
+            apply(
+                &mut state,
+                Command::NodeDrain {
+                    node: NodeId::from(node),
+                    deadline: Some(deadline),
+                    at: 4,
+                },
+            );
+        }
+        assert!(overdue_drains(&state, 99).is_empty());
+        assert_eq!(
+            overdue_drains(&state, 100),
+            nodes(&["node-a"]),
+            "node-c has no work"
+        );
+        assert_eq!(overdue_drains(&state, 500), nodes(&["node-a", "node-b"]));
+        assert_eq!(next_drain_deadline(&state, 100), Some(500));
+        assert_eq!(next_drain_deadline(&state, 500), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The scheduler loop: plans placements with the pure `tanvrit_state::scheduler::plan`
+//! and proposes them, many per `JobsAssign` entry.
+//!
+//! It wakes on new work, not on a fixed tick: any applied write (a job submitted, a node
+//! registered, an attempt finished, credits topped up) may make a placement possible, so
+//! it waits for the applied index to move; a timer covers the one thing that changes
+//! without a write, a retry backoff running out.
+
+use std::time::Duration;
+
+use tanvrit_api::AttemptId;
+use tanvrit_state::scheduler::{plan, Planned};
+use tanvrit_state::{Command, Effect, Placement};
+
+use super::{LeaderContext, ProposeError};
+use crate::app::{new_id, now_ms};
+
+/// With no backoff to wait for, the loop still plans this often. Nothing should change
+/// without a write, so this is only a safety net.
+const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// Rounds woken by writes are at least this far apart, so a burst of submissions is
+/// placed in one log entry rather than one entry each.
+const ROUND_SPACING: Duration = Duration::from_millis(10);
+
+/// Gives each planned placement a fresh attempt id.
+fn placements(planned: Vec<Planned>) -> Vec<Placement> {
+    planned
+        .into_iter()
+        .map(|planned| Placement {
+            job: planned.job,
+            attempt: AttemptId(new_id("att")),
+            node: planned.node,
+        })
+        .collect()
+}
+
+/// The scheduler loop; returns only when the replica shuts down.
+pub(crate) async fn run(context: &LeaderContext) {
+    let strategy = context.config.scheduler_strategy;
+    let max = context.config.max_placements_per_write.max(1);
+    loop {
+        // Taken before planning, so a write applied while planning wakes the next wait.
+        let mut seen = context.reader().applied_index();
+        let now = now_ms();
+        let (planned, report) = context
+            .reader()
+            .read(|state| plan(state, now, strategy, max));
+        context.metrics.scheduler_rounds.inc();
+        if !planned.is_empty() {
+            let command = Command::JobsAssign {
+                placements: placements(planned),
+                at: now,
+            };
+            match context.propose(command).await {
+                Ok((Ok(Effect::Placements { placed, refused }), index)) => {
+                    context.metrics.placements.inc_by(placed.len() as u64);
+                    for (job, rejection) in &refused {
+                        tracing::debug!(job = %job, %rejection, "placement refused");
+                    }
+                    if !placed.is_empty() {
+                        // More may fit (the queue was longer than one entry): plan again.
+                        continue;
+                    }
+                    // All refused: the state moved under the plan. Wait for the next
+                    // change rather than planning the same thing again.
+                    seen = index;
+                }
+                Ok((outcome, index)) => {
+                    tracing::warn!(?outcome, "unexpected outcome of a JobsAssign");
+                    seen = index;
+                }
+                Err(ProposeError::ShuttingDown) => return,
+                Err(ProposeError::Failed) => {
+                    tokio::time::sleep(context.config.retry_after).await;
+                    continue;
+                }
+            }
+        }
+        let mut wait = IDLE_WAIT;
+        if let Some(wake) = report.next_wake {
+            let until = u64::try_from(wake - now_ms()).unwrap_or(0);
+            wait = wait.min(Duration::from_millis(until));
+        }
+        context.reader().wait_past(seen, wait).await;
+        tokio::time::sleep(ROUND_SPACING).await;
+    }
+}
