@@ -22,6 +22,7 @@
 //! | `min_index_wait` | `TANVRIT_MIN_INDEX_WAIT` | `5s` |
 //! | `long_poll_max` | `TANVRIT_LONG_POLL_MAX` | `30s` |
 //! | `retry_after` | `TANVRIT_RETRY_AFTER` | `1s` |
+//! | `node_ttl` | `TANVRIT_NODE_TTL` | `15s` |
 //!
 //! The file is named by `--config` or `TANVRIT_CONFIG`. Client-side variables
 //! (`TANVRIT_ADDR`, `TANVRIT_API_KEY`, `TANVRIT_BUSINESS`) are not configuration of a
@@ -55,6 +56,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("MIN_INDEX_WAIT", "min_index_wait"),
     ("LONG_POLL_MAX", "long_poll_max"),
     ("RETRY_AFTER", "retry_after"),
+    ("NODE_TTL", "node_ttl"),
 ];
 
 /// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
@@ -217,6 +219,10 @@ pub struct Config {
     /// The `Retry-After` sent with 503s.
     #[serde(with = "human_duration")]
     pub retry_after: Duration,
+    /// A node silent for this long is declared down and its attempts lost; agents are
+    /// told to heartbeat every third of it.
+    #[serde(with = "human_duration")]
+    pub node_ttl: Duration,
 }
 
 impl Default for Config {
@@ -239,6 +245,7 @@ impl Default for Config {
             min_index_wait: Duration::from_secs(5),
             long_poll_max: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -351,6 +358,9 @@ impl Config {
         }
         if self.snapshot_every == 0 {
             return invalid("snapshot_every must be positive".into());
+        }
+        if self.node_ttl < Duration::from_millis(300) {
+            return invalid("node_ttl must be at least 300ms".into());
         }
         let rates = [
             self.rates.cpu_second,
@@ -493,6 +503,7 @@ mod tests {
             jail.set_env("TANVRIT_API_ADDR", "127.0.0.1:2222");
             jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
             jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
+            jail.set_env("TANVRIT_NODE_TTL", "2s");
             let mut flags = flags_with_file("tanvrit.toml");
             flags.replica_id = Some("flag-replica".into());
             let config = Config::load(&flags).map_err(|e| e.to_string())?;
@@ -504,6 +515,7 @@ mod tests {
             assert_eq!(config.api_addr, "127.0.0.1:2222", "env over file");
             assert_eq!(config.replica_id, "flag-replica", "flag over env");
             assert_eq!(config.min_index_wait, Duration::from_secs(7));
+            assert_eq!(config.node_ttl, Duration::from_secs(2));
             assert_eq!(config.rates.gpu_second, 5);
             assert_eq!(config.rates.cpu_second, 42);
             assert_eq!(

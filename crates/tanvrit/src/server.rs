@@ -121,6 +121,8 @@ impl Replica {
             min_index_wait: self.config.min_index_wait,
             long_poll_max: self.config.long_poll_max,
             retry_after: self.config.retry_after,
+            node_ttl: self.config.node_ttl,
+            ..ServerConfig::default()
         };
         let cluster: Arc<dyn ClusterService> = self.cluster.clone();
         let serving = tokio::spawn(tanvrit_server::serve(
