@@ -2,7 +2,9 @@
 //!
 //! HTTP requests are counted as they finish; replica and domain gauges (applied index,
 //! role, leader, jobs and nodes by state) are refreshed from the cluster at each scrape,
-//! so they are never stale and cost nothing between scrapes.
+//! so they are never stale and cost nothing between scrapes. The leader loops count
+//! their work (placements, rounds, nodes lost, evictions, schedule fires and skips, loops
+//! running) in [`LeaderMetrics`], handles into the same registry.
 //!
 //! `prometheus-client` writes OpenMetrics text. A scraper that asks for it (`Accept:
 //! application/openmetrics-text`) gets it as is; everyone else (curl, `promtool check

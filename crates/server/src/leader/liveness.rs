@@ -1,14 +1,14 @@
 //! Node liveness: [`Liveness`] keeps the last heartbeat of each node in the leader's
-//! memory (heartbeats are not writes), and [`run`] declares a node lost (`NodeLost`) once
-//! it has been silent for `node_ttl`, and stops the work of a draining node at its drain
-//! deadline (`NodeEvict`).
+//! memory (heartbeats are not writes), and the liveness loop declares a node lost
+//! (`NodeLost`) once it has been silent for `node_ttl`, and stops the work of a draining
+//! node at its drain deadline (`NodeEvict`).
 //!
 //! Grace: a node is judged from the later of its last heartbeat here and the moment this
 //! leader's loop first saw it ready or draining. So a new leader (which has heard no
 //! heartbeat yet) gives every node one TTL from when it took over, and a node that just
 //! registered gets one TTL to send its first heartbeat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +74,8 @@ pub(crate) fn check(
     now: Instant,
     ttl: Duration,
 ) -> Check {
-    since.retain(|node, _| watched.contains(node));
+    let watched_set: HashSet<&NodeId> = watched.iter().collect();
+    since.retain(|node, _| watched_set.contains(node));
     let mut result = Check::default();
     for node in watched {
         let first_seen = *since.entry(node.clone()).or_insert(now);
@@ -131,7 +132,8 @@ pub(crate) async fn run(context: &LeaderContext) {
                 next_drain_deadline(state, wall),
             )
         });
-        context.liveness.retain(|node| watched.contains(node));
+        let watched_set: HashSet<&NodeId> = watched.iter().collect();
+        context.liveness.retain(|node| watched_set.contains(node));
         let found = check(&watched, &context.liveness, &mut since, now, ttl);
         let mut failed = false;
         for node in found.lost {

@@ -42,8 +42,9 @@ pub(crate) const AGENT_SCOPES: &[Scope] = &[Scope::Agent, Scope::Admin];
         (status = 200, description = "Alive; stop the attempts listed", body = HeartbeatResponse),
         (status = 404, description = "`not_found`: the node is not registered", body = ErrorBody),
         (status = 409, description = "`illegal_transition`: the node is down or deleted; register it again", body = ErrorBody),
-        (status = 503, description = "`no_leader`: this replica does not lead; `leader` names the one that does", body = ErrorBody),
+        // After `ApiErrors`, so this description of 503 replaces the generic one.
         ApiErrors,
+        (status = 503, description = "`no_leader`: this replica does not lead; `leader` names the one that does", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
