@@ -426,6 +426,65 @@ async fn a_killed_agents_job_is_retried_on_another_agent_after_the_node_ttl() {
 }
 
 #[tokio::test]
+async fn an_agent_stopped_with_sigterm_stops_its_jobs_and_reports_them_failed() {
+    let plane = plane().await;
+    let mut agent = plane.agent("worker", &[]).await;
+    let id = plane.submit(shell("echo $$; sleep 300")).await;
+    let text = plane.wait_output(&id, |t| !pids(t).is_empty()).await;
+    let pid = pids(&text)[0];
+    assert_eq!(agent.terminate().await, Some(0), "a clean exit");
+    assert!(
+        !alive(pid),
+        "the job's process was stopped before the agent exited"
+    );
+    let job = plane.job(&id).await;
+    let attempt = job.current_attempt().unwrap();
+    assert_eq!(
+        (job.state, attempt.state),
+        (JobState::Failed, AttemptState::Failed),
+        "reported before the agent exited"
+    );
+    assert!(
+        attempt
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("agent stopped"),
+        "{attempt:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_restarted_after_a_crash_reports_the_attempt_it_lost() {
+    let plane = plane().await;
+    let mut agent = plane.agent("worker", &[]).await;
+    let node = agent.node_id().to_string();
+    let id = plane.submit(shell("echo $$; sleep 300")).await;
+    let text = plane.wait_output(&id, |t| !pids(t).is_empty()).await;
+    agent.kill9().await;
+    wait_gone(pids(&text)[0]).await;
+    // Back within the node TTL, on the same data directory: the same node.
+    agent.restart().await.unwrap();
+    assert_eq!(agent.node_id(), node);
+    let job = plane.wait_state(&id, JobState::Failed).await;
+    let attempt = job.current_attempt().unwrap();
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(
+        attempt.state,
+        AttemptState::Failed,
+        "reported, not lost: {attempt:?}"
+    );
+    assert!(
+        attempt
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("restarted"),
+        "{attempt:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_job_that_ends_during_a_control_plane_outage_is_reported_after_it() {
     let mut plane = plane().await;
     let _agent = plane.agent("worker", &[]).await;
