@@ -1,1 +1,51 @@
-//! placeholder
+//! The Tanvrit Compute worker agent: registers its node, heartbeats, long-polls the
+//! node's work, runs each attempt as a child process in its own process group, ships
+//! the output as ordered log chunks, reports starts and results, and keeps all of that
+//! in an on-disk spool while the control plane cannot be reached.
+//!
+//! # Layout
+//! - [`agent`]: [`Agent`]: registration, the heartbeat and work loops, the table of
+//!   attempts, shutdown.
+//! - `attempt`: one attempt's task: its process and the ordered delivery of its start,
+//!   output and result, with backoff.
+//! - [`process`]: spawning a job (argv or `/bin/sh -c`, env, working dir, process group),
+//!   timeouts, SIGTERM/SIGKILL stops, exit classification.
+//! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
+//!   the control plane's stored output.
+//! - [`config`]: [`AgentConfig`], machine resources, the stable node id.
+//! - [`backoff`]: capped exponential backoff with jitter.
+//! - [`utf8`]: streaming UTF-8 decoding of process output.
+//! - [`error`]: the [`AgentError`] enum.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tanvrit_agent::AgentError> {
+//! use tanvrit_agent::{Agent, AgentConfig};
+//! use tanvrit_client::{Client, ClientConfig};
+//!
+//! let client = Client::new(ClientConfig {
+//!     endpoints: vec!["http://127.0.0.1:7070".into()],
+//!     api_key: Some("tvk-agent-key".into()),
+//!     ..ClientConfig::default()
+//! })
+//! .expect("valid client configuration");
+//! let agent = Agent::new(client, AgentConfig::new("./tanvrit-agent-data"))?;
+//! agent
+//!     .run(async { let _ = tokio::signal::ctrl_c().await; }, |node| {
+//!         println!("registered node {}", node.id)
+//!     })
+//!     .await
+//! # }
+//! ```
+
+pub mod agent;
+mod attempt;
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod process;
+pub mod spool;
+pub mod utf8;
+
+pub use agent::Agent;
+pub use config::{AgentConfig, NODE_ID_FILE};
+pub use error::AgentError;

@@ -8,14 +8,15 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 use tanvrit_api::{
-    Consistency, CreditBalanceRequest, CreditBalanceResponse, CreditEntriesRequest,
-    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, JobActionRequest, JobId,
+    AttemptFinishedRequest, AttemptId, AttemptStartedRequest, Consistency, CreditBalanceRequest,
+    CreditBalanceResponse, CreditEntriesRequest, CreditEntriesResponse, CreditEntryCreateRequest,
+    CreditEntryResponse, HeartbeatRequest, HeartbeatResponse, JobActionRequest, JobId,
     JobListRequest, JobListResponse, JobLogsRequest, JobLogsResponse, JobResponse,
     JobSubmitRequest, KeyCreateRequest, KeyCreateResponse, KeyId, KeyListResponse, KeyResponse,
-    MetricsSummary, NodeDeleteRequest, NodeDrainRequest, NodeId, NodeListRequest, NodeListResponse,
-    NodeRegisterRequest, NodeResponse, ReadRequest, ScheduleCreateRequest, ScheduleId,
-    ScheduleListRequest, ScheduleListResponse, ScheduleResponse, ScheduleUpdateRequest, Topology,
-    WriteResponse, IDEMPOTENCY_HEADER,
+    LogAppendRequest, LogAppendResponse, MetricsSummary, NodeDeleteRequest, NodeDrainRequest,
+    NodeId, NodeListRequest, NodeListResponse, NodeRegisterRequest, NodeResponse, ReadRequest,
+    ScheduleCreateRequest, ScheduleId, ScheduleListRequest, ScheduleListResponse, ScheduleResponse,
+    ScheduleUpdateRequest, Topology, WorkRequest, WorkResponse, WriteResponse, IDEMPOTENCY_HEADER,
 };
 
 use crate::client::{Call, Safety};
@@ -164,6 +165,99 @@ impl Client {
             &["nodes", id.as_str(), "delete"],
             &req,
             Safety::Write,
+        )?)
+        .await
+    }
+
+    // ---- the agent protocol ----
+
+    /// `nodes/{id}/heartbeat` (agent keys): not a write; answered by the leader only
+    /// (a follower's 503 `no_leader` moves the call on). Repeating one is harmless.
+    pub async fn heartbeat_node(
+        &self,
+        id: &NodeId,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.json(Call::api(
+            &["nodes", id.as_str(), "heartbeat"],
+            &req,
+            Safety::IdempotentWrite,
+        )?)
+        .await
+    }
+
+    /// `nodes/{id}/work` (agent keys): the node's active attempts, held by the server
+    /// until its index passes `after_index` and the work changes, or `wait_ms` ends. The
+    /// HTTP timeout grows by `wait_ms`.
+    pub async fn poll_node_work(
+        &self,
+        id: &NodeId,
+        req: WorkRequest,
+    ) -> Result<WorkResponse, ClientError> {
+        let mut call = Call::api(&["nodes", id.as_str(), "work"], &req, Safety::Read)?;
+        call.extra_timeout = Duration::from_millis(req.wait_ms.unwrap_or(0));
+        self.json(call).await
+    }
+
+    /// `jobs/{id}/attempts/{attempt}/started` (agent keys). The server treats a repeated
+    /// report as a no-op, so it is repeated after transport failures.
+    pub async fn report_attempt_started(
+        &self,
+        job: &JobId,
+        attempt: &AttemptId,
+        req: AttemptStartedRequest,
+    ) -> Result<JobResponse, ClientError> {
+        self.json(Call::api(
+            &[
+                "jobs",
+                job.as_str(),
+                "attempts",
+                attempt.as_str(),
+                "started",
+            ],
+            &req,
+            Safety::IdempotentWrite,
+        )?)
+        .await
+    }
+
+    /// `jobs/{id}/attempts/{attempt}/finished` (agent keys). A repeated identical report
+    /// is a no-op on the server, so it is repeated after transport failures; a report for
+    /// an attempt that is no longer current is 409 `stale_attempt`.
+    pub async fn report_attempt_finished(
+        &self,
+        job: &JobId,
+        attempt: &AttemptId,
+        req: AttemptFinishedRequest,
+    ) -> Result<JobResponse, ClientError> {
+        self.json(Call::api(
+            &[
+                "jobs",
+                job.as_str(),
+                "attempts",
+                attempt.as_str(),
+                "finished",
+            ],
+            &req,
+            Safety::IdempotentWrite,
+        )?)
+        .await
+    }
+
+    /// `jobs/{id}/attempts/{attempt}/logs` (agent keys): appends a chunk at its byte
+    /// offset. A chunk already stored is accepted again, so it is repeated after
+    /// transport failures; a chunk that leaves a gap is 409 `log_gap` (see
+    /// [`log_gap_expected`]).
+    pub async fn append_attempt_logs(
+        &self,
+        job: &JobId,
+        attempt: &AttemptId,
+        req: LogAppendRequest,
+    ) -> Result<LogAppendResponse, ClientError> {
+        self.json(Call::api(
+            &["jobs", job.as_str(), "attempts", attempt.as_str(), "logs"],
+            &req,
+            Safety::IdempotentWrite,
         )?)
         .await
     }
@@ -347,6 +441,19 @@ impl Client {
     }
 }
 
+/// For a 409 `log_gap`, the offset the stored output ends at (where the next chunk must
+/// start), read from the message the server words as `... ending at <offset>`.
+pub fn log_gap_expected(err: &ClientError) -> Option<u64> {
+    match err {
+        ClientError::Api { code, message, .. } if code == "log_gap" => {
+            let (_, tail) = message.rsplit_once("ending at ")?;
+            let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        }
+        _ => None,
+    }
+}
+
 fn safety_for(key: &Option<String>) -> Safety {
     match key {
         Some(_) => Safety::IdempotentWrite,
@@ -367,4 +474,34 @@ fn with_key(mut call: Call, key: Option<String>) -> Result<Call, ClientError> {
         call.headers.push((name, value));
     }
     Ok(call)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str, message: &str) -> ClientError {
+        ClientError::Api {
+            status: 409,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+            leader: None,
+        }
+    }
+
+    #[test]
+    fn a_log_gap_names_where_the_stored_output_ends() {
+        let gap = api(
+            "log_gap",
+            "log chunk at offset 10 does not continue the output ending at 4096",
+        );
+        assert_eq!(log_gap_expected(&gap), Some(4096));
+        assert_eq!(log_gap_expected(&api("log_gap", "garbled")), None);
+        assert_eq!(
+            log_gap_expected(&api("stale_attempt", "the output ending at 5")),
+            None,
+            "only log_gap carries an offset"
+        );
+    }
 }

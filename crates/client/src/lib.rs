@@ -36,6 +36,7 @@ pub mod error;
 
 pub use client::{Client, RawResponse};
 pub use config::{ClientConfig, DEFAULT_ADDR, ENV_ADDR, ENV_API_KEY};
+pub use endpoints::log_gap_expected;
 pub use error::ClientError;
 
 /// The wire types, re-exported so SDK users need no second dependency.

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::sync::Mutex;
 use tanvrit_client::api::{
-    Consistency, JobActionRequest, JobId, JobListRequest, JobSpec, JobSubmitRequest,
+    AttemptFinishedRequest, AttemptId, AttemptOutcome, AttemptStartedRequest, Consistency,
+    HeartbeatRequest, JobActionRequest, JobId, JobListRequest, JobSpec, JobSubmitRequest,
+    LogAppendRequest, NodeId, WorkRequest,
 };
 use tanvrit_client::{Client, ClientConfig, ClientError};
 
@@ -400,4 +402,118 @@ async fn post_raw_sends_bytes_once_and_returns_any_status() {
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "raw calls are never retried");
     assert_eq!(seen[0].headers["authorization"], "Bearer other");
+}
+
+// Two workers: the scripted server blocks one while the client's timer runs on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_calls_use_their_routes_and_the_work_poll_waits_past_the_timeout() {
+    let server = TestServer::start(|_, seen| {
+        let path = seen.path.as_str();
+        let body = if path.ends_with("/heartbeat") {
+            serde_json::json!({"interval_ms": 1000, "ttl_ms": 3000, "stop": ["att-9"], "index": 5})
+        } else if path.ends_with("/work") {
+            // Held longer than the client's 1 s timeout: the poll's wait extends it.
+            std::thread::sleep(Duration::from_millis(1500));
+            serde_json::json!({"assignments": [], "index": 6})
+        } else if path.ends_with("/logs") {
+            serde_json::json!({"next_offset": 3, "index": 7})
+        } else {
+            job_body(8)
+        };
+        json(StatusCode::OK, 5, body)
+    })
+    .await;
+    let client = Client::new(ClientConfig {
+        endpoints: vec![server.url.clone()],
+        timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let (node, job, attempt) = (
+        NodeId::from("n1"),
+        JobId::from("job-1"),
+        AttemptId::from("att-1"),
+    );
+    let beat = client
+        .heartbeat_node(
+            &node,
+            HeartbeatRequest {
+                running: vec![attempt.clone()],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(beat.stop, vec![AttemptId::from("att-9")]);
+    let work = client
+        .poll_node_work(
+            &node,
+            WorkRequest {
+                after_index: 5,
+                wait_ms: Some(2000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(work.index, 6);
+    client
+        .report_attempt_started(&job, &attempt, AttemptStartedRequest::default())
+        .await
+        .unwrap();
+    let logs = client
+        .append_attempt_logs(
+            &job,
+            &attempt,
+            LogAppendRequest {
+                offset: 0,
+                data: "hi\n".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(logs.next_offset, 3);
+    client
+        .report_attempt_finished(
+            &job,
+            &attempt,
+            AttemptFinishedRequest {
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+                finished_at: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/compute/nodes/n1/heartbeat",
+            "/api/compute/nodes/n1/work",
+            "/api/compute/jobs/job-1/attempts/att-1/started",
+            "/api/compute/jobs/job-1/attempts/att-1/logs",
+            "/api/compute/jobs/job-1/attempts/att-1/finished",
+        ]
+    );
+    assert_eq!(server.seen()[1].body["after_index"], 5);
+}
+
+#[tokio::test]
+async fn agent_reports_are_repeated_after_a_hang_up() {
+    let (url, count) = hang_up_server().await;
+    let client = client(vec![url], 2);
+    let (job, attempt) = (JobId::from("job-1"), AttemptId::from("att-1"));
+    let err = client
+        .append_attempt_logs(
+            &job,
+            &attempt,
+            LogAppendRequest {
+                offset: 0,
+                data: "x".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "transport");
+    assert_eq!(count.load(Ordering::SeqCst), 3, "1 + max_retries sends");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError, DEFAULT_ADDR};
 
+use crate::agent::AgentArgs;
 use crate::commands::cluster::ClusterCommand;
 use crate::commands::credit::CreditCommand;
 use crate::commands::job::JobCommand;
@@ -111,16 +112,18 @@ pub enum Command {
     Bench(crate::commands::bench::BenchCommand),
     /// Run a single-node replica serving the API (configuration: TOML < TANVRIT_* < flags).
     Server(ServerArgs),
-    /// Run a local single-node server for development: prints the admin key and an
-    /// `export` line, and gives business `default` 1,000 welcome credits.
+    /// Run a local single-node server for development, with a local agent: prints the
+    /// admin key and an `export` line, and gives business `default` 1,000 welcome credits.
     Dev(DevArgs),
+    /// Run a worker agent: register this machine as a node and run the jobs placed on it.
+    Agent(AgentArgs),
 }
 
 impl Command {
     /// The log filter used when `RUST_LOG` is not set: servers say what they do.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Server(_) | Command::Dev(_) => "info",
+            Command::Server(_) | Command::Dev(_) | Command::Agent(_) => "info",
             _ => "warn",
         }
     }
@@ -140,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => command.run(|| Ok(client()?), out).await,
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,
+        Command::Agent(args) => crate::agent::run_agent(args, &cli.global).await,
     }
 }
 
@@ -307,5 +311,57 @@ mod tests {
         let client = cli.global.client().unwrap();
         assert_eq!(client.config().endpoints, vec!["http://a:1", "http://b:2"]);
         assert_eq!(client.config().max_retries, 0);
+    }
+
+    #[test]
+    fn agent_flags_build_its_configuration_and_client() {
+        let cli = parse(&[
+            "agent",
+            "--server",
+            "a:1,http://b:2",
+            "--key",
+            "agent-key",
+            "--labels",
+            "zone=a,disk=ssd",
+            "--labels",
+            "gpu=none",
+            "--cpu-millis",
+            "500",
+            "--stop-grace",
+            "2s",
+            "--data-dir",
+            "/tmp/agent-x",
+        ])
+        .unwrap();
+        let Command::Agent(args) = &cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        let config = args.agent_config();
+        assert_eq!(config.resources.cpu_millis, 500);
+        assert!(config.resources.memory_mb > 0 || !std::path::Path::new("/proc/meminfo").exists());
+        assert_eq!(config.labels.len(), 3);
+        assert_eq!(config.labels["disk"], "ssd");
+        assert_eq!(config.stop_grace, Duration::from_secs(2));
+        assert_eq!(config.data_dir, std::path::PathBuf::from("/tmp/agent-x"));
+        let client = args.client(&cli.global).unwrap();
+        assert_eq!(client.config().endpoints, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(client.config().api_key.as_deref(), Some("agent-key"));
+    }
+
+    #[test]
+    fn an_agent_without_a_key_is_a_usage_error() {
+        let cli = parse(&["agent", "--server", "a:1"]).unwrap();
+        let Command::Agent(args) = &cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        let global = GlobalArgs {
+            api_key: None,
+            ..cli.global
+        };
+        let Err(err) = args.client(&global) else {
+            panic!("a client without a key")
+        };
+        assert_eq!(err.code(), "config");
+        assert!(err.message().contains("--key"), "{err}");
     }
 }

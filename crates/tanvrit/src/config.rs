@@ -369,6 +369,9 @@ impl Config {
         if self.snapshot_every == 0 {
             return invalid("snapshot_every must be positive".into());
         }
+        if self.node_ttl < Duration::from_millis(300) {
+            return invalid("node_ttl must be at least 300ms".into());
+        }
         let rates = [
             self.rates.cpu_second,
             self.rates.memory_gb_second,
@@ -510,6 +513,7 @@ mod tests {
             jail.set_env("TANVRIT_API_ADDR", "127.0.0.1:2222");
             jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
             jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
+            jail.set_env("TANVRIT_NODE_TTL", "2s");
             let mut flags = flags_with_file("tanvrit.toml");
             flags.replica_id = Some("flag-replica".into());
             let config = Config::load(&flags).map_err(|e| e.to_string())?;
@@ -521,6 +525,7 @@ mod tests {
             assert_eq!(config.api_addr, "127.0.0.1:2222", "env over file");
             assert_eq!(config.replica_id, "flag-replica", "flag over env");
             assert_eq!(config.min_index_wait, Duration::from_secs(7));
+            assert_eq!(config.node_ttl, Duration::from_secs(2));
             assert_eq!(config.rates.gpu_second, 5);
             assert_eq!(config.rates.cpu_second, 42);
             assert_eq!(

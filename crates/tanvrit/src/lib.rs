@@ -1,6 +1,7 @@
 //! The `tanvrit` binary's commands, as a library so tests can drive them.
 //!
 //! # Layout
+//! - [`agent`]: `tanvrit agent` (a worker agent) and the in-process agent of `dev`.
 //! - [`cli`]: the command line (clap), global flags, exit codes and error reporting.
 //! - [`commands`]: the client commands (`job`, `node`, `key`, `credit`, `schedule`,
 //!   `cluster`), each calling the API through `tanvrit-client`.
@@ -11,6 +12,7 @@
 //!
 //! `anyhow` is used here and nowhere else in the workspace: the binary only reports errors.
 
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -2,21 +2,25 @@
 //!
 //! Both load the configuration, open `SingleNode`, make sure an admin key exists, bind
 //! `api_addr` and serve until Ctrl-C or SIGTERM. `dev` also prints the admin key with a
-//! ready-to-paste `export` line and gives business `default` its welcome credits.
+//! ready-to-paste `export` line, gives business `default` its welcome credits, and runs
+//! a local agent (the same agent code, in-process) so submitted jobs run.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tanvrit_agent::{Agent, AgentConfig};
 use tanvrit_api::{BusinessId, CreditEntryCreateRequest, EntryKind};
 use tanvrit_client::{Client, ClientConfig};
 use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
 use tanvrit_server::{BootstrapOutcome, ServerConfig, ADMIN_KEY_FILE};
 use tokio::net::TcpListener;
 
+use crate::agent::{agent_client, dev_agent_key, DEV_AGENT_DIR, DEV_AGENT_KEY_FILE};
 use crate::config::{Config, ConfigFlags};
 use crate::parse::{format_credits, MICROS_PER_CREDIT};
 
@@ -170,31 +174,99 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .await
 }
 
-/// Runs `tanvrit dev`.
+/// Runs `tanvrit dev`: the replica, and a local agent against it. On Ctrl-C or SIGTERM
+/// the agent stops first (its running jobs are stopped and reported while the API still
+/// answers), then the server.
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let replica = Replica::open(config).await?;
+    let (stop_server, server_stop) = tokio::sync::oneshot::channel::<()>();
     replica
-        .serve(shutdown_signal(), |info| async move {
-            dev_ready(info).await;
-            Ok(())
-        })
+        .serve(
+            async move {
+                let _ = server_stop.await;
+            },
+            |info| async move {
+                let agent = dev_ready(info).await;
+                shutdown_signal().await;
+                if let Some(agent) = agent {
+                    agent.stop().await;
+                }
+                let _ = stop_server.send(());
+                Ok(())
+            },
+        )
         .await
 }
 
-/// Prints what a developer needs, after the welcome top-up went through the API.
-async fn dev_ready(info: ReadyInfo) {
-    let (secret, source) = match admin_secret(&info) {
-        Some(found) => found,
-        None => {
-            println!(
-                "The admin key was created in an earlier run from TANVRIT_BOOTSTRAP_KEY and is \
-                 not known now; set TANVRIT_BOOTSTRAP_KEY again to print it."
-            );
-            println!("no local agent yet: jobs stay pending until an agent runs them");
-            println!("listening on {}", info.url);
-            return;
+/// The agent `dev` runs in-process.
+struct LocalAgent {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tanvrit_agent::AgentError>>,
+}
+
+impl LocalAgent {
+    /// Starts the local agent in `<data_dir>/agent` with an agent key of its own.
+    async fn start(info: &ReadyInfo, admin_secret: Option<&str>) -> Result<Self, String> {
+        let key = match admin_secret {
+            Some(secret) => {
+                let admin = Client::new(ClientConfig {
+                    endpoints: vec![info.url.clone()],
+                    api_key: Some(secret.to_string()),
+                    ..ClientConfig::default()
+                })
+                .map_err(|e| e.to_string())?;
+                dev_agent_key(&admin, &info.data_dir)
+                    .await
+                    .map_err(|e| format!("cannot create its key: {}: {}", e.code(), e.message()))?
+            }
+            None => read_secret(&info.data_dir.join(DEV_AGENT_KEY_FILE)).ok_or(
+                "the admin key is not known, so no agent key can be made; set \
+                 TANVRIT_BOOTSTRAP_KEY again"
+                    .to_string(),
+            )?,
+        };
+        let client = agent_client(
+            vec![info.url.clone()],
+            key,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| e.to_string())?;
+        let agent = Agent::new(client, AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR)))
+            .map_err(|e| e.to_string())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(
+            async move {
+                let _ = stopped.await;
+            },
+            |node| tracing::info!(node = %node.id, "the local agent registered"),
+        ));
+        Ok(Self { stop, task })
+    }
+
+    /// Stops the agent (and its jobs) and waits for it.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(code = e.code(), error = %e, "the local agent failed"),
+            Err(e) => tracing::error!(error = %e, "the local agent panicked"),
         }
+    }
+}
+
+/// Prints what a developer needs, after the welcome top-up went through the API, and
+/// starts the local agent.
+async fn dev_ready(info: ReadyInfo) -> Option<LocalAgent> {
+    let Some((secret, source)) = admin_secret(&info) else {
+        println!(
+            "The admin key was created in an earlier run from TANVRIT_BOOTSTRAP_KEY and is \
+             not known now; set TANVRIT_BOOTSTRAP_KEY again to print it."
+        );
+        let agent = local_agent(&info, None).await;
+        println!("listening on {}", info.url);
+        return agent;
     };
     let credits = welcome_top_up(&info.url, &secret).await;
     println!("tanvrit dev: a single-node control plane");
@@ -208,7 +280,7 @@ async fn dev_ready(info: ReadyInfo) {
         ),
         Err(e) => println!("  welcome top-up failed: {}: {}", e.code(), e.message()),
     }
-    println!("  no local agent yet: jobs stay pending until an agent runs them");
+    let agent = local_agent(&info, Some(&secret)).await;
     println!();
     println!(
         "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret} TANVRIT_BUSINESS={DEV_BUSINESS}",
@@ -216,6 +288,27 @@ async fn dev_ready(info: ReadyInfo) {
     );
     println!();
     println!("listening on {}", info.url);
+    agent
+}
+
+/// Starts the local agent and prints one line about it.
+async fn local_agent(info: &ReadyInfo, admin_secret: Option<&str>) -> Option<LocalAgent> {
+    match LocalAgent::start(info, admin_secret).await {
+        Ok(agent) => {
+            let config = AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR));
+            println!(
+                "  local agent: {} millicores, {} MB, in {} (jobs run on this machine)",
+                config.resources.cpu_millis,
+                config.resources.memory_mb,
+                config.data_dir.display()
+            );
+            Some(agent)
+        }
+        Err(e) => {
+            println!("  no local agent: {e}; jobs stay pending until an agent runs them");
+            None
+        }
+    }
 }
 
 /// The admin secret and where it came from: the configured bootstrap key, or the file
@@ -274,7 +367,7 @@ fn client_url(addr: SocketAddr) -> String {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             // Without a handler only SIGTERM (or a kill) ends the server.

@@ -119,7 +119,7 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     let key = dev.exported("TANVRIT_API_KEY");
     assert_eq!(dev.exported("TANVRIT_ADDR"), dev.url);
     assert!(
-        dev.lines.iter().any(|l| l.contains("no local agent yet")),
+        dev.lines.iter().any(|l| l.contains("local agent: ")),
         "{:?}",
         dev.lines
     );
@@ -130,6 +130,17 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     assert!(stdout.contains("pending"), "{stdout}");
     let jobs = client_json(&dev.url, &key, &["job", "list"]).await;
     assert_eq!(jobs["jobs"][0]["business"], "default");
+    // The local agent runs it: following its logs shows the output, then ends.
+    let id = jobs["jobs"][0]["id"].as_str().unwrap().to_string();
+    let (code, stdout, stderr) = tokio::time::timeout(
+        Duration::from_secs(60),
+        client(&dev.url, &key, &["job", "logs", "-f", &id]),
+    )
+    .await
+    .expect("`job logs -f` ends once the job has");
+    assert_eq!((code, stdout.as_str()), (0, "hello\n"), "{stderr}");
+    let job = client_json(&dev.url, &key, &["job", "get", &id]).await;
+    assert_eq!(job["job"]["state"], "succeeded");
 
     let entries = client_json(
         &dev.url,

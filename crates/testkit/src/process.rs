@@ -1,6 +1,8 @@
-//! The real `tanvrit` binary as a child process: started on `127.0.0.1:0`, its address
-//! read from the `listening on` line it prints, killed with SIGKILL and restarted on the
-//! same port and data directory.
+//! The real `tanvrit` binary as a child process: [`ServerProcess`] started on
+//! `127.0.0.1:0`, its address read from the `listening on` line it prints, killed with
+//! SIGKILL and restarted on the same port and data directory; [`AgentProcess`], a
+//! `tanvrit agent` whose node id is read from the `registered node` line it prints,
+//! killed and restarted the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -85,25 +87,9 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = command.spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return Ok(url.trim().to_string());
-                }
-            }
-            Err(std::io::Error::other(
-                "server exited before it was listening",
-            ))
-        })
-        .await
-        .map_err(|_| std::io::Error::other("server did not start listening in time"))??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, url) = spawn_until_line(&mut command, "listening on ").await?;
         self.child = Some(child);
-        self.url = url;
+        self.url = url.trim().to_string();
         Ok(())
     }
 
@@ -124,33 +110,14 @@ impl ServerProcess {
 
     /// SIGKILL, then wait for the process to be gone: a crash, no cleanup at all.
     pub async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: plain syscall on the pid of a child we own and have not reaped.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
-            let _ = child.wait().await;
+        if let Some(child) = self.child.take() {
+            kill9(child).await;
         }
     }
 
     /// SIGTERM and wait (bounded) for a clean exit; returns the exit status code.
     pub async fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            // SAFETY: as in `kill9`.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                let _ = child.kill().await;
-                None
-            }
-        }
+        terminate(self.child.take()?).await
     }
 
     /// Starts the process again on the same address and data directory.
@@ -177,6 +144,20 @@ impl ServerProcess {
         self.client(TEST_ADMIN_KEY, max_retries)
     }
 
+    /// Creates a new key with the `agent` scope (through the API, as admin) and returns
+    /// its secret.
+    pub async fn agent_key(&self) -> String {
+        self.admin_client(3)
+            .create_key(tanvrit_api::KeyCreateRequest {
+                name: Some("test agent".into()),
+                scope: tanvrit_api::Scope::Agent,
+                business: None,
+            })
+            .await
+            .expect("an admin can create an agent key")
+            .secret
+    }
+
     /// An SDK client for this server with `key`.
     pub fn client(&self, key: &str, max_retries: u32) -> Client {
         Client::new(ClientConfig {
@@ -187,5 +168,159 @@ impl ServerProcess {
             ..ClientConfig::default()
         })
         .expect("client config is valid")
+    }
+}
+
+/// Spawns `command` with stdout piped and waits for a line starting with `prefix`;
+/// returns the child and the rest of that line. Stdout keeps being drained afterwards
+/// so the child never blocks on a full pipe.
+async fn spawn_until_line(command: &mut Command, prefix: &str) -> std::io::Result<(Child, String)> {
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.to_string());
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "the process exited before printing `{prefix}`"
+        )))
+    })
+    .await
+    .map_err(|_| std::io::Error::other(format!("no `{prefix}` line in time")))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, found))
+}
+
+/// SIGKILL a child and reap it.
+async fn kill9(mut child: Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let _ = child.wait().await;
+}
+
+/// SIGTERM a child and wait (bounded, 30 s) for it; its exit code.
+async fn terminate(mut child: Child) -> Option<i32> {
+    if let Some(pid) = child.id() {
+        // SAFETY: as in `kill9`.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(Ok(status)) => status.code(),
+        _ => {
+            let _ = child.kill().await;
+            None
+        }
+    }
+}
+
+/// A `tanvrit agent` child process.
+pub struct AgentProcess {
+    bin: PathBuf,
+    servers: String,
+    key: String,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    node_id: String,
+}
+
+impl AgentProcess {
+    /// Starts `bin agent --server <servers> --key <key> --data-dir <data_dir> <args...>`
+    /// and waits until it has registered its node (so the servers must be up).
+    pub async fn start(
+        bin: &Path,
+        servers: &str,
+        key: &str,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> std::io::Result<Self> {
+        let mut agent = AgentProcess {
+            bin: bin.to_path_buf(),
+            servers: servers.to_string(),
+            key: key.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            node_id: String::new(),
+        };
+        agent.spawn().await?;
+        Ok(agent)
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let mut command = Command::new(&self.bin);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TANVRIT_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("agent")
+            .arg("--server")
+            .arg(&self.servers)
+            .arg("--key")
+            .arg(&self.key)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let (child, rest) = spawn_until_line(&mut command, "registered node ").await?;
+        self.node_id = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The node id it registered.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGKILL: the agent dies without stopping its jobs or reporting anything.
+    pub async fn kill9(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill9(child).await;
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns the exit status code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        terminate(self.child.take()?).await
+    }
+
+    /// Starts the agent again on the same data directory (the same node).
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        if self.child.is_some() {
+            self.kill9().await;
+        }
+        self.spawn().await
     }
 }

@@ -1,0 +1,587 @@
+//! Running one attempt's process: spawned in its own process group with the job's argv
+//! (or `/bin/sh -c`), environment and working directory; stdout and stderr share one
+//! pipe so their interleaving is kept; output decoded and spooled as it arrives; stopped
+//! with SIGTERM to the whole group, then SIGKILL after the grace period, on a timeout, a
+//! cancel or an agent shutdown.
+//!
+//! The job ends when its main process exits: anything it left running in its process
+//! group is killed then, and output still arriving from processes outside the group is
+//! read for at most [`DRAIN_AFTER_EXIT`].
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tanvrit_client::api::{AttemptFinishedRequest, AttemptId, AttemptOutcome, JobId, JobSpec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::spool::Spool;
+use crate::utf8::Utf8Stream;
+
+/// After the main process exited, how long output from processes that escaped its group
+/// (and still hold the pipe) is waited for.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Environment variable naming the job, set for every process.
+pub const ENV_JOB_ID: &str = "TANVRIT_JOB_ID";
+/// Environment variable naming the attempt, set for every process.
+pub const ENV_ATTEMPT_ID: &str = "TANVRIT_ATTEMPT_ID";
+
+/// Why the agent stops a running process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The control plane said so (cancel, lost, no longer current): reported `cancelled`.
+    Cancelled,
+    /// The agent itself is shutting down: reported `failed` with reason `agent stopped`.
+    AgentStopped,
+}
+
+/// What [`run`] needs besides the spool.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// What to run.
+    pub spec: JobSpec,
+    /// The working directory when the spec names none; created before the start and
+    /// removed after the end.
+    pub scratch_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// Why the process ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Timeout,
+    Told(StopReason),
+}
+
+/// Runs the attempt to its end: marks it started, spools its output (waking `notify`),
+/// obeys `stop`, and returns (and records in the spool) its result.
+pub async fn run(
+    run: &RunSpec,
+    spool: &Spool,
+    notify: &Notify,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) -> AttemptFinishedRequest {
+    let result = match spawn(run) {
+        Ok(spawned) => supervise(run, spawned, spool, notify, &mut stop).await,
+        Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
+    };
+    if run.spec.working_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&run.scratch_dir);
+    }
+    spool.finish(&run.attempt, result.clone());
+    notify.notify_one();
+    result
+}
+
+struct Spawned {
+    child: tokio::process::Child,
+    pgid: i32,
+    output: tokio::net::unix::pipe::Receiver,
+}
+
+fn spawn(run: &RunSpec) -> Result<Spawned, String> {
+    let spec = &run.spec;
+    let (program, args): (&str, Vec<&str>) = match (&spec.shell, spec.command.split_first()) {
+        (Some(shell), _) => ("/bin/sh", vec!["-c", shell.as_str()]),
+        (None, Some((first, rest))) => (first.as_str(), rest.iter().map(String::as_str).collect()),
+        (None, None) => return Err("the job has neither a command nor a shell string".into()),
+    };
+    let dir: PathBuf = match &spec.working_dir {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            std::fs::create_dir_all(&run.scratch_dir).map_err(|e| {
+                format!(
+                    "cannot create the working directory {}: {e}",
+                    run.scratch_dir.display()
+                )
+            })?;
+            run.scratch_dir.clone()
+        }
+    };
+    let pipe_error = |e: std::io::Error| format!("cannot create the output pipe: {e}");
+    let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
+    let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
+    let stderr = stdout.try_clone().map_err(pipe_error)?;
+
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&args)
+        .env_clear()
+        // The agent's own settings (its API key above all) are not the job's business.
+        .envs(
+            std::env::vars_os().filter(|(name, _)| !name.to_string_lossy().starts_with("TANVRIT_")),
+        )
+        .env(ENV_JOB_ID, run.job.as_str())
+        .env(ENV_ATTEMPT_ID, run.attempt.as_str())
+        .envs(&spec.env)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        // Its own group: signals reach everything it starts, and a terminal's Ctrl-C
+        // aimed at the agent does not reach it.
+        .process_group(0)
+        .kill_on_drop(false);
+    #[cfg(target_os = "linux")]
+    // SAFETY: runs in the forked child before exec; prctl and getppid are
+    // async-signal-safe and touch no memory of the parent.
+    unsafe {
+        let agent = libc::getpid();
+        command.pre_exec(move || {
+            // If the agent dies (even by SIGKILL) the job is killed too, rather than left
+            // running unsupervised while the control plane retries it elsewhere.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                // The agent died between fork and prctl.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+    // The command holds the pipe's write ends; without dropping them, EOF never comes.
+    drop(command);
+    let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
+    Ok(Spawned {
+        child,
+        pgid,
+        output: reader,
+    })
+}
+
+async fn supervise(
+    run: &RunSpec,
+    spawned: Spawned,
+    spool: &Spool,
+    notify: &Notify,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+) -> AttemptFinishedRequest {
+    let Spawned {
+        mut child,
+        pgid,
+        mut output,
+    } = spawned;
+    spool.mark_started(&run.attempt, now_ms());
+    notify.notify_one();
+    let timeout = (run.spec.timeout_secs > 0).then(|| Duration::from_secs(run.spec.timeout_secs));
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = timeout.map_or(far, |t| Instant::now() + t);
+
+    let mut decoder = Utf8Stream::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cause: Option<Cause> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut status: Option<std::io::Result<ExitStatus>> = None;
+    let mut eof = false;
+    let mut drain_until: Option<Instant> = None;
+    let mut stop_open = true;
+    if let Some(reason) = *stop.borrow_and_update() {
+        cause = Some(Cause::Told(reason));
+        signal_group(pgid, libc::SIGTERM);
+        kill_at = Some(Instant::now() + run.stop_grace);
+    }
+    while !(status.is_some() && eof) {
+        tokio::select! {
+            read = output.read(&mut buf), if !eof => match read {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    spool.append(&run.attempt, &decoder.push(&buf[..n]));
+                    notify.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(attempt = %run.attempt, error = %e, "cannot read the job's output");
+                    eof = true;
+                }
+            },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited);
+                // Whatever the main process left behind in its group goes with it.
+                signal_group(pgid, libc::SIGKILL);
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = tokio::time::sleep_until(deadline), if cause.is_none() && status.is_none() => {
+                cause = Some(Cause::Timeout);
+                signal_group(pgid, libc::SIGTERM);
+                kill_at = Some(Instant::now() + run.stop_grace);
+            }
+            changed = stop.changed(), if stop_open && cause.is_none() && status.is_none() => {
+                match changed {
+                    Ok(()) => if let Some(reason) = *stop.borrow_and_update() {
+                        cause = Some(Cause::Told(reason));
+                        signal_group(pgid, libc::SIGTERM);
+                        kill_at = Some(Instant::now() + run.stop_grace);
+                    },
+                    Err(_) => stop_open = false,
+                }
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
+                signal_group(pgid, libc::SIGKILL);
+                kill_at = None;
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                tracing::warn!(attempt = %run.attempt, "output still open after the process exited; not waiting for it");
+                break;
+            }
+        }
+    }
+    let tail = decoder.finish();
+    if !tail.is_empty() {
+        spool.append(&run.attempt, &tail);
+    }
+    let status = match status {
+        Some(Ok(status)) => status,
+        Some(Err(e)) => {
+            return finished(
+                AttemptOutcome::Failed,
+                None,
+                Some(format!("cannot wait for the process: {e}")),
+            )
+        }
+        None => unreachable!("the loop ends only after the process exited"),
+    };
+    classify(cause, status, run.spec.timeout_secs)
+}
+
+/// The result for how the process ended and why the agent ended it, if it did.
+fn classify(cause: Option<Cause>, status: ExitStatus, timeout_secs: u64) -> AttemptFinishedRequest {
+    let code = status.code();
+    match cause {
+        Some(Cause::Timeout) => finished(
+            AttemptOutcome::TimedOut,
+            code,
+            Some(format!("timed out after {timeout_secs}s")),
+        ),
+        Some(Cause::Told(StopReason::Cancelled)) => {
+            finished(AttemptOutcome::Cancelled, code, Some("cancelled".into()))
+        }
+        Some(Cause::Told(StopReason::AgentStopped)) => finished(
+            AttemptOutcome::Failed,
+            code,
+            Some("agent stopped: the process was stopped with it".into()),
+        ),
+        None => match (code, status.signal()) {
+            (Some(0), _) => finished(AttemptOutcome::Succeeded, Some(0), None),
+            (Some(code), _) => finished(
+                AttemptOutcome::Failed,
+                Some(code),
+                Some(format!("exited with code {code}")),
+            ),
+            (None, Some(signal)) => finished(
+                AttemptOutcome::Failed,
+                None,
+                Some(format!(
+                    "killed by signal {signal} ({})",
+                    signal_name(signal)
+                )),
+            ),
+            (None, None) => finished(
+                AttemptOutcome::Failed,
+                None,
+                Some("ended without an exit code".into()),
+            ),
+        },
+    }
+}
+
+fn finished(
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+) -> AttemptFinishedRequest {
+    AttemptFinishedRequest {
+        outcome,
+        exit_code,
+        reason,
+        finished_at: Some(now_ms()),
+    }
+}
+
+/// Sends `signal` to every process of the group `pgid` (no-op for an empty group).
+fn signal_group(pgid: i32, signal: i32) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: a plain syscall; a negative pid addresses the process group we created.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// The conventional name of a signal number.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The scratch directory of an attempt under `work_root`.
+pub fn scratch_dir(work_root: &Path, attempt: &AttemptId) -> PathBuf {
+    let safe: String = attempt
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    work_root.join(safe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Next;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        spool: Spool,
+        notify: Notify,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (spool, _) = Spool::open(&root.join("spool"), 1 << 30).unwrap();
+        Fixture {
+            _dir: dir,
+            root,
+            spool,
+            notify: Notify::new(),
+        }
+    }
+
+    impl Fixture {
+        fn run_spec(&self, spec: JobSpec) -> RunSpec {
+            let attempt = AttemptId::from("att-1");
+            self.spool.create(&JobId::from("job-1"), &attempt, 0);
+            RunSpec {
+                job: JobId::from("job-1"),
+                scratch_dir: scratch_dir(&self.root.join("work"), &attempt),
+                attempt,
+                spec,
+                stop_grace: Duration::from_millis(500),
+            }
+        }
+
+        /// Everything spooled so far, as the server would store it.
+        fn output(&self) -> String {
+            let attempt = AttemptId::from("att-1");
+            let mut out = String::new();
+            loop {
+                match self.spool.next(&attempt, 1 << 20) {
+                    Next::Started(_) => self.spool.started_delivered(&attempt),
+                    Next::Chunk(chunk) => {
+                        out.push_str(&chunk.data);
+                        self.spool.acked(&attempt, &chunk, out.len() as u64);
+                    }
+                    _ => return out,
+                }
+            }
+        }
+    }
+
+    fn shell(script: &str) -> JobSpec {
+        JobSpec {
+            shell: Some(script.into()),
+            ..JobSpec::default()
+        }
+    }
+
+    async fn run_to_end(f: &Fixture, spec: JobSpec) -> AttemptFinishedRequest {
+        let run_spec = f.run_spec(spec);
+        let (_tx, rx) = watch::channel(None);
+        run(&run_spec, &f.spool, &f.notify, rx).await
+    }
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_arrive_interleaved_as_written_and_exit_zero_succeeds() {
+        let f = fixture();
+        let result = run_to_end(&f, shell("echo one; echo two >&2; echo three")).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        assert_eq!(result.exit_code, Some(0));
+        assert!(result.finished_at.is_some());
+        assert_eq!(f.output(), "one\ntwo\nthree\n");
+        assert!(f.spool.is_finished(&AttemptId::from("att-1")));
+    }
+
+    #[tokio::test]
+    async fn a_non_zero_exit_fails_with_its_code() {
+        let f = fixture();
+        let result = run_to_end(&f, shell("exit 3")).await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.exit_code, Some(3));
+    }
+
+    #[tokio::test]
+    async fn death_by_a_signal_fails_and_names_it() {
+        let f = fixture();
+        let result = run_to_end(&f, shell("kill -9 $$")).await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.exit_code, None);
+        assert!(result.reason.unwrap().contains("SIGKILL"));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_start_fails_without_starting() {
+        let f = fixture();
+        let result = run_to_end(
+            &f,
+            JobSpec {
+                command: vec!["/nonexistent/program".into()],
+                ..JobSpec::default()
+            },
+        )
+        .await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert!(result.reason.unwrap().contains("cannot start"));
+        match f.spool.next(&AttemptId::from("att-1"), 100) {
+            Next::Finished(_) => {}
+            other => panic!("no start should be reported, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn argv_env_and_the_scratch_directory_are_the_jobs() {
+        let f = fixture();
+        let spec = JobSpec {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo \"$1 $FOO\"; env | grep ^TANVRIT_ | sort; pwd".into(),
+                "sh".into(),
+                "arg-one".into(),
+            ],
+            env: [("FOO".to_string(), "bar".to_string())].into(),
+            ..JobSpec::default()
+        };
+        let result = run_to_end(&f, spec).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        let scratch = scratch_dir(&f.root.join("work"), &AttemptId::from("att-1"));
+        assert_eq!(
+            f.output(),
+            format!(
+                "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_JOB_ID=job-1\n{}\n",
+                scratch.display()
+            )
+        );
+        assert!(
+            !scratch.exists(),
+            "the scratch directory is removed at the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_stops_the_process_as_timed_out() {
+        let f = fixture();
+        let started = Instant::now();
+        let result = run_to_end(
+            &f,
+            JobSpec {
+                timeout_secs: 1,
+                ..shell("sleep 30")
+            },
+        )
+        .await;
+        assert_eq!(result.outcome, AttemptOutcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_stop_terminates_the_whole_process_group() {
+        let f = fixture();
+        let run_spec = f.run_spec(shell("sleep 300 & echo $!; echo $$; wait"));
+        let (tx, rx) = watch::channel(None);
+        let runner = run(&run_spec, &f.spool, &f.notify, rx);
+        tokio::pin!(runner);
+        // Wait until both pids were printed.
+        let mut text = String::new();
+        while text.lines().count() < 2 {
+            tokio::select! {
+                _ = &mut runner => panic!("ended before it was stopped"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
+            }
+        }
+        let pids: Vec<i32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+        assert!(pids.iter().all(|pid| alive(*pid)));
+        tx.send(Some(StopReason::Cancelled)).unwrap();
+        let result = runner.await;
+        assert_eq!(result.outcome, AttemptOutcome::Cancelled);
+        for pid in pids {
+            // Reaped by now, or about to be (the background sleep's parent is gone).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!alive(pid), "pid {pid} survived the stop");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_that_ignores_sigterm_is_killed_after_the_grace_period() {
+        let f = fixture();
+        let run_spec = f.run_spec(shell(
+            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        ));
+        let (tx, rx) = watch::channel(None);
+        let runner = run(&run_spec, &f.spool, &f.notify, rx);
+        tokio::pin!(runner);
+        let mut text = String::new();
+        while !text.contains("ready") {
+            tokio::select! {
+                _ = &mut runner => panic!("ended before it was stopped"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
+            }
+        }
+        let stopped = Instant::now();
+        tx.send(Some(StopReason::AgentStopped)).unwrap();
+        let result = runner.await;
+        assert!(
+            stopped.elapsed() >= run_spec.stop_grace,
+            "SIGKILL only after the grace"
+        );
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert!(result.reason.unwrap().starts_with("agent stopped"));
+    }
+}

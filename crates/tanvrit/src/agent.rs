@@ -1,0 +1,195 @@
+//! `tanvrit agent`: a worker agent for one node, and the in-process agent `tanvrit dev`
+//! starts against its own server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use tanvrit_agent::{Agent, AgentConfig};
+use tanvrit_api::{KeyCreateRequest, Node, Scope};
+use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError};
+
+use crate::cli::GlobalArgs;
+use crate::parse;
+
+/// The file in a dev data directory holding the local agent's key.
+pub const DEV_AGENT_KEY_FILE: &str = "agent.key";
+/// The dev agent's data directory, inside the replica's.
+pub const DEV_AGENT_DIR: &str = "agent";
+
+/// `tanvrit agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Server URL(s), comma-separated [default: --addr / TANVRIT_ADDR].
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub server: Option<String>,
+    /// The agent key (scope `agent`) [default: --api-key / TANVRIT_API_KEY].
+    #[arg(long, hide_env_values = true)]
+    pub key: Option<String>,
+    /// Where the node id, the spool of undelivered output and results, and the jobs'
+    /// scratch directories live.
+    #[arg(long, value_name = "DIR", default_value = "./tanvrit-agent-data")]
+    pub data_dir: PathBuf,
+    /// The node's name [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Node labels jobs can require: KEY=VALUE, comma-separated or repeated.
+    #[arg(long, value_name = "KEY=VALUE,...", value_delimiter = ',', value_parser = parse::key_value)]
+    pub labels: Vec<(String, String)>,
+    /// CPU offered, in millicores [default: cores x 1000].
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// Memory offered, in MB [default: the machine's total memory].
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// GPUs offered.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Between SIGTERM and SIGKILL when an attempt is stopped.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    pub stop_grace: Duration,
+    /// Longest wait between retries while the control plane is unreachable.
+    #[arg(long, default_value = "5s", value_parser = parse::duration)]
+    pub backoff_max: Duration,
+    /// Undelivered output kept on disk, in MiB; past it the oldest is dropped (with a
+    /// marker line). Results are never dropped.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub spool_limit_mib: u64,
+}
+
+impl AgentArgs {
+    /// The agent configuration these flags describe.
+    pub fn agent_config(&self) -> AgentConfig {
+        let mut config = AgentConfig::new(&self.data_dir);
+        if let Some(name) = &self.name {
+            config.name = name.clone();
+        }
+        config.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+        if let Some(cpu) = self.cpu_millis {
+            config.resources.cpu_millis = cpu;
+        }
+        if let Some(memory) = self.memory_mb {
+            config.resources.memory_mb = memory;
+        }
+        config.resources.gpus = self.gpus;
+        config.stop_grace = self.stop_grace;
+        config.backoff_max = self.backoff_max;
+        config.spool_limit_bytes = self.spool_limit_mib.saturating_mul(1024 * 1024);
+        config
+    }
+
+    /// The SDK client the agent talks through.
+    pub fn client(&self, global: &GlobalArgs) -> Result<Client, ClientError> {
+        let addr = self.server.as_deref().unwrap_or(&global.addr);
+        let key = self
+            .key
+            .clone()
+            .or_else(|| global.api_key.clone())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ClientError::Config("the agent needs an agent key: --key or TANVRIT_API_KEY".into())
+            })?;
+        agent_client(
+            split_endpoints(addr),
+            key,
+            global.request_timeout,
+            self.backoff_max,
+        )
+    }
+}
+
+/// A client tuned for an agent: a couple of retries inside each call (so a follower's
+/// 503 moves on to the next endpoint), short backoffs, no read-your-writes token (the
+/// agent reads nothing it wrote through another replica).
+pub fn agent_client(
+    endpoints: Vec<String>,
+    key: String,
+    timeout: Duration,
+    backoff_max: Duration,
+) -> Result<Client, ClientError> {
+    Client::new(ClientConfig {
+        endpoints,
+        api_key: Some(key),
+        timeout,
+        max_retries: 2,
+        read_your_writes: false,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: backoff_max.min(Duration::from_secs(1)),
+    })
+}
+
+/// Runs `tanvrit agent` until Ctrl-C or SIGTERM.
+pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = args.client(global)?;
+    let servers = client.config().endpoints.join(",");
+    let agent = Agent::new(client, args.agent_config())?;
+    agent
+        .run(crate::server::shutdown_signal(), |node| {
+            // Tests and scripts wait for this exact line.
+            println!(
+                "registered node {} ({}) with {servers}",
+                node.id,
+                describe(node)
+            );
+        })
+        .await?;
+    Ok(())
+}
+
+/// `name: 2000 millicores, 7953 MB, 0 GPUs, labels a=b`.
+pub fn describe(node: &Node) -> String {
+    let mut text = format!(
+        "{}: {} millicores, {} MB, {} GPUs",
+        node.name, node.resources.cpu_millis, node.resources.memory_mb, node.resources.gpus
+    );
+    if !node.labels.is_empty() {
+        let labels: Vec<String> = node
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        text.push_str(&format!(", labels {}", labels.join(",")));
+    }
+    text
+}
+
+/// The dev agent's key: the one kept in `<data_dir>/agent.key` while the server still
+/// lists it as a live agent key, else a new one (created with `admin`, then kept).
+pub async fn dev_agent_key(admin: &Client, data_dir: &Path) -> Result<String, ClientError> {
+    let path = data_dir.join(DEV_AGENT_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let secret = text.trim().to_string();
+        let keys = admin.list_keys().await?;
+        let live = keys.keys.iter().any(|k| {
+            k.scope == Scope::Agent && k.revoked_at.is_none() && secret.starts_with(k.id.as_str())
+        });
+        if live && !secret.is_empty() {
+            return Ok(secret);
+        }
+    }
+    let created = admin
+        .create_key(KeyCreateRequest {
+            name: Some("tanvrit dev local agent".into()),
+            scope: Scope::Agent,
+            business: None,
+        })
+        .await?;
+    if let Err(e) = write_private(&path, &created.secret) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep the dev agent key; a new one is made next time");
+    }
+    Ok(created.secret)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{secret}")
+}
