@@ -32,6 +32,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench")]
         business: String,
     },
+    /// Time from submission to `running` with real agents: submits `true` jobs, waits for
+    /// them to finish, then reads each attempt's start time against the job's creation
+    /// (both chosen by the server, so no polling error enters the figures).
+    StartLatency {
+        /// Jobs to submit.
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Concurrent submitters.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Give up waiting for the jobs to finish after this long.
+        #[arg(long, default_value = "120s", value_parser = crate::parse::duration)]
+        timeout: Duration,
+        /// The business billed for the benchmark jobs (topped up first).
+        #[arg(long, default_value = "bench")]
+        business: String,
+    },
     /// Scheduler placements/s: a queue of pending jobs over simulated nodes, in process.
     Placement {
         /// Pending jobs.
@@ -58,6 +75,21 @@ pub struct LevelReport {
     /// Acknowledged submissions per second.
     pub per_second: f64,
     /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// The start-latency benchmark's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartLatencyReport {
+    /// Jobs submitted.
+    pub jobs: usize,
+    /// Jobs that started.
+    pub started: usize,
+    /// Submit-to-running percentiles in milliseconds.
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
@@ -160,6 +192,78 @@ async fn run_level(
         p99_ms: percentile(&all, 99.0),
         max_ms: all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     }
+}
+
+async fn start_latency(
+    client: &Client,
+    business: &str,
+    jobs: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> anyhow::Result<StartLatencyReport> {
+    client
+        .create_credit_entry(CreditEntryCreateRequest {
+            business: business.into(),
+            kind: EntryKind::TopUp,
+            amount: 1_000_000_000_000,
+            idempotency_key: None,
+            note: Some("tanvrit bench".into()),
+        })
+        .await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let submitters: Vec<_> = (0..concurrency.max(1))
+        .map(|worker| {
+            let client = client.clone();
+            let business = business.to_string();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= jobs {
+                        return ids;
+                    }
+                    let mut request = bench_job(&business, worker, n as u64);
+                    request.spec.resources = Resources {
+                        cpu_millis: 10,
+                        memory_mb: 1,
+                        gpus: 0,
+                    };
+                    if let Ok(response) = client.submit_job(request).await {
+                        ids.push(response.job.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for submitter in submitters {
+        ids.extend(submitter.await?);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut latencies = Vec::new();
+    for id in &ids {
+        loop {
+            let job = client.get_job(id, Consistency::Stale).await?.job;
+            if job.state.is_terminal() || Instant::now() > deadline {
+                if let Some(started) = job.attempts.first().and_then(|a| a.started_at) {
+                    latencies.push(Duration::from_millis(
+                        started.saturating_sub(job.created_at).max(0) as u64,
+                    ));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    latencies.sort();
+    Ok(StartLatencyReport {
+        jobs: ids.len(),
+        started: latencies.len(),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    })
 }
 
 /// Builds `jobs` pending jobs over `nodes` ready nodes, then plans and applies rounds of
@@ -315,6 +419,27 @@ impl BenchCommand {
                             r.errors.to_string(),
                         ]);
                     }
+                    table
+                })
+            }
+            BenchCommand::StartLatency {
+                jobs,
+                concurrency,
+                timeout,
+                business,
+            } => {
+                let client = client()?;
+                let report = start_latency(&client, &business, jobs, concurrency, timeout).await?;
+                out.show(&report, |r| {
+                    let mut table =
+                        output::table(["JOBS", "STARTED", "P50 MS", "P99 MS", "MAX MS"]);
+                    table.add_row([
+                        r.jobs.to_string(),
+                        r.started.to_string(),
+                        format!("{:.1}", r.p50_ms),
+                        format!("{:.1}", r.p99_ms),
+                        format!("{:.1}", r.max_ms),
+                    ]);
                     table
                 })
             }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Submit-to-running latency with real agents: a release `tanvrit server` and N real
+# `tanvrit agent` processes on this machine, then `tanvrit bench start-latency`.
+# Usage: bench/agents.sh [agents] [jobs] [concurrent submitters]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+agents=${1:-4}
+jobs=${2:-500}
+concurrency=${3:-8}
+cargo build --release -p tanvrit >/dev/null
+bin=$PWD/target/release/tanvrit
+work=$(mktemp -d)
+port=${TANVRIT_BENCH_PORT:-17080}
+key=bench-admin-key-0123456789
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
+TANVRIT_BOOTSTRAP_KEY=$key RUST_LOG=warn $bin server --data-dir "$work/server" \
+  --api-addr 127.0.0.1:$port >"$work/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+export TANVRIT_ADDR=http://127.0.0.1:$port TANVRIT_API_KEY=$key
+agent_key=$($bin key create --scope agent --name bench --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+for n in $(seq "$agents"); do
+  RUST_LOG=warn $bin agent --key "$agent_key" --data-dir "$work/agent-$n" --name "bench-$n" \
+    --cpu-millis 4000 --memory-mb 4096 >"$work/agent-$n.log" 2>&1 &
+  pids+=($!)
+done
+for n in $(seq "$agents"); do
+  for _ in $(seq 100); do grep -q "registered node" "$work/agent-$n.log" && break; sleep 0.1; done
+done
+echo "== submit to running ($agents agents, $jobs jobs, $(nproc) cores)"
+$bin bench start-latency --jobs "$jobs" --concurrency "$concurrency"
