@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tanvrit");
 /// third of it.
 const NODE_TTL: &str = "3s";
 /// How long the control plane stays dead in the outage test.
-const OUTAGE: Duration = Duration::from_secs(6);
+const OUTAGE: Duration = Duration::from_secs(20);
 /// Longest wait for any condition.
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long a job is watched to show it is not placed.
