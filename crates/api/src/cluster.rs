@@ -59,6 +59,9 @@ pub struct ReplicaInfo {
     pub region: String,
     /// Address (replica RPC in Raft mode, API address otherwise).
     pub address: String,
+    /// Its public API address (`host:port`), when known (Raft mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_address: Option<String>,
     /// Its role.
     pub role: Role,
     /// Current term, when known.
@@ -96,6 +99,57 @@ pub struct Topology {
     /// Every replica.
     pub replicas: Vec<ReplicaInfo>,
     /// The answering replica's applied index.
+    pub index: Index,
+}
+
+/// `POST /api/compute/cluster/init` response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterInitResponse {
+    /// `true` if this call formed the cluster; `false` if it already was (nothing changed).
+    pub initialized: bool,
+    /// The answering replica's view of the replicas right after the call.
+    pub topology: Topology,
+}
+
+/// `POST /api/compute/cluster/replicas/add`: a replica to add (as a learner first, then,
+/// once caught up, as a voter).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaAddRequest {
+    /// Its Raft id (non-zero, unused by any other replica).
+    pub id: u64,
+    /// Its name (`TANVRIT_REPLICA_ID` on that replica).
+    pub name: String,
+    /// Its replica RPC address, `host:port`.
+    pub raft_addr: String,
+    /// Its public API address, `host:port` (empty: learned from the replica itself).
+    #[serde(default)]
+    pub api_addr: String,
+    /// Its region (empty: learned from the replica itself).
+    #[serde(default)]
+    pub region: String,
+}
+
+/// `POST /api/compute/cluster/replicas/remove`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaRemoveRequest {
+    /// The Raft id of the replica to remove.
+    pub id: u64,
+}
+
+/// The cluster's members after a membership change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MembershipResponse {
+    /// Voter ids.
+    pub voters: Vec<u64>,
+    /// Learner ids (members that do not vote).
+    pub learners: Vec<u64>,
+    /// The log index of the membership entry now in force.
     pub index: Index,
 }
 

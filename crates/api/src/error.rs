@@ -22,6 +22,10 @@ pub struct ErrorDetail {
     /// The current leader, when the error is about leadership.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The leader's API base URL (`http://host:port`), when the error is about
+    /// leadership and the answering replica knows it: retry there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_url: Option<String>,
 }
 
 impl ErrorBody {
@@ -32,6 +36,7 @@ impl ErrorBody {
                 code: code.into(),
                 message: message.into(),
                 leader: None,
+                leader_url: None,
             },
         }
     }

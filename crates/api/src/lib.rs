@@ -33,6 +33,9 @@ pub use schedule::*;
 
 /// Response header carrying the responding replica's applied index.
 pub const INDEX_HEADER: &str = "X-Tanvrit-Index";
+/// Response header on a 503 naming the leader's API base URL, when the answering replica
+/// knows it (the same value as the error body's `leader_url`).
+pub const LEADER_URL_HEADER: &str = "X-Tanvrit-Leader-Url";
 /// Request header naming an idempotency key for a mutating call.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Path prefix of every API route.

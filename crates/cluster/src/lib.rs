@@ -24,7 +24,7 @@ use tanvrit_api::{Consistency, Index, Role, Topology};
 use tanvrit_state::{Command, Outcome};
 use tokio::sync::watch;
 
-pub use raft::{Peer, RaftCluster, RaftClusterConfig, RaftStats};
+pub use raft::{MembershipView, Peer, RaftCluster, RaftClusterConfig, RaftStats, ReplicaNode};
 pub use reader::{LogWindow, Reader};
 pub use single_node::{SingleNode, SingleNodeConfig, WriteStats};
 
@@ -123,4 +123,47 @@ pub trait ClusterService: Send + Sync + 'static {
     fn leadership(&self) -> watch::Receiver<bool>;
     /// Stops background work and flushes; later writes fail with `ShuttingDown`.
     async fn shutdown(&self);
+
+    /// The Raft numbers to export (term, indexes, leader, latencies, snapshots); `None`
+    /// for implementations without a Raft log.
+    fn raft_stats(&self) -> Option<RaftStats> {
+        None
+    }
+
+    /// The API address (`host:port`) of the leader this replica knows (the same leader
+    /// [`ClusterError::NoLeader`] names), for clients to retry there; `None` if unknown.
+    fn leader_api_addr(&self) -> Option<String> {
+        None
+    }
+
+    /// Forms the cluster from its configured voters. `Ok(false)` (nothing changed) when
+    /// it already is. Only replicated implementations have a membership to form.
+    async fn initialize(&self) -> Result<bool, ClusterError> {
+        Err(not_replicated())
+    }
+
+    /// Adds replica `id` (a learner first, a voter once caught up), through the leader.
+    async fn add_replica(
+        &self,
+        id: u64,
+        node: ReplicaNode,
+    ) -> Result<MembershipView, ClusterError> {
+        let _ = (id, node);
+        Err(not_replicated())
+    }
+
+    /// Removes replica `id` from the membership, through the leader.
+    async fn remove_replica(&self, id: u64) -> Result<MembershipView, ClusterError> {
+        let _ = id;
+        Err(not_replicated())
+    }
+}
+
+/// The refusal of membership changes by an implementation without a membership.
+fn not_replicated() -> ClusterError {
+    ClusterError::Membership(
+        "this replica runs without Raft (single node); membership changes need \
+         TANVRIT_CLUSTER_RAFT=true"
+            .into(),
+    )
 }

@@ -327,6 +327,7 @@ impl ClusterService for SingleNode {
                 name: self.config.replica_name.clone(),
                 region: self.config.region.clone(),
                 address: self.config.address.clone(),
+                api_address: Some(self.config.address.clone()),
                 role: Role::Leader,
                 term: 0,
                 commit_index: applied,

@@ -299,13 +299,30 @@ async fn track_request(State(app): State<AppState>, request: Request, next: Next
 }
 
 /// Every response, errors included, carries this replica's applied index.
+/// 503s also name the leader's API URL, where this replica knows it (body field
+/// `leader_url` and header `X-Tanvrit-Leader-Url`), so a client can retry there.
 async fn add_index_header(State(app): State<AppState>, mut response: Response) -> Response {
     let index = app.reader().applied_index();
     response
         .headers_mut()
         .insert(INDEX_HEADER_NAME, HeaderValue::from(index));
+    if let Some(mut body) = response.extensions_mut().remove::<tanvrit_api::ErrorBody>() {
+        if let Some(addr) = app.cluster().leader_api_addr() {
+            let url = format!("http://{addr}");
+            if let Ok(value) = HeaderValue::from_str(&url) {
+                response.headers_mut().insert(LEADER_URL_HEADER_NAME, value);
+            }
+            body.error.leader_url = Some(url);
+            if let Ok(bytes) = serde_json::to_vec(&body) {
+                *response.body_mut() = axum::body::Body::from(bytes);
+            }
+        }
+    }
     response
 }
+
+/// `X-Tanvrit-Leader-Url` (`tanvrit_api::LEADER_URL_HEADER`) in lower case.
+const LEADER_URL_HEADER_NAME: HeaderName = HeaderName::from_static("x-tanvrit-leader-url");
 
 /// `X-Tanvrit-Index` (`tanvrit_api::INDEX_HEADER`) in the lower case header names use.
 const INDEX_HEADER_NAME: HeaderName = HeaderName::from_static("x-tanvrit-index");
@@ -340,6 +357,9 @@ mod tests {
     #[test]
     fn the_index_header_constant_matches_the_wire_name() {
         assert!(tanvrit_api::INDEX_HEADER.eq_ignore_ascii_case(INDEX_HEADER_NAME.as_str()));
+        assert!(
+            tanvrit_api::LEADER_URL_HEADER.eq_ignore_ascii_case(LEADER_URL_HEADER_NAME.as_str())
+        );
     }
 
     #[tokio::test]

@@ -92,9 +92,11 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            ApiError::Cluster(error) => match error.retry_after() {
-                Some(_) => StatusCode::SERVICE_UNAVAILABLE,
-                None => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Cluster(error) => match error {
+                ClusterError::Membership(_) => StatusCode::CONFLICT,
+                ClusterError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ if error.retry_after().is_some() => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -139,6 +141,10 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The app's response layer adds the leader's address, which only it knows.
+            response.extensions_mut().insert(self.body());
         }
         response
     }

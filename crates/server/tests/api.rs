@@ -794,6 +794,9 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
         "/api/compute/schedules/{id}/update",
         "/api/compute/schedules/{id}/delete",
         "/api/compute/cluster/topology",
+        "/api/compute/cluster/init",
+        "/api/compute/cluster/replicas/add",
+        "/api/compute/cluster/replicas/remove",
         "/api/compute/metrics",
         "/healthz",
         "/readyz",
@@ -804,7 +807,7 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
     }
     assert_eq!(
         paths.len(),
-        33,
+        36,
         "a route is documented that the test does not know"
     );
     let schemas = doc["components"]["schemas"].as_object().unwrap();

@@ -5,13 +5,20 @@
 //! |---|---|---|
 //! | `data_dir` | `TANVRIT_DATA_DIR` | `./tanvrit-data` |
 //! | `api_addr` | `TANVRIT_API_ADDR` | `127.0.0.1:7070` |
-//! | `raft_addr` | `TANVRIT_RAFT_ADDR` | `127.0.0.1:7071` |
+//! | `raft_addr` | `TANVRIT_RAFT_ADDR` | this replica's `peers` entry, else `127.0.0.1:7071` |
+//! | `advertise_api_addr` | `TANVRIT_ADVERTISE_API_ADDR` | the bound `api_addr` |
 //! | `replica_id` | `TANVRIT_REPLICA_ID` | `replica-1` |
 //! | `replica_region` | `TANVRIT_REPLICA_REGION` | `local` |
 //! | `cluster_id` | `TANVRIT_CLUSTER_ID` | `local` |
 //! | `compute.cluster.raft` | `TANVRIT_CLUSTER_RAFT` | `false` |
 //! | `peers` | `TANVRIT_PEERS` (`name=host:port,...`) | none |
-//! | `cluster_secret` | `TANVRIT_CLUSTER_SECRET` | none |
+//! | `cluster_secret` | `TANVRIT_CLUSTER_SECRET` (16+ characters) | none; required in Raft mode |
+//! | `raft_node_id` | `TANVRIT_RAFT_NODE_ID` | the position in `peers` |
+//! | `raft_profile` | `TANVRIT_RAFT_PROFILE` (`default`, `lan`) | `default` |
+//! | `raft_heartbeat` | `TANVRIT_RAFT_HEARTBEAT` | `500ms` (`lan`: `100ms`) |
+//! | `raft_election_min` | `TANVRIT_RAFT_ELECTION_MIN` | `1s` (`lan`: `250ms`) |
+//! | `raft_election_max` | `TANVRIT_RAFT_ELECTION_MAX` | `1500ms` (`lan`: `400ms`) |
+//! | `raft_auto_bootstrap` | `TANVRIT_RAFT_AUTO_BOOTSTRAP` | `true` |
 //! | `bootstrap_key` | `TANVRIT_BOOTSTRAP_KEY` | generated into `<data_dir>/admin.key` |
 //! | `body_limit_bytes` | `TANVRIT_BODY_LIMIT_BYTES` | 2 MiB |
 //! | `rates.cpu_second` | `TANVRIT_RATE_CPU_SECOND` | 10 |
@@ -26,6 +33,16 @@
 //! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
 //!
+//! # Raft mode
+//! `compute.cluster.raft = true` selects `RaftCluster`. The voters are `peers`; their Raft
+//! ids are their 1-based positions in the list (or explicit: `id:name=host:port`), so
+//! every replica must be given the same list. This replica is the entry named
+//! `replica_id`; a replica outside the list (to be added later with `tanvrit cluster
+//! add-replica`) names its id with `raft_node_id` and never forms a cluster by itself.
+//! Every listed replica may be started in any order: the lowest id forms the cluster
+//! once every listed peer answers (`raft_auto_bootstrap`), or `tanvrit cluster init`
+//! forms it at once; restarts never need either again. See `docs/raft.md`.
+//!
 //! The file is named by `--config` or `TANVRIT_CONFIG`. Client-side variables
 //! (`TANVRIT_ADDR`, `TANVRIT_API_KEY`, `TANVRIT_BUSINESS`) are not configuration of a
 //! replica and are ignored here; an unknown key in the file is an error, so typos show.
@@ -38,6 +55,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tanvrit_api::{MicroCredits, Rates};
+use tanvrit_cluster::raft::Peer as RaftPeer;
+use tanvrit_cluster::RaftClusterConfig;
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "TANVRIT_CONFIG";
@@ -49,6 +68,11 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("DATA_DIR", "data_dir"),
     ("API_ADDR", "api_addr"),
     ("RAFT_ADDR", "raft_addr"),
+    ("ADVERTISE_API_ADDR", "advertise_api_addr"),
+    ("RAFT_PROFILE", "raft_profile"),
+    ("RAFT_HEARTBEAT", "raft_heartbeat"),
+    ("RAFT_ELECTION_MIN", "raft_election_min"),
+    ("RAFT_ELECTION_MAX", "raft_election_max"),
     ("REPLICA_ID", "replica_id"),
     ("REPLICA_REGION", "replica_region"),
     ("CLUSTER_ID", "cluster_id"),
@@ -67,6 +91,8 @@ const ENV_TEXT: &[(&str, &str)] = &[
 /// booleans, and the config key each sets.
 const ENV_TYPED: &[(&str, &str)] = &[
     ("cluster_raft", "compute.cluster.raft"),
+    ("raft_node_id", "raft_node_id"),
+    ("raft_auto_bootstrap", "raft_auto_bootstrap"),
     ("body_limit_bytes", "body_limit_bytes"),
     ("rate_cpu_second", "rates.cpu_second"),
     ("rate_memory_gb_second", "rates.memory_gb_second"),
@@ -84,12 +110,13 @@ pub enum ConfigError {
     /// A value has the wrong type or an unknown key was given.
     #[error("{0}")]
     Load(Box<figment::Error>),
-    /// Raft mode was asked for; it is not part of this build yet.
+    /// Raft mode was asked for without the secret replica RPC is authenticated with.
     #[error(
-        "Raft mode (TANVRIT_CLUSTER_RAFT=true / compute.cluster.raft = true) is not built yet; \
-         unset it to run a single-node replica"
+        "Raft mode (TANVRIT_CLUSTER_RAFT=true / compute.cluster.raft = true) needs \
+         TANVRIT_CLUSTER_SECRET (cluster_secret): the same string of 16+ characters on \
+         every replica"
     )]
-    RaftNotBuilt,
+    ClusterSecretMissing,
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
@@ -101,7 +128,7 @@ impl ConfigError {
         match self {
             ConfigError::MissingFile(_) => "config_file_missing",
             ConfigError::Load(_) | ConfigError::Invalid(_) => "config_invalid",
-            ConfigError::RaftNotBuilt => "raft_not_built",
+            ConfigError::ClusterSecretMissing => "cluster_secret_missing",
         }
     }
 }
@@ -138,9 +165,31 @@ pub struct ComputeSection {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
-    /// `true` selects the Raft implementation (`TANVRIT_CLUSTER_RAFT`). Not built yet:
-    /// loading a configuration with it set fails with [`ConfigError::RaftNotBuilt`].
+    /// `true` selects the Raft implementation, `RaftCluster` (`TANVRIT_CLUSTER_RAFT`).
     pub raft: bool,
+}
+
+/// Raft timing presets (`raft_profile`); `raft_heartbeat` and `raft_election_*` override
+/// single values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftProfile {
+    /// Heartbeat 500 ms, election 1000/1500 ms: a new leader serves writes about
+    /// 1-2 s after the old one died (DESIGN.md's default, for links across regions).
+    #[default]
+    Default,
+    /// Heartbeat 100 ms, election 250/400 ms: failover well under a second, for replicas
+    /// on one LAN (or one machine).
+    Lan,
+}
+
+/// What Raft mode starts with: the replica's configuration and where to listen.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// The `RaftCluster` configuration (its `raft_addr` is the address peers dial).
+    pub cluster: RaftClusterConfig,
+    /// The address the replica RPC listener binds (`raft_addr`; may be a wildcard).
+    pub listen_addr: String,
 }
 
 /// Credit rates applied to new jobs, in micro-credits (1 credit = 1,000,000).
@@ -183,8 +232,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Public API listen address (`host:port`).
     pub api_addr: String,
-    /// Replica RPC listen address (Raft mode).
-    pub raft_addr: String,
+    /// Replica RPC listen address (Raft mode). Default: this replica's `peers` entry,
+    /// else `127.0.0.1:7071`.
+    pub raft_addr: Option<String>,
+    /// The API address (`host:port`) other replicas and clients are told, for leader
+    /// hints and the topology. Default: the bound `api_addr`.
+    pub advertise_api_addr: Option<String>,
     /// This replica's name (the seed's `TANVRIT_REPLICA_ID`).
     #[serde(deserialize_with = "lenient::string")]
     pub replica_id: String,
@@ -202,6 +255,23 @@ pub struct Config {
     /// Shared secret authenticating replica RPC (required in Raft mode).
     #[serde(deserialize_with = "lenient::secret")]
     pub cluster_secret: Option<Secret>,
+    /// This replica's Raft id, for a replica that is not in `peers` (one added later).
+    /// Default: its position in `peers`.
+    pub raft_node_id: Option<u64>,
+    /// Timing preset: `default` or `lan`.
+    pub raft_profile: Option<RaftProfile>,
+    /// Leader heartbeat interval (overrides the profile).
+    #[serde(with = "human_duration_opt")]
+    pub raft_heartbeat: Option<Duration>,
+    /// Lower bound of the randomized election timeout (overrides the profile).
+    #[serde(with = "human_duration_opt")]
+    pub raft_election_min: Option<Duration>,
+    /// Upper bound of the election timeout, and the leader lease (overrides the profile).
+    #[serde(with = "human_duration_opt")]
+    pub raft_election_max: Option<Duration>,
+    /// The lowest-id peer forms the cluster once every peer answers. When false, run
+    /// `tanvrit cluster init` once.
+    pub raft_auto_bootstrap: bool,
     /// The first admin key (16+ characters); when absent one is generated into
     /// `<data_dir>/admin.key` at first start.
     #[serde(deserialize_with = "lenient::secret")]
@@ -238,13 +308,20 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./tanvrit-data"),
             api_addr: "127.0.0.1:7070".into(),
-            raft_addr: "127.0.0.1:7071".into(),
+            raft_addr: None,
+            advertise_api_addr: None,
             replica_id: "replica-1".into(),
             replica_region: "local".into(),
             cluster_id: "local".into(),
             compute: ComputeSection::default(),
             peers: Vec::new(),
             cluster_secret: None,
+            raft_node_id: None,
+            raft_profile: None,
+            raft_heartbeat: None,
+            raft_election_min: None,
+            raft_election_max: None,
+            raft_auto_bootstrap: true,
             bootstrap_key: None,
             body_limit_bytes: 2 * 1024 * 1024,
             rates: RatesSection::default(),
@@ -275,7 +352,7 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_addr: Option<String>,
-    /// Replica RPC listen address (Raft mode).
+    /// Replica RPC listen address (Raft mode) [default: this replica's peers entry].
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft_addr: Option<String>,
@@ -341,9 +418,102 @@ impl Config {
         self.bootstrap_key.as_ref().map(|s| s.0.as_str())
     }
 
+    /// Whether Raft mode is selected.
+    pub fn raft(&self) -> bool {
+        self.compute.cluster.raft
+    }
+
+    /// The configured voters with their Raft ids.
+    pub fn raft_peers(&self) -> Result<Vec<RaftPeer>, ConfigError> {
+        let list: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.addr))
+            .collect();
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        RaftPeer::parse_list(&list.join(","))
+            .map_err(|e| ConfigError::Invalid(format!("peers (TANVRIT_PEERS): {e}")))
+    }
+
+    /// The Raft configuration of this replica, whose API is reachable at `api_addr`
+    /// (`advertise_api_addr` wins when set).
+    pub fn raft_settings(&self, api_addr: &str) -> Result<RaftSettings, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let Some(secret) = self.cluster_secret.as_ref().filter(|s| !s.0.is_empty()) else {
+            return Err(ConfigError::ClusterSecretMissing);
+        };
+        let peers = self.raft_peers()?;
+        let by_name = peers.iter().find(|p| p.name == self.replica_id);
+        let (node_id, listed) = match (self.raft_node_id, by_name) {
+            (Some(id), _) => (id, peers.iter().find(|p| p.id == id)),
+            (None, Some(peer)) => (peer.id, Some(peer)),
+            // No peers at all: a cluster of one voter, this replica.
+            (None, None) if peers.is_empty() => (1, None),
+            (None, None) => {
+                let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+                return invalid(format!(
+                    "replica_id (TANVRIT_REPLICA_ID) `{}` is not in peers (TANVRIT_PEERS: {}); \
+                     a replica to be added later with `tanvrit cluster add-replica` names its \
+                     Raft id with TANVRIT_RAFT_NODE_ID",
+                    self.replica_id,
+                    names.join(", ")
+                ));
+            }
+        };
+        let advertised = match (listed, &self.raft_addr) {
+            (Some(peer), _) => peer.raft_addr.clone(),
+            (None, Some(addr)) => addr.clone(),
+            (None, None) => "127.0.0.1:7071".to_string(),
+        };
+        let listen_addr = self.raft_addr.clone().unwrap_or_else(|| advertised.clone());
+        let mut cluster = RaftClusterConfig::new(
+            node_id,
+            self.replica_id.clone(),
+            advertised,
+            self.data_dir.clone(),
+            secret.0.clone(),
+        );
+        if self.raft_profile == Some(RaftProfile::Lan) {
+            cluster = cluster.lan();
+        }
+        if let Some(d) = self.raft_heartbeat {
+            cluster.heartbeat = d;
+        }
+        if let Some(d) = self.raft_election_min {
+            cluster.election_min = d;
+        }
+        if let Some(d) = self.raft_election_max {
+            cluster.election_max = d;
+        }
+        cluster.region = self.replica_region.clone();
+        cluster.cluster_id = self.cluster_id.clone();
+        cluster.api_addr = self
+            .advertise_api_addr
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string());
+        let peers_empty = peers.is_empty();
+        // Only a listed voter (or the one voter of a peerless cluster) may form a
+        // cluster; a replica waiting to be added must not make one of its own.
+        let listed_voter = listed.is_some() || (peers_empty && self.raft_node_id.is_none());
+        cluster.peers = peers.clone();
+        cluster.snapshot_every = self.snapshot_every;
+        cluster.min_index_wait = self.min_index_wait;
+        cluster.log_retention_bytes_per_job = self.log_retention_bytes_per_job;
+        cluster.auto_bootstrap = self.raft_auto_bootstrap && listed_voter;
+        cluster
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("Raft mode: {e}")))?;
+        Ok(RaftSettings {
+            cluster,
+            listen_addr,
+        })
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
-        if self.compute.cluster.raft {
-            return Err(ConfigError::RaftNotBuilt);
+        if self.raft() {
+            self.raft_settings(&self.api_addr)?;
         }
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(key) = &self.bootstrap_key {
@@ -393,6 +563,36 @@ fn typed_env() -> Env {
             .find(|(env, _)| key == *env)
             .map(|(_, path)| (*path).into())
     })
+}
+
+/// Optional durations written like `500ms`, `1s`.
+mod human_duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration with a unit, like \"500ms\" or \"1s\"")
+        })?
+        else {
+            return Ok(None);
+        };
+        humantime::parse_duration(text.trim())
+            .map(Some)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration like 500ms or 1s ({e})"
+                ))
+            })
+    }
 }
 
 /// Durations written like `5s`, `1m 30s`.
@@ -563,22 +763,120 @@ mod tests {
     }
 
     #[test]
-    fn raft_mode_from_env_fails_clearly_instead_of_falling_back() {
+    fn raft_mode_from_env_selects_raft_and_maps_every_setting() {
         Jail::expect_with(|jail| {
             jail.set_env("TANVRIT_CLUSTER_RAFT", "true");
-            let err = Config::load(&ConfigFlags::default()).unwrap_err();
-            assert_eq!(err.code(), "raft_not_built");
-            assert!(err.to_string().contains("not built yet"));
+            jail.set_env(
+                "TANVRIT_PEERS",
+                "r1=10.0.0.1:7071,r2=10.0.0.2:7071,r3=10.0.0.3:7071",
+            );
+            jail.set_env("TANVRIT_REPLICA_ID", "r2");
+            jail.set_env("TANVRIT_REPLICA_REGION", "eu-west");
+            jail.set_env("TANVRIT_CLUSTER_ID", "prod");
+            jail.set_env("TANVRIT_CLUSTER_SECRET", "0123456789abcdef-secret");
+            jail.set_env("TANVRIT_RAFT_PROFILE", "lan");
+            jail.set_env("TANVRIT_RAFT_HEARTBEAT", "50ms");
+            jail.set_env("TANVRIT_RAFT_ADDR", "0.0.0.0:7071");
+            jail.set_env("TANVRIT_SNAPSHOT_EVERY", "500");
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            assert!(config.raft());
+            let settings = config
+                .raft_settings("10.0.0.2:7070")
+                .map_err(|e| e.to_string())?;
+            let c = &settings.cluster;
+            assert_eq!(c.node_id, 2, "the position in TANVRIT_PEERS");
+            assert_eq!(c.replica_name, "r2");
+            assert_eq!(
+                c.raft_addr, "10.0.0.2:7071",
+                "peers dial the listed address"
+            );
+            assert_eq!(settings.listen_addr, "0.0.0.0:7071");
+            assert_eq!(c.api_addr, "10.0.0.2:7070");
+            assert_eq!(
+                (c.region.as_str(), c.cluster_id.as_str()),
+                ("eu-west", "prod")
+            );
+            assert_eq!(c.peers.len(), 3);
+            assert_eq!(
+                c.heartbeat,
+                Duration::from_millis(50),
+                "explicit beats profile"
+            );
+            assert_eq!(c.election_min, Duration::from_millis(250), "lan profile");
+            assert_eq!(c.election_max, Duration::from_millis(400), "lan profile");
+            assert_eq!(c.snapshot_every, 500);
+            assert!(c.auto_bootstrap);
             Ok(())
         });
     }
 
     #[test]
-    fn raft_mode_from_the_seed_toml_key_fails_too() {
+    fn raft_mode_from_the_seed_toml_key_needs_a_cluster_secret() {
         Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[compute.cluster]\nraft = true\n")?;
             let err = Config::load(&flags_with_file("c.toml")).unwrap_err();
-            assert_eq!(err.code(), "raft_not_built");
+            assert_eq!(err.code(), "cluster_secret_missing");
+            assert!(err.to_string().contains("TANVRIT_CLUSTER_SECRET"), "{err}");
+            jail.create_file(
+                "ok.toml",
+                "cluster_secret = \"0123456789abcdef\"\nraft_election_max = \"2s\"\n\
+                 [compute.cluster]\nraft = true\n",
+            )?;
+            let config = Config::load(&flags_with_file("ok.toml")).map_err(|e| e.to_string())?;
+            let settings = config
+                .raft_settings("127.0.0.1:7070")
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.cluster.node_id, 1,
+                "no peers: a cluster of one voter"
+            );
+            assert_eq!(settings.cluster.raft_addr, "127.0.0.1:7071");
+            assert_eq!(settings.cluster.heartbeat, Duration::from_millis(500));
+            assert_eq!(settings.cluster.election_max, Duration::from_secs(2));
+            assert!(settings.cluster.auto_bootstrap);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_replica_outside_the_peers_needs_an_id_and_never_forms_a_cluster() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TANVRIT_CLUSTER_RAFT", "true");
+            jail.set_env("TANVRIT_CLUSTER_SECRET", "0123456789abcdef");
+            jail.set_env("TANVRIT_PEERS", "r1=h:1,r2=h:2,r3=h:3");
+            jail.set_env("TANVRIT_REPLICA_ID", "r4");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert_eq!(err.code(), "config_invalid");
+            assert!(err.to_string().contains("TANVRIT_RAFT_NODE_ID"), "{err}");
+            jail.set_env("TANVRIT_RAFT_NODE_ID", "4");
+            jail.set_env("TANVRIT_RAFT_ADDR", "h:4");
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            let settings = config.raft_settings("h:40").map_err(|e| e.to_string())?;
+            assert_eq!(settings.cluster.node_id, 4);
+            assert_eq!(settings.cluster.raft_addr, "h:4");
+            assert!(!settings.cluster.auto_bootstrap);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn raft_timings_and_secrets_openraft_cannot_use_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TANVRIT_CLUSTER_RAFT", "true");
+            jail.set_env("TANVRIT_CLUSTER_SECRET", "short");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert!(err.to_string().contains("16 characters"), "{err}");
+            jail.set_env("TANVRIT_CLUSTER_SECRET", "0123456789abcdef");
+            jail.set_env("TANVRIT_RAFT_ELECTION_MIN", "2s");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert!(err.to_string().contains("election_min"), "{err}");
+            jail.set_env("TANVRIT_RAFT_ELECTION_MIN", "fast");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert!(err.to_string().contains("duration"), "{err}");
+            jail.set_env("TANVRIT_RAFT_ELECTION_MIN", "1s");
+            jail.set_env("TANVRIT_RAFT_PROFILE", "wan");
+            let err = Config::load(&ConfigFlags::default()).unwrap_err();
+            assert_eq!(err.code(), "config_invalid");
             Ok(())
         });
     }

@@ -6,9 +6,11 @@
 //! - [`commands`]: the client commands (`job`, `node`, `key`, `credit`, `schedule`,
 //!   `cluster`), each calling the API through `tanvrit-client`.
 //! - [`config`]: the replica configuration (TOML < `TANVRIT_*` env < flags).
+//! - [`dev_cluster`]: `tanvrit dev --replicas N`, a Raft cluster in one process.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`parse`]: flag value parsers (durations, `k=v`, exact credit amounts, times).
-//! - [`server`]: `tanvrit server` and `tanvrit dev` (a single-node replica).
+//! - [`raft`]: Raft mode of a replica (its `RaftCluster`, the admin key once led).
+//! - [`server`]: `tanvrit server` and `tanvrit dev` (one replica).
 //!
 //! `anyhow` is used here and nowhere else in the workspace: the binary only reports errors.
 
@@ -16,6 +18,8 @@ pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dev_cluster;
 pub mod output;
 pub mod parse;
+pub mod raft;
 pub mod server;

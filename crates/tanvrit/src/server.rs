@@ -1,9 +1,11 @@
-//! `tanvrit server` and `tanvrit dev`: one single-node replica serving the API.
+//! `tanvrit server` and `tanvrit dev`: one replica serving the API.
 //!
-//! Both load the configuration, open `SingleNode`, make sure an admin key exists, bind
-//! `api_addr` and serve until Ctrl-C or SIGTERM. `dev` also prints the admin key with a
-//! ready-to-paste `export` line, gives business `default` its welcome credits, and runs
-//! a local agent (the same agent code, in-process) so submitted jobs run.
+//! Both load the configuration, bind `api_addr`, open `SingleNode` (or, in Raft mode,
+//! `RaftCluster`: see [`crate::raft`]), make sure an admin key exists and serve until
+//! Ctrl-C or SIGTERM. `dev` also prints the admin key with a ready-to-paste `export`
+//! line, gives business `default` its welcome credits and runs a local agent (the same
+//! agent code, in-process) so submitted jobs run; `dev --replicas N` runs a Raft
+//! cluster of N replicas in one process ([`crate::dev_cluster`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tanvrit_client::{Client, ClientConfig};
 use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
 use tanvrit_server::{BootstrapOutcome, ServerConfig, ADMIN_KEY_FILE};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::agent::{agent_client, dev_agent_key, DEV_AGENT_DIR, DEV_AGENT_KEY_FILE};
 use crate::config::{Config, ConfigFlags};
@@ -43,22 +46,30 @@ pub struct ServerArgs {
 pub struct DevArgs {
     #[command(flatten)]
     pub config: ConfigFlags,
+    /// Run a Raft cluster of this many replicas in one process, on consecutive ports
+    /// from `--api-addr` (API and replica RPC alternate) with data directories
+    /// `<data-dir>/replica-N`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub replicas: u16,
 }
 
 /// A replica that is open and bound, not yet serving.
-struct Replica {
+pub(crate) struct Replica {
     config: Config,
-    cluster: Arc<SingleNode>,
+    cluster: Arc<dyn ClusterService>,
     listener: TcpListener,
     addr: SocketAddr,
-    bootstrap: BootstrapOutcome,
+    /// What the admin bootstrap did; `None` in Raft mode, where it runs in the
+    /// background (`admin_task`) once a leader is elected.
+    bootstrap: Option<BootstrapOutcome>,
+    admin_task: Option<JoinHandle<()>>,
 }
 
 impl Replica {
     /// Binds the API address, opens the store, and ensures an admin key. Binding first
     /// means a taken port fails before anything is written, and the topology shows the
     /// real address when port 0 was asked for.
-    async fn open(config: Config) -> anyhow::Result<Self> {
+    pub(crate) async fn open(config: Config) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&config.api_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.api_addr))?;
@@ -69,6 +80,22 @@ impl Replica {
                 config.data_dir.display()
             )
         })?;
+        if config.raft() {
+            let raft: Arc<dyn ClusterService> = crate::raft::open(&config, addr).await?;
+            let admin_task = tokio::spawn(crate::raft::bootstrap_admin_when_led(
+                raft.clone(),
+                config.data_dir.clone(),
+                config.bootstrap_key().map(str::to_string),
+            ));
+            return Ok(Self {
+                config,
+                cluster: raft,
+                listener,
+                addr,
+                bootstrap: None,
+                admin_task: Some(admin_task),
+            });
+        }
         let cluster_config = SingleNodeConfig {
             data_dir: config.data_dir.clone(),
             replica_name: config.replica_id.clone(),
@@ -89,29 +116,20 @@ impl Replica {
             config.bootstrap_key(),
         )
         .await?;
-        match &bootstrap {
-            BootstrapOutcome::AlreadyPresent => tracing::info!("an admin key exists"),
-            BootstrapOutcome::FromEnv { key, .. } => {
-                tracing::info!(%key, "created the admin key from TANVRIT_BOOTSTRAP_KEY")
-            }
-            BootstrapOutcome::Generated { key, path, .. } => tracing::info!(
-                %key,
-                path = %path.display(),
-                "generated the admin key; its secret is in the file"
-            ),
-        }
+        crate::raft::log_outcome(&bootstrap);
         Ok(Self {
             config,
             cluster,
             listener,
             addr,
-            bootstrap,
+            bootstrap: Some(bootstrap),
+            admin_task: None,
         })
     }
 
     /// Serves until `shutdown` resolves, then closes the cluster. `on_ready` runs once
     /// the API is accepting requests.
-    async fn serve<R>(
+    pub(crate) async fn serve<R>(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
         on_ready: impl FnOnce(ReadyInfo) -> R,
@@ -130,7 +148,7 @@ impl Replica {
             cron_skip_grace: self.config.cron_skip_grace,
             ..ServerConfig::default()
         };
-        let cluster: Arc<dyn ClusterService> = self.cluster.clone();
+        let cluster = self.cluster.clone();
         let serving = tokio::spawn(tanvrit_server::serve(
             server_config,
             cluster,
@@ -145,6 +163,9 @@ impl Replica {
         };
         let ready = on_ready(info).await;
         let served = serving.await.context("the API task panicked")?;
+        if let Some(task) = &self.admin_task {
+            task.abort();
+        }
         self.cluster.shutdown().await;
         ready?;
         served?;
@@ -153,12 +174,12 @@ impl Replica {
 }
 
 /// What a started replica tells its caller.
-struct ReadyInfo {
+pub(crate) struct ReadyInfo {
     /// The URL clients use (a wildcard bind address becomes loopback).
     url: String,
     data_dir: PathBuf,
     bootstrap_key: Option<String>,
-    bootstrap: BootstrapOutcome,
+    bootstrap: Option<BootstrapOutcome>,
 }
 
 /// Runs `tanvrit server`.
@@ -179,6 +200,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 /// answers), then the server.
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    if args.replicas > 1 {
+        return crate::dev_cluster::run(config, usize::from(args.replicas)).await;
+    }
     let replica = Replica::open(config).await?;
     let (stop_server, server_stop) = tokio::sync::oneshot::channel::<()>();
     replica
@@ -318,7 +342,7 @@ fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
         return Some((key.trim().to_string(), "TANVRIT_BOOTSTRAP_KEY".into()));
     }
     let path = match &info.bootstrap {
-        BootstrapOutcome::Generated { path, .. } => path.clone(),
+        Some(BootstrapOutcome::Generated { path, .. }) => path.clone(),
         _ => info.data_dir.join(ADMIN_KEY_FILE),
     };
     read_secret(&path).map(|secret| (secret, format!("from {}", path.display())))
@@ -332,7 +356,10 @@ fn read_secret(path: &Path) -> Option<String> {
 
 /// Writes the welcome top-up (a no-op after the first start: same idempotency key) and
 /// returns the business's available balance.
-async fn welcome_top_up(url: &str, secret: &str) -> Result<i64, tanvrit_client::ClientError> {
+pub(crate) async fn welcome_top_up(
+    url: &str,
+    secret: &str,
+) -> Result<i64, tanvrit_client::ClientError> {
     let client = Client::new(ClientConfig {
         endpoints: vec![url.to_string()],
         api_key: Some(secret.to_string()),
@@ -357,7 +384,7 @@ async fn welcome_top_up(url: &str, secret: &str) -> Result<i64, tanvrit_client::
 }
 
 /// The base URL clients use for a bound address.
-fn client_url(addr: SocketAddr) -> String {
+pub(crate) fn client_url(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
         ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),

@@ -1,6 +1,7 @@
 //! `tanvrit dev` and `tanvrit server` as real processes on 127.0.0.1:0, driven by the
 //! `tanvrit` client commands: out of the box a job can be submitted, the welcome credits
-//! are written once across restarts, SIGTERM stops the server, and Raft mode is refused.
+//! are written once across restarts, SIGTERM stops the server, and Raft mode needs its
+//! cluster secret and runs with one voter when no peers are given.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -207,7 +208,7 @@ async fn server_uses_the_bootstrap_key_and_reports_its_topology() {
 }
 
 #[tokio::test]
-async fn raft_mode_is_refused_with_a_clear_message() {
+async fn raft_mode_without_a_cluster_secret_is_refused_with_a_clear_message() {
     let data = tempfile::tempdir().unwrap();
     let output = clean(&["server", "--data-dir", data.path().to_str().unwrap()])
         .env("TANVRIT_CLUSTER_RAFT", "true")
@@ -217,11 +218,85 @@ async fn raft_mode_is_refused_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("error: raft_not_built: ") && stderr.contains("not built yet"),
+        stderr.contains("error: cluster_secret_missing: ")
+            && stderr.contains("TANVRIT_CLUSTER_SECRET"),
         "{stderr}"
     );
     assert!(
         std::fs::read_dir(data.path()).unwrap().next().is_none(),
         "nothing was written before refusing"
     );
+}
+
+#[tokio::test]
+async fn raft_mode_with_no_peers_is_a_one_voter_cluster_that_takes_writes() {
+    let data = tempfile::tempdir().unwrap();
+    let key = "a-bootstrap-key-for-tests";
+    let raft_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let raft_addr = format!("127.0.0.1:{raft_port}");
+    let server = start(
+        "server",
+        data.path(),
+        &[
+            ("TANVRIT_CLUSTER_RAFT", "true"),
+            ("TANVRIT_CLUSTER_SECRET", "a-cluster-secret-for-tests"),
+            ("TANVRIT_RAFT_ADDR", &raft_addr),
+            ("TANVRIT_BOOTSTRAP_KEY", key),
+            ("TANVRIT_RAFT_PROFILE", "lan"),
+        ],
+    )
+    .await;
+    // The admin key is written once the replica elected itself; poll for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let topology = loop {
+        let (code, stdout, stderr) =
+            client(&server.url, key, &["--json", "cluster", "topology"]).await;
+        if code == 0 {
+            break serde_json::from_str::<Value>(&stdout).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(topology["mode"], "raft");
+    assert_eq!(topology["replicas"][0]["address"], raft_addr.as_str());
+    assert_eq!(
+        format!(
+            "http://{}",
+            topology["replicas"][0]["api_address"].as_str().unwrap()
+        ),
+        server.url
+    );
+    let (code, stdout, stderr) = client(
+        &server.url,
+        key,
+        &["job", "submit", "--business", "acme", "--", "echo", "hi"],
+    )
+    .await;
+    // No credits yet: the submission is refused by the state machine, through Raft.
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("insufficient_credits"), "{stderr}");
+    let metrics = reqwest_free_get(&server.url, "/metrics").await;
+    assert!(
+        metrics.contains("tanvrit_raft_role{role=\"leader\"} 1"),
+        "{metrics}"
+    );
+    server.terminate().await;
+}
+
+/// `GET path` with the SDK's raw call (no key needed for `/metrics`).
+async fn reqwest_free_get(url: &str, path: &str) -> String {
+    let client = tanvrit_client::Client::new(tanvrit_client::ClientConfig {
+        endpoints: vec![url.to_string()],
+        ..Default::default()
+    })
+    .unwrap();
+    client.get_raw(path, &[]).await.unwrap().text()
 }

@@ -354,4 +354,28 @@ impl ClusterService for RaftCluster {
     async fn shutdown(&self) {
         self.stop_with(true).await;
     }
+
+    fn raft_stats(&self) -> Option<RaftStats> {
+        Some(self.stats())
+    }
+
+    fn leader_api_addr(&self) -> Option<String> {
+        self.node.leader_api_addr()
+    }
+
+    async fn initialize(&self) -> Result<bool, ClusterError> {
+        RaftCluster::initialize(self).await
+    }
+
+    async fn add_replica(
+        &self,
+        id: NodeId,
+        node: ReplicaNode,
+    ) -> Result<MembershipView, ClusterError> {
+        RaftCluster::add_replica(self, id, node).await
+    }
+
+    async fn remove_replica(&self, id: NodeId) -> Result<MembershipView, ClusterError> {
+        RaftCluster::remove_replica(self, id).await
+    }
 }

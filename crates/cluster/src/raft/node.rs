@@ -216,6 +216,30 @@ impl Node {
         }
     }
 
+    /// The API address of the leader [`Node::no_leader`] names (or this replica, when it
+    /// leads): from that replica's latest status, else from the membership.
+    pub fn leader_api_addr(&self) -> Option<String> {
+        let m = self.metrics();
+        let id = self
+            .leader_of(&m)
+            .or(m.current_leader.filter(|id| *id != self.config.node_id))?;
+        self.api_addr_of(id)
+    }
+
+    /// Replica `id`'s API address, when known.
+    fn api_addr_of(&self, id: NodeId) -> Option<String> {
+        let known = |addr: String| Some(addr).filter(|a| !a.is_empty());
+        if id == self.config.node_id {
+            return known(self.me.api_addr.clone());
+        }
+        self.contacts
+            .get(id)
+            .status
+            .filter(|s| s.id == id)
+            .and_then(|s| known(s.node.api_addr))
+            .or_else(|| self.node_of(id).and_then(|n| known(n.api_addr)))
+    }
+
     /// Waits until the metrics change or a tick passes, but not past `deadline`.
     async fn pause(&self, deadline: Instant) {
         let until = (Instant::now() + self.tick()).min(deadline);
@@ -817,6 +841,7 @@ impl Node {
                     name: node.name,
                     region: node.region,
                     address: node.raft_addr,
+                    api_address: Some(node.api_addr).filter(|a| !a.is_empty()),
                     role: self.role_of(&m),
                     term: m.current_term,
                     commit_index: self.committed.load(Ordering::Relaxed),
@@ -862,6 +887,7 @@ impl Node {
                     .map(|s| s.node.region.clone())
                     .filter(|r| !r.is_empty())
                     .unwrap_or(node.region),
+                api_address: self.api_addr_of(id),
                 address: node.raft_addr,
                 role,
                 term: status.as_ref().map_or(0, |s| s.term),

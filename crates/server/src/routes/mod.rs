@@ -7,6 +7,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod cluster;
+pub(crate) mod cluster_admin;
 pub(crate) mod credits;
 pub(crate) mod jobs;
 pub(crate) mod keys;
@@ -130,4 +131,5 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(probes::handle_get_readiness))
         .routes(routes!(probes::handle_get_prometheus_metrics))
         .routes(routes!(probes::handle_get_openapi))
+        .merge(cluster_admin::router())
 }
