@@ -101,7 +101,32 @@ impl CronSchedule {
 
     /// The last due time strictly before `before` (ms since the epoch), if there is one.
     /// `previous_before(now + 1)` is the latest due time at or before `now`.
+    ///
+    /// Due times are the ones [`CronSchedule::next_after`] gives, so the cron loop fires
+    /// what `schedules/get` announces. croner's backward search disagrees inside a DST
+    /// gap: it puts a time that does not exist (02:30 on a spring-forward night) at the
+    /// gap's last second (01:59:59), where the forward search puts it at the first
+    /// instant after the jump (03:00). A backward candidate is therefore checked with
+    /// the forward search, which also finds such a shifted due time the backward one
+    /// stepped over.
     pub fn previous_before(&self, before: Millis) -> Option<Millis> {
+        let mut bound = before;
+        // A mismatch happens at most once per gap, so two rounds suffice; the bound only
+        // keeps a misbehaving calendar from looping.
+        for _ in 0..MAX_GAP_ROUNDS {
+            let candidate = self.backward_before(bound)?;
+            // The first forward due time at or after the candidate.
+            let due = self.next_after(candidate - 1)?;
+            if due < before {
+                return Some(self.last_forward_before(due, before));
+            }
+            bound = candidate;
+        }
+        None
+    }
+
+    /// croner's own previous occurrence strictly before `before`.
+    fn backward_before(&self, before: Millis) -> Option<Millis> {
         // Due times are whole seconds: one in the second `before` falls in counts only
         // when `before` is past that second's start.
         let whole_second = before.div_euclid(1000) * 1000;
@@ -113,7 +138,22 @@ impl CronSchedule {
             .ok()
             .map(|due| due.timestamp_millis())
     }
+
+    /// The last forward due time before `before`, walking on from `due` (itself one).
+    fn last_forward_before(&self, mut due: Millis, before: Millis) -> Millis {
+        for _ in 0..MAX_GAP_ROUNDS {
+            match self.next_after(due) {
+                Some(next) if next < before => due = next,
+                _ => break,
+            }
+        }
+        due
+    }
 }
+
+/// Rounds of [`CronSchedule::previous_before`]'s reconciliation of croner's backward and
+/// forward searches (one is needed per DST gap in the way).
+const MAX_GAP_ROUNDS: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,11 @@ use tanvrit_api::{
     Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId, ScheduleUpdateRequest, Scope,
 };
 
+/// The commands [`Command::Idempotent`] may not wrap, by [`Command::name`]: an envelope
+/// (one level is enough) and a log chunk (its bytes are stored by the layer that sees the
+/// top-level command, so a wrapped one would lose them; chunks are idempotent by offset).
+pub const NOT_WRAPPABLE: &[&str] = &["idempotent", "log_append"];
+
 /// One placement decided by the scheduler.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
@@ -179,6 +184,25 @@ pub enum Command {
         skip_reason: Option<String>,
         at: Millis,
     },
+    /// A client write sent with an `Idempotency-Key`. The first delivery of
+    /// (`scope`, `key`) applies `command` and records its outcome and index until
+    /// `at + retain_ms`; a later one with the same `fingerprint` gets that record back
+    /// (changing nothing else), one with another fingerprint is refused.
+    Idempotent {
+        /// The client's key (1-256 printable ASCII).
+        key: String,
+        /// Whose key it is (the server uses the tenant: a business, or an admin key), so
+        /// two tenants' keys never meet.
+        scope: String,
+        /// Hex SHA-256 of the request (method, path, canonical body), chosen by the server.
+        fingerprint: String,
+        /// The write itself.
+        command: Box<Command>,
+        /// How long the record is kept, from `at`: the window is carried by each command,
+        /// so expiry never depends on a replica's configuration or clock.
+        retain_ms: Millis,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -204,6 +228,15 @@ impl Command {
             Command::ScheduleUpdate { .. } => "schedule_update",
             Command::ScheduleDelete { .. } => "schedule_delete",
             Command::ScheduleFire { .. } => "schedule_fire",
+            Command::Idempotent { .. } => "idempotent",
+        }
+    }
+
+    /// The write itself: the wrapped command of an [`Command::Idempotent`], else `self`.
+    pub fn payload(&self) -> &Command {
+        match self {
+            Command::Idempotent { command, .. } => command.payload(),
+            other => other,
         }
     }
 
@@ -228,7 +261,8 @@ impl Command {
             | Command::ScheduleCreate { at, .. }
             | Command::ScheduleUpdate { at, .. }
             | Command::ScheduleDelete { at, .. }
-            | Command::ScheduleFire { at, .. } => *at,
+            | Command::ScheduleFire { at, .. }
+            | Command::Idempotent { at, .. } => *at,
         }
     }
 }

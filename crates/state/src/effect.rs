@@ -1,7 +1,7 @@
 //! What an accepted command produced: enough for the API to answer without a second read.
 
 use serde::{Deserialize, Serialize};
-use tanvrit_api::{ApiKeyInfo, Job, JobId, LedgerEntry, Node, Schedule};
+use tanvrit_api::{ApiKeyInfo, Index, Job, JobId, LedgerEntry, Node, Schedule};
 
 use crate::Rejection;
 
@@ -43,4 +43,7 @@ pub enum Effect {
         skipped: Option<String>,
         duplicate: bool,
     },
+    /// A repeated `Idempotent` command: the first delivery's effect, unchanged, and the
+    /// log index it was applied at. Nothing was applied this time.
+    Replayed { effect: Box<Effect>, index: Index },
 }

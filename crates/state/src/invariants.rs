@@ -111,6 +111,17 @@ pub fn check(state: &State) -> Result<(), String> {
             continue;
         }
     }
+    for (scope, key, record) in state.idempotency_records() {
+        if record.index > state.applied_index() || record.expires_at <= record.at {
+            return Err(format!(
+                "idempotency record {scope}/{key} has index {} (applied {}) and lives {}..{}",
+                record.index,
+                state.applied_index(),
+                record.at,
+                record.expires_at
+            ));
+        }
+    }
     if !state.indexes_consistent() {
         return Err("secondary indexes drifted from the data".into());
     }

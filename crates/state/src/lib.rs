@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`command`]: the `Command` enum (variants and their encodings only grow).
-//! - [`state`]: `State`, its secondary indexes, and `apply`.
+//! - [`state`]: `State`, its secondary indexes, and `apply`; its `idempotency` part holds
+//!   the `Idempotent` envelope (keyed writes answered once, replayed afterwards).
 //! - [`rejection`]: typed refusals of a command (`Rejection`) with stable codes.
 //! - [`effect`]: what an accepted command produced (`Effect`).
 //! - [`scheduler`]: placement planning (pure; the leader's loop proposes the result).

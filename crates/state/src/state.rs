@@ -2,7 +2,9 @@
 //! deterministic [`State::apply`].
 //!
 //! Invariant for every handler: check everything first, then mutate. A rejected command
-//! leaves the state exactly as it was (the property tests compare before and after).
+//! leaves the state exactly as it was (the property tests compare before and after),
+//! except that a rejected first delivery of a `Command::Idempotent` leaves its record
+//! (see `idempotency`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,6 +18,12 @@ use tanvrit_api::{
 };
 
 use crate::{billing, validate, Command, Effect, FinishKind, Outcome, Placement, Rejection};
+
+mod idempotency;
+
+pub use idempotency::{
+    IdempotencyRecord, IDEMPOTENCY_PRUNE_BATCH, MAX_FINGERPRINT_BYTES, MAX_SCOPE_BYTES,
+};
 
 /// Longest accepted log chunk.
 pub const MAX_LOG_CHUNK_BYTES: usize = 1024 * 1024;
@@ -70,6 +78,11 @@ struct StateData {
     schedules: BTreeMap<ScheduleId, Schedule>,
     /// `"{business}/{idempotency key}"` -> job.
     job_idempotency: BTreeMap<String, JobId>,
+    /// `Idempotent` envelopes: scope -> key -> the first answer (until it expires).
+    /// Left out of the encoding while empty, so a state that never saw an envelope
+    /// encodes exactly as before envelopes existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    idempotency: BTreeMap<String, BTreeMap<String, IdempotencyRecord>>,
 }
 
 /// Derived lookups, never serialized.
@@ -83,6 +96,9 @@ struct Indexes {
     /// Jobs whose current attempt is active on the node.
     node_active: HashMap<NodeId, BTreeSet<JobId>>,
     node_allocated: HashMap<NodeId, Resources>,
+    /// Idempotency records by expiry: (expires_at, scope, key), oldest first, so
+    /// pruning takes from the front.
+    idempotency_expiry: BTreeSet<(Millis, String, String)>,
 }
 
 /// The whole domain state of one replica.
@@ -181,6 +197,13 @@ impl State {
         let jobs: Vec<Job> = self.data.jobs.values().cloned().collect();
         for job in &jobs {
             self.index_job(job, true);
+        }
+        for (scope, keys) in &self.data.idempotency {
+            for (key, record) in keys {
+                self.idx
+                    .idempotency_expiry
+                    .insert((record.expires_at, scope.clone(), key.clone()));
+            }
         }
     }
 
@@ -432,6 +455,14 @@ impl State {
                 skip_reason,
                 at,
             } => self.schedule_fire(index, schedule, *due_at, job, rates, skip_reason, *at),
+            Command::Idempotent {
+                key,
+                scope,
+                fingerprint,
+                command,
+                retain_ms,
+                at,
+            } => self.idempotent(index, key, scope, fingerprint, command, *retain_ms, *at),
         }
     }
 
@@ -1655,6 +1686,7 @@ impl State {
                 by_business,
                 active,
                 allocated,
+                idx.idempotency_expiry.clone(),
             )
         };
         norm(&fresh.idx) == norm(&self.idx)

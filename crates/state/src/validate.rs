@@ -80,6 +80,29 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// Checks an `Idempotency-Key`: 1-256 bytes of printable ASCII (space to `~`), not
+/// starting or ending with a space (HTTP would trim it, so it could never match again).
+pub fn idempotency_key(key: &str) -> Result<(), Rejection> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+        && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !key.starts_with(' ')
+        && !key.ends_with(' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid {
+            message: format!(
+                "idempotency keys are 1-{MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters, \
+                 without leading or trailing spaces"
+            ),
+        })
+    }
+}
+
 /// Checks a business id, node id or other name-like identifier.
 pub fn identifier(what: &str, value: &str) -> Result<(), Rejection> {
     let ok = !value.is_empty()
@@ -130,6 +153,16 @@ mod tests {
         assert!(job_spec(&spec).is_err());
         spec.timeout_secs = MAX_TIMEOUT_SECS + 1;
         assert!(job_spec(&spec).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_printable_ascii() {
+        assert!(idempotency_key("retry-42").is_ok());
+        assert!(idempotency_key("a b~!").is_ok());
+        assert!(idempotency_key(&"k".repeat(256)).is_ok());
+        for bad in ["", " a", "a ", "caf\u{e9}", "tab\there", &"k".repeat(257)] {
+            assert!(idempotency_key(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,22 +1,30 @@
 //! Property tests: random interleavings of every kind of command (with duplicated
-//! deliveries) keep the domain's invariants, and a refused command changes nothing.
+//! deliveries, and wrapped in idempotency envelopes whose keys are reused, retried and
+//! left to expire) keep the domain's invariants, a refused command changes nothing, and
+//! an envelope is transparent the first time and a pure replay afterwards.
 
 mod support;
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use proptest::prelude::*;
-use support::RATES;
+use support::{domain, RATES};
 use tanvrit_api::*;
 use tanvrit_state::{invariants, Command, FinishKind, Placement, State};
 
 const BUSINESSES: [&str; 2] = ["acme", "globex"];
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const JOBS: usize = 8;
+const SCHEDULES: [&str; 2] = ["sch-1", "sch-2"];
+/// Envelopes are kept for 20 commands' worth of time (commands are 1.5 s apart), so
+/// keys expire and come back within a run.
+const RETAIN_MS: Millis = 30_000;
 
 /// A command shape with small-universe choices; concrete ids and times are filled in
 /// against the current state so that a good share of commands are accepted.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 enum Op {
     TopUp {
         business: usize,
@@ -32,6 +40,8 @@ enum Op {
         cpu: u64,
         timeout: u64,
         retries: u32,
+        /// The body's own idempotency key, from a small set so keys repeat.
+        body_key: Option<u8>,
     },
     Cancel {
         job: usize,
@@ -75,10 +85,47 @@ enum Op {
         node: usize,
     },
     Fire {
+        schedule: usize,
         due: u8,
     },
-    /// Deliver the previous command again.
+    KeyCreate {
+        key: u8,
+    },
+    KeyRevoke {
+        key: u8,
+    },
+    ScheduleCreate {
+        schedule: usize,
+        business: usize,
+    },
+    ScheduleUpdate {
+        schedule: usize,
+        enabled: bool,
+        overlap: u8,
+    },
+    ScheduleDelete {
+        schedule: usize,
+    },
+    /// Deliver the previous command again, exactly as it was (an envelope included).
     Replay,
+    /// Send the last keyed request again as a client retry does: the same key and
+    /// request, but a command built afresh (new ids, a later time).
+    RetryKeyed,
+}
+
+/// An idempotency key a step is sent with: a few keys in two scopes, so keys are
+/// reused by the same request (replays) and by different ones (conflicts).
+#[derive(Clone, Copy, Debug)]
+struct Keyed {
+    key: u8,
+    scope: usize,
+}
+
+/// One step: a command, maybe under an idempotency key.
+#[derive(Clone, Debug)]
+struct Step {
+    op: Op,
+    keyed: Option<Keyed>,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,15 +133,24 @@ fn op() -> impl Strategy<Value = Op> {
         (0..2usize, 1..5_000i64).prop_map(|(business, amount)| Op::TopUp { business, amount }),
         (0..2usize, -3_000..3_000i64)
             .prop_map(|(business, amount)| Op::Adjust { business, amount }),
-        (0..JOBS, 0..2usize, 0..3000u64, 1..200u64, 0..3u32).prop_map(
-            |(job, business, cpu, timeout, retries)| Op::Submit {
-                job,
-                business,
-                cpu,
-                timeout,
-                retries
-            }
-        ),
+        (
+            0..JOBS,
+            0..2usize,
+            0..3000u64,
+            1..200u64,
+            0..3u32,
+            proptest::option::of(0..3u8)
+        )
+            .prop_map(
+                |(job, business, cpu, timeout, retries, body_key)| Op::Submit {
+                    job,
+                    business,
+                    cpu,
+                    timeout,
+                    retries,
+                    body_key,
+                }
+            ),
         (0..JOBS).prop_map(|job| Op::Cancel { job }),
         (0..JOBS).prop_map(|job| Op::Retry { job }),
         (0..JOBS, 0..3usize).prop_map(|(job, node)| Op::Assign { job, node }),
@@ -110,9 +166,49 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize, any::<bool>()).prop_map(|(node, force)| Op::Delete { node, force }),
         (0..3usize).prop_map(|node| Op::Lost { node }),
         (0..3usize).prop_map(|node| Op::Evict { node }),
-        (0..6u8).prop_map(|due| Op::Fire { due }),
+        (0..2usize, 0..6u8).prop_map(|(schedule, due)| Op::Fire { schedule, due }),
+        (0..3u8).prop_map(|key| Op::KeyCreate { key }),
+        (0..3u8).prop_map(|key| Op::KeyRevoke { key }),
+        (0..2usize, 0..2usize)
+            .prop_map(|(schedule, business)| Op::ScheduleCreate { schedule, business }),
+        (0..2usize, any::<bool>(), 0..3u8).prop_map(|(schedule, enabled, overlap)| {
+            Op::ScheduleUpdate {
+                schedule,
+                enabled,
+                overlap,
+            }
+        }),
+        (0..2usize).prop_map(|schedule| Op::ScheduleDelete { schedule }),
         Just(Op::Replay),
+        Just(Op::RetryKeyed),
     ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let keyed = proptest::option::weighted(
+        0.35,
+        (0..3u8, 0..2usize).prop_map(|(key, scope)| Keyed { key, scope }),
+    );
+    (op(), keyed).prop_map(|(op, keyed)| Step { op, keyed })
+}
+
+/// The fingerprint a server would compute: one per request shape, whatever ids and
+/// times the command built from it carries.
+fn fingerprint(op: &Op) -> String {
+    let mut hasher = DefaultHasher::new();
+    op.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn envelope(keyed: Keyed, op: &Op, command: Command, at: Millis) -> Command {
+    Command::Idempotent {
+        key: format!("key-{}", keyed.key),
+        scope: BUSINESSES[keyed.scope].to_string(),
+        fingerprint: fingerprint(op),
+        command: Box::new(command),
+        retain_ms: RETAIN_MS,
+        at,
+    }
 }
 
 fn job_id(n: usize) -> JobId {
@@ -160,6 +256,7 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             cpu,
             timeout,
             retries,
+            body_key,
         } => Command::JobSubmit {
             job: job_id(*job),
             business: BUSINESSES[*business].into(),
@@ -174,7 +271,7 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
                 max_retries: *retries,
                 ..JobSpec::default()
             },
-            idempotency_key: None,
+            idempotency_key: body_key.map(|k| format!("body-{k}")),
             rates: RATES,
             at,
         },
@@ -262,23 +359,67 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             reason: "drain deadline".into(),
             at,
         },
-        Op::Fire { due } => Command::ScheduleFire {
-            schedule: "sch-1".into(),
+        Op::Fire { schedule, due } => Command::ScheduleFire {
+            schedule: SCHEDULES[*schedule].into(),
             due_at: *due as i64 * 60_000,
             job: JobId(format!("job-fired-{index}")),
             rates: RATES,
             skip_reason: None,
             at,
         },
+        Op::KeyCreate { key } => Command::KeyCreate {
+            key: KeyId(format!("key-{key}")),
+            name: "k".into(),
+            scope: Scope::User,
+            business: Some(BUSINESSES[*key as usize % 2].into()),
+            secret_hash: format!("{key:064x}"),
+            at,
+        },
+        Op::KeyRevoke { key } => Command::KeyRevoke {
+            key: KeyId(format!("key-{key}")),
+            at,
+        },
+        Op::ScheduleCreate { schedule, business } => {
+            schedule_create(SCHEDULES[*schedule], BUSINESSES[*business], at)
+        }
+        Op::ScheduleUpdate {
+            schedule,
+            enabled,
+            overlap,
+        } => Command::ScheduleUpdate {
+            schedule: SCHEDULES[*schedule].into(),
+            patch: ScheduleUpdateRequest {
+                enabled: Some(*enabled),
+                overlap: Some(
+                    [
+                        OverlapPolicy::Allow,
+                        OverlapPolicy::Forbid,
+                        OverlapPolicy::Replace,
+                    ][*overlap as usize],
+                ),
+                ..ScheduleUpdateRequest::default()
+            },
+            at,
+        },
+        Op::ScheduleDelete { schedule } => Command::ScheduleDelete {
+            schedule: SCHEDULES[*schedule].into(),
+            at,
+        },
         Op::Replay => return previous.cloned(),
+        // Handled by the runner, which remembers the last keyed step.
+        Op::RetryKeyed => return None,
     };
     Some(command)
 }
 
 fn schedule() -> Command {
+    schedule_create("sch-1", "acme", 0)
+}
+
+fn schedule_create(id: &str, business: &str, at: Millis) -> Command {
     Command::ScheduleCreate {
-        schedule: "sch-1".into(),
-        business: "acme".into(),
+        schedule: id.into(),
+        business: business.into(),
         name: None,
         cron: "* * * * *".into(),
         timezone: "UTC".into(),
@@ -295,7 +436,7 @@ fn schedule() -> Command {
         enabled: true,
         overlap: OverlapPolicy::Allow,
         catch_up: CatchUpPolicy::LatestOnly,
-        at: 0,
+        at,
     }
 }
 
@@ -331,56 +472,159 @@ fn charged_exactly_once(state: &State) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs steps against a state, checking after every command: the invariants, each
+/// attempt charged once, a refused bare command changing nothing, and envelopes being
+/// transparent on first delivery and pure replays (or conflicts) afterwards.
+struct Runner {
+    state: State,
+    previous: Option<Command>,
+    last_keyed: Option<(Keyed, Op)>,
+    outcomes: Vec<tanvrit_state::Outcome>,
+}
+
+impl Runner {
+    fn new() -> Self {
+        let mut state = State::new();
+        state.apply(1, &schedule()).unwrap();
+        Self {
+            state,
+            previous: None,
+            last_keyed: None,
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// The command a step sends at `index`, if any.
+    fn command(&mut self, step: &Step, index: u64) -> Option<Command> {
+        let at = index as i64 * 1_500;
+        let (keyed, op) = match (&step.op, step.keyed) {
+            (Op::RetryKeyed, _) => self.last_keyed.clone()?,
+            (Op::Replay, _) => return self.previous.clone(),
+            (op, Some(keyed)) => (keyed, op.clone()),
+            (op, None) => return concretize(op, &self.state, index, self.previous.as_ref()),
+        };
+        let command = concretize(&op, &self.state, index, self.previous.as_ref())?;
+        self.last_keyed = Some((keyed, op.clone()));
+        Some(envelope(keyed, &op, command, at))
+    }
+
+    fn step(&mut self, step: &Step, index: u64) -> Result<(), TestCaseError> {
+        let Some(command) = self.command(step, index) else {
+            return Ok(());
+        };
+        let before = self.state.clone();
+        let outcome = self.state.apply(index, &command);
+        let mut unchanged = before.clone();
+        unchanged.set_applied_index(index);
+        match &command {
+            Command::Idempotent {
+                key,
+                scope,
+                fingerprint,
+                command: inner,
+                at,
+                ..
+            } => {
+                let live = before
+                    .idempotency_record(scope, key)
+                    .filter(|r| r.live_at(*at))
+                    .cloned();
+                match live {
+                    _ if inner.name() == "log_append" => {
+                        prop_assert_eq!(outcome.as_ref().map_err(|r| r.code()), Err("invalid"));
+                        prop_assert_eq!(&self.state, &unchanged);
+                    }
+                    Some(record) if &record.fingerprint == fingerprint => {
+                        prop_assert_eq!(
+                            &outcome,
+                            &record.replay(),
+                            "a replay answers the first outcome"
+                        );
+                        prop_assert_eq!(&self.state, &unchanged, "a replay changes nothing");
+                    }
+                    Some(_) => {
+                        prop_assert_eq!(
+                            outcome.as_ref().map_err(|r| r.code()).err(),
+                            Some("idempotency_conflict")
+                        );
+                        prop_assert_eq!(&self.state, &unchanged, "a conflict changes nothing");
+                    }
+                    None => {
+                        let mut bare = before.clone();
+                        let bare_outcome = bare.apply(index, inner);
+                        prop_assert_eq!(&outcome, &bare_outcome, "a first delivery is transparent");
+                        prop_assert_eq!(domain(&self.state), domain(&bare));
+                        let record = self.state.idempotency_record(scope, key).cloned();
+                        prop_assert_eq!(
+                            record
+                                .as_ref()
+                                .map(|r| (&r.outcome, r.index, &r.fingerprint)),
+                            Some((&bare_outcome, index, fingerprint))
+                        );
+                    }
+                }
+            }
+            bare => {
+                // Refusals may only mark a pending job as blocked (placements); nothing else.
+                if let (Err(rejection), false) =
+                    (&outcome, matches!(bare, Command::JobsAssign { .. }))
+                {
+                    prop_assert_eq!(
+                        &self.state,
+                        &unchanged,
+                        "refused {} ({}) changed the state",
+                        bare.name(),
+                        rejection
+                    );
+                }
+            }
+        }
+        if let Err(broken) = invariants::check(&self.state) {
+            return Err(TestCaseError::fail(format!(
+                "after {} #{index}: {broken}",
+                command.name()
+            )));
+        }
+        if let Err(broken) = charged_exactly_once(&self.state) {
+            return Err(TestCaseError::fail(format!(
+                "after {} #{index}: {broken}",
+                command.name()
+            )));
+        }
+        self.outcomes.push(outcome);
+        self.previous = Some(command);
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_command_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut state = State::new();
-        state.apply(1, &schedule()).unwrap();
-        let mut previous: Option<Command> = None;
-        for (i, op) in ops.iter().enumerate() {
-            let index = i as u64 + 2;
-            let Some(command) = concretize(op, &state, index, previous.as_ref()) else { continue };
-            let before = state.clone();
-            let outcome = state.apply(index, &command);
-            if let Err(rejection) = &outcome {
-                let mut expected = before.clone();
-                expected.set_applied_index(index);
-                // Refusals may only mark a pending job as blocked (placements); nothing else.
-                if !matches!(command, Command::JobsAssign { .. }) {
-                    prop_assert_eq!(&state, &expected, "refused {} ({}) changed the state", command.name(), rejection);
-                }
-            }
-            if let Err(broken) = invariants::check(&state) {
-                return Err(TestCaseError::fail(format!("after {} #{index}: {broken}", command.name())));
-            }
-            if let Err(broken) = charged_exactly_once(&state) {
-                return Err(TestCaseError::fail(format!("after {} #{index}: {broken}", command.name())));
-            }
-            previous = Some(command);
+    fn random_command_sequences_keep_every_invariant(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut runner = Runner::new();
+        for (i, step) in steps.iter().enumerate() {
+            runner.step(step, i as u64 + 2)?;
         }
     }
 
     #[test]
-    fn apply_is_deterministic(ops in proptest::collection::vec(op(), 1..60)) {
-        let run = || {
-            let mut state = State::new();
-            state.apply(1, &schedule()).unwrap();
-            let mut outcomes = Vec::new();
-            let mut previous = None;
-            for (i, op) in ops.iter().enumerate() {
-                let index = i as u64 + 2;
-                if let Some(command) = concretize(op, &state, index, previous.as_ref()) {
-                    outcomes.push(state.apply(index, &command));
-                    previous = Some(command);
-                }
+    fn apply_is_deterministic(steps in proptest::collection::vec(step(), 1..60)) {
+        let run = || -> Result<Runner, TestCaseError> {
+            let mut runner = Runner::new();
+            for (i, step) in steps.iter().enumerate() {
+                runner.step(step, i as u64 + 2)?;
             }
-            (state, outcomes)
+            Ok(runner)
         };
-        let (a, outcomes_a) = run();
-        let (b, outcomes_b) = run();
-        prop_assert_eq!(a, b);
-        prop_assert_eq!(outcomes_a, outcomes_b);
+        let a = run()?;
+        let b = run()?;
+        prop_assert_eq!(&a.state, &b.state);
+        prop_assert_eq!(&a.outcomes, &b.outcomes);
+        // A replica that loads a snapshot of the end state holds the same data.
+        let json = serde_json::to_string(&a.state).unwrap();
+        let loaded: State = serde_json::from_str(&json).unwrap();
+        prop_assert!(loaded.indexes_consistent());
+        prop_assert_eq!(&loaded, &a.state);
     }
 }

@@ -110,3 +110,32 @@ pub fn apply(state: &mut State, command: &Command) -> Result<Effect, tanvrit_sta
     let index = next(state);
     state.apply(index, command)
 }
+
+/// Wraps a command in an idempotency envelope kept for `retain_ms`.
+pub fn keyed(
+    scope: &str,
+    key: &str,
+    fingerprint: &str,
+    command: Command,
+    retain_ms: Millis,
+    at: Millis,
+) -> Command {
+    Command::Idempotent {
+        key: key.into(),
+        scope: scope.into(),
+        fingerprint: fingerprint.into(),
+        command: Box::new(command),
+        retain_ms,
+        at,
+    }
+}
+
+/// The replicated data without the idempotency records and the applied index: what a
+/// replay or a conflict must leave untouched.
+pub fn domain(state: &State) -> serde_json::Value {
+    let mut value = serde_json::to_value(state).expect("state serializes");
+    let object = value.as_object_mut().expect("state is an object");
+    object.remove("idempotency");
+    object.remove("applied_index");
+    value
+}
