@@ -22,6 +22,10 @@ pub struct ErrorDetail {
     /// The current leader, when the error is about leadership.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The id of the resource the error is about, when the client needs it to act (the
+    /// key an `idempotent_replay_secret_unavailable` refers to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl ErrorBody {
@@ -32,6 +36,7 @@ impl ErrorBody {
                 code: code.into(),
                 message: message.into(),
                 leader: None,
+                id: None,
             },
         }
     }
