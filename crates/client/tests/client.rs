@@ -490,7 +490,10 @@ async fn a_keyed_handle_sends_its_key_with_every_write_and_nothing_else() {
     assert!(results
         .iter()
         .all(|r| r.as_ref().unwrap_err().code() == "decode"));
-    keyed.list_jobs(JobListRequest::default()).await.unwrap_err();
+    keyed
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap_err();
     plain
         .cancel_job(&job, JobActionRequest::default())
         .await
