@@ -178,3 +178,22 @@ pub struct CreditEntriesResponse {
     /// The replica's applied index this read reflects.
     pub index: Index,
 }
+
+/// `POST /api/compute/credits/entries/export` (admin): a business's ledger as CSV
+/// (`text/csv`), oldest first, with the running balance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreditExportRequest {
+    /// Read consistency.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// The business.
+    pub business: BusinessId,
+    /// Only entries at or after this time.
+    #[serde(default)]
+    pub from: Option<Millis>,
+    /// Only entries before this time.
+    #[serde(default)]
+    pub to: Option<Millis>,
+}

@@ -26,6 +26,10 @@ pub struct ErrorDetail {
     /// leadership and the answering replica knows it: retry there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_url: Option<String>,
+    /// The id of the resource the error is about, when the client needs it to act (the
+    /// key an `idempotent_replay_secret_unavailable` refers to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl ErrorBody {
@@ -37,6 +41,7 @@ impl ErrorBody {
                 message: message.into(),
                 leader: None,
                 leader_url: None,
+                id: None,
             },
         }
     }

@@ -28,14 +28,18 @@ use crate::{ClientConfig, ClientError};
 ///   so this holds for writes too. The call moves to the next endpoint, at once and without
 ///   using a retry while some endpoint has not been tried in this call;
 /// - any other transport failure (timeout, connection reset) happened on a **read**, or on
-///   a write that carries an **idempotency key**: job submits, credit entries and node
-///   registrations. Job submits and credit entries without a key get a fresh one from the
-///   SDK (header `Idempotency-Key` and body field alike) whenever `max_retries > 0`, so a
-///   repeated submit returns the first job instead of creating a second one.
+///   a write the server deduplicates: node registrations, any write made through a
+///   [`Client::with_idempotency_key`] handle (sent with the `Idempotency-Key` header, so
+///   the server answers a repeat with the first response, same body and `index`), and job
+///   submits and credit entries, which carry an idempotency key in their body. Those
+///   without one get a fresh one from the SDK (`sdk-<uuid v7>`, body only) whenever
+///   `max_retries > 0`, so a repeated submit returns the first job instead of creating a
+///   second one.
 ///
-/// Other writes (cancel, retry, drain, delete, key and schedule changes) are not repeated
-/// after a transport failure that may have reached the server: the caller sees the error
-/// and decides, since repeating them could fail with `illegal_transition` or act twice.
+/// Other writes (cancel, retry, drain, delete, key and schedule changes) without a key
+/// are not repeated after a transport failure that may have reached the server: the
+/// caller sees the error and decides, since repeating them could fail with
+/// `illegal_transition` or act twice.
 ///
 /// # Consistency token
 /// The client remembers the highest `X-Tanvrit-Index` header and write `index` it has seen.
@@ -45,6 +49,8 @@ use crate::{ClientConfig, ClientError};
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Sent as `Idempotency-Key` with every write of this handle.
+    idempotency_key: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -176,7 +182,29 @@ impl Client {
                 last_index: AtomicU64::new(0),
                 auth,
             }),
+            idempotency_key: None,
         })
+    }
+
+    /// A handle that sends `key` as the `Idempotency-Key` header with every write it
+    /// makes, and so may repeat those writes after any failure: the server answers a
+    /// repeat with the first response. Use one key per logical write (the same key with
+    /// a different request is refused with 422 `idempotency_conflict`), e.g.
+    /// `client.with_idempotency_key("cancel-job-1-2026-01-02").cancel_job(..)`.
+    ///
+    /// The handle shares this client's endpoints and consistency token. The key must be
+    /// 1-256 printable ASCII characters (checked by the server); one that cannot be a
+    /// header value fails each write with [`ClientError::Config`].
+    pub fn with_idempotency_key(&self, key: impl Into<String>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            idempotency_key: Some(Arc::from(key.into())),
+        }
+    }
+
+    /// The key [`Client::with_idempotency_key`] set on this handle.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
     }
 
     /// A client configured from `TANVRIT_ADDR` and `TANVRIT_API_KEY`.

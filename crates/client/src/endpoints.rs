@@ -1,7 +1,9 @@
 //! One typed method per API route, using the request and response types of `tanvrit-api`.
 //!
 //! Reads pass their consistency through [`Client::read_consistency`]; writes that the
-//! server deduplicates are marked so the retry loop may repeat them (see [`Client`]).
+//! server deduplicates are marked so the retry loop may repeat them (see [`Client`]), and
+//! every write carries the handle's `Idempotency-Key`, if it has one
+//! ([`Client::with_idempotency_key`]).
 
 use std::time::Duration;
 
@@ -10,13 +12,14 @@ use serde::Serialize;
 use tanvrit_api::{
     AttemptFinishedRequest, AttemptId, AttemptStartedRequest, Consistency, CreditBalanceRequest,
     CreditBalanceResponse, CreditEntriesRequest, CreditEntriesResponse, CreditEntryCreateRequest,
-    CreditEntryResponse, HeartbeatRequest, HeartbeatResponse, JobActionRequest, JobId,
-    JobListRequest, JobListResponse, JobLogsRequest, JobLogsResponse, JobResponse,
-    JobSubmitRequest, KeyCreateRequest, KeyCreateResponse, KeyId, KeyListResponse, KeyResponse,
-    LogAppendRequest, LogAppendResponse, MetricsSummary, NodeDeleteRequest, NodeDrainRequest,
-    NodeId, NodeListRequest, NodeListResponse, NodeRegisterRequest, NodeResponse, ReadRequest,
-    ScheduleCreateRequest, ScheduleId, ScheduleListRequest, ScheduleListResponse, ScheduleResponse,
-    ScheduleUpdateRequest, Topology, WorkRequest, WorkResponse, WriteResponse, IDEMPOTENCY_HEADER,
+    CreditEntryResponse, CreditExportRequest, HeartbeatRequest, HeartbeatResponse,
+    JobActionRequest, JobId, JobListRequest, JobListResponse, JobLogsRequest, JobLogsResponse,
+    JobResponse, JobSubmitRequest, KeyCreateRequest, KeyCreateResponse, KeyId, KeyListResponse,
+    KeyResponse, LogAppendRequest, LogAppendResponse, MetricsSummary, NodeDeleteRequest,
+    NodeDrainRequest, NodeId, NodeListRequest, NodeListResponse, NodeRegisterRequest, NodeResponse,
+    ReadRequest, ScheduleCreateRequest, ScheduleId, ScheduleListRequest, ScheduleListResponse,
+    ScheduleResponse, ScheduleUpdateRequest, Topology, WorkRequest, WorkResponse, WriteResponse,
+    IDEMPOTENCY_HEADER,
 };
 
 use crate::client::{Call, Safety};
@@ -29,12 +32,13 @@ struct Empty {}
 impl Client {
     // ---- jobs ----
 
-    /// `jobs/submit`. Without an idempotency key and with retries on, the SDK picks one
-    /// (`sdk-<uuid v7>`) so a retried submit cannot create a second job.
+    /// `jobs/submit`. Without an idempotency key (in the body, or on the handle) and with
+    /// retries on, the SDK picks one for the body (`sdk-<uuid v7>`) so a retried submit
+    /// cannot create a second job.
     pub async fn submit_job(&self, mut req: JobSubmitRequest) -> Result<JobResponse, ClientError> {
-        let key = self.idempotency_key(&mut req.idempotency_key);
-        let call = Call::api(&["jobs", "submit"], &req, safety_for(&key))?;
-        self.json(with_key(call, key)?).await
+        let safety = self.body_key(&mut req.idempotency_key);
+        self.json(self.write(&["jobs", "submit"], &req, safety)?)
+            .await
     }
 
     /// `jobs/list`, newest first, one page.
@@ -65,12 +69,8 @@ impl Client {
         id: &JobId,
         req: JobActionRequest,
     ) -> Result<JobResponse, ClientError> {
-        self.json(Call::api(
-            &["jobs", id.as_str(), "cancel"],
-            &req,
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["jobs", id.as_str(), "cancel"], &req, Safety::Write)?)
+            .await
     }
 
     /// `jobs/{id}/retry`.
@@ -79,12 +79,8 @@ impl Client {
         id: &JobId,
         req: JobActionRequest,
     ) -> Result<JobResponse, ClientError> {
-        self.json(Call::api(
-            &["jobs", id.as_str(), "retry"],
-            &req,
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["jobs", id.as_str(), "retry"], &req, Safety::Write)?)
+            .await
     }
 
     /// `jobs/{id}/logs`: a window of an attempt's output. With `wait_ms` the server holds
@@ -108,12 +104,8 @@ impl Client {
         &self,
         req: NodeRegisterRequest,
     ) -> Result<NodeResponse, ClientError> {
-        self.json(Call::api(
-            &["nodes", "register"],
-            &req,
-            Safety::IdempotentWrite,
-        )?)
-        .await
+        self.json(self.write(&["nodes", "register"], &req, Safety::IdempotentWrite)?)
+            .await
     }
 
     /// `nodes/list`.
@@ -147,12 +139,8 @@ impl Client {
         id: &NodeId,
         req: NodeDrainRequest,
     ) -> Result<NodeResponse, ClientError> {
-        self.json(Call::api(
-            &["nodes", id.as_str(), "drain"],
-            &req,
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["nodes", id.as_str(), "drain"], &req, Safety::Write)?)
+            .await
     }
 
     /// `nodes/{id}/delete`.
@@ -161,12 +149,8 @@ impl Client {
         id: &NodeId,
         req: NodeDeleteRequest,
     ) -> Result<NodeResponse, ClientError> {
-        self.json(Call::api(
-            &["nodes", id.as_str(), "delete"],
-            &req,
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["nodes", id.as_str(), "delete"], &req, Safety::Write)?)
+            .await
     }
 
     // ---- the agent protocol ----
@@ -264,12 +248,14 @@ impl Client {
 
     // ---- keys ----
 
-    /// `keys/create` (admin). The response's `secret` is shown this once.
+    /// `keys/create` (admin). The response's `secret` is shown this once: repeated with
+    /// the same idempotency key, the server answers 409
+    /// `idempotent_replay_secret_unavailable` naming the key it created instead.
     pub async fn create_key(
         &self,
         req: KeyCreateRequest,
     ) -> Result<KeyCreateResponse, ClientError> {
-        self.json(Call::api(&["keys", "create"], &req, Safety::Write)?)
+        self.json(self.write(&["keys", "create"], &req, Safety::Write)?)
             .await
     }
 
@@ -281,12 +267,8 @@ impl Client {
 
     /// `keys/{id}/revoke` (admin).
     pub async fn revoke_key(&self, id: &KeyId) -> Result<KeyResponse, ClientError> {
-        self.json(Call::api(
-            &["keys", id.as_str(), "revoke"],
-            &Empty {},
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["keys", id.as_str(), "revoke"], &Empty {}, Safety::Write)?)
+            .await
     }
 
     // ---- credits ----
@@ -297,9 +279,9 @@ impl Client {
         &self,
         mut req: CreditEntryCreateRequest,
     ) -> Result<CreditEntryResponse, ClientError> {
-        let key = self.idempotency_key(&mut req.idempotency_key);
-        let call = Call::api(&["credits", "entries", "create"], &req, safety_for(&key))?;
-        self.json(with_key(call, key)?).await
+        let safety = self.body_key(&mut req.idempotency_key);
+        self.json(self.write(&["credits", "entries", "create"], &req, safety)?)
+            .await
     }
 
     /// `credits/balance`.
@@ -326,6 +308,17 @@ impl Client {
         .await
     }
 
+    /// `credits/entries/export` (admin): a business's ledger between two times as CSV
+    /// text (header `seq,id,at,kind,amount,balance_after,job,idempotency_key,note`).
+    pub async fn export_credit_entries(
+        &self,
+        mut req: CreditExportRequest,
+    ) -> Result<String, ClientError> {
+        req.consistency = self.read_consistency(req.consistency);
+        let call = Call::api(&["credits", "entries", "export"], &req, Safety::Read)?;
+        Ok(self.execute(&call).await?.text())
+    }
+
     // ---- schedules ----
 
     /// `schedules/create`.
@@ -333,7 +326,7 @@ impl Client {
         &self,
         req: ScheduleCreateRequest,
     ) -> Result<ScheduleResponse, ClientError> {
-        self.json(Call::api(&["schedules", "create"], &req, Safety::Write)?)
+        self.json(self.write(&["schedules", "create"], &req, Safety::Write)?)
             .await
     }
 
@@ -368,17 +361,13 @@ impl Client {
         id: &ScheduleId,
         req: ScheduleUpdateRequest,
     ) -> Result<ScheduleResponse, ClientError> {
-        self.json(Call::api(
-            &["schedules", id.as_str(), "update"],
-            &req,
-            Safety::Write,
-        )?)
-        .await
+        self.json(self.write(&["schedules", id.as_str(), "update"], &req, Safety::Write)?)
+            .await
     }
 
     /// `schedules/{id}/delete`.
     pub async fn delete_schedule(&self, id: &ScheduleId) -> Result<WriteResponse, ClientError> {
-        self.json(Call::api(
+        self.json(self.write(
             &["schedules", id.as_str(), "delete"],
             &Empty {},
             Safety::Write,
@@ -432,12 +421,43 @@ impl Client {
         }
     }
 
-    /// Fills in an idempotency key when there is none and retries are on.
-    fn idempotency_key(&self, slot: &mut Option<String>) -> Option<String> {
-        if slot.is_none() && self.config().max_retries > 0 {
+    /// The body's idempotency key of a submit or credit entry: the caller's, else (with
+    /// retries on and no key on the handle, which the server takes for the body's) a
+    /// fresh `sdk-<uuid v7>`. A body key makes the write safe to repeat.
+    ///
+    /// Only the body carries an invented key: the header would also make the server keep
+    /// the whole response for its idempotency window, for every submit.
+    fn body_key(&self, slot: &mut Option<String>) -> Safety {
+        if slot.is_none() && self.idempotency_key().is_none() && self.config().max_retries > 0 {
             *slot = Some(format!("sdk-{}", uuid::Uuid::now_v7()));
         }
-        slot.clone()
+        match slot {
+            Some(_) => Safety::IdempotentWrite,
+            None => Safety::Write,
+        }
+    }
+
+    /// A write call with the handle's `Idempotency-Key`, if it has one (which makes any
+    /// write safe to repeat).
+    fn write<B: Serialize>(
+        &self,
+        segments: &[&str],
+        body: &B,
+        safety: Safety,
+    ) -> Result<Call, ClientError> {
+        let Some(key) = self.idempotency_key() else {
+            return Call::api(segments, body, safety);
+        };
+        let mut call = Call::api(segments, body, Safety::IdempotentWrite)?;
+        let value = HeaderValue::from_str(key).map_err(|_| {
+            ClientError::Config(format!(
+                "idempotency key `{key}` contains characters not allowed in a header"
+            ))
+        })?;
+        let name = HeaderName::from_bytes(IDEMPOTENCY_HEADER.as_bytes())
+            .map_err(|e| ClientError::Config(format!("header name: {e}")))?;
+        call.headers.push((name, value));
+        Ok(call)
     }
 }
 
@@ -452,28 +472,6 @@ pub fn log_gap_expected(err: &ClientError) -> Option<u64> {
         }
         _ => None,
     }
-}
-
-fn safety_for(key: &Option<String>) -> Safety {
-    match key {
-        Some(_) => Safety::IdempotentWrite,
-        None => Safety::Write,
-    }
-}
-
-/// Adds the `Idempotency-Key` header equal to the body's key.
-fn with_key(mut call: Call, key: Option<String>) -> Result<Call, ClientError> {
-    if let Some(key) = key {
-        let value = HeaderValue::from_str(&key).map_err(|_| {
-            ClientError::Config(format!(
-                "idempotency key `{key}` contains characters not allowed in a header"
-            ))
-        })?;
-        let name = HeaderName::from_bytes(IDEMPOTENCY_HEADER.as_bytes())
-            .map_err(|e| ClientError::Config(format!("header name: {e}")))?;
-        call.headers.push((name, value));
-    }
-    Ok(call)
 }
 
 #[cfg(test)]

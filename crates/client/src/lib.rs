@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: [`ClientConfig`], including `TANVRIT_ADDR` / `TANVRIT_API_KEY`.
 //! - [`client`]: [`Client`] and the request loop (retries, `Retry-After`, failover,
-//!   the consistency token), plus raw calls for tests.
+//!   the consistency token), handles that send an `Idempotency-Key` with every write
+//!   ([`Client::with_idempotency_key`]), plus raw calls for tests.
 //! - [`endpoints`]: the typed methods, one per route.
 //! - [`error`]: [`ClientError`], with a stable `code()`.
 //!

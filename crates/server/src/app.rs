@@ -22,9 +22,21 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Principal;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ServerError};
+use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
 use crate::metrics::Metrics;
 use crate::routes;
+
+/// What an accepted write gave a handler to answer with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// The effect: of this delivery, or the first delivery's for a replay.
+    pub effect: Effect,
+    /// The log index the effect was applied at (the first delivery's, for a replay).
+    pub index: Index,
+    /// True when an `Idempotency-Key` repeated an earlier write: nothing was applied now.
+    pub replayed: bool,
+}
 
 /// Shared by every handler. Cheap to clone.
 #[derive(Clone)]
@@ -114,15 +126,59 @@ impl AppState {
     /// Proposes a command; an accepted one gives its effect and index, a refused one
     /// becomes the rejection's error.
     pub(crate) async fn write(&self, command: Command) -> Result<(Effect, Index), ApiError> {
-        let name = command.name();
+        let written = self.write_keyed(command, None).await?;
+        Ok((written.effect, written.index))
+    }
+
+    /// Proposes a command, wrapped in a `Command::Idempotent` envelope when the request
+    /// carried an `Idempotency-Key` (kept for `idempotency_window`). A repeated key gives
+    /// the first delivery's effect and index back, so the handler answers exactly as it
+    /// did then; a recorded refusal comes back as the same error.
+    pub(crate) async fn write_keyed(
+        &self,
+        command: Command,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Written, ApiError> {
+        let command = match idempotency {
+            Some(Idempotency {
+                key,
+                scope,
+                fingerprint,
+            }) => Command::Idempotent {
+                key,
+                scope,
+                fingerprint,
+                at: command.at(),
+                command: Box::new(command),
+                // `apply` wants a positive window; a zero setting keeps records a moment.
+                retain_ms: Millis::try_from(self.config().idempotency_window.as_millis())
+                    .unwrap_or(Millis::MAX)
+                    .max(1),
+            },
+            None => command,
+        };
+        let name = command.payload().name();
+        let keyed = matches!(command, Command::Idempotent { .. });
         let receipt = self.cluster().submit_write(command).await?;
         tracing::debug!(
             command = name,
+            keyed,
             index = receipt.index,
             accepted = receipt.outcome.is_ok(),
             "write"
         );
-        Ok((receipt.outcome?, receipt.index))
+        Ok(match receipt.outcome? {
+            Effect::Replayed { effect, index } => Written {
+                effect: *effect,
+                index,
+                replayed: true,
+            },
+            effect => Written {
+                effect,
+                index: receipt.index,
+                replayed: false,
+            },
+        })
     }
 
     /// Answers 404 unless `principal` may see the resource `owner_of` finds. Admin keys

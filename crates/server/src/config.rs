@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// Under a schedule's `skip` catch-up policy, a due time is still fired if the leader
     /// gets to it at most this late; older due times are recorded as skipped. Default 5 s.
     pub cron_skip_grace: Duration,
+    /// How long the answer to a write sent with an `Idempotency-Key` is kept: a retry
+    /// within it gets the first answer, after it the key is free again. The window
+    /// travels in each keyed command, so replicas agree whatever their own setting.
+    /// Default 24 h.
+    pub idempotency_window: Duration,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,7 @@ impl Default for ServerConfig {
             scheduler_strategy: Strategy::BinPack,
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

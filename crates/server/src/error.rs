@@ -48,6 +48,18 @@ pub enum ApiError {
     /// The request is well-formed but a value is not acceptable. 422 `invalid`.
     #[error("{0}")]
     Invalid(String),
+    /// A `keys/create` repeated with its `Idempotency-Key`: the key exists, but its
+    /// secret was shown once and only its hash is kept, so it cannot be shown again.
+    /// 409 `idempotent_replay_secret_unavailable`; the body's `id` names the key (revoke
+    /// it if the first answer was lost, and create another).
+    #[error(
+        "this idempotency key already created key `{key}`; its secret was shown once and \
+         cannot be shown again (revoke the key if the secret was lost, and create another)"
+    )]
+    ReplaySecretUnavailable {
+        /// The key the first request created.
+        key: String,
+    },
     /// `apply` refused the command; status and code come from the rejection.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -73,6 +85,7 @@ impl ApiError {
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
+            ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
             ApiError::Rejected(rejection) => rejection.code(),
             ApiError::Cluster(error) => error.code(),
             ApiError::Internal(_) => "internal",
@@ -90,6 +103,7 @@ impl ApiError {
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ReplaySecretUnavailable { .. } => StatusCode::CONFLICT,
             ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Cluster(error) => match error {
@@ -110,8 +124,12 @@ impl ApiError {
     /// The body this error is answered with.
     pub fn body(&self) -> ErrorBody {
         let mut body = ErrorBody::new(self.code(), self.to_string());
-        if let ApiError::Cluster(ClusterError::NoLeader { leader, .. }) = self {
-            body.error.leader = leader.clone();
+        match self {
+            ApiError::Cluster(ClusterError::NoLeader { leader, .. }) => {
+                body.error.leader = leader.clone();
+            }
+            ApiError::ReplaySecretUnavailable { key } => body.error.id = Some(key.clone()),
+            _ => {}
         }
         body
     }
@@ -342,6 +360,21 @@ mod tests {
             assert!(!headers.contains_key(header::RETRY_AFTER));
             assert_eq!(body["error"]["code"], code);
         }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_key_creation_is_a_conflict_naming_the_key() {
+        let (status, _, body) = parts(ApiError::ReplaySecretUnavailable {
+            key: "key-1".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body["error"]["code"],
+            "idempotent_replay_secret_unavailable"
+        );
+        assert_eq!(body["error"]["id"], "key-1");
+        assert!(body["error"]["message"].as_str().unwrap().contains("key-1"));
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@
 //!   [`router_with_leader_loops`], [`ensure_bootstrap_admin`].
 //! - [`config`] holds [`ServerConfig`].
 //! - [`error`] holds [`ApiError`] (one `IntoResponse` for every failure) and [`ServerError`].
-//! - [`extract`] holds the JSON body and path extractors that answer with [`ApiError`]s.
+//! - [`extract`] holds the JSON body and path extractors that answer with [`ApiError`]s,
+//!   and the `Idempotency-Key` extractor: with the key, a client write is proposed in a
+//!   `Command::Idempotent` envelope scoped to its tenant and fingerprinted by method,
+//!   path and canonical body, so a retry is answered with the first response.
 //! - [`auth`] holds key secrets and hashes, [`Principal`] and its scope checks.
 //! - [`cron`] checks cron expressions and time zones and computes next due times.
 //! - [`bootstrap`] creates the first admin key.

@@ -788,6 +788,7 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
         "/api/compute/credits/entries/create",
         "/api/compute/credits/balance",
         "/api/compute/credits/entries/list",
+        "/api/compute/credits/entries/export",
         "/api/compute/schedules/create",
         "/api/compute/schedules/list",
         "/api/compute/schedules/{id}/get",
@@ -807,8 +808,37 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
     }
     assert_eq!(
         paths.len(),
-        36,
+        37,
         "a route is documented that the test does not know"
+    );
+    for path in [
+        "/api/compute/jobs/submit",
+        "/api/compute/jobs/{id}/cancel",
+        "/api/compute/jobs/{id}/retry",
+        "/api/compute/nodes/register",
+        "/api/compute/nodes/{id}/drain",
+        "/api/compute/nodes/{id}/delete",
+        "/api/compute/keys/create",
+        "/api/compute/keys/{id}/revoke",
+        "/api/compute/credits/entries/create",
+        "/api/compute/schedules/create",
+        "/api/compute/schedules/{id}/update",
+        "/api/compute/schedules/{id}/delete",
+    ] {
+        let params = doc["paths"][path]["post"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} has no parameters"));
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"),
+            "{path} does not document the Idempotency-Key header"
+        );
+    }
+    let export = &doc["paths"]["/api/compute/credits/entries/export"]["post"];
+    assert!(
+        export["responses"]["200"]["content"]["text/csv"].is_object(),
+        "{export}"
     );
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     let mut refs = Vec::new();

@@ -1,21 +1,24 @@
-//! `credits/entries/create` (admin), `credits/balance`, `credits/entries/list`.
+//! `credits/entries/create` (admin), `credits/balance`, `credits/entries/list`,
+//! `credits/entries/export` (admin, CSV).
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{SecondsFormat, TimeZone, Utc};
 use tanvrit_api::{
     BusinessId, CreditBalanceRequest, CreditBalanceResponse, CreditEntriesRequest,
-    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, EntryId, EntryKind,
-    ErrorBody, LedgerEntry, Millis, Scope,
+    CreditEntriesResponse, CreditEntryCreateRequest, CreditEntryResponse, CreditExportRequest,
+    EntryId, EntryKind, ErrorBody, LedgerEntry, Millis, Scope,
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
 
-use super::jobs::{idempotency_header, merge_idempotency};
+use super::jobs::merge_idempotency;
 use super::ApiErrors;
 use crate::app::{new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, IdempotencyKey};
 
 const LEDGER_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
 /// Entries per page when none is asked for.
@@ -24,6 +27,18 @@ pub const DEFAULT_ENTRIES_LIMIT: u32 = 100;
 pub const MAX_ENTRIES_LIMIT: u32 = 10_000;
 /// Longest note on an entry (as `apply` allows).
 pub const MAX_NOTE_BYTES: usize = 4096;
+/// The columns of `credits/entries/export`, in order.
+pub const EXPORT_COLUMNS: [&str; 9] = [
+    "seq",
+    "id",
+    "at",
+    "kind",
+    "amount",
+    "balance_after",
+    "job",
+    "idempotency_key",
+    "note",
+];
 
 /// Writes a top-up, refund or adjustment.
 #[utoipa::path(
@@ -31,9 +46,9 @@ pub const MAX_NOTE_BYTES: usize = 4096;
     path = "/api/compute/credits/entries/create",
     tag = "credits",
     request_body = CreditEntryCreateRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Alias of the body's `idempotency_key`")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first response (same entry and `index`) while the server keeps it (24 h by default); the same key with another request is 422 `idempotency_conflict`. Also the entry's `idempotency_key`: the body's, if given, must be the same")),
     responses(
-        (status = 200, description = "The entry (or the earlier one for a repeated idempotency key)", body = CreditEntryResponse),
+        (status = 200, description = "The entry (or the first response for a repeated idempotency key)", body = CreditEntryResponse),
         (status = 402, description = "`insufficient_credits`: a negative adjustment beyond the balance", body = ErrorBody),
         ApiErrors,
     ),
@@ -42,16 +57,20 @@ pub const MAX_NOTE_BYTES: usize = 4096;
 pub(crate) async fn handle_create_credit_entry(
     State(app): State<AppState>,
     principal: Principal,
-    headers: HeaderMap,
-    ApiJson(request): ApiJson<CreditEntryCreateRequest>,
+    keyed: IdempotencyKey,
+    ApiJson(mut request): ApiJson<CreditEntryCreateRequest>,
 ) -> Result<Json<CreditEntryResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
-    let command = entry_command(request, idempotency_header(&headers)?, now_ms())?;
-    let (effect, index) = app.write(command).await?;
-    match effect {
+    // As for job submits: the header is the entry's key too, merged before fingerprinting.
+    request.idempotency_key =
+        merge_idempotency(request.idempotency_key, keyed.key().map(str::to_string))?;
+    let idempotency = keyed.bind(&principal, &request)?;
+    let command = entry_command(request, None, now_ms())?;
+    let written = app.write_keyed(command, idempotency).await?;
+    match written.effect {
         Effect::Entry { entry, .. } => Ok(Json(CreditEntryResponse {
             entry: *entry,
-            index,
+            index: written.index,
         })),
         other => Err(unexpected(other)),
     }
@@ -106,7 +125,120 @@ pub(crate) async fn handle_list_credit_entries(
         .map(Json)
 }
 
+/// A business's ledger between two times as CSV (RFC 4180: comma-separated, CRLF line
+/// ends, fields with a comma, quote or line break quoted with inner quotes doubled).
+#[utoipa::path(
+    post,
+    path = "/api/compute/credits/entries/export",
+    tag = "credits",
+    request_body = CreditExportRequest,
+    responses(
+        (
+            status = 200,
+            description = "One header row, `seq,id,at,kind,amount,balance_after,job,idempotency_key,note`, then \
+                           one row per entry with `at` in [`from`, `to`), oldest first. `at` is RFC 3339 in UTC \
+                           with milliseconds; `amount` and `balance_after` are integer micro-credits; `job` and \
+                           `note` are empty when the entry has none",
+            content_type = "text/csv",
+            body = String
+        ),
+        ApiErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn handle_export_credit_entries(
+    State(app): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<CreditExportRequest>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Scope::Admin])?;
+    validate::identifier("business", request.business.as_str())?;
+    if let (Some(from), Some(to)) = (request.from, request.to) {
+        if from > to {
+            return Err(ApiError::Invalid("`from` must not be after `to`".into()));
+        }
+    }
+    app.barrier(request.consistency).await?;
+    // Copy the rows out under the read lock; encoding them happens without it.
+    let entries =
+        app.read(|state| export_entries(state, &request.business, request.from, request.to));
+    let csv = ledger_csv(&entries)?;
+    let disposition = format!("attachment; filename=\"ledger-{}.csv\"", request.business);
+    let mut response = csv.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    // Business ids are plain identifiers (checked above), so this is a valid header.
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
 // ---- logic, testable on a bare `State` ------------------------------------------------
+
+/// A business's entries with `at` in [`from`, `to`), oldest first.
+pub(crate) fn export_entries(
+    state: &DomainState,
+    business: &BusinessId,
+    from: Option<Millis>,
+    to: Option<Millis>,
+) -> Vec<LedgerEntry> {
+    state
+        .account(business)
+        .map(|account| {
+            account
+                .entries
+                .iter()
+                .filter(|e| from.is_none_or(|from| e.at >= from))
+                .filter(|e| to.is_none_or(|to| e.at < to))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The CSV text of `entries` under the [`EXPORT_COLUMNS`] header.
+pub(crate) fn ledger_csv(entries: &[LedgerEntry]) -> Result<String, ApiError> {
+    let failed = |e: csv::Error| ApiError::Internal(format!("cannot write the CSV: {e}"));
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    writer.write_record(EXPORT_COLUMNS).map_err(failed)?;
+    for entry in entries {
+        writer
+            .write_record([
+                entry.seq.to_string(),
+                entry.id.to_string(),
+                rfc3339(entry.at),
+                entry.kind.as_str().to_string(),
+                entry.amount.to_string(),
+                entry.balance_after.to_string(),
+                entry
+                    .job
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                entry.idempotency_key.clone(),
+                entry.note.clone().unwrap_or_default(),
+            ])
+            .map_err(failed)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| ApiError::Internal(format!("cannot write the CSV: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| ApiError::Internal(format!("CSV is not UTF-8: {e}")))
+}
+
+/// `at` as RFC 3339 in UTC with milliseconds (the epoch value for an out-of-range one).
+fn rfc3339(at: Millis) -> String {
+    Utc.timestamp_millis_opt(at).single().map_or_else(
+        || at.to_string(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
+}
 
 /// Builds `LedgerEntryCreate`. Without an idempotency key the entry's own id serves as
 /// one, so a request without a key is never deduplicated.
@@ -329,6 +461,50 @@ mod tests {
         assert_eq!(
             list_entries(&state, acme(), &too_many).unwrap_err().code(),
             "invalid"
+        );
+    }
+
+    #[test]
+    fn the_export_quotes_per_rfc_4180_and_keeps_the_running_balance() {
+        let mut state = ledger();
+        let mut tricky = top_up("acme", 5, Some("key,with \"quotes\""));
+        tricky.note = Some("line one\nline two, with a comma".into());
+        state
+            .apply(5, &entry_command(tricky, None, 5000).unwrap())
+            .unwrap();
+        let entries = export_entries(&state, &BusinessId::from("acme"), Some(2000), None);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        let csv = ledger_csv(&entries).unwrap();
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(
+            lines[0],
+            "seq,id,at,kind,amount,balance_after,job,idempotency_key,note"
+        );
+        assert!(lines[1].starts_with("2,ent-"), "{}", lines[1]);
+        assert_eq!(
+            lines[1],
+            format!(
+                "2,{id},1970-01-01T00:00:02.000Z,top_up,200,300,,{id},",
+                id = entries[0].id
+            ),
+            "an entry without a job or note leaves those fields empty"
+        );
+        assert!(
+            csv.ends_with(
+                ",1970-01-01T00:00:05.000Z,top_up,5,1005,,\"key,with \"\"quotes\"\"\",\"line one\nline two, with a comma\"\r\n"
+            ),
+            "{csv}"
+        );
+        assert_eq!(
+            export_entries(&state, &BusinessId::from("globex"), None, None),
+            Vec::<LedgerEntry>::new()
+        );
+        assert_eq!(
+            ledger_csv(&[]).unwrap(),
+            format!("{}\r\n", EXPORT_COLUMNS.join(","))
         );
     }
 }

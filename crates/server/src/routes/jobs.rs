@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use tanvrit_api::{
     Attempt, BusinessId, ErrorBody, Job, JobActionRequest, JobId, JobListRequest, JobListResponse,
@@ -15,11 +14,11 @@ use tanvrit_cluster::LogWindow;
 use tanvrit_state::{validate, Command, Effect, JobFilter, Rejection, State as DomainState};
 use tokio::time::Instant;
 
-use super::ApiErrors;
+use super::{ApiErrors, IdempotencyHeader};
 use crate::app::{new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 /// Scopes that may use the job routes.
 const JOB_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
@@ -40,9 +39,9 @@ pub const MAX_LOG_WINDOW: u64 = 4 * 1024 * 1024;
     path = "/api/compute/jobs/submit",
     tag = "jobs",
     request_body = JobSubmitRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Alias of the body's `idempotency_key`")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first response (same job and `index`) while the server keeps it (24 h by default); the same key with another request is 422 `idempotency_conflict`. Also the job's `idempotency_key`: the body's, if given, must be the same")),
     responses(
-        (status = 200, description = "The new job, or the first one for a repeated idempotency key", body = JobResponse),
+        (status = 200, description = "The new job, or the first response for a repeated idempotency key", body = JobResponse),
         (status = 402, description = "`insufficient_credits`: the balance cannot cover the hold", body = ErrorBody),
         (status = 404, description = "`not_found`: a user key named another business", body = ErrorBody),
         ApiErrors,
@@ -52,22 +51,20 @@ pub const MAX_LOG_WINDOW: u64 = 4 * 1024 * 1024;
 pub(crate) async fn handle_submit_job(
     State(app): State<AppState>,
     principal: Principal,
-    headers: HeaderMap,
-    ApiJson(request): ApiJson<JobSubmitRequest>,
+    keyed: IdempotencyKey,
+    ApiJson(mut request): ApiJson<JobSubmitRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
-    let header_key = idempotency_header(&headers)?;
-    let command = submit_command(
-        &principal,
-        request,
-        header_key,
-        app.config().rates,
-        now_ms(),
-    )?;
-    let (effect, index) = app.write(command).await?;
+    // The header is the body's key too, so the job is found by it after the window.
+    // Merged first, so a retry that sends the key in one place or both fingerprints alike.
+    request.idempotency_key =
+        merge_idempotency(request.idempotency_key, keyed.key().map(str::to_string))?;
+    let idempotency = keyed.bind(&principal, &request)?;
+    let command = submit_command(&principal, request, None, app.config().rates, now_ms())?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(JobResponse {
-        job: effect_job(effect)?,
-        index,
+        job: effect_job(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -131,7 +128,7 @@ pub(crate) async fn handle_get_job(
     post,
     path = "/api/compute/jobs/{id}/cancel",
     tag = "jobs",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id"), IdempotencyHeader),
     request_body = JobActionRequest,
     responses(
         (status = 200, description = "The cancelled job", body = JobResponse),
@@ -145,6 +142,7 @@ pub(crate) async fn handle_cancel_job(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<JobActionRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
@@ -152,15 +150,16 @@ pub(crate) async fn handle_cancel_job(
     check_reason(request.reason.as_deref())?;
     app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
         .await?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let command = Command::JobCancel {
         job,
         reason: request.reason,
         at: now_ms(),
     };
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(JobResponse {
-        job: effect_job(effect)?,
-        index,
+        job: effect_job(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -169,7 +168,7 @@ pub(crate) async fn handle_cancel_job(
     post,
     path = "/api/compute/jobs/{id}/retry",
     tag = "jobs",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id"), IdempotencyHeader),
     request_body = JobActionRequest,
     responses(
         (status = 200, description = "The requeued job", body = JobResponse),
@@ -184,6 +183,7 @@ pub(crate) async fn handle_retry_job(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<JobActionRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
@@ -195,10 +195,13 @@ pub(crate) async fn handle_retry_job(
         // `JobRetry` records no reason; keep it in the server log for the record.
         tracing::info!(job = %job, key = %principal.key, reason = %reason, "job retry requested");
     }
-    let (effect, index) = app.write(Command::JobRetry { job, at: now_ms() }).await?;
+    let idempotency = keyed.bind(&principal, &request)?;
+    let written = app
+        .write_keyed(Command::JobRetry { job, at: now_ms() }, idempotency)
+        .await?;
     Ok(Json(JobResponse {
-        job: effect_job(effect)?,
-        index,
+        job: effect_job(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -272,18 +275,6 @@ async fn follow_logs(
 }
 
 // ---- logic, testable on a bare `State` ------------------------------------------------
-
-/// Reads the `Idempotency-Key` header.
-pub(crate) fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    headers
-        .get(IDEMPOTENCY_HEADER)
-        .map(|value| {
-            value.to_str().map(str::to_string).map_err(|_| {
-                ApiError::InvalidRequest(format!("`{IDEMPOTENCY_HEADER}` must be visible ASCII"))
-            })
-        })
-        .transpose()
-}
 
 /// Merges the header and body idempotency keys; both given must agree.
 pub(crate) fn merge_idempotency(

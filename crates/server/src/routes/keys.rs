@@ -1,5 +1,11 @@
 //! `keys/create`, `keys/list`, `keys/{id}/revoke`: admin only. A new key's secret is
 //! in the create response and nowhere else.
+//!
+//! A `keys/create` repeated with its `Idempotency-Key` cannot give the secret again:
+//! only its hash is replicated, and keeping the secret in the idempotency record would
+//! replicate and snapshot it on every replica. The repeat is answered 409
+//! `idempotent_replay_secret_unavailable` with the key's id instead, so a client that
+//! lost the first answer can revoke that key and create another.
 
 use axum::extract::State;
 use axum::Json;
@@ -9,11 +15,11 @@ use tanvrit_api::{
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
 
-use super::{ApiErrors, EmptyRequest};
+use super::{ApiErrors, EmptyRequest, IdempotencyHeader};
 use crate::app::{now_ms, unexpected, AppState};
 use crate::auth::{generate_secret, hash_secret, new_key_id, Principal};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 /// Creates an API key. The response holds its secret; it is not stored and cannot be
 /// shown again.
@@ -21,22 +27,36 @@ use crate::extract::{ApiJson, ApiPath};
     post,
     path = "/api/compute/keys/create",
     tag = "keys",
+    params(IdempotencyHeader),
     request_body = KeyCreateRequest,
-    responses((status = 200, description = "The key and its secret", body = KeyCreateResponse), ApiErrors),
+    responses(
+        (status = 200, description = "The key and its secret", body = KeyCreateResponse),
+        (status = 409, description = "`idempotent_replay_secret_unavailable`: the `Idempotency-Key` already created key `error.id`, whose secret cannot be shown again", body = ErrorBody),
+        ApiErrors,
+    ),
     security(("bearer" = []))
 )]
 pub(crate) async fn handle_create_key(
     State(app): State<AppState>,
     principal: Principal,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<KeyCreateRequest>,
 ) -> Result<Json<KeyCreateResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let (command, secret) = create_command(request, now_ms())?;
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
+    let key = effect_key(written.effect)?;
+    if written.replayed {
+        // `secret` belongs to this request's command, which was not applied.
+        return Err(ApiError::ReplaySecretUnavailable {
+            key: key.id.to_string(),
+        });
+    }
     Ok(Json(KeyCreateResponse {
-        key: effect_key(effect)?,
+        key,
         secret,
-        index,
+        index: written.index,
     }))
 }
 
@@ -64,7 +84,7 @@ pub(crate) async fn handle_list_keys(
     post,
     path = "/api/compute/keys/{id}/revoke",
     tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
+    params(("id" = String, Path, description = "The key's id"), IdempotencyHeader),
     request_body = EmptyRequest,
     responses(
         (status = 200, description = "The revoked key", body = KeyResponse),
@@ -77,17 +97,19 @@ pub(crate) async fn handle_revoke_key(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
-    ApiJson(EmptyRequest {}): ApiJson<EmptyRequest>,
+    keyed: IdempotencyKey,
+    ApiJson(request): ApiJson<EmptyRequest>,
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let command = Command::KeyRevoke {
         key: KeyId(id),
         at: now_ms(),
     };
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(KeyResponse {
-        key: effect_key(effect)?,
-        index,
+        key: effect_key(written.effect)?,
+        index: written.index,
     }))
 }
 

@@ -79,7 +79,8 @@ pub(crate) enum ApiErrors {
     /// `unsupported_media_type`: a body that is not `application/json`.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// `invalid`: a value is not acceptable.
+    /// `invalid`: a value is not acceptable; `idempotency_conflict`: the
+    /// `Idempotency-Key` was used for another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// `no_leader`, `not_caught_up`, `shutting_down`; retry after `Retry-After` seconds.
@@ -88,6 +89,20 @@ pub(crate) enum ApiErrors {
     /// `storage_error`, `internal`.
     #[response(status = 500)]
     Internal(ErrorBody),
+}
+
+/// The `Idempotency-Key` header every client write accepts, as the OpenAPI document
+/// describes it (the handlers read it with [`crate::extract::IdempotencyKey`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its derived description is used.
+pub(crate) struct IdempotencyHeader {
+    /// 1-256 printable ASCII characters. A retry with the same key (from the same tenant:
+    /// a user key's business, or an admin key) gets the first response back, same body
+    /// and `index`, while the server keeps it (24 h by default); the same key with
+    /// another request (method, path or body) is 422 `idempotency_conflict`.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
 }
 
 /// A body for writes that take no parameters (`{}` or empty).
@@ -120,6 +135,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(credits::handle_create_credit_entry))
         .routes(routes!(credits::handle_get_credit_balance))
         .routes(routes!(credits::handle_list_credit_entries))
+        .routes(routes!(credits::handle_export_credit_entries))
         .routes(routes!(schedules::handle_create_schedule))
         .routes(routes!(schedules::handle_list_schedules))
         .routes(routes!(schedules::handle_get_schedule))

@@ -10,11 +10,11 @@ use tanvrit_api::{
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
 
-use super::ApiErrors;
+use super::{ApiErrors, IdempotencyHeader};
 use crate::app::{now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 /// Agents register their node; admins do everything.
 const REGISTER_SCOPES: &[Scope] = &[Scope::Admin, Scope::Agent];
@@ -26,6 +26,7 @@ pub const MAX_DRAIN_SECS: u64 = 30 * 24 * 3600;
     post,
     path = "/api/compute/nodes/register",
     tag = "nodes",
+    params(IdempotencyHeader),
     request_body = NodeRegisterRequest,
     responses((status = 200, description = "The node", body = NodeResponse), ApiErrors),
     security(("bearer" = []))
@@ -33,14 +34,16 @@ pub const MAX_DRAIN_SECS: u64 = 30 * 24 * 3600;
 pub(crate) async fn handle_register_node(
     State(app): State<AppState>,
     principal: Principal,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<NodeRegisterRequest>,
 ) -> Result<Json<NodeResponse>, ApiError> {
     principal.require(REGISTER_SCOPES)?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let command = register_command(request, now_ms())?;
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(NodeResponse {
-        node: effect_node(effect)?,
-        index,
+        node: effect_node(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -106,7 +109,7 @@ pub(crate) async fn handle_get_node(
     post,
     path = "/api/compute/nodes/{id}/drain",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's id")),
+    params(("id" = String, Path, description = "The node's id"), IdempotencyHeader),
     request_body = NodeDrainRequest,
     responses(
         (status = 200, description = "The draining node", body = NodeResponse),
@@ -120,19 +123,21 @@ pub(crate) async fn handle_drain_node(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<NodeDrainRequest>,
 ) -> Result<Json<NodeResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let at = now_ms();
     let command = Command::NodeDrain {
         node: NodeId(id),
         deadline: drain_deadline(request.deadline_secs, at)?,
         at,
     };
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(NodeResponse {
-        node: effect_node(effect)?,
-        index,
+        node: effect_node(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -141,7 +146,7 @@ pub(crate) async fn handle_drain_node(
     post,
     path = "/api/compute/nodes/{id}/delete",
     tag = "nodes",
-    params(("id" = String, Path, description = "The node's id")),
+    params(("id" = String, Path, description = "The node's id"), IdempotencyHeader),
     request_body = NodeDeleteRequest,
     responses(
         (status = 200, description = "The deleted node", body = NodeResponse),
@@ -155,18 +160,20 @@ pub(crate) async fn handle_delete_node(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<NodeDeleteRequest>,
 ) -> Result<Json<NodeResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
+    let idempotency = keyed.bind(&principal, &request)?;
     let command = Command::NodeDelete {
         node: NodeId(id),
         force: request.force,
         at: now_ms(),
     };
-    let (effect, index) = app.write(command).await?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(NodeResponse {
-        node: effect_node(effect)?,
-        index,
+        node: effect_node(written.effect)?,
+        index: written.index,
     }))
 }
 

@@ -11,12 +11,12 @@ use tanvrit_api::{
 };
 use tanvrit_state::{validate, Command, Effect, State as DomainState};
 
-use super::{ApiErrors, EmptyRequest};
+use super::{ApiErrors, EmptyRequest, IdempotencyHeader};
 use crate::app::{new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::cron::{parse_expression, parse_zone, CronSchedule};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 const SCHEDULE_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
 /// The zone of a schedule that names none.
@@ -27,6 +27,7 @@ pub const DEFAULT_TIMEZONE: &str = "UTC";
     post,
     path = "/api/compute/schedules/create",
     tag = "schedules",
+    params(IdempotencyHeader),
     request_body = ScheduleCreateRequest,
     responses(
         (status = 200, description = "The schedule", body = ScheduleResponse),
@@ -38,15 +39,16 @@ pub const DEFAULT_TIMEZONE: &str = "UTC";
 pub(crate) async fn handle_create_schedule(
     State(app): State<AppState>,
     principal: Principal,
+    keyed: IdempotencyKey,
     ApiJson(request): ApiJson<ScheduleCreateRequest>,
 ) -> Result<Json<ScheduleResponse>, ApiError> {
     principal.require(SCHEDULE_SCOPES)?;
-    let at = now_ms();
-    let command = create_command(&principal, request, at)?;
-    let (effect, index) = app.write(command).await?;
+    let idempotency = keyed.bind(&principal, &request)?;
+    let command = create_command(&principal, request, now_ms())?;
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(ScheduleResponse {
-        schedule: view(effect_schedule(effect)?, at),
-        index,
+        schedule: written_view(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -113,7 +115,7 @@ pub(crate) async fn handle_get_schedule(
     post,
     path = "/api/compute/schedules/{id}/update",
     tag = "schedules",
-    params(("id" = String, Path, description = "The schedule's id")),
+    params(("id" = String, Path, description = "The schedule's id"), IdempotencyHeader),
     request_body = ScheduleUpdateRequest,
     responses(
         (status = 200, description = "The changed schedule", body = ScheduleResponse),
@@ -126,6 +128,7 @@ pub(crate) async fn handle_update_schedule(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
+    keyed: IdempotencyKey,
     ApiJson(patch): ApiJson<ScheduleUpdateRequest>,
 ) -> Result<Json<ScheduleResponse>, ApiError> {
     principal.require(SCHEDULE_SCOPES)?;
@@ -135,17 +138,16 @@ pub(crate) async fn handle_update_schedule(
         owner(s, &schedule)
     })
     .await?;
-    let at = now_ms();
-    let (effect, index) = app
-        .write(Command::ScheduleUpdate {
-            schedule,
-            patch,
-            at,
-        })
-        .await?;
+    let idempotency = keyed.bind(&principal, &patch)?;
+    let command = Command::ScheduleUpdate {
+        schedule,
+        patch,
+        at: now_ms(),
+    };
+    let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(ScheduleResponse {
-        schedule: view(effect_schedule(effect)?, at),
-        index,
+        schedule: written_view(written.effect)?,
+        index: written.index,
     }))
 }
 
@@ -154,7 +156,7 @@ pub(crate) async fn handle_update_schedule(
     post,
     path = "/api/compute/schedules/{id}/delete",
     tag = "schedules",
-    params(("id" = String, Path, description = "The schedule's id")),
+    params(("id" = String, Path, description = "The schedule's id"), IdempotencyHeader),
     request_body = EmptyRequest,
     responses(
         (status = 200, description = "Deleted", body = WriteResponse),
@@ -167,7 +169,8 @@ pub(crate) async fn handle_delete_schedule(
     State(app): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath,
-    ApiJson(EmptyRequest {}): ApiJson<EmptyRequest>,
+    keyed: IdempotencyKey,
+    ApiJson(request): ApiJson<EmptyRequest>,
 ) -> Result<Json<WriteResponse>, ApiError> {
     principal.require(SCHEDULE_SCOPES)?;
     let schedule = ScheduleId(id);
@@ -175,14 +178,16 @@ pub(crate) async fn handle_delete_schedule(
         owner(s, &schedule)
     })
     .await?;
-    let (effect, index) = app
-        .write(Command::ScheduleDelete {
-            schedule,
-            at: now_ms(),
-        })
-        .await?;
-    match effect {
-        Effect::ScheduleDeleted => Ok(Json(WriteResponse { index })),
+    let idempotency = keyed.bind(&principal, &request)?;
+    let command = Command::ScheduleDelete {
+        schedule,
+        at: now_ms(),
+    };
+    let written = app.write_keyed(command, idempotency).await?;
+    match written.effect {
+        Effect::ScheduleDeleted => Ok(Json(WriteResponse {
+            index: written.index,
+        })),
         other => Err(unexpected(other)),
     }
 }
@@ -256,6 +261,14 @@ fn check_catch_up(catch_up: Option<CatchUpPolicy>) -> Result<(), ApiError> {
         }
         _ => Ok(()),
     }
+}
+
+/// A written schedule with its next due time after the write (`updated_at` is the
+/// write's time), so a replayed write answers exactly as the first one did.
+fn written_view(effect: Effect) -> Result<ScheduleView, ApiError> {
+    let schedule = effect_schedule(effect)?;
+    let at = schedule.updated_at;
+    Ok(view(schedule, at))
 }
 
 /// A schedule with its next due time after `now` (none while disabled).

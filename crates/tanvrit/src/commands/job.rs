@@ -11,6 +11,7 @@ use tanvrit_api::{
 };
 use tanvrit_client::Client;
 
+use super::keyed;
 use crate::output::{fields, or_dash, pairs, table, wire_name, Output};
 use crate::parse::{self, format_credits, format_opt_time, format_time};
 
@@ -36,6 +37,9 @@ pub enum JobCommand {
         /// Why, for the record.
         #[arg(long)]
         reason: Option<String>,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Requeue a failed, cancelled or lost job.
     Retry {
@@ -44,6 +48,9 @@ pub enum JobCommand {
         /// Why, for the record.
         #[arg(long)]
         reason: Option<String>,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Print a job's output.
     Logs(LogsArgs),
@@ -118,7 +125,8 @@ pub struct SubmitArgs {
     /// The business to bill.
     #[arg(long, env = ENV_BUSINESS, default_value = "default")]
     pub business: String,
-    /// A retried submit with the same key returns the first job instead of a new one.
+    /// A retried submit with the same key returns the first job instead of a new one
+    /// (sent as the `Idempotency-Key` header and as the job's own key).
     #[arg(long)]
     pub idempotency_key: Option<String>,
     #[command(flatten)]
@@ -166,6 +174,7 @@ impl JobCommand {
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
         match self {
             JobCommand::Submit(args) => {
+                let client = keyed(client, args.idempotency_key.as_deref());
                 let request = JobSubmitRequest {
                     business: Some(BusinessId::from(args.business)),
                     spec: args.template.spec(),
@@ -234,14 +243,22 @@ impl JobCommand {
                 }
                 Ok(())
             }
-            JobCommand::Cancel { id, reason } => {
-                let response = client
+            JobCommand::Cancel {
+                id,
+                reason,
+                idempotency_key,
+            } => {
+                let response = keyed(client, idempotency_key.as_deref())
                     .cancel_job(&JobId::from(id), JobActionRequest { reason })
                     .await?;
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
-            JobCommand::Retry { id, reason } => {
-                let response = client
+            JobCommand::Retry {
+                id,
+                reason,
+                idempotency_key,
+            } => {
+                let response = keyed(client, idempotency_key.as_deref())
                     .retry_job(&JobId::from(id), JobActionRequest { reason })
                     .await?;
                 out.show(&response, |r| job_summary(&r.job, r.index))

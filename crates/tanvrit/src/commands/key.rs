@@ -4,6 +4,7 @@ use clap::Subcommand;
 use tanvrit_api::{BusinessId, KeyCreateRequest, KeyId, Scope};
 use tanvrit_client::Client;
 
+use super::keyed;
 use crate::output::{or_dash, table, Output};
 use crate::parse::{format_opt_time, format_time};
 
@@ -21,6 +22,11 @@ pub enum KeyCommand {
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
+        /// Repeating the command with the same key creates no second key: it fails with
+        /// `idempotent_replay_secret_unavailable`, naming the key the first run created
+        /// (whose secret cannot be shown again).
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// List keys, revoked ones included (never their secrets).
     List,
@@ -28,6 +34,9 @@ pub enum KeyCommand {
     Revoke {
         /// The key's id.
         id: String,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -39,8 +48,9 @@ impl KeyCommand {
                 scope,
                 business,
                 name,
+                idempotency_key,
             } => {
-                let response = client
+                let response = keyed(client, idempotency_key.as_deref())
                     .create_key(KeyCreateRequest {
                         name,
                         scope,
@@ -86,8 +96,13 @@ impl KeyCommand {
                     t
                 })
             }
-            KeyCommand::Revoke { id } => {
-                let response = client.revoke_key(&KeyId::from(id)).await?;
+            KeyCommand::Revoke {
+                id,
+                idempotency_key,
+            } => {
+                let response = keyed(client, idempotency_key.as_deref())
+                    .revoke_key(&KeyId::from(id))
+                    .await?;
                 if out.json {
                     return out.json(&response);
                 }

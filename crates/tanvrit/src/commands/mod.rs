@@ -7,3 +7,15 @@ pub mod job;
 pub mod key;
 pub mod node;
 pub mod schedule;
+
+use tanvrit_client::Client;
+
+/// The client a write command uses: one that sends `--idempotency-key` as the
+/// `Idempotency-Key` header when it was given, so running the same command again with
+/// the same key answers with the first result instead of acting twice.
+pub(crate) fn keyed(client: &Client, idempotency_key: Option<&str>) -> Client {
+    match idempotency_key {
+        Some(key) => client.with_idempotency_key(key),
+        None => client.clone(),
+    }
+}

@@ -6,6 +6,7 @@ use tanvrit_api::{
 };
 use tanvrit_client::Client;
 
+use super::keyed;
 use crate::output::{fields, or_dash, pairs, table, Output};
 use crate::parse::{self, format_opt_time, format_time};
 
@@ -30,6 +31,9 @@ pub enum NodeCommand {
         /// Stop running work after this long (e.g. 10m) and reschedule it.
         #[arg(long, value_parser = parse::duration_secs)]
         deadline: Option<u64>,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Remove a node.
     Delete {
@@ -38,6 +42,9 @@ pub enum NodeCommand {
         /// Delete even with active attempts (they are declared lost and retried).
         #[arg(long)]
         force: bool,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -85,8 +92,12 @@ impl NodeCommand {
                     .await?;
                 out.show(&response, |r| node_details(&r.node))
             }
-            NodeCommand::Drain { id, deadline } => {
-                let response = client
+            NodeCommand::Drain {
+                id,
+                deadline,
+                idempotency_key,
+            } => {
+                let response = keyed(client, idempotency_key.as_deref())
                     .drain_node(
                         &NodeId::from(id),
                         NodeDrainRequest {
@@ -96,8 +107,12 @@ impl NodeCommand {
                     .await?;
                 out.show(&response, |r| node_details(&r.node))
             }
-            NodeCommand::Delete { id, force } => {
-                let response = client
+            NodeCommand::Delete {
+                id,
+                force,
+                idempotency_key,
+            } => {
+                let response = keyed(client, idempotency_key.as_deref())
                     .delete_node(&NodeId::from(id), NodeDeleteRequest { force })
                     .await?;
                 out.show(&response, |r| node_details(&r.node))

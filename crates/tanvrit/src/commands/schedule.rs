@@ -8,6 +8,7 @@ use tanvrit_api::{
 use tanvrit_client::Client;
 
 use super::job::{TemplateArgs, ENV_BUSINESS};
+use super::keyed;
 use crate::output::{fields, or_dash, table, wire_name, Output};
 use crate::parse::{format_opt_time, format_time};
 
@@ -33,6 +34,9 @@ pub enum ScheduleCommand {
     Delete {
         /// The schedule's id.
         id: String,
+        /// Repeating the command with the same key answers with the first result.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -54,6 +58,10 @@ pub struct CreateArgs {
     /// The business to bill.
     #[arg(long, env = ENV_BUSINESS, default_value = "default")]
     pub business: String,
+    /// Repeating the command with the same key creates no second schedule: it answers
+    /// with the first result.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// The job each fire submits (`--name` names the schedule and its jobs).
     #[command(flatten)]
     pub template: TemplateArgs,
@@ -83,6 +91,9 @@ pub struct UpdateArgs {
     /// Stop firing (the schedule is kept).
     #[arg(long)]
     pub disable: bool,
+    /// Repeating the command with the same key answers with the first result.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
 }
 
 impl ScheduleCommand {
@@ -90,7 +101,7 @@ impl ScheduleCommand {
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
         match self {
             ScheduleCommand::Create(args) => {
-                let response = client
+                let response = keyed(client, args.idempotency_key.as_deref())
                     .create_schedule(ScheduleCreateRequest {
                         business: Some(BusinessId::from(args.business)),
                         name: args.template.name.clone(),
@@ -154,7 +165,7 @@ impl ScheduleCommand {
                     (_, true) => Some(false),
                     _ => None,
                 };
-                let response = client
+                let response = keyed(client, args.idempotency_key.as_deref())
                     .update_schedule(
                         &ScheduleId::from(args.id),
                         ScheduleUpdateRequest {
@@ -170,9 +181,14 @@ impl ScheduleCommand {
                     .await?;
                 out.show(&response, |r| schedule_details(&r.schedule))
             }
-            ScheduleCommand::Delete { id } => {
+            ScheduleCommand::Delete {
+                id,
+                idempotency_key,
+            } => {
                 let id = ScheduleId::from(id);
-                let response = client.delete_schedule(&id).await?;
+                let response = keyed(client, idempotency_key.as_deref())
+                    .delete_schedule(&id)
+                    .await?;
                 if out.json {
                     return out.json(&response);
                 }
