@@ -32,6 +32,7 @@
 //! | `node_ttl` | `TANVRIT_NODE_TTL` | `15s` |
 //! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
+//! | `idempotency_window` | `TANVRIT_IDEMPOTENCY_WINDOW` | `24h` |
 //!
 //! # Raft mode
 //! `compute.cluster.raft = true` selects `RaftCluster`. The voters are `peers`; their Raft
@@ -85,6 +86,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("NODE_TTL", "node_ttl"),
     ("SCHEDULER_STRATEGY", "scheduler_strategy"),
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
+    ("IDEMPOTENCY_WINDOW", "idempotency_window"),
 ];
 
 /// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
@@ -301,6 +303,9 @@ pub struct Config {
     /// With catch-up `skip`, a due time this late still fires.
     #[serde(with = "human_duration")]
     pub cron_skip_grace: Duration,
+    /// How long an `Idempotency-Key` is remembered: a retry within it gets the first answer.
+    #[serde(with = "human_duration")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for Config {
@@ -333,6 +338,7 @@ impl Default for Config {
             node_ttl: Duration::from_secs(15),
             scheduler_strategy: tanvrit_state::scheduler::Strategy::BinPack,
             cron_skip_grace: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -146,6 +146,7 @@ impl Replica {
             node_ttl: self.config.node_ttl,
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
+            idempotency_window: self.config.idempotency_window,
             ..ServerConfig::default()
         };
         let cluster = self.cluster.clone();
