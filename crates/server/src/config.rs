@@ -1,6 +1,7 @@
 //! [`ServerConfig`]: the knobs of the HTTP API and the leader loops, with the defaults
 //! DESIGN.md names.
 
+use std::fmt;
 use std::time::Duration;
 
 use tanvrit_api::Rates;
@@ -40,6 +41,20 @@ pub struct ServerConfig {
     /// Under a schedule's `skip` catch-up policy, a due time is still fired if the leader
     /// gets to it at most this late; older due times are recorded as skipped. Default 5 s.
     pub cron_skip_grace: Duration,
+    /// The Raft cluster secret: sent in `X-Tanvrit-Cluster-Secret`, it authorizes the
+    /// membership routes like an admin key (before a cluster is formed no key exists).
+    /// Default `None`: only admin keys do.
+    pub cluster_secret: Option<ClusterSecret>,
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub String);
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(***)")
+    }
 }
 
 impl Default for ServerConfig {
@@ -54,6 +69,7 @@ impl Default for ServerConfig {
             scheduler_strategy: Strategy::BinPack,
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),
+            cluster_secret: None,
         }
     }
 }

@@ -142,6 +142,12 @@ impl Replica {
             node_ttl: self.config.node_ttl,
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
+            cluster_secret: self
+                .config
+                .cluster_secret
+                .as_ref()
+                .filter(|_| self.config.raft())
+                .map(|s| tanvrit_server::ClusterSecret(s.0.clone())),
             ..ServerConfig::default()
         };
         let cluster = self.cluster.clone();
