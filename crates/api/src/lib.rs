@@ -36,6 +36,10 @@ pub const INDEX_HEADER: &str = "X-Tanvrit-Index";
 /// Response header on a 503 naming the leader's API base URL, when the answering replica
 /// knows it (the same value as the error body's `leader_url`).
 pub const LEADER_URL_HEADER: &str = "X-Tanvrit-Leader-Url";
+/// Request header carrying the cluster secret, which authorizes the membership routes
+/// (`cluster/init`, `cluster/replicas/...`) like an admin key does: before a cluster is
+/// formed no key exists yet.
+pub const CLUSTER_SECRET_HEADER: &str = "X-Tanvrit-Cluster-Secret";
 /// Request header naming an idempotency key for a mutating call.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Path prefix of every API route.

@@ -1,6 +1,7 @@
 //! [`ServerConfig`]: the knobs of the HTTP API and the leader loops, with the defaults
 //! DESIGN.md names.
 
+use std::fmt;
 use std::time::Duration;
 
 use tanvrit_api::Rates;
@@ -45,6 +46,20 @@ pub struct ServerConfig {
     /// travels in each keyed command, so replicas agree whatever their own setting.
     /// Default 24 h.
     pub idempotency_window: Duration,
+    /// The Raft cluster secret: sent in `X-Tanvrit-Cluster-Secret`, it authorizes the
+    /// membership routes like an admin key (before a cluster is formed no key exists).
+    /// Default `None`: only admin keys do.
+    pub cluster_secret: Option<ClusterSecret>,
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub String);
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(***)")
+    }
 }
 
 impl Default for ServerConfig {
@@ -60,6 +75,7 @@ impl Default for ServerConfig {
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
+            cluster_secret: None,
         }
     }
 }

@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 
 pub use auth::Principal;
 pub use bootstrap::{ensure_bootstrap_admin, BootstrapOutcome, ADMIN_KEY_FILE};
-pub use config::ServerConfig;
+pub use config::{ClusterSecret, ServerConfig};
 pub use error::{ApiError, ServerError};
 pub use leader::{LeaderLoops, Liveness};
 pub use metrics::openmetrics_to_prometheus_text;

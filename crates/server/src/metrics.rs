@@ -2,7 +2,14 @@
 //!
 //! HTTP requests are counted as they finish; replica and domain gauges (applied index,
 //! role, leader, jobs and nodes by state) are refreshed from the cluster at each scrape,
-//! so they are never stale and cost nothing between scrapes. The leader loops count
+//! so they are never stale and cost nothing between scrapes. In Raft mode the cluster's
+//! own numbers ([`ClusterService::raft_stats`]) are exported too, by [`RaftCollector`]:
+//! `tanvrit_raft_leader_id`, `_is_leader`, `_leader_changes_total`, `_last_log_index`,
+//! `_purged_index`, `_snapshot_index`, `_snapshots_built_total`,
+//! `_snapshots_installed_total`, `_elections_triggered_total`, `_writes_total`,
+//! `_writes_forwarded_total`, `_writes_failed_total`, and the histograms
+//! `tanvrit_raft_proposal_duration_seconds` (submit to receipt, forwarding included) and
+//! `tanvrit_raft_commit_duration_seconds` (proposed by this leader to applied). The leader loops count
 //! their work (placements, rounds, nodes lost, evictions, schedule fires and skips, loops
 //! running) in [`LeaderMetrics`], handles into the same registry.
 //!
@@ -13,17 +20,21 @@
 //! `_total`, no `# UNIT` or `# EOF` lines).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tanvrit_api::{JobState, NodeState, Role};
-use tanvrit_cluster::ClusterService;
+use tanvrit_cluster::raft::LatencyHistogram;
+use tanvrit_cluster::{ClusterService, RaftStats};
 
 /// Content type of the classic Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -92,6 +103,8 @@ pub(crate) struct Metrics {
     jobs: Family<StateLabels, Gauge>,
     nodes: Family<StateLabels, Gauge>,
     leader_loops: LeaderMetrics,
+    /// The Raft numbers of the scrape in progress, read by the [`RaftCollector`].
+    raft: Arc<Mutex<Option<RaftStats>>>,
     /// Serializes scrapes: each one refreshes the gauges, then encodes.
     scrape: Mutex<()>,
 }
@@ -201,8 +214,11 @@ impl Metrics {
             "Leader-only loops (scheduler, liveness, cron) running on this replica",
             leader_loops.loops_running.clone(),
         );
+        let raft = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(RaftCollector(raft.clone())));
         Self {
             registry,
+            raft,
             requests,
             in_flight,
             latency,
@@ -262,11 +278,18 @@ impl Metrics {
             }
             (state.job_counts(), nodes, state.applied_index())
         });
+        let raft = cluster.raft_stats();
         self.applied_index.set(saturating_i64(applied));
-        self.commit_index.set(saturating_i64(
-            this.map_or(applied, |r| r.commit_index.max(applied)),
-        ));
-        self.term.set(saturating_i64(this.map_or(0, |r| r.term)));
+        let (commit, term) = match &raft {
+            Some(stats) => (stats.commit_index, stats.term),
+            None => (
+                this.map_or(applied, |r| r.commit_index),
+                this.map_or(0, |r| r.term),
+            ),
+        };
+        self.commit_index.set(saturating_i64(commit.max(applied)));
+        self.term.set(saturating_i64(term));
+        *self.raft.lock() = raft;
         let current = cluster.role();
         for role in ROLES {
             self.role
@@ -306,6 +329,143 @@ impl Metrics {
         } else {
             openmetrics_to_prometheus_text(&text)
         }
+    }
+}
+
+/// Encodes the Raft numbers of the scrape in progress (nothing without Raft). They are
+/// kept by the cluster, so they are encoded as they are rather than mirrored into
+/// registry metrics.
+#[derive(Debug)]
+struct RaftCollector(Arc<Mutex<Option<RaftStats>>>);
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&saturating_i64(value))
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, u64, f64>(&value, None)
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &LatencyHistogram,
+) -> std::fmt::Result {
+    // The cluster keeps cumulative counts with a final `+Inf` slot; the encoder wants
+    // per-bucket counts and `f64::MAX` for `+Inf`.
+    let mut buckets = Vec::with_capacity(h.counts.len());
+    let mut below = 0;
+    for (i, cumulative) in h.counts.iter().enumerate() {
+        let bound = h.bounds.get(i).copied().unwrap_or(f64::MAX);
+        buckets.push((bound, cumulative.saturating_sub(below)));
+        below = *cumulative;
+    }
+    encoder
+        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+}
+
+impl Collector for RaftCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(s) = self.0.lock().clone() else {
+            return Ok(());
+        };
+        let e = &mut encoder;
+        gauge(
+            e,
+            "raft_leader_id",
+            "Raft id of the leader this replica follows or is (0 when none is known)",
+            s.leader_id.unwrap_or(0),
+        )?;
+        gauge(
+            e,
+            "raft_is_leader",
+            "1 while this replica leads with a fresh quorum",
+            u64::from(s.is_leader),
+        )?;
+        gauge(e, "raft_node_id", "This replica's Raft id", s.node_id)?;
+        gauge(
+            e,
+            "raft_last_log_index",
+            "Last index in this replica's log",
+            s.last_log_index,
+        )?;
+        gauge(
+            e,
+            "raft_purged_index",
+            "Last log index purged after a snapshot",
+            s.purged_index,
+        )?;
+        gauge(
+            e,
+            "raft_snapshot_index",
+            "Log index of the latest snapshot built or installed (0 if none)",
+            s.snapshot_index,
+        )?;
+        counter(
+            e,
+            "raft_leader_changes",
+            "New (term, leader) pairs seen since this replica started",
+            s.leader_changes_total,
+        )?;
+        counter(
+            e,
+            "raft_elections_triggered",
+            "Elections the failure detector called",
+            s.elections_triggered_total,
+        )?;
+        counter(
+            e,
+            "raft_snapshots_built",
+            "Snapshots this replica built",
+            s.snapshots_built_total,
+        )?;
+        counter(
+            e,
+            "raft_snapshots_installed",
+            "Snapshots this replica installed from a leader",
+            s.snapshots_installed_total,
+        )?;
+        counter(
+            e,
+            "raft_writes",
+            "Writes submitted on this replica that were committed",
+            s.writes_total,
+        )?;
+        counter(
+            e,
+            "raft_writes_forwarded",
+            "Committed writes this replica forwarded to the leader",
+            s.writes_forwarded_total,
+        )?;
+        counter(
+            e,
+            "raft_writes_failed",
+            "Writes submitted on this replica that failed (no leader, shutting down, storage)",
+            s.writes_failed_total,
+        )?;
+        histogram(
+            e,
+            "raft_proposal_duration",
+            "Submit-to-receipt time of writes submitted on this replica (forwarding included)",
+            &s.proposal_latency,
+        )?;
+        histogram(
+            e,
+            "raft_commit_duration",
+            "Propose-to-applied time of writes this replica proposed as leader",
+            &s.commit_latency,
+        )
     }
 }
 
@@ -372,9 +532,68 @@ mod tests {
             .jobs
             .get_or_create(&StateLabels { state: "pending" })
             .set(2);
+        *metrics.raft.lock() = Some(sample_raft_stats());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
         text
+    }
+
+    fn sample_raft_stats() -> RaftStats {
+        let bounds = tanvrit_cluster::raft::stats::LATENCY_BUCKETS.to_vec();
+        // Two writes: one within 1 ms, one between 5 and 10 ms.
+        let mut counts = vec![1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
+        counts.truncate(bounds.len() + 1);
+        let latency = LatencyHistogram {
+            bounds,
+            counts,
+            sum_seconds: 0.0075,
+            count: 2,
+        };
+        RaftStats {
+            node_id: 2,
+            term: 7,
+            last_log_index: 42,
+            commit_index: 41,
+            applied_index: 40,
+            leader_id: Some(3),
+            is_leader: false,
+            leader_changes_total: 4,
+            elections_triggered_total: 1,
+            writes_total: 2,
+            writes_forwarded_total: 2,
+            writes_failed_total: 0,
+            proposal_latency: latency.clone(),
+            commit_latency: LatencyHistogram::default(),
+            snapshots_built_total: 1,
+            snapshots_installed_total: 0,
+            snapshot_index: 30,
+            purged_index: 20,
+        }
+    }
+
+    #[test]
+    fn raft_numbers_are_exported_when_the_cluster_has_them() {
+        let text = openmetrics_to_prometheus_text(&sample_registry_text());
+        for line in [
+            "tanvrit_raft_leader_id 3\n",
+            "tanvrit_raft_is_leader 0\n",
+            "tanvrit_raft_leader_changes_total 4\n",
+            "# TYPE tanvrit_raft_leader_changes_total counter\n",
+            "tanvrit_raft_snapshots_built_total 1\n",
+            "tanvrit_raft_snapshot_index 30\n",
+            "# TYPE tanvrit_raft_proposal_duration_seconds histogram\n",
+            "tanvrit_raft_proposal_duration_seconds_bucket{le=\"0.001\"} 1\n",
+            "tanvrit_raft_proposal_duration_seconds_bucket{le=\"0.01\"} 2\n",
+            "tanvrit_raft_proposal_duration_seconds_bucket{le=\"+Inf\"} 2\n",
+            "tanvrit_raft_proposal_duration_seconds_count 2\n",
+            "tanvrit_raft_commit_duration_seconds_count 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let metrics = Metrics::new();
+        let mut plain = String::new();
+        prometheus_client::encoding::text::encode(&mut plain, &metrics.registry).unwrap();
+        assert!(!plain.contains("raft_leader_id"), "nothing without Raft");
     }
 
     #[test]

@@ -156,3 +156,46 @@ async fn a_503_names_the_leaders_api_url_when_it_is_known() {
     assert!(body["error"].get("leader_url").is_none(), "{body}");
     assert_eq!(hint, None);
 }
+
+#[tokio::test]
+async fn the_cluster_secret_authorizes_membership_calls_like_an_admin_key() {
+    let (cluster, _dir) = single_node().await;
+    let config = ServerConfig {
+        cluster_secret: Some(tanvrit_server::ClusterSecret(
+            "the-cluster-secret-0123".into(),
+        )),
+        ..ServerConfig::default()
+    };
+    let api = router(config, cluster.clone());
+    let call = |secret: &'static str| {
+        let api = api.clone();
+        async move {
+            let request = Request::post("/api/compute/cluster/init")
+                .header(tanvrit_api::CLUSTER_SECRET_HEADER, secret)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            api.oneshot(request).await.unwrap().status()
+        }
+    };
+    // Authorized (then refused: a single node has no membership to form).
+    assert_eq!(call("the-cluster-secret-0123").await, StatusCode::CONFLICT);
+    assert_eq!(
+        call("the-cluster-secret-0124").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let without = router(ServerConfig::default(), cluster);
+    let request = Request::post("/api/compute/cluster/init")
+        .header(
+            tanvrit_api::CLUSTER_SECRET_HEADER,
+            "the-cluster-secret-0123",
+        )
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(
+        without.oneshot(request).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "no secret configured: only admin keys"
+    );
+}

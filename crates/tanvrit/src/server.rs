@@ -147,6 +147,12 @@ impl Replica {
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
             idempotency_window: self.config.idempotency_window,
+            cluster_secret: self
+                .config
+                .cluster_secret
+                .as_ref()
+                .filter(|_| self.config.raft())
+                .map(|s| tanvrit_server::ClusterSecret(s.0.clone())),
             ..ServerConfig::default()
         };
         let cluster = self.cluster.clone();

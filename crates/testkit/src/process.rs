@@ -3,11 +3,14 @@
 //! SIGKILL and restarted on the same port and data directory; [`AgentProcess`], a
 //! `tanvrit agent` whose node id is read from the `registered node` line it prints,
 //! killed and restarted the same way.
+//! [`ProcessCluster`] runs several servers as the replicas of one Raft cluster on
+//! loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tanvrit_api::Role;
 use tanvrit_client::{Client, ClientConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -322,5 +325,131 @@ impl AgentProcess {
             self.kill9().await;
         }
         self.spawn().await
+    }
+}
+
+/// The cluster secret of every [`ProcessCluster`].
+pub const TEST_CLUSTER_SECRET: &str = "tanvrit-test-cluster-secret";
+
+/// Replicas of one Raft cluster, each a `tanvrit server` process on loopback: API on a
+/// free port (kept across restarts), replica RPC on a port reserved up front (every
+/// replica must know its peers' addresses before any starts), data in `root/replica-N`.
+pub struct ProcessCluster {
+    replicas: Vec<ServerProcess>,
+}
+
+/// Free loopback ports, reserved by binding them all at once and then released.
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+impl ProcessCluster {
+    /// Starts `count` replicas named `replica-1..=count` with `TANVRIT_PEERS` naming them
+    /// all (they form the cluster by themselves), plus `env` (timings, profile, ...).
+    pub async fn start(
+        bin: &Path,
+        root: &Path,
+        count: usize,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let ports = free_ports(count)?;
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("replica-{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut replicas = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = format!("replica-{}", i + 1);
+            let mut all: Vec<(&str, &str)> = vec![
+                ("TANVRIT_CLUSTER_RAFT", "true"),
+                ("TANVRIT_PEERS", &peers),
+                ("TANVRIT_REPLICA_ID", &name),
+                ("TANVRIT_CLUSTER_SECRET", TEST_CLUSTER_SECRET),
+            ];
+            all.extend_from_slice(env);
+            let dir = root.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            replicas.push(ServerProcess::start(bin, &dir, &all).await?);
+        }
+        Ok(ProcessCluster { replicas })
+    }
+
+    /// How many replicas there are.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Replica `i` (0-based).
+    pub fn replica(&self, i: usize) -> &ServerProcess {
+        &self.replicas[i]
+    }
+
+    /// Replica `i` (0-based), to kill, stop or restart.
+    pub fn replica_mut(&mut self, i: usize) -> &mut ServerProcess {
+        &mut self.replicas[i]
+    }
+
+    /// Every replica's base URL, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.url().to_string()).collect()
+    }
+
+    /// An SDK client for every replica's URL with the admin key.
+    pub fn admin_client(&self, max_retries: u32) -> Client {
+        Client::new(ClientConfig {
+            endpoints: self.urls(),
+            api_key: Some(TEST_ADMIN_KEY.to_string()),
+            timeout: Duration::from_secs(10),
+            max_retries,
+            ..ClientConfig::default()
+        })
+        .expect("client config is valid")
+    }
+
+    /// Replica `i`'s role as its `/readyz` says (`None` while it is down or knows no
+    /// leader).
+    pub async fn role(&self, i: usize) -> Option<Role> {
+        let replica = &self.replicas[i];
+        replica.pid()?;
+        let client = Client::new(ClientConfig {
+            endpoints: vec![replica.url().to_string()],
+            timeout: Duration::from_secs(2),
+            max_retries: 0,
+            ..ClientConfig::default()
+        })
+        .ok()?;
+        let answer = client.get_raw("/readyz", &[]).await.ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+        serde_json::from_value(body.get("role")?.clone()).ok()
+    }
+
+    /// Polls until a running replica reports itself leader; its index, or `None` after
+    /// `within`.
+    pub async fn leader(&self, within: Duration) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            for i in 0..self.replicas.len() {
+                if self.role(i).await == Some(Role::Leader) {
+                    return Some(i);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

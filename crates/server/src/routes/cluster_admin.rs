@@ -1,10 +1,16 @@
-//! Membership administration (admin keys only): `cluster/init` forms a Raft cluster from
-//! its configured voters, `cluster/replicas/add` and `cluster/replicas/remove` change
-//! its members. Any replica takes them; membership changes run on the leader (the
-//! cluster forwards them). A replica without Raft answers 409 `membership_refused`.
+//! Membership administration: `cluster/init` forms a Raft cluster from its configured
+//! voters, `cluster/replicas/add` and `cluster/replicas/remove` change its members. Any
+//! replica takes them; membership changes run on the leader (the cluster forwards them).
+//! A replica without Raft answers 409 `membership_refused`.
+//!
+//! They are authorized by an admin key, or by the cluster secret in
+//! `X-Tanvrit-Cluster-Secret` (the replica's `ServerConfig::cluster_secret`): a cluster
+//! formed with `init` has no key yet, since the first admin key is a replicated write.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::Json;
+use subtle::ConstantTimeEq;
 use tanvrit_api::{
     ClusterInitResponse, MembershipResponse, ReplicaAddRequest, ReplicaRemoveRequest, Scope,
 };
@@ -18,6 +24,33 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+
+/// Who may change the membership: an admin key, or a caller presenting the cluster
+/// secret.
+pub(crate) struct ClusterOperator;
+
+impl FromRequestParts<AppState> for ClusterOperator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Some(presented) = parts.headers.get(tanvrit_api::CLUSTER_SECRET_HEADER) else {
+            let principal = Principal::from_request_parts(parts, app).await?;
+            principal.require(&[Scope::Admin])?;
+            return Ok(ClusterOperator);
+        };
+        let Some(secret) = &app.config().cluster_secret else {
+            return Err(ApiError::Unauthorized(
+                "this replica has no cluster secret; use an admin key".into(),
+            ));
+        };
+        // `ct_eq` compares every byte whatever the first difference.
+        if bool::from(presented.as_bytes().ct_eq(secret.0.as_bytes())) {
+            Ok(ClusterOperator)
+        } else {
+            Err(ApiError::Unauthorized("wrong cluster secret".into()))
+        }
+    }
+}
 
 /// The routes of this file, merged into the API by `routes::api`.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -52,10 +85,9 @@ fn membership(view: MembershipView) -> MembershipResponse {
 )]
 pub(crate) async fn handle_init_cluster(
     State(app): State<AppState>,
-    principal: Principal,
+    _operator: ClusterOperator,
     ApiJson(_request): ApiJson<EmptyRequest>,
 ) -> Result<Json<ClusterInitResponse>, ApiError> {
-    principal.require(&[Scope::Admin])?;
     let initialized = app.cluster().initialize().await?;
     Ok(Json(ClusterInitResponse {
         initialized,
@@ -80,10 +112,9 @@ pub(crate) async fn handle_init_cluster(
 )]
 pub(crate) async fn handle_add_replica(
     State(app): State<AppState>,
-    principal: Principal,
+    _operator: ClusterOperator,
     ApiJson(request): ApiJson<ReplicaAddRequest>,
 ) -> Result<Json<MembershipResponse>, ApiError> {
-    principal.require(&[Scope::Admin])?;
     if request.id == 0 {
         return Err(ApiError::Invalid("id must be non-zero".into()));
     }
@@ -117,10 +148,9 @@ pub(crate) async fn handle_add_replica(
 )]
 pub(crate) async fn handle_remove_replica(
     State(app): State<AppState>,
-    principal: Principal,
+    _operator: ClusterOperator,
     ApiJson(request): ApiJson<ReplicaRemoveRequest>,
 ) -> Result<Json<MembershipResponse>, ApiError> {
-    principal.require(&[Scope::Admin])?;
     let view = app.cluster().remove_replica(request.id).await?;
     Ok(Json(membership(view)))
 }
