@@ -1,14 +1,20 @@
 //! `tanvrit bench`: measurements, never assertions. `submit` drives a running server over
-//! HTTP at several concurrencies; `placement` times the scheduler's planning and apply on
-//! a synthetic queue in process.
+//! HTTP at several concurrencies; `etcd-put` drives etcd the same way (its HTTP/JSON
+//! gateway), for a side-by-side; `failover` starts a 3-member cluster (tanvrit or etcd)
+//! and times leader kills ([`super::failover`]); `placement` times the scheduler's
+//! planning and apply on a synthetic queue in process.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use clap::Subcommand;
 use serde::Serialize;
 use tanvrit_api::*;
-use tanvrit_client::Client;
+use tanvrit_client::{Client, ClientConfig};
 use tanvrit_state::scheduler::{plan, Strategy};
 use tanvrit_state::{Command, Placement, State};
 
@@ -48,6 +54,51 @@ pub enum BenchCommand {
         /// The business billed for the benchmark jobs (topped up first).
         #[arg(long, default_value = "bench")]
         business: String,
+    },
+    /// etcd puts/s and latency percentiles at the same concurrencies, through etcd's
+    /// HTTP/JSON gateway (`POST /v3/kv/put`), workers spread over the endpoints.
+    EtcdPut {
+        /// etcd client URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+        endpoints: Vec<String>,
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// How long to measure each level.
+        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
+        duration: Duration,
+        /// Unmeasured warm-up before each level.
+        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
+        warmup: Duration,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+    },
+    /// Leader failover: start a 3-member cluster on loopback, kill -9 its leader
+    /// `--kills` times, and time each kill to the first write acknowledged by a
+    /// survivor.
+    Failover {
+        /// What to kill leaders of.
+        #[arg(long, value_enum, default_value = "tanvrit")]
+        target: super::failover::FailoverTarget,
+        /// Rounds.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// tanvrit's timing profile: `default` (heartbeat 500 ms) or `lan` (100 ms).
+        #[arg(long, default_value = "default")]
+        profile: String,
+        /// The etcd binary.
+        #[arg(long, default_value = "etcd")]
+        etcd_bin: PathBuf,
+        /// etcd's --heartbeat-interval in ms.
+        #[arg(long, default_value_t = 500)]
+        etcd_heartbeat_ms: u64,
+        /// etcd's --election-timeout in ms.
+        #[arg(long, default_value_t = 2500)]
+        etcd_election_ms: u64,
+        /// Where the members' data directories go (default: the system temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
     /// Scheduler placements/s: a queue of pending jobs over simulated nodes, in process.
     Placement {
@@ -140,34 +191,40 @@ fn bench_job(business: &str, worker: usize, n: u64) -> JobSubmitRequest {
     }
 }
 
-async fn run_level(
-    client: &Client,
-    business: &str,
+/// Runs `op(worker, n)` from `concurrency` workers for `warmup` + `duration`; counts
+/// what finished in the measured window (`op` answers whether it succeeded).
+async fn run_level<F, Fut>(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> LevelReport {
+    op: F,
+) -> LevelReport
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|worker| {
-            let client = client.clone();
-            let business = business.to_string();
+            let op = op.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut n = 0u64;
                 while Instant::now() < stop_at {
                     let sent = Instant::now();
-                    let result = client.submit_job(bench_job(&business, worker, n)).await;
+                    let ok = op(worker, n).await;
                     n += 1;
                     if sent < measure_from {
                         continue;
                     }
-                    match result {
-                        Ok(_) => latencies.push(sent.elapsed()),
-                        Err(_) => errors += 1,
+                    if ok {
+                        latencies.push(sent.elapsed());
+                    } else {
+                        errors += 1;
                     }
                 }
                 (latencies, errors)
@@ -264,6 +321,42 @@ async fn start_latency(
         p99_ms: percentile(&latencies, 99.0),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     })
+}
+
+/// Prints each level as it finishes (unless `--json`) and the table at the end.
+fn show_levels(out: Output, reports: &[LevelReport], what: &str) -> anyhow::Result<()> {
+    out.show(&reports.to_vec(), |reports| {
+        let mut table = output::table([
+            "CONCURRENCY",
+            what,
+            "P50 MS",
+            "P99 MS",
+            "MAX MS",
+            "OK",
+            "ERRORS",
+        ]);
+        for r in reports {
+            table.add_row([
+                r.concurrency.to_string(),
+                format!("{:.0}", r.per_second),
+                format!("{:.2}", r.p50_ms),
+                format!("{:.2}", r.p99_ms),
+                format!("{:.2}", r.max_ms),
+                r.requests.to_string(),
+                r.errors.to_string(),
+            ]);
+        }
+        table
+    })
+}
+
+fn progress(out: Output, report: &LevelReport) {
+    if !out.json {
+        eprintln!(
+            "concurrency {}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            report.concurrency, report.per_second, report.p50_ms, report.p99_ms
+        );
+    }
 }
 
 /// Builds `jobs` pending jobs over `nodes` ready nodes, then plans and applies rounds of
@@ -386,39 +479,108 @@ impl BenchCommand {
                         note: Some("tanvrit bench".into()),
                     })
                     .await?;
-                let client = Arc::new(client);
+                // Workers are spread over the endpoints (`--addr a,b,c`), one client each.
+                let clients: Arc<Vec<Client>> = Arc::new(
+                    client
+                        .config()
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| {
+                            Client::new(ClientConfig {
+                                endpoints: vec![endpoint.clone()],
+                                ..client.config().clone()
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                );
                 let mut reports = Vec::new();
                 for level in concurrency {
-                    let report = run_level(&client, &business, level, warmup, duration).await;
-                    if !out.json {
-                        eprintln!(
-                            "concurrency {level}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-                            report.per_second, report.p50_ms, report.p99_ms
-                        );
-                    }
+                    let clients = clients.clone();
+                    let business = business.clone();
+                    let report = run_level(level, warmup, duration, move |worker, n| {
+                        let client = clients[worker % clients.len()].clone();
+                        let job = bench_job(&business, worker, n);
+                        async move { client.submit_job(job).await.is_ok() }
+                    })
+                    .await;
+                    progress(out, &report);
                     reports.push(report);
                 }
-                out.show(&reports, |reports| {
-                    let mut table = output::table([
-                        "CONCURRENCY",
-                        "SUBMITS/S",
-                        "P50 MS",
-                        "P99 MS",
-                        "MAX MS",
-                        "OK",
-                        "ERRORS",
+                show_levels(out, &reports, "SUBMITS/S")
+            }
+            BenchCommand::EtcdPut {
+                endpoints,
+                concurrency,
+                duration,
+                warmup,
+                value_size,
+            } => {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()?;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                // A fixed value of `value_size` bytes (the key space is 10,000 per worker).
+                let value = b64.encode(
+                    (0..value_size)
+                        .map(|i| b'a' + (i % 26) as u8)
+                        .collect::<Vec<u8>>(),
+                );
+                let urls: Arc<Vec<String>> = Arc::new(
+                    endpoints
+                        .iter()
+                        .map(|e| format!("{}/v3/kv/put", e.trim_end_matches('/')))
+                        .collect(),
+                );
+                let mut reports = Vec::new();
+                for level in concurrency {
+                    let (http, urls, value) = (http.clone(), urls.clone(), value.clone());
+                    let report =
+                        run_level(level, warmup, duration, move |worker, n| {
+                            let url = urls[worker % urls.len()].clone();
+                            let body = serde_json::json!({
+                                "key": base64::engine::general_purpose::STANDARD
+                                .encode(format!("bench/{worker}/{}", n % 10_000)),
+                                "value": value,
+                            });
+                            let request = http.post(url).json(&body);
+                            async move {
+                                matches!(request.send().await, Ok(r) if r.status().is_success())
+                            }
+                        })
+                        .await;
+                    progress(out, &report);
+                    reports.push(report);
+                }
+                show_levels(out, &reports, "PUTS/S")
+            }
+            BenchCommand::Failover {
+                target,
+                kills,
+                profile,
+                etcd_bin,
+                etcd_heartbeat_ms,
+                etcd_election_ms,
+                work_dir,
+            } => {
+                let report = super::failover::run(
+                    target,
+                    kills,
+                    &profile,
+                    &etcd_bin,
+                    (etcd_heartbeat_ms, etcd_election_ms),
+                    work_dir,
+                )
+                .await?;
+                out.show(&report, |r| {
+                    let mut table =
+                        output::table(["TARGET", "PROFILE", "KILLS", "MEDIAN MS", "MAX MS"]);
+                    table.add_row([
+                        format!("{:?}", r.target).to_lowercase(),
+                        r.profile.clone(),
+                        r.rounds_ms.len().to_string(),
+                        format!("{:.0}", r.median_ms),
+                        format!("{:.0}", r.max_ms),
                     ]);
-                    for r in reports {
-                        table.add_row([
-                            r.concurrency.to_string(),
-                            format!("{:.0}", r.per_second),
-                            format!("{:.2}", r.p50_ms),
-                            format!("{:.2}", r.p99_ms),
-                            format!("{:.2}", r.max_ms),
-                            r.requests.to_string(),
-                            r.errors.to_string(),
-                        ]);
-                    }
                     table
                 })
             }

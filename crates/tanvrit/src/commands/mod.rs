@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod credit;
+pub mod failover;
 pub mod job;
 pub mod key;
 pub mod node;

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Raft benchmark, side by side with etcd 3.4 in the same run on the same machine:
+#  1. job submissions/s and p50/p99 at concurrency 1/16/64 (`tanvrit bench submit`)
+#     against a single-node server, a 1-replica Raft cluster and a 3-replica Raft
+#     cluster (loopback, LAN profile);
+#  2. 256-byte puts/s at the same concurrencies against a 1-member and a 3-member etcd
+#     cluster (`tanvrit bench etcd-put`: the same Rust HTTP driver, etcd's JSON gateway);
+#  3. failover: kill -9 of the leader to the first acknowledged write on a survivor,
+#     over N kills, for tanvrit (default profile and LAN profile) and etcd
+#     (--heartbeat-interval 500 --election-timeout 2500) (`tanvrit bench failover`).
+# Workers of the load benches are spread over every member's address.
+# Usage: bench/raft.sh [seconds-per-level] [kills]
+# etcd comes from Debian (`etcd-server`, `etcd-client`), installed here if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+kills=${2:-10}
+
+if ! command -v etcd >/dev/null; then
+  echo "== installing etcd (Debian etcd-server, etcd-client)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+cargo build --release -p tanvrit >/dev/null
+bin=$PWD/target/release/tanvrit
+work=$(mktemp -d)
+key=bench-admin-key-0123456789
+secret=bench-cluster-secret-0123456789
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_all; rm -rf "$work"' EXIT
+
+# Free loopback ports, one per argument slot.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# Waits until the API at $1 takes an admin request (a leader wrote the admin key).
+wait_ready() {
+  for _ in $(seq 300); do
+    if TANVRIT_ADDR=$1 TANVRIT_API_KEY=$key $bin --retries 0 cluster topology >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "not ready: $1" >&2
+  return 1
+}
+
+# tanvrit_cluster NAME REPLICAS [raft]: starts the replicas, sets $addrs.
+tanvrit_cluster() {
+  local name=$1 n=$2 raft=${3:-raft}
+  read -r -a ports <<<"$(free_ports $((2 * n)))"
+  local peers="" i
+  for ((i = 0; i < n; i++)); do
+    peers+="${peers:+,}r$((i + 1))=127.0.0.1:${ports[$((n + i))]}"
+  done
+  addrs=""
+  for ((i = 0; i < n; i++)); do
+    local dir=$work/$name/r$((i + 1))
+    mkdir -p "$dir"
+    local env=(TANVRIT_BOOTSTRAP_KEY=$key RUST_LOG=error)
+    if [[ $raft == raft ]]; then
+      env+=(TANVRIT_CLUSTER_RAFT=true TANVRIT_CLUSTER_SECRET=$secret TANVRIT_PEERS=$peers
+        TANVRIT_REPLICA_ID=r$((i + 1)) TANVRIT_RAFT_PROFILE=lan)
+    fi
+    env "${env[@]}" "$bin" server --data-dir "$dir" --api-addr "127.0.0.1:${ports[$i]}" \
+      >"$dir/out.log" 2>"$dir/err.log" &
+    pids+=($!)
+    addrs+="${addrs:+,}http://127.0.0.1:${ports[$i]}"
+  done
+  wait_ready "$addrs"
+}
+
+# etcd_cluster NAME MEMBERS: starts the members, sets $endpoints.
+etcd_cluster() {
+  local name=$1 n=$2 i
+  read -r -a ports <<<"$(free_ports $((2 * n)))"
+  local initial=""
+  for ((i = 0; i < n; i++)); do
+    initial+="${initial:+,}e$((i + 1))=http://127.0.0.1:${ports[$((n + i))]}"
+  done
+  endpoints=""
+  for ((i = 0; i < n; i++)); do
+    local client=http://127.0.0.1:${ports[$i]} peer=http://127.0.0.1:${ports[$((n + i))]}
+    etcd --name "e$((i + 1))" --data-dir "$work/$name/e$((i + 1))" \
+      --listen-client-urls "$client" --advertise-client-urls "$client" \
+      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+      --initial-cluster "$initial" --initial-cluster-state new \
+      --initial-cluster-token "$name" --log-level error >"$work/$name-e$((i + 1)).log" 2>&1 &
+    pids+=($!)
+    endpoints+="${endpoints:+,}$client"
+  done
+  for _ in $(seq 300); do
+    ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "etcd not healthy: $endpoints" >&2
+  return 1
+}
+
+echo "# $(nproc) cores, $(uname -r); ${seconds}s per level after 1s warm-up; $(etcd --version | head -1)"
+
+echo "== tanvrit, single node (no Raft)"
+tanvrit_cluster single 1 single
+TANVRIT_ADDR=$addrs TANVRIT_API_KEY=$key $bin bench submit --duration "${seconds}s"
+stop_all
+
+echo "== tanvrit, Raft, 1 replica"
+tanvrit_cluster raft1 1
+TANVRIT_ADDR=$addrs TANVRIT_API_KEY=$key $bin bench submit --duration "${seconds}s"
+stop_all
+
+echo "== tanvrit, Raft, 3 replicas (LAN profile), workers spread over the 3 addresses"
+tanvrit_cluster raft3 3
+TANVRIT_ADDR=$addrs TANVRIT_API_KEY=$key $bin bench submit --duration "${seconds}s"
+stop_all
+
+echo "== etcd, 1 member, 256-byte puts"
+etcd_cluster etcd1 1
+$bin bench etcd-put --endpoints "$endpoints" --duration "${seconds}s" --value-size 256
+stop_all
+
+echo "== etcd, 3 members, 256-byte puts, workers spread over the 3 endpoints"
+etcd_cluster etcd3 3
+$bin bench etcd-put --endpoints "$endpoints" --duration "${seconds}s" --value-size 256
+stop_all
+
+echo "== failover: kill -9 of the leader to the first acknowledged write ($kills kills each)"
+$bin bench failover --target tanvrit --profile default --kills "$kills" --work-dir "$work"
+$bin bench failover --target tanvrit --profile lan --kills "$kills" --work-dir "$work"
+$bin bench failover --target etcd --etcd-heartbeat-ms 500 --etcd-election-ms 2500 \
+  --kills "$kills" --work-dir "$work"
