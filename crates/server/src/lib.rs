@@ -22,8 +22,8 @@
 //!   cron) and their supervisor, which runs them only while this replica leads.
 //! - `app`: the router, shared state, consistency and write helpers, middleware.
 //! - `routes`: one file per resource (`jobs`, `nodes`, `agents` (the agent protocol),
-//!   `keys`, `credits`, `schedules`, `cluster`, `probes`), each handler named
-//!   `handle_<verb>_<noun>`.
+//!   `keys`, `credits`, `schedules`, `cluster`, `cluster_admin` (membership), `probes`),
+//!   each handler named `handle_<verb>_<noun>`.
 //! - `metrics`: the Prometheus registry behind `GET /metrics`.
 
 mod app;

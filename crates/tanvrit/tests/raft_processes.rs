@@ -8,6 +8,11 @@
 //! - a rolling restart (SIGTERM, start, catch up; each replica in turn): writes go on
 //!   with sub-second blips.
 //!
+//! And the membership commands on real processes: `tanvrit cluster init` (authorized by
+//! the cluster secret, since no admin key exists before the cluster does) forms a
+//! cluster once; `add-replica` and `remove-replica` change its voters; a full restart
+//! needs no second init.
+//!
 //! The tests run one at a time (a lock): three clusters at once on two cores would
 //! measure the machine, not the cluster. Figures are printed (`--nocapture`).
 
@@ -452,6 +457,174 @@ async fn a_rolling_restart_keeps_writes_going_with_only_short_blips() {
     );
     assert!(max_gap < MAX_WRITE_GAP, "writes stalled for {max_gap:?}");
     check_every_replica(&cluster, &log.acks, 0).await;
+    for i in 0..cluster.len() {
+        cluster.replica_mut(i).terminate().await;
+    }
+}
+
+/// Runs a `tanvrit` client command against `addr`; (exit code, stdout, stderr).
+async fn cli(addr: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TANVRIT_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .args(args)
+        .env("TANVRIT_ADDR", addr)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The voter ids as the answering replica's topology shows them (its own view).
+async fn voters(addr: &str) -> Vec<u64> {
+    let (code, stdout, stderr) = cli(
+        addr,
+        &[("TANVRIT_API_KEY", TEST_ADMIN_KEY)],
+        &["--json", "cluster", "topology"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let topology: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    topology["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r["role"].as_str(), Some("leader" | "follower")))
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_init_forms_the_cluster_once_and_replicas_are_added_and_removed_by_cli() {
+    use tanvrit_testkit::process::{ServerProcess, TEST_CLUSTER_SECRET};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+    let env = [
+        ("TANVRIT_RAFT_PROFILE", "lan"),
+        ("TANVRIT_RAFT_AUTO_BOOTSTRAP", "false"),
+        ("RUST_LOG", log.as_str()),
+    ];
+    let mut cluster = ProcessCluster::start(Path::new(BIN), dir.path(), 3, &env)
+        .await
+        .expect("replicas start");
+    let addr = cluster.urls().join(",");
+    let secret = [("TANVRIT_CLUSTER_SECRET", TEST_CLUSTER_SECRET)];
+    // Not formed: no leader, and no admin key yet, so only the cluster secret works.
+    assert_eq!(cluster.role(0).await, None);
+    let (code, _, stderr) = cli(
+        &addr,
+        &[("TANVRIT_API_KEY", TEST_ADMIN_KEY)],
+        &["cluster", "init"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    let (code, stdout, stderr) = cli(&addr, &secret, &["cluster", "init"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("formed the cluster"), "{stdout}");
+    cluster.leader(PATIENCE).await.expect("a leader after init");
+    let (code, stdout, _) = cli(&addr, &secret, &["cluster", "init"]).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("already formed"), "{stdout}");
+    // The first leader writes the admin key in the background.
+    let deadline = Instant::now() + PATIENCE;
+    while cli(
+        &addr,
+        &[("TANVRIT_API_KEY", TEST_ADMIN_KEY)],
+        &["cluster", "topology"],
+    )
+    .await
+    .0 != 0
+    {
+        assert!(Instant::now() < deadline, "the admin key was never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A fourth replica, outside TANVRIT_PEERS, joins through `add-replica`.
+    let raft_port = ProcessCluster::free_port().unwrap().to_string();
+    let raft_addr = format!("127.0.0.1:{raft_port}");
+    let fourth_dir = dir.path().join("replica-4");
+    std::fs::create_dir_all(&fourth_dir).unwrap();
+    let mut fourth = ServerProcess::start(
+        Path::new(BIN),
+        &fourth_dir,
+        &[
+            ("TANVRIT_CLUSTER_RAFT", "true"),
+            ("TANVRIT_PEERS", cluster.peers()),
+            ("TANVRIT_REPLICA_ID", "replica-4"),
+            ("TANVRIT_RAFT_NODE_ID", "4"),
+            ("TANVRIT_RAFT_ADDR", &raft_addr),
+            ("TANVRIT_CLUSTER_SECRET", TEST_CLUSTER_SECRET),
+            ("TANVRIT_RAFT_PROFILE", "lan"),
+            ("RUST_LOG", log.as_str()),
+        ],
+    )
+    .await
+    .expect("the fourth replica starts");
+    let api_addr = fourth.url().trim_start_matches("http://").to_string();
+    let admin = [("TANVRIT_API_KEY", TEST_ADMIN_KEY)];
+    let (code, stdout, stderr) = cli(
+        &addr,
+        &admin,
+        &[
+            "--json",
+            "cluster",
+            "add-replica",
+            "--id",
+            "4",
+            "--name",
+            "replica-4",
+            "--raft-addr",
+            &raft_addr,
+            "--api-addr",
+            &api_addr,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let view: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(view["voters"], serde_json::json!([1, 2, 3, 4]), "{stdout}");
+    // The new voter takes writes (forwarded to the leader).
+    let (code, _, stderr) = cli(
+        fourth.url(),
+        &admin,
+        &["credit", "add", "--business", BUSINESS, "--amount", "5"],
+    )
+    .await;
+    assert_eq!(code, 0, "a write through the new replica: {stderr}");
+    let (code, stdout, stderr) = cli(
+        &addr,
+        &secret,
+        &["--json", "cluster", "remove-replica", "--id", "4"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let view: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(view["voters"], serde_json::json!([1, 2, 3]), "{stdout}");
+    fourth.terminate().await;
+
+    // Restarting every replica needs no init: the membership is in their logs.
+    for i in 0..cluster.len() {
+        cluster.replica_mut(i).kill9().await;
+    }
+    for i in 0..cluster.len() {
+        cluster.replica_mut(i).restart().await.expect("restart");
+    }
+    let leader = cluster
+        .leader(PATIENCE)
+        .await
+        .expect("a leader after restart");
+    assert_eq!(voters(cluster.replica(leader).url()).await, vec![1, 2, 3]);
     for i in 0..cluster.len() {
         cluster.replica_mut(i).terminate().await;
     }

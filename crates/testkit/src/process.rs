@@ -336,6 +336,7 @@ pub const TEST_CLUSTER_SECRET: &str = "tanvrit-test-cluster-secret";
 /// replica must know its peers' addresses before any starts), data in `root/replica-N`.
 pub struct ProcessCluster {
     replicas: Vec<ServerProcess>,
+    peers: String,
 }
 
 /// Free loopback ports, reserved by binding them all at once and then released.
@@ -379,7 +380,17 @@ impl ProcessCluster {
             std::fs::create_dir_all(&dir)?;
             replicas.push(ServerProcess::start(bin, &dir, &all).await?);
         }
-        Ok(ProcessCluster { replicas })
+        Ok(ProcessCluster { replicas, peers })
+    }
+
+    /// The `TANVRIT_PEERS` value every replica was started with.
+    pub fn peers(&self) -> &str {
+        &self.peers
+    }
+
+    /// A free loopback port (for a replica started later).
+    pub fn free_port() -> std::io::Result<u16> {
+        Ok(free_ports(1)?[0])
     }
 
     /// How many replicas there are.
