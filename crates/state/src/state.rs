@@ -1002,9 +1002,13 @@ impl State {
             .find(|a| &a.id == attempt)
             .map_or(0, |a| a.log_bytes);
         let len = data.len() as u64;
-        if offset + len <= stored && !(len == 0 && offset < stored)
-            || (len == 0 && offset == stored)
-        {
+        // Already stored: a chunk inside the output, or an empty chunk at its end.
+        let duplicate = if len == 0 {
+            offset == stored
+        } else {
+            offset + len <= stored
+        };
+        if duplicate {
             return Ok(Effect::LogAppended {
                 offset,
                 len,
