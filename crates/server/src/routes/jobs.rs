@@ -145,22 +145,14 @@ pub(crate) async fn handle_cancel_job(
     keyed: IdempotencyKey,
     ApiJson(request): ApiJson<JobActionRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    principal.require(JOB_SCOPES)?;
-    let job = JobId(id);
-    check_reason(request.reason.as_deref())?;
-    app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
-        .await?;
-    let idempotency = keyed.bind(&principal, &request)?;
-    let command = Command::JobCancel {
-        job,
-        reason: request.reason,
-        at: now_ms(),
-    };
-    let written = app.write_keyed(command, idempotency).await?;
-    Ok(Json(JobResponse {
-        job: effect_job(written.effect)?,
-        index: written.index,
-    }))
+    job_action(app, principal, id, keyed, request, |job, reason| {
+        Command::JobCancel {
+            job,
+            reason,
+            at: now_ms(),
+        }
+    })
+    .await
 }
 
 /// Requeues a failed, cancelled or lost job (a new hold is placed).
@@ -186,18 +178,34 @@ pub(crate) async fn handle_retry_job(
     keyed: IdempotencyKey,
     ApiJson(request): ApiJson<JobActionRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
+    job_action(app, principal, id, keyed, request, |job, reason| {
+        if let Some(reason) = &reason {
+            // `JobRetry` records no reason; keep it in the server log for the record.
+            tracing::info!(job = %job, reason = %reason, "job retry requested");
+        }
+        Command::JobRetry { job, at: now_ms() }
+    })
+    .await
+}
+
+/// The shared body of cancel and retry: authorize, check the job is visible to the
+/// caller (404 otherwise), write the command built from the job id and the reason.
+async fn job_action(
+    app: AppState,
+    principal: Principal,
+    id: String,
+    keyed: IdempotencyKey,
+    request: JobActionRequest,
+    command: impl FnOnce(JobId, Option<String>) -> Command,
+) -> Result<Json<JobResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
     let job = JobId(id);
     check_reason(request.reason.as_deref())?;
     app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
         .await?;
-    if let Some(reason) = &request.reason {
-        // `JobRetry` records no reason; keep it in the server log for the record.
-        tracing::info!(job = %job, key = %principal.key, reason = %reason, "job retry requested");
-    }
     let idempotency = keyed.bind(&principal, &request)?;
     let written = app
-        .write_keyed(Command::JobRetry { job, at: now_ms() }, idempotency)
+        .write_keyed(command(job, request.reason), idempotency)
         .await?;
     Ok(Json(JobResponse {
         job: effect_job(written.effect)?,
