@@ -1,10 +1,12 @@
 //! RaftCluster end to end in one process: forming, writes on the leader and forwarded
 //! from followers, read consistencies, topology and stats.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tanvrit_api::{Consistency, Role};
+use tanvrit_api::{Consistency, EntryId, Role};
 use tanvrit_cluster::ClusterService;
+use tanvrit_state::Effect;
 use tanvrit_testkit::commands::{has_top_up, top_up};
 use tanvrit_testkit::{init_tracing, ClusterOptions, TestCluster};
 
@@ -43,6 +45,63 @@ async fn three_replicas_form_a_cluster_and_writes_reach_every_replica() {
     assert!(cluster.node(leader).stats().is_leader);
     assert_eq!(cluster.node(leader).role(), Role::Leader);
     assert_eq!(cluster.node(follower).role(), Role::Follower);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_outcome() {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let before = cluster.node(leader).stats();
+    const WRITES: u64 = 200;
+    // Half on the leader, half forwarded by a follower, all at once.
+    let writes = (1..=WRITES).map(|n| {
+        let node = cluster.node(if n % 2 == 0 { leader } else { follower });
+        async move { (n, node.submit_write(top_up(n)).await.unwrap()) }
+    });
+    let receipts = futures::future::join_all(writes).await;
+
+    let mut indexes = BTreeSet::new();
+    for (n, receipt) in &receipts {
+        match &receipt.outcome {
+            Ok(Effect::Entry { entry, duplicate }) => {
+                assert_eq!(
+                    entry.id,
+                    EntryId(format!("ent-{n}")),
+                    "write {n}'s own outcome"
+                );
+                assert!(!duplicate);
+            }
+            other => panic!("write {n}: {other:?}"),
+        }
+        indexes.insert(receipt.index);
+    }
+    let after = cluster.node(leader).stats();
+    let entries = after.write_entries_total - before.write_entries_total;
+    assert_eq!(
+        after.write_entry_commands_total - before.write_entry_commands_total,
+        WRITES
+    );
+    // Writes in one entry share its index; every entry proposed answered someone.
+    assert_eq!(indexes.len() as u64, entries);
+    assert!(
+        entries < WRITES,
+        "{WRITES} concurrent writes took {entries} entries"
+    );
+    let last = *indexes.last().unwrap();
+    cluster.applied_everywhere(last, WAIT).await;
+    for id in cluster.running() {
+        assert!(cluster
+            .node(id)
+            .reader()
+            .read(|s| (1..=WRITES).all(|n| has_top_up(s, n))));
+    }
     cluster.shutdown().await;
 }
 

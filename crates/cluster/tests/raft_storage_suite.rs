@@ -7,8 +7,9 @@ use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
 use tanvrit_api::KeyId;
 use tanvrit_cluster::raft::types::{Entry, StorageError, TypeConfig};
 use tanvrit_cluster::raft::{LogStore, StateMachine, WriteRequest};
-use tanvrit_state::Command;
+use tanvrit_state::{Command, Effect};
 use tanvrit_store::Store;
+use tanvrit_testkit::commands;
 use tempfile::TempDir;
 
 struct RedbBuilder;
@@ -40,12 +41,10 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
 fn normal(term: u64, index: u64, key: &str) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(WriteRequest {
-            command: Command::KeyRevoke {
-                key: KeyId::from(key),
-                at: index as i64,
-            },
-        }),
+        payload: EntryPayload::Normal(WriteRequest::single(Command::KeyRevoke {
+            key: KeyId::from(key),
+            at: index as i64,
+        })),
     }
 }
 
@@ -135,4 +134,79 @@ async fn a_build_that_finishes_after_a_newer_install_does_not_replace_it() {
     let (_, mut sm) = open(&dir);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 5)));
     assert_eq!(sm.reader().applied_index(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_written_before_batching_still_decodes_and_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // The stored shape of an entry from before batching: `{"command": …}`, one command.
+    let entry = Entry {
+        log_id: log_id(1, 1),
+        payload: EntryPayload::Normal(WriteRequest::single(commands::top_up(1))),
+    };
+    let mut old = serde_json::to_value(&entry).unwrap();
+    let request = old["payload"]["Normal"].as_object_mut().unwrap();
+    let command = request.remove("commands").unwrap()[0].take();
+    request.insert("command".into(), command);
+    assert!(
+        !old.to_string().contains("\"commands\""),
+        "the old shape: {old}"
+    );
+    store.raft_append(&[(1, &old)]).unwrap();
+
+    let mut log = LogStore::new(store.clone());
+    let mut sm = StateMachine::open(store).unwrap();
+    let read = log.try_get_log_entries(1..2).await.unwrap();
+    assert_eq!(read, vec![entry]);
+    let replies = sm.apply(read).await.unwrap();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0.len(), 1);
+    assert!(replies[0].0[0].is_ok(), "{:?}", replies[0]);
+    assert!(sm.reader().read(|state| commands::has_top_up(state, 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_command_in_a_batch_leaves_its_neighbours_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut sm) = open(&dir);
+    let batch = Entry {
+        log_id: log_id(1, 2),
+        payload: EntryPayload::Normal(WriteRequest {
+            commands: vec![
+                commands::top_up(1),
+                Command::KeyRevoke {
+                    key: KeyId::from("no-such-key"),
+                    at: 5,
+                },
+                commands::top_up(2),
+                // The first one's idempotency key again: it sees the first one applied.
+                commands::top_up(1),
+            ],
+        }),
+    };
+    let replies = sm.apply(vec![blank(1, 1), batch]).await.unwrap();
+    assert_eq!(replies.len(), 2, "one reply per entry");
+    assert!(replies[0].0.is_empty(), "a blank entry has no outcomes");
+    let outcomes = &replies[1].0;
+    assert_eq!(outcomes.len(), 4, "one outcome per command: {outcomes:?}");
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert!(
+        matches!(
+            &outcomes[3],
+            Ok(Effect::Entry {
+                duplicate: true,
+                ..
+            })
+        ),
+        "{:?}",
+        outcomes[3]
+    );
+    let reader = sm.reader();
+    assert_eq!(reader.applied_index(), 2);
+    reader.read(|state| {
+        assert!(commands::has_top_up(state, 1) && commands::has_top_up(state, 2));
+        assert_eq!(commands::ledger_len(state), 2);
+    });
 }

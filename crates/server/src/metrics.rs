@@ -7,7 +7,8 @@
 //! `tanvrit_raft_leader_id`, `_is_leader`, `_leader_changes_total`, `_last_log_index`,
 //! `_purged_index`, `_snapshot_index`, `_snapshots_built_total`,
 //! `_snapshots_installed_total`, `_elections_triggered_total`, `_writes_total`,
-//! `_writes_forwarded_total`, `_writes_failed_total`, and the histograms
+//! `_writes_forwarded_total`, `_writes_failed_total`, `_write_entries_total` and
+//! `_write_entry_commands_total` (their ratio is the leader's batch size), and the histograms
 //! `tanvrit_raft_proposal_duration_seconds` (submit to receipt, forwarding included) and
 //! `tanvrit_raft_commit_duration_seconds` (proposed by this leader to applied). The leader loops count
 //! their work (placements, rounds, nodes lost, evictions, schedule fires and skips, loops
@@ -454,6 +455,18 @@ impl Collector for RaftCollector {
             "Writes submitted on this replica that failed (no leader, shutting down, storage)",
             s.writes_failed_total,
         )?;
+        counter(
+            e,
+            "raft_write_entries",
+            "Log entries of client writes this replica proposed as leader",
+            s.write_entries_total,
+        )?;
+        counter(
+            e,
+            "raft_write_entry_commands",
+            "Commands carried by the write entries this replica proposed as leader",
+            s.write_entry_commands_total,
+        )?;
         histogram(
             e,
             "raft_proposal_duration",
@@ -562,6 +575,8 @@ mod tests {
             writes_total: 2,
             writes_forwarded_total: 2,
             writes_failed_total: 0,
+            write_entries_total: 3,
+            write_entry_commands_total: 9,
             proposal_latency: latency.clone(),
             commit_latency: LatencyHistogram::default(),
             snapshots_built_total: 1,
@@ -578,6 +593,8 @@ mod tests {
             "tanvrit_raft_leader_id 3\n",
             "tanvrit_raft_is_leader 0\n",
             "tanvrit_raft_leader_changes_total 4\n",
+            "tanvrit_raft_write_entries_total 3\n",
+            "tanvrit_raft_write_entry_commands_total 9\n",
             "# TYPE tanvrit_raft_leader_changes_total counter\n",
             "tanvrit_raft_snapshots_built_total 1\n",
             "tanvrit_raft_snapshot_index 30\n",

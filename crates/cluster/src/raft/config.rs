@@ -124,6 +124,15 @@ pub struct RaftClusterConfig {
     /// Call an election as soon as the leader lease allows when the leader is silent
     /// (see the module docs). Default true.
     pub failure_detector: bool,
+    /// Most commands the leader packs into one log entry. Default 512.
+    pub write_batch_max_commands: usize,
+    /// Most bytes (JSON) of commands in one log entry; a single larger command gets an
+    /// entry of its own. Bounds an AppendEntries message to about
+    /// `max_payload_entries` (256) times this. Default 64 KiB.
+    pub write_batch_max_bytes: usize,
+    /// Log entries of client writes the leader keeps in flight (proposed, not yet
+    /// applied) at once; writes arriving meanwhile queue for the next entry. Default 2.
+    pub writes_in_flight: usize,
 }
 
 impl RaftClusterConfig {
@@ -159,6 +168,9 @@ impl RaftClusterConfig {
             log_retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
             auto_bootstrap: true,
             failure_detector: true,
+            write_batch_max_commands: 512,
+            write_batch_max_bytes: 64 * 1024,
+            writes_in_flight: 2,
         }
     }
 
@@ -216,6 +228,16 @@ impl RaftClusterConfig {
         }
         if self.snapshot_every == 0 {
             return fail("snapshot_every must be at least 1".into());
+        }
+        if self.write_batch_max_commands == 0
+            || self.write_batch_max_bytes == 0
+            || self.writes_in_flight == 0
+        {
+            return fail(
+                "write_batch_max_commands, write_batch_max_bytes and writes_in_flight \
+                 must be at least 1"
+                    .into(),
+            );
         }
         for peer in &self.peers {
             if peer.id == self.node_id && peer.name != self.replica_name {

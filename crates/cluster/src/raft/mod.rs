@@ -14,6 +14,7 @@
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
 //! - `node`: one running replica: writes, reads, membership, RPC handling.
+//! - `batcher`: the leader packing queued writes into one log entry each.
 //! - `monitor`: leadership watch, failure detector, peer prober, auto-bootstrap.
 //! - [`stats`]: [`RaftStats`] and its latency histograms.
 //! - [`upgrade`]: turning a single-node data directory into replica 1 of a cluster.
@@ -25,6 +26,7 @@
 //! it yourself on one replica. Restarted replicas never need it again. Later replicas
 //! join with [`RaftCluster::add_replica`] (learner, catch up, then voter).
 
+mod batcher;
 pub mod config;
 mod monitor;
 mod node;
@@ -144,6 +146,8 @@ impl RaftCluster {
         .await
         .map_err(|e| ClusterError::Internal(format!("cannot start Raft: {e}")))?;
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let (proposals, queue) =
+            tokio::sync::mpsc::channel(batcher::queue_capacity(config.write_batch_max_commands));
         let node = Arc::new(Node {
             me: config.node(),
             metrics: raft.metrics(),
@@ -158,12 +162,14 @@ impl RaftCluster {
             detector: Mutex::new(Detector::default()),
             closed: AtomicBool::new(false),
             started: Instant::now(),
+            proposals,
             config,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(monitor::watch_metrics(node.clone(), stop_rx.clone())),
             tokio::spawn(monitor::probe_peers(node.clone(), stop_rx.clone())),
+            tokio::spawn(batcher::run(node.clone(), queue, stop_rx.clone())),
         ];
         if node.config.auto_bootstrap {
             tasks.push(tokio::spawn(monitor::auto_bootstrap(

@@ -13,8 +13,9 @@ use openraft::{ChangeMembers, ServerState};
 use parking_lot::Mutex;
 use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
 use tanvrit_state::Command;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::raft::batcher::Proposal;
 use crate::raft::config::RaftClusterConfig;
 use crate::raft::rpc::{
     HandOff, LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
@@ -22,7 +23,7 @@ use crate::raft::rpc::{
 use crate::raft::stats::{Counters, RaftStats};
 use crate::raft::storage::SnapshotCounters;
 use crate::raft::transport::{Contacts, RaftTransport};
-use crate::raft::types::{NodeId, Raft, RaftMetrics, ReplicaNode, WriteRequest};
+use crate::raft::types::{NodeId, Raft, RaftMetrics, ReplicaNode};
 use crate::{ClusterError, Reader, Receipt};
 
 /// What the failure detector and the leadership watch remember between metrics.
@@ -69,9 +70,11 @@ pub(crate) struct Node {
     pub detector: Mutex<Detector>,
     pub closed: AtomicBool,
     pub started: Instant,
+    /// The batcher's queue (see `batcher`).
+    pub proposals: mpsc::Sender<Proposal>,
 }
 
-fn fatal(err: Fatal<NodeId>) -> ClusterError {
+pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
     match err {
         Fatal::Stopped => ClusterError::ShuttingDown,
         Fatal::StorageError(e) => ClusterError::Storage(e.to_string()),
@@ -449,10 +452,12 @@ impl Node {
     }
 
     /// Proposes a command on this replica as leader; answers once it is applied here.
+    /// The command joins the next log entry the batcher proposes (see `batcher`).
     ///
-    /// Cancellation: once `client_write` has the entry, dropping this future (or giving
-    /// up when leadership is lost) does not withdraw it; it may still commit. Callers
-    /// see `NoLeader` and retry with the command's idempotency key.
+    /// Cancellation: dropping this future (or giving up when leadership is lost or the
+    /// write deadline passes) before the batcher took the command into an entry
+    /// withdraws it; once an entry holds it, it is not withdrawn and may still commit.
+    /// Either way callers see `NoLeader` and retry with the command's idempotency key.
     pub async fn propose(&self, command: Command) -> Result<Receipt, LeaderError> {
         if !self.is_leader() {
             return Err(LeaderError::NotLeader {
@@ -462,8 +467,16 @@ impl Node {
         let started = Instant::now();
         let mut leadership = self.leadership.subscribe();
         let write_deadline = started + self.config.write_timeout;
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            self.proposals
+                .send(Proposal { command, reply })
+                .await
+                .ok()?;
+            answer.await.ok()
+        };
         let result = tokio::select! {
-            result = self.raft.client_write(WriteRequest { command }) => result,
+            result = queued => result,
             _ = leadership.wait_for(|leader| !*leader) => {
                 return Err(LeaderError::Failed { error: self.no_leader() });
             }
@@ -472,32 +485,15 @@ impl Node {
             }
         };
         match result {
-            Ok(response) => {
+            Some(Ok(receipt)) => {
                 self.counters.commit_latency.observe(started.elapsed());
-                match response.data.0 {
-                    Some(outcome) => Ok(Receipt {
-                        outcome,
-                        index: response.log_id.index,
-                    }),
-                    None => Err(LeaderError::Failed {
-                        error: ClusterError::Internal(
-                            "a command entry was applied without an outcome".into(),
-                        ),
-                    }),
-                }
+                Ok(receipt)
             }
-            // Not in the log (never proposed, or truncated by a new leader): retry-safe.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(LeaderError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(LeaderError::Failed {
-                    error: ClusterError::Internal(e.to_string()),
-                })
-            }
-            Err(RaftError::Fatal(f)) => Err(LeaderError::Failed { error: fatal(f) }),
+            Some(Err(error)) => Err(error),
+            // The batcher stopped: the replica is shutting down.
+            None => Err(LeaderError::Failed {
+                error: ClusterError::ShuttingDown,
+            }),
         }
     }
 
@@ -935,6 +931,8 @@ impl Node {
             writes_total: c.writes.load(Ordering::Relaxed),
             writes_forwarded_total: c.writes_forwarded.load(Ordering::Relaxed),
             writes_failed_total: c.writes_failed.load(Ordering::Relaxed),
+            write_entries_total: c.write_entries.load(Ordering::Relaxed),
+            write_entry_commands_total: c.write_entry_commands.load(Ordering::Relaxed),
             proposal_latency: c.proposal_latency.snapshot(),
             commit_latency: c.commit_latency.snapshot(),
             snapshots_built_total: s.built.load(Ordering::Relaxed),

@@ -78,6 +78,8 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub writes_forwarded: AtomicU64,
     pub writes_failed: AtomicU64,
+    pub write_entries: AtomicU64,
+    pub write_entry_commands: AtomicU64,
     pub proposal_latency: Histogram,
     pub commit_latency: Histogram,
 }
@@ -109,6 +111,10 @@ pub struct RaftStats {
     pub writes_forwarded_total: u64,
     /// Writes submitted here that failed (no leader, shutting down, storage).
     pub writes_failed_total: u64,
+    /// Log entries of client writes this replica proposed as leader.
+    pub write_entries_total: u64,
+    /// Commands those entries carried (divided by `write_entries_total`: the batch size).
+    pub write_entry_commands_total: u64,
     /// Submit-to-receipt latency of writes submitted here (forwarding included).
     pub proposal_latency: LatencyHistogram,
     /// Propose-to-applied latency of writes proposed by this replica as leader.

@@ -14,6 +14,9 @@
 //! them durable before the entries that carry them can be purged, and a crash before
 //! that is repaired by re-applying those entries.
 //!
+//! `apply` takes the state's write lock once and writes the job-log chunks of all the
+//! entries it is given in one redb transaction, however many entries and commands that is.
+//!
 //! Every redb call blocks, so it runs under `spawn_blocking`.
 
 use std::fmt::Debug;
@@ -412,17 +415,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Blank => {
                         state.set_applied_index(index);
-                        replies.push(WriteOutcome(None));
+                        replies.push(WriteOutcome::default());
                     }
                     EntryPayload::Normal(request) => {
-                        let outcome = state.apply(index, &request.command);
-                        chunks.extend(chunk_of(&request.command, &outcome));
-                        replies.push(WriteOutcome(Some(outcome)));
+                        // Every command of the batch at the entry's index, in order; each
+                        // sees the state its predecessors left.
+                        let mut outcomes = Vec::with_capacity(request.commands.len());
+                        for command in &request.commands {
+                            let outcome = state.apply(index, command);
+                            chunks.extend(chunk_of(command, &outcome));
+                            outcomes.push(outcome);
+                        }
+                        // An empty batch (never proposed, but decodable) still moves the index.
+                        state.set_applied_index(index);
+                        replies.push(WriteOutcome(outcomes));
                     }
                     EntryPayload::Membership(m) => {
                         state.set_applied_index(index);
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                        replies.push(WriteOutcome(None));
+                        replies.push(WriteOutcome::default());
                     }
                 }
                 last = Some(entry.log_id);

@@ -41,18 +41,56 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// openraft's metrics.
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, ReplicaNode>;
 
-/// The payload of a normal log entry: one domain command.
+/// The payload of a normal log entry: a batch of domain commands, applied in order at
+/// the entry's index. The leader packs every write queued while earlier entries were
+/// being flushed into one entry, so one fsync and one replication round serve them all.
+///
+/// Entries written before batching carried one command as `{"command": …}`; they still
+/// decode (as a batch of one). New entries are written as `{"commands": […]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WriteRequestWire")]
 pub struct WriteRequest {
-    /// The command every replica applies.
-    pub command: Command,
+    /// The commands every replica applies, in this order.
+    pub commands: Vec<Command>,
 }
 
-/// What applying one log entry produced: the command's outcome for a normal entry,
-/// `None` for the blank and membership entries Raft writes itself (openraft wants one
+impl WriteRequest {
+    /// A batch of one command.
+    pub fn single(command: Command) -> Self {
+        Self {
+            commands: vec![command],
+        }
+    }
+}
+
+/// Both shapes a stored [`WriteRequest`] may have. (Two optional fields rather than an
+/// untagged enum: serde buffers untagged input before trying each variant, and every
+/// log read on the apply path goes through here.)
+#[derive(Deserialize)]
+struct WriteRequestWire {
+    #[serde(default)]
+    commands: Vec<Command>,
+    /// The single-command shape of entries written before batching.
+    #[serde(default)]
+    command: Option<Command>,
+}
+
+impl From<WriteRequestWire> for WriteRequest {
+    fn from(wire: WriteRequestWire) -> Self {
+        let mut commands = wire.commands;
+        if let Some(command) = wire.command {
+            commands.insert(0, command);
+        }
+        Self { commands }
+    }
+}
+
+/// What applying one log entry produced: one outcome per command of a normal entry, in
+/// order (a rejected command has its own rejection and does not affect the others);
+/// empty for the blank and membership entries Raft writes itself (openraft wants one
 /// response per applied entry).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteOutcome(pub Option<Outcome>);
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome(pub Vec<Outcome>);
 
 /// What the membership records of a replica: enough to reach it and to show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
