@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tanvrit_api::Consistency;
-use tanvrit_cluster::raft::RaftCluster;
+use tanvrit_cluster::raft::{RaftCluster, RpcKind};
 use tanvrit_cluster::{ClusterError, ClusterService, Receipt};
 use tanvrit_testkit::commands::{
     has_top_up, job_with_output, ledger_len, node_register, state_json, top_up,
@@ -355,5 +355,35 @@ async fn a_follower_cut_off_from_the_leader_answers_no_leader_within_the_lease()
     cluster.faults().heal();
     let receipt = write_retrying(&node, 3).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_to_a_crashed_leader_back_off_between_tries() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let receipt = cluster.node(leader).submit_write(top_up(1)).await.unwrap();
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.crash(leader).await;
+    let before = cluster.faults().sent_to(leader, RpcKind::ForwardWrite);
+    // A flood on a follower that still believes in the crashed leader for about a lease.
+    const WRITES: u64 = 16;
+    let node = cluster.node(follower);
+    let writes = (10..10 + WRITES).map(|n| write_retrying(&node, n));
+    futures::future::join_all(writes).await;
+    let tries = cluster.faults().sent_to(leader, RpcKind::ForwardWrite) - before;
+    // Test timings: tick 5 ms, lease 300 ms. Retrying every tick would make about 70
+    // tries per write before the follower gives the leader up; backing off (5, 10, 20,
+    // 40, then 75 ms) makes about 9.
+    assert!(
+        tries <= WRITES * 20,
+        "{tries} forwarding tries to the crashed leader for {WRITES} writes"
+    );
     cluster.shutdown().await;
 }

@@ -5,14 +5,15 @@
 //! loss rate; otherwise it is delayed by a random time in the delay range. Replies are
 //! subject to the same rules in the other direction, so a cut link may lose a request
 //! or only its answer. Randomness comes from a seeded generator (repeatable runs).
+//! It also counts the requests sent to each replica, by kind, whatever their fate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tanvrit_cluster::raft::NodeId;
+use tanvrit_cluster::raft::{NodeId, RpcKind};
 
 #[derive(Default)]
 struct Switches {
@@ -36,6 +37,7 @@ pub enum Fate {
 pub struct Faults {
     switches: Mutex<Switches>,
     rng: Mutex<StdRng>,
+    sent: Mutex<HashMap<(NodeId, RpcKind), u64>>,
 }
 
 impl Faults {
@@ -44,7 +46,18 @@ impl Faults {
         Self {
             switches: Mutex::new(Switches::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts one request of `kind` sent to `to` (the transport calls it).
+    pub fn record(&self, to: NodeId, kind: RpcKind) {
+        *self.sent.lock().entry((to, kind)).or_default() += 1;
+    }
+
+    /// How many requests of `kind` were sent to `to` so far, delivered or not.
+    pub fn sent_to(&self, to: NodeId, kind: RpcKind) -> u64 {
+        self.sent.lock().get(&(to, kind)).copied().unwrap_or(0)
     }
 
     /// Cuts `id` off from everyone, both ways.

@@ -90,6 +90,7 @@ impl RaftTransport for FaultyTransport {
         timeout: Duration,
     ) -> Result<RpcReply, TransportError> {
         let started = Instant::now();
+        self.faults.record(to, rpc.kind());
         match self.faults.fate(from, to) {
             // A lost request: the caller hears nothing until its deadline.
             Fate::Drop => {

@@ -397,6 +397,7 @@ impl Node {
     async fn write(&self, command: Command) -> Result<Receipt, ClusterError> {
         let deadline = Instant::now() + self.config.no_leader_timeout;
         let mut hint: Option<NodeId> = None;
+        let mut tries = 0;
         loop {
             if self.is_closed() {
                 return Err(ClusterError::ShuttingDown);
@@ -446,9 +447,34 @@ impl Node {
             // A fresh hint is followed at once, but only once in a row.
             if followed_hint || hint.is_none() {
                 hint = None;
-                self.pause(deadline).await;
+                self.back_off(deadline, tries, target).await;
+                tries += 1;
             }
         }
+    }
+
+    /// Waits before the next try of a write: one tick, doubling with each failed try of
+    /// this request, at most a quarter of the lease, never past `deadline`; and no longer
+    /// than until a usable leader other than `failed` (the one just tried) shows up.
+    ///
+    /// Why not [`Node::pause`]: openraft publishes metrics at every turn of its loop, so
+    /// "until the metrics change" is often at once; under a write flood to a dead
+    /// leader, every queued write would then retry in a tight loop.
+    async fn back_off(&self, deadline: Instant, tries: u32, failed: Option<NodeId>) {
+        let step = self.tick().saturating_mul(1 << tries.min(10));
+        let cap = (self.config.election_max / 4).max(self.tick());
+        let until = (Instant::now() + step.min(cap)).min(deadline);
+        let mut metrics = self.metrics.clone();
+        let other_leader = async {
+            while metrics.changed().await.is_ok() {
+                if self.usable_leader().is_some_and(|l| Some(l) != failed) {
+                    return;
+                }
+            }
+            // The Raft core is gone: only the timer ends the wait.
+            std::future::pending::<()>().await
+        };
+        let _ = tokio::time::timeout_at(until.into(), other_leader).await;
     }
 
     /// Proposes a command on this replica as leader; answers once it is applied here.
