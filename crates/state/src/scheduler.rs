@@ -78,7 +78,9 @@ pub fn plan(
             (n.id.clone(), n.resources, free, &n.labels)
         })
         .collect();
-    let mut available: HashMap<BusinessId, MicroCredits> = HashMap::new();
+    // Keyed by reference: a long queue is scanned every round, and cloning each job's
+    // business id to look it up showed in profiles.
+    let mut available: HashMap<&BusinessId, MicroCredits> = HashMap::new();
     // Shapes (resources + labels) that found no node this round: identical jobs behind
     // them cannot fit either, which keeps a saturated queue cheap to scan.
     let mut full_shapes: HashSet<(Resources, &BTreeMap<String, String>)> = HashSet::new();
@@ -95,7 +97,7 @@ pub fn plan(
         let needed = billing::hold_for(&job.spec.resources, &job.rates, job.spec.timeout_secs);
         let top_up = (needed - job.held).max(0);
         let balance = available
-            .entry(job.business.clone())
+            .entry(&job.business)
             .or_insert_with(|| state.account(&job.business).map_or(0, |a| a.available));
         if top_up > *balance {
             report.waiting_for_credits += 1;

@@ -6,7 +6,7 @@
 //! it waits for the applied index to move; a timer covers the one thing that changes
 //! without a write, a retry backoff running out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tanvrit_api::AttemptId;
 use tanvrit_state::scheduler::{plan, Planned};
@@ -21,6 +21,12 @@ const IDLE_WAIT: Duration = Duration::from_secs(30);
 /// Rounds woken by writes are at least this far apart, so a burst of submissions is
 /// placed in one log entry rather than one entry each.
 const ROUND_SPACING: Duration = Duration::from_millis(10);
+/// ... and at least this many times as long as the last plan took: planning scans the
+/// whole queue, and a long queue no node has room for (say, a submission flood) would
+/// otherwise be re-planned after every write, taking CPU from the writes themselves and
+/// holding the state's read lock (which the apply of those writes waits for). This
+/// keeps planning under about a tenth of a core, however fast jobs arrive.
+const PLAN_SPACING_FACTOR: u32 = 10;
 
 /// Gives each planned placement a fresh attempt id.
 fn placements(planned: Vec<Planned>) -> Vec<Placement> {
@@ -42,9 +48,11 @@ pub(crate) async fn run(context: &LeaderContext) {
         // Taken before planning, so a write applied while planning wakes the next wait.
         let mut seen = context.reader().applied_index();
         let now = now_ms();
+        let started = Instant::now();
         let (planned, report) = context
             .reader()
             .read(|state| plan(state, now, strategy, max));
+        let planning = started.elapsed();
         context.metrics.scheduler_rounds.inc();
         if !planned.is_empty() {
             let command = Command::JobsAssign {
@@ -82,6 +90,6 @@ pub(crate) async fn run(context: &LeaderContext) {
             wait = wait.min(Duration::from_millis(until));
         }
         context.reader().wait_past(seen, wait).await;
-        tokio::time::sleep(ROUND_SPACING).await;
+        tokio::time::sleep(ROUND_SPACING.max(planning * PLAN_SPACING_FACTOR)).await;
     }
 }
