@@ -79,9 +79,33 @@ impl Store {
     /// The first index must follow the last entry in the table; an empty table accepts
     /// any start (after a purge or a snapshot install the log restarts past it).
     pub fn raft_append<E: Serialize>(&self, entries: &[(u64, &E)]) -> Result<(), StoreError> {
+        self.raft_append_and_put::<E, ()>(entries, None)
+    }
+
+    /// [`Store::raft_append`], and in the same durable transaction sets one `raft_meta`
+    /// value (as [`Store::raft_put`] would): a value written along with the log costs
+    /// no transaction of its own.
+    pub fn raft_append_and_put<E: Serialize, T: Serialize>(
+        &self,
+        entries: &[(u64, &E)],
+        put: Option<(&str, &T)>,
+    ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
+        let put = match put {
+            Some((key, value)) => Some((
+                key,
+                encode(
+                    VALUE,
+                    &ValueRef {
+                        v: RECORD_VERSION,
+                        value,
+                    },
+                )?,
+            )),
+            None => None,
+        };
         let mut encoded = Vec::with_capacity(entries.len());
         for (index, entry) in entries {
             let record = EntryRef {
@@ -106,6 +130,9 @@ impl Store {
                 log.insert(*index, bytes.as_slice())?;
                 expected = Some(index + 1);
             }
+        }
+        if let Some((key, bytes)) = &put {
+            txn.open_table(RAFT_META)?.insert(*key, bytes.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -359,6 +386,23 @@ mod tests {
             }
         ));
         assert_eq!(store.raft_last::<Entry>().unwrap().unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_value_put_with_an_append_lands_with_it_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (entry(1, 1), entry(1, 3));
+        store
+            .raft_append_and_put(&[(1, &a)], Some(("committed", &1u64)))
+            .unwrap();
+        assert_eq!(store.raft_get::<u64>("committed").unwrap(), Some(1));
+        assert_eq!(store.raft_last::<Entry>().unwrap(), Some((1, a)));
+        // A refused append (a gap) leaves the value as it was.
+        store
+            .raft_append_and_put(&[(3, &b)], Some(("committed", &3u64)))
+            .unwrap_err();
+        assert_eq!(store.raft_get::<u64>("committed").unwrap(), Some(1));
     }
 
     #[test]

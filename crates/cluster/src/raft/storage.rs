@@ -4,8 +4,11 @@
 //! Durability, in the order openraft relies on it:
 //! - `append` commits the entries with fsync *before* it calls `LogFlushed`;
 //! - `save_vote` and `purge`/`truncate` are durable before they return;
-//! - `save_committed` is written without fsync: losing it in a crash only means a
-//!   restart re-applies fewer entries at once (the leader re-sends the commit index);
+//! - `save_committed` only notes the value; it is written in the transaction of the next
+//!   `append` (and, non-durably, when the log store is dropped). Losing it in a crash
+//!   only means a restart re-applies fewer entries at once (the leader re-sends the
+//!   commit index). openraft awaits `save_committed` before every apply, so a
+//!   transaction of its own would sit on every write's path;
 //! - the state machine lives in memory and is persisted as snapshots; at start openraft
 //!   re-applies the committed entries after the last snapshot (`read_committed`).
 //!
@@ -14,11 +17,17 @@
 //! them durable before the entries that carry them can be purged, and a crash before
 //! that is repaired by re-applying those entries.
 //!
+//! The last [`RECENT_ENTRIES`] appended entries are also kept decoded in memory: openraft
+//! reads each entry back to apply it and once per follower to replicate it, and serving
+//! those reads from memory spares a redb read and a JSON decode each (and a blocking
+//! hop on openraft's core loop).
+//!
 //! `apply` takes the state's write lock once and writes the job-log chunks of all the
 //! entries it is given in one redb transaction, however many entries and commands that is.
 //!
 //! Every redb call blocks, so it runs under `spawn_blocking`.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -60,19 +69,84 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// How many of the last appended entries [`LogStore`] keeps decoded in memory (as many
+/// as one AppendEntries message carries).
+pub const RECENT_ENTRIES: usize = 256;
+
 /// The Raft log, vote and commit marker of one replica.
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
     committed: Arc<AtomicU64>,
+    marker: Arc<CommittedMarker>,
+    /// The last appended entries, contiguous, ending at the log's end (or empty).
+    recent: Arc<Mutex<VecDeque<Entry>>>,
+}
+
+/// The committed log id not yet written to the store.
+struct CommittedMarker {
+    store: Store,
+    pending: Mutex<Option<Option<LogId>>>,
+}
+
+impl Drop for CommittedMarker {
+    /// A clean close keeps the last committed id (not fsynced, like any other).
+    fn drop(&mut self) {
+        if let Some(committed) = self.pending.get_mut().take() {
+            if let Err(err) = self.store.raft_put(KEY_COMMITTED, &committed, false) {
+                tracing::warn!(error = %err, "could not save the committed log id");
+            }
+        }
+    }
 }
 
 impl LogStore {
     /// The log storage of `store`.
     pub fn new(store: Store) -> Self {
         Self {
+            marker: Arc::new(CommittedMarker {
+                store: store.clone(),
+                pending: Mutex::new(None),
+            }),
             store,
             committed: Arc::new(AtomicU64::new(0)),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    /// The entries `from..to` when memory holds all of them.
+    fn recent_range(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let recent = self.recent.lock();
+        let first = recent.front()?.log_id.index;
+        let end = recent.back()?.log_id.index + 1;
+        if from < first || to > end || from >= to {
+            return None;
+        }
+        let skip = (from - first) as usize;
+        Some(
+            recent
+                .iter()
+                .skip(skip)
+                .take((to - from) as usize)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Remembers freshly appended (durable) entries.
+    fn remember(&self, entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        let mut recent = self.recent.lock();
+        if recent.back().is_some_and(|e| e.log_id.index + 1 != first) {
+            // Not contiguous (openraft truncates before it overwrites, so this should not
+            // happen): start over rather than serve a gap.
+            recent.clear();
+        }
+        recent.extend(entries);
+        while recent.len() > RECENT_ENTRIES {
+            recent.pop_front();
         }
     }
 
@@ -106,6 +180,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (from, to) = bounds(&range);
+        if let Some(entries) = self.recent_range(from, to) {
+            return Ok(entries);
+        }
         let store = self.store.clone();
         let entries = blocking(move || store.raft_read::<Entry>(from, to))
             .await
@@ -156,15 +233,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(log_id) = &committed {
             self.committed.fetch_max(log_id.index, Ordering::Relaxed);
         }
-        let store = self.store.clone();
-        // Not fsynced: see the module docs.
-        blocking(move || store.raft_put(KEY_COMMITTED, &committed, false))
-            .await
-            .map_err(StorageIOError::write)?;
+        // Written with the next append: see the module docs.
+        let mut pending = self.marker.pending.lock();
+        if pending.as_ref().is_none_or(|p| committed > *p) {
+            *pending = Some(committed);
+        }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(pending) = *self.marker.pending.lock() {
+            return Ok(pending);
+        }
         let store = self.store.clone();
         let committed = blocking(move || store.raft_get::<Option<LogId>>(KEY_COMMITTED))
             .await
@@ -187,14 +267,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.store.clone();
+        let committed = *self.marker.pending.lock();
         let result = blocking(move || {
             let refs: Vec<(u64, &Entry)> = entries.iter().map(|e| (e.log_id.index, e)).collect();
-            store.raft_append(&refs)
+            let put = committed.as_ref().map(|c| (KEY_COMMITTED, c));
+            store.raft_append_and_put(&refs, put)?;
+            Ok(entries)
         })
         .await;
         match result {
             // The commit above fsynced: only now may openraft count the entries as flushed.
-            Ok(()) => {
+            Ok(entries) => {
+                {
+                    let mut pending = self.marker.pending.lock();
+                    if *pending == committed {
+                        *pending = None;
+                    }
+                }
+                self.remember(entries);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -206,6 +296,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut recent = self.recent.lock();
+            while recent
+                .back()
+                .is_some_and(|e| e.log_id.index >= log_id.index)
+            {
+                recent.pop_back();
+            }
+        }
         let store = self.store.clone();
         blocking(move || store.raft_truncate_from(log_id.index))
             .await
@@ -214,6 +313,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut recent = self.recent.lock();
+            while recent
+                .front()
+                .is_some_and(|e| e.log_id.index <= log_id.index)
+            {
+                recent.pop_front();
+            }
+        }
         let store = self.store.clone();
         blocking(move || store.raft_purge_through(log_id.index, &log_id))
             .await
