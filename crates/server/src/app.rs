@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tanvrit_api::{BusinessId, Consistency, Index, Millis};
 use tanvrit_cluster::{ClusterError, ClusterService, Reader};
@@ -400,6 +401,13 @@ pub(crate) async fn serve(
         loops.stop().await;
         app.inner.shutdown.send_replace(true);
     };
+    // API calls are small request/answer pairs: no Nagle delay on the answers (axum 0.8
+    // leaves TCP_NODELAY off).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on an API connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .await

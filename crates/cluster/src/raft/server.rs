@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -99,6 +100,13 @@ pub(crate) async fn serve(
         .route("/raft/v1/{kind}", post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(served);
+    // Replica RPC is small request/answer pairs on kept-alive connections: no Nagle
+    // delay on the answers (axum 0.8 leaves TCP_NODELAY off; the client sets it).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a replica connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
