@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use tanvrit_api::AttemptId;
-use tanvrit_state::scheduler::{plan, Planned};
+use tanvrit_api::{AttemptId, NodeState};
+use tanvrit_state::scheduler::{plan, PlanReport, Planned};
 use tanvrit_state::{Command, Effect, Placement};
 
 use super::{LeaderContext, ProposeError};
@@ -49,9 +49,15 @@ pub(crate) async fn run(context: &LeaderContext) {
         let mut seen = context.reader().applied_index();
         let now = now_ms();
         let started = Instant::now();
-        let (planned, report) = context
-            .reader()
-            .read(|state| plan(state, now, strategy, max));
+        let (planned, report) = context.reader().read(|state| {
+            // Only a ready node takes placements, and one becoming ready is a write that
+            // wakes this loop: without one, scanning the queue (under the read lock the
+            // apply of every write waits for) cannot place anything.
+            if !state.nodes().any(|n| n.state == NodeState::Ready) {
+                return (Vec::new(), PlanReport::default());
+            }
+            plan(state, now, strategy, max)
+        });
         let planning = started.elapsed();
         context.metrics.scheduler_rounds.inc();
         if !planned.is_empty() {
