@@ -2,20 +2,19 @@
 //! to due times missed while no leader was firing.
 //!
 //! Each due time handled is one `ScheduleFire` whose job id derives from (schedule id,
-//! due time) alone ([`fire_job_id`]); `apply` ignores a due time at or before the
+//! due time) alone ([`crate::cron::fire_job_id`]); `apply` ignores a due time at or before the
 //! schedule's `last_fire_at`. Together they make a tick fire exactly once, whichever
 //! leader (or how many, across a failover) proposes it.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tanvrit_api::{CatchUpPolicy, JobId, Millis, Schedule, ScheduleId};
+use tanvrit_api::{CatchUpPolicy, Millis, Schedule};
 use tanvrit_state::{Command, Effect};
 
 use super::{LeaderContext, ProposeError};
 use crate::app::now_ms;
-use crate::cron::CronSchedule;
+use crate::cron::{fire_job_id, CronSchedule};
 
 /// The loop looks at the schedules at least this often, so new and changed ones are
 /// noticed soon.
@@ -46,18 +45,6 @@ impl Due {
             skip_reason: Some(MISSED.into()),
         }
     }
-}
-
-/// The job id of a schedule's fire at `due_at`: `job-<uuid v7>` with the due time as its
-/// timestamp and hash bytes of the schedule id as the rest, so the same tick gives the
-/// same id on every replica and every leader, and ids still sort by due time.
-pub(crate) fn fire_job_id(schedule: &ScheduleId, due_at: Millis) -> JobId {
-    let digest = Sha256::digest(schedule.as_str().as_bytes());
-    let mut bytes = [0u8; 10];
-    bytes.copy_from_slice(&digest[..10]);
-    let millis = u64::try_from(due_at).unwrap_or(0);
-    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
-    JobId(format!("job-{uuid}"))
 }
 
 /// The due times of `schedule` to handle at `now`, oldest first: those after its last
@@ -177,7 +164,7 @@ async fn fire(context: &LeaderContext, schedule: &Schedule, due: Due) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tanvrit_api::{JobSpec, OverlapPolicy};
+    use tanvrit_api::{JobSpec, OverlapPolicy, ScheduleId};
 
     // 2026-01-10T08:00:00Z
     const EIGHT: Millis = 1_768_032_000_000;
@@ -356,24 +343,5 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-    }
-
-    #[test]
-    fn fire_job_ids_derive_from_the_schedule_and_due_time_only() {
-        let a = ScheduleId::from("sch-a");
-        let b = ScheduleId::from("sch-b");
-        assert_eq!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT));
-        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&b, EIGHT));
-        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT + 1000));
-        assert!(fire_job_id(&a, EIGHT) < fire_job_id(&a, EIGHT + 1000));
-        let id = fire_job_id(&a, EIGHT);
-        let uuid = uuid::Uuid::parse_str(id.as_str().strip_prefix("job-").unwrap()).unwrap();
-        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
-        assert_eq!(
-            secs as i64 * 1000 + i64::from(nanos / 1_000_000),
-            EIGHT,
-            "the uuid's timestamp is the due time"
-        );
-        assert!(tanvrit_state::validate::identifier("job id", id.as_str()).is_ok());
     }
 }
