@@ -1,6 +1,7 @@
 //! Cron expressions and time zones of schedules: checked before a schedule is written
 //! (so `apply`, which knows no calendar, only ever sees valid ones), the next due time
-//! computed at read time, and the due times the leader's cron loop fires.
+//! computed at read time, the due times the leader's cron loop fires, and the job id of
+//! each fire, derived from (schedule, due time) and read back by [`fire_due_at`].
 //!
 //! Accepted: 5 fields (`min hour dom month dow`), 6 fields with a leading seconds field,
 //! and the `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly` nicknames. Zones are IANA
@@ -10,7 +11,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
-use tanvrit_api::Millis;
+use sha2::{Digest, Sha256};
+use tanvrit_api::{JobId, Millis, ScheduleId};
 
 /// A parsed cron expression bound to its time zone.
 #[derive(Clone, Debug)]
@@ -151,6 +153,30 @@ impl CronSchedule {
     }
 }
 
+/// The job id of a schedule's fire at `due_at`: `job-<uuid v7>` with the due time as its
+/// timestamp and hash bytes of the schedule id as the rest, so the same tick gives the
+/// same id on every replica and every leader, and ids still sort by due time.
+pub fn fire_job_id(schedule: &ScheduleId, due_at: Millis) -> JobId {
+    let digest = Sha256::digest(schedule.as_str().as_bytes());
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(due_at).unwrap_or(0);
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
+    JobId(format!("job-{uuid}"))
+}
+
+/// The due time a fired job was created for, read back from its id (see
+/// [`fire_job_id`]); `None` for an id that is not `job-<uuid v7>`. Only meaningful for a
+/// job whose `schedule` is set: the id of any v7 job carries a timestamp.
+pub fn fire_due_at(job: &JobId) -> Option<Millis> {
+    let uuid = uuid::Uuid::parse_str(job.as_str().strip_prefix("job-")?).ok()?;
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(i64::try_from(secs).ok()? * 1000 + i64::from(nanos / 1_000_000))
+}
+
 /// Rounds of [`CronSchedule::previous_before`]'s reconciliation of croner's backward and
 /// forward searches (one is needed per DST gap in the way).
 const MAX_GAP_ROUNDS: usize = 4;
@@ -158,6 +184,27 @@ const MAX_GAP_ROUNDS: usize = 4;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // 2026-01-10T08:00:00Z
+    const TEN_JAN: Millis = 1_768_032_000_000;
+
+    #[test]
+    fn fire_job_ids_derive_from_the_schedule_and_due_time_only() {
+        let a = ScheduleId::from("sch-a");
+        let b = ScheduleId::from("sch-b");
+        assert_eq!(fire_job_id(&a, TEN_JAN), fire_job_id(&a, TEN_JAN));
+        assert_ne!(fire_job_id(&a, TEN_JAN), fire_job_id(&b, TEN_JAN));
+        assert_ne!(fire_job_id(&a, TEN_JAN), fire_job_id(&a, TEN_JAN + 1000));
+        assert!(fire_job_id(&a, TEN_JAN) < fire_job_id(&a, TEN_JAN + 1000));
+        let id = fire_job_id(&a, TEN_JAN);
+        assert_eq!(
+            fire_due_at(&id),
+            Some(TEN_JAN),
+            "the uuid's timestamp is the due time"
+        );
+        assert_eq!(fire_due_at(&JobId::from("job-1")), None);
+        assert!(tanvrit_state::validate::identifier("job id", id.as_str()).is_ok());
+    }
 
     fn at(rfc3339: &str) -> Millis {
         DateTime::parse_from_rfc3339(rfc3339)

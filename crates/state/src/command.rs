@@ -28,6 +28,20 @@ pub struct Placement {
     pub node: NodeId,
 }
 
+/// One due time of a schedule in a [`Command::SchedulesFire`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fire {
+    /// The schedule.
+    pub schedule: ScheduleId,
+    /// The due time.
+    pub due_at: Millis,
+    /// The id of the job it creates (derived from schedule and due time).
+    pub job: JobId,
+    /// Set when the leader skips this due time (catch-up policy).
+    #[serde(default)]
+    pub skip_reason: Option<String>,
+}
+
 /// How an attempt ended, as its agent reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -184,6 +198,15 @@ pub enum Command {
         skip_reason: Option<String>,
         at: Millis,
     },
+    /// Many due times, of one or many schedules, in one entry: each handled exactly as
+    /// its own [`Command::ScheduleFire`] would be, in order, so the cron loop writes one
+    /// entry per pass instead of one per due time. One fire's refusal (its schedule was
+    /// deleted meanwhile) refuses only that fire.
+    SchedulesFire {
+        fires: Vec<Fire>,
+        rates: Rates,
+        at: Millis,
+    },
     /// A client write sent with an `Idempotency-Key`. The first delivery of
     /// (`scope`, `key`) applies `command` and records its outcome and index until
     /// `at + retain_ms`; a later one with the same `fingerprint` gets that record back
@@ -228,6 +251,7 @@ impl Command {
             Command::ScheduleUpdate { .. } => "schedule_update",
             Command::ScheduleDelete { .. } => "schedule_delete",
             Command::ScheduleFire { .. } => "schedule_fire",
+            Command::SchedulesFire { .. } => "schedules_fire",
             Command::Idempotent { .. } => "idempotent",
         }
     }
@@ -262,6 +286,7 @@ impl Command {
             | Command::ScheduleUpdate { at, .. }
             | Command::ScheduleDelete { at, .. }
             | Command::ScheduleFire { at, .. }
+            | Command::SchedulesFire { at, .. }
             | Command::Idempotent { at, .. } => *at,
         }
     }

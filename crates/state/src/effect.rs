@@ -43,6 +43,11 @@ pub enum Effect {
         skipped: Option<String>,
         duplicate: bool,
     },
+    /// The outcome of each fire of a `SchedulesFire`, in order: a `Fired` effect or the
+    /// fire's refusal.
+    FiredMany {
+        fires: Vec<Result<Effect, Rejection>>,
+    },
     /// A repeated `Idempotent` command: the first delivery's effect, unchanged, and the
     /// log index it was applied at. Nothing was applied this time.
     Replayed { effect: Box<Effect>, index: Index },

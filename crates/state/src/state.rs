@@ -455,6 +455,22 @@ impl State {
                 skip_reason,
                 at,
             } => self.schedule_fire(index, schedule, *due_at, job, rates, skip_reason, *at),
+            Command::SchedulesFire { fires, rates, at } => Ok(Effect::FiredMany {
+                fires: fires
+                    .iter()
+                    .map(|fire| {
+                        self.schedule_fire(
+                            index,
+                            &fire.schedule,
+                            fire.due_at,
+                            &fire.job,
+                            rates,
+                            &fire.skip_reason,
+                            *at,
+                        )
+                    })
+                    .collect(),
+            }),
             Command::Idempotent {
                 key,
                 scope,

@@ -4,7 +4,7 @@ mod support;
 
 use support::*;
 use tanvrit_api::*;
-use tanvrit_state::{invariants, Command, Effect, FinishKind, Rejection};
+use tanvrit_state::{invariants, Command, Effect, FinishKind, Fire, Rejection};
 
 fn job<'a>(state: &'a tanvrit_state::State, id: &str) -> &'a Job {
     state.job(&JobId::from(id)).expect("job exists")
@@ -454,6 +454,84 @@ fn a_schedule_fires_each_due_time_once() {
         state.job(&"job-a".into()).unwrap().schedule,
         Some("sch-1".into())
     );
+}
+
+#[test]
+fn fires_in_one_entry_apply_as_the_same_fires_one_by_one() {
+    let create = |id: &str| Command::ScheduleCreate {
+        schedule: id.into(),
+        business: "acme".into(),
+        name: None,
+        cron: "* * * * *".into(),
+        timezone: "UTC".into(),
+        template: spec(100, 60),
+        enabled: true,
+        overlap: OverlapPolicy::Allow,
+        catch_up: CatchUpPolicy::All(10),
+        at: 1,
+    };
+    let fire = |schedule: &str, due_at, job: &str, skip: Option<&str>| Fire {
+        schedule: schedule.into(),
+        due_at,
+        job: job.into(),
+        skip_reason: skip.map(str::to_string),
+    };
+    let fires = vec![
+        fire("sch-1", 60_000, "job-1a", None),
+        fire("sch-2", 60_000, "job-2a", None),
+        // The same due time again (another leader's copy): a duplicate.
+        fire("sch-1", 60_000, "job-1x", None),
+        fire("sch-gone", 60_000, "job-ga", None),
+        fire("sch-2", 120_000, "job-2b", Some("missed")),
+        fire("sch-1", 120_000, "job-1b", None),
+    ];
+    let start = applied(&[
+        top_up("acme", 1_000_000, "t1"),
+        create("sch-1"),
+        create("sch-2"),
+    ]);
+    let mut batched = start.clone();
+    let Effect::FiredMany { fires: outcomes } = batched
+        .apply(
+            4,
+            &Command::SchedulesFire {
+                fires: fires.clone(),
+                rates: RATES,
+                at: 130_000,
+            },
+        )
+        .unwrap()
+    else {
+        panic!("not FiredMany")
+    };
+    let mut one_by_one = start;
+    for (fire, batched_outcome) in fires.into_iter().zip(&outcomes) {
+        let alone = one_by_one.apply(
+            4,
+            &Command::ScheduleFire {
+                schedule: fire.schedule,
+                due_at: fire.due_at,
+                job: fire.job,
+                rates: RATES,
+                skip_reason: fire.skip_reason,
+                at: 130_000,
+            },
+        );
+        assert_eq!(&alone, batched_outcome);
+    }
+    assert_eq!(batched, one_by_one);
+    assert_eq!(outcomes[3].as_ref().unwrap_err().code(), "not_found");
+    assert!(matches!(
+        outcomes[2],
+        Ok(Effect::Fired {
+            duplicate: true,
+            ..
+        })
+    ));
+    assert!(batched.job(&"job-1x".into()).is_none());
+    assert_eq!(batched.schedule(&"sch-1".into()).unwrap().fired, 2);
+    assert_eq!(batched.schedule(&"sch-2".into()).unwrap().skipped, 1);
+    invariants::check(&batched).unwrap();
 }
 
 #[test]

@@ -1,25 +1,28 @@
 //! The cron loop: fires each enabled schedule's due times, applying its catch-up policy
 //! to due times missed while no leader was firing.
 //!
-//! Each due time handled is one `ScheduleFire` whose job id derives from (schedule id,
-//! due time) alone ([`fire_job_id`]); `apply` ignores a due time at or before the
+//! Each due time handled is one fire (in a `SchedulesFire` entry with the other due
+//! times of the same pass) whose job id derives from (schedule id, due time) alone
+//! ([`crate::cron::fire_job_id`]); `apply` ignores a due time at or before the
 //! schedule's `last_fire_at`. Together they make a tick fire exactly once, whichever
 //! leader (or how many, across a failover) proposes it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tanvrit_api::{CatchUpPolicy, JobId, Millis, Schedule, ScheduleId};
-use tanvrit_state::{Command, Effect};
+use tanvrit_api::{CatchUpPolicy, Millis, Schedule, ScheduleId};
+use tanvrit_state::{Command, Effect, Fire};
 
 use super::{LeaderContext, ProposeError};
 use crate::app::now_ms;
-use crate::cron::CronSchedule;
+use crate::cron::{fire_job_id, CronSchedule};
 
 /// The loop looks at the schedules at least this often, so new and changed ones are
 /// noticed soon.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Due times proposed in one `SchedulesFire` entry at most (each fire's job travels in
+/// the entry's outcome, so this also bounds that).
+const MAX_FIRES_PER_WRITE: usize = 500;
 /// The skip reason of due times the catch-up policy passes over.
 pub(crate) const MISSED: &str = "missed";
 
@@ -46,18 +49,6 @@ impl Due {
             skip_reason: Some(MISSED.into()),
         }
     }
-}
-
-/// The job id of a schedule's fire at `due_at`: `job-<uuid v7>` with the due time as its
-/// timestamp and hash bytes of the schedule id as the rest, so the same tick gives the
-/// same id on every replica and every leader, and ids still sort by due time.
-pub(crate) fn fire_job_id(schedule: &ScheduleId, due_at: Millis) -> JobId {
-    let digest = Sha256::digest(schedule.as_str().as_bytes());
-    let mut bytes = [0u8; 10];
-    bytes.copy_from_slice(&digest[..10]);
-    let millis = u64::try_from(due_at).unwrap_or(0);
-    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
-    JobId(format!("job-{uuid}"))
 }
 
 /// The due times of `schedule` to handle at `now`, oldest first: those after its last
@@ -102,8 +93,16 @@ pub(crate) fn due_now(
 }
 
 /// The cron loop; returns only when the replica shuts down.
+///
+/// Each pass plans the due times of every enabled schedule and proposes them together,
+/// [`MAX_FIRES_PER_WRITE`] to a `SchedulesFire` entry: with many schedules due in the
+/// same second, one Raft round trip (and one fsync) serves them all, where one entry per
+/// due time made the last of them wait for all the others' round trips.
 pub(crate) async fn run(context: &LeaderContext) {
     let grace = context.config.cron_skip_grace;
+    // Parsed expressions by schedule, kept while its expression and zone stay the same:
+    // parsing every schedule on every pass would cost more than planning them.
+    let mut parsed: HashMap<ScheduleId, (String, String, CronSchedule)> = HashMap::new();
     // Schedules whose stored expression does not parse (cannot happen through the API,
     // which checks it) are reported once, not every second.
     let mut reported = HashSet::new();
@@ -112,27 +111,55 @@ pub(crate) async fn run(context: &LeaderContext) {
         let schedules: Vec<Schedule> = context
             .reader()
             .read(|state| state.schedules().filter(|s| s.enabled).cloned().collect());
+        parsed.retain(|id, _| schedules.iter().any(|s| &s.id == id));
         let mut wake = now + MAX_SLEEP.as_millis() as Millis;
+        let mut fires = Vec::new();
         for schedule in &schedules {
-            let cron = match CronSchedule::parse(&schedule.cron, &schedule.timezone) {
-                Ok(cron) => cron,
-                Err(error) => {
-                    if reported.insert(schedule.id.clone()) {
-                        tracing::error!(schedule = %schedule.id, %error, "schedule cannot be fired");
+            let cron = match parsed.get(&schedule.id) {
+                Some((cron, zone, parsed))
+                    if *cron == schedule.cron && *zone == schedule.timezone =>
+                {
+                    parsed
+                }
+                _ => match CronSchedule::parse(&schedule.cron, &schedule.timezone) {
+                    Ok(cron) => {
+                        let entry = (schedule.cron.clone(), schedule.timezone.clone(), cron);
+                        &parsed
+                            .entry(schedule.id.clone())
+                            .insert_entry(entry)
+                            .into_mut()
+                            .2
                     }
-                    continue;
-                }
+                    Err(error) => {
+                        if reported.insert(schedule.id.clone()) {
+                            tracing::error!(schedule = %schedule.id, %error, "schedule cannot be fired");
+                        }
+                        continue;
+                    }
+                },
             };
-            for due in due_now(schedule, &cron, now, grace) {
-                match fire(context, schedule, due).await {
-                    Ok(()) => {}
-                    Err(ProposeError::ShuttingDown) => return,
-                    // Retried on the next pass, at most a second away.
-                    Err(ProposeError::Failed) => break,
-                }
-            }
+            fires.extend(
+                due_now(schedule, cron, now, grace)
+                    .into_iter()
+                    .map(|due| Fire {
+                        schedule: schedule.id.clone(),
+                        job: fire_job_id(&schedule.id, due.due_at),
+                        due_at: due.due_at,
+                        skip_reason: due.skip_reason,
+                    }),
+            );
             if let Some(next) = cron.next_after(now) {
                 wake = wake.min(next);
+            }
+        }
+        // A schedule's due times stay in one chunk's order, oldest first, and chunks are
+        // applied in order; a failed chunk is planned again on the next pass, at most a
+        // second away (the fires already applied are then known duplicates).
+        for chunk in fires.chunks(MAX_FIRES_PER_WRITE) {
+            match fire(context, chunk.to_vec()).await {
+                Ok(()) => {}
+                Err(ProposeError::ShuttingDown) => return,
+                Err(ProposeError::Failed) => break,
             }
         }
         let until = u64::try_from(wake - now_ms()).unwrap_or(0);
@@ -140,35 +167,41 @@ pub(crate) async fn run(context: &LeaderContext) {
     }
 }
 
-/// Proposes one `ScheduleFire` and counts what it did.
-async fn fire(context: &LeaderContext, schedule: &Schedule, due: Due) -> Result<(), ProposeError> {
-    let command = Command::ScheduleFire {
-        schedule: schedule.id.clone(),
-        due_at: due.due_at,
-        job: fire_job_id(&schedule.id, due.due_at),
+/// Proposes one `SchedulesFire` and counts what it did.
+async fn fire(context: &LeaderContext, fires: Vec<Fire>) -> Result<(), ProposeError> {
+    let command = Command::SchedulesFire {
+        fires: fires.clone(),
         rates: context.config.rates,
-        skip_reason: due.skip_reason,
         at: now_ms(),
     };
     let (outcome, _) = context.propose(command).await?;
-    match outcome {
-        Ok(Effect::Fired {
-            duplicate: true, ..
-        }) => {}
-        Ok(Effect::Fired { job, skipped, .. }) => {
-            if let Some(job) = job {
-                context.metrics.schedule_fires.inc();
-                tracing::debug!(schedule = %schedule.id, due_at = due.due_at, job = %job.id, "schedule fired");
-            }
-            if let Some(reason) = skipped {
-                context.metrics.schedule_skips.inc();
-                tracing::debug!(schedule = %schedule.id, due_at = due.due_at, reason, "schedule due time skipped");
-            }
+    let outcomes = match outcome {
+        Ok(Effect::FiredMany { fires }) => fires,
+        other => {
+            tracing::warn!(?other, "unexpected outcome of a SchedulesFire");
+            return Ok(());
         }
-        Ok(other) => tracing::warn!(?other, "unexpected outcome of a ScheduleFire"),
-        // Deleted (or changed) since it was read: nothing to fire.
-        Err(rejection) => {
-            tracing::debug!(schedule = %schedule.id, %rejection, "schedule fire refused")
+    };
+    for (fire, outcome) in fires.iter().zip(outcomes) {
+        match outcome {
+            Ok(Effect::Fired {
+                duplicate: true, ..
+            }) => {}
+            Ok(Effect::Fired { job, skipped, .. }) => {
+                if let Some(job) = job {
+                    context.metrics.schedule_fires.inc();
+                    tracing::debug!(schedule = %fire.schedule, due_at = fire.due_at, job = %job.id, "schedule fired");
+                }
+                if let Some(reason) = skipped {
+                    context.metrics.schedule_skips.inc();
+                    tracing::debug!(schedule = %fire.schedule, due_at = fire.due_at, reason, "schedule due time skipped");
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected outcome of a fire"),
+            // Deleted (or changed) since it was read: nothing to fire.
+            Err(rejection) => {
+                tracing::debug!(schedule = %fire.schedule, %rejection, "schedule fire refused")
+            }
         }
     }
     Ok(())
@@ -356,24 +389,5 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-    }
-
-    #[test]
-    fn fire_job_ids_derive_from_the_schedule_and_due_time_only() {
-        let a = ScheduleId::from("sch-a");
-        let b = ScheduleId::from("sch-b");
-        assert_eq!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT));
-        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&b, EIGHT));
-        assert_ne!(fire_job_id(&a, EIGHT), fire_job_id(&a, EIGHT + 1000));
-        assert!(fire_job_id(&a, EIGHT) < fire_job_id(&a, EIGHT + 1000));
-        let id = fire_job_id(&a, EIGHT);
-        let uuid = uuid::Uuid::parse_str(id.as_str().strip_prefix("job-").unwrap()).unwrap();
-        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
-        assert_eq!(
-            secs as i64 * 1000 + i64::from(nanos / 1_000_000),
-            EIGHT,
-            "the uuid's timestamp is the due time"
-        );
-        assert!(tanvrit_state::validate::identifier("job id", id.as_str()).is_ok());
     }
 }

@@ -2,7 +2,9 @@
 //! HTTP at several concurrencies; `etcd-put` drives etcd the same way (its HTTP/JSON
 //! gateway), for a side-by-side; `failover` starts a 3-member cluster (tanvrit or etcd)
 //! and times leader kills ([`super::failover`]); `placement` times the scheduler's
-//! planning and apply on a synthetic queue in process.
+//! planning and apply on a synthetic queue in process; `ledger` counts ledger entries/s
+//! ([`super::ledger_bench`]); `schedules` measures the fire lag of many active
+//! schedules ([`super::schedule_bench`]).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -100,6 +102,46 @@ pub enum BenchCommand {
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
+    /// Credit-ledger entries/s against a running server: top-ups (one entry each) and
+    /// submit+cancel cycles (a hold and its release), counted from the ledger itself.
+    Ledger {
+        /// Workloads, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "top-up,submit-cancel"
+        )]
+        workload: Vec<super::ledger_bench::LedgerWorkload>,
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// How long to run each level.
+        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
+        duration: Duration,
+        /// Unmeasured warm-up before each level.
+        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
+        warmup: Duration,
+    },
+    /// Schedule fire lag: many active schedules against a running server; lag = each
+    /// fired job's creation time minus its due time, both the server's.
+    Schedules {
+        /// Active schedules.
+        #[arg(long, default_value_t = 1_000)]
+        schedules: usize,
+        /// Each fires every this many seconds (a divisor of 60); offsets are spread.
+        #[arg(long, default_value_t = 10)]
+        every: u32,
+        /// How long to let them fire.
+        #[arg(long, default_value = "60s", value_parser = crate::parse::duration)]
+        duration: Duration,
+        /// Concurrent requests while creating and deleting the schedules.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The business the schedules belong to (topped up first).
+        #[arg(long, default_value = "bench-cron")]
+        business: String,
+    },
     /// Scheduler placements/s: a queue of pending jobs over simulated nodes, in process.
     Placement {
         /// Pending jobs.
@@ -165,7 +207,8 @@ pub struct PlacementReport {
     pub per_second: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p`th percentile of sorted durations, in milliseconds (0 when there are none).
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -193,7 +236,7 @@ fn bench_job(business: &str, worker: usize, n: u64) -> JobSubmitRequest {
 
 /// Runs `op(worker, n)` from `concurrency` workers for `warmup` + `duration`; counts
 /// what finished in the measured window (`op` answers whether it succeeded).
-async fn run_level<F, Fut>(
+pub(crate) async fn run_level<F, Fut>(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
@@ -601,6 +644,106 @@ impl BenchCommand {
                         format!("{:.1}", r.p50_ms),
                         format!("{:.1}", r.p99_ms),
                         format!("{:.1}", r.max_ms),
+                    ]);
+                    table
+                })
+            }
+            BenchCommand::Ledger {
+                workload,
+                concurrency,
+                duration,
+                warmup,
+            } => {
+                let client = client()?;
+                let reports = super::ledger_bench::run(
+                    &client,
+                    &workload,
+                    &concurrency,
+                    warmup,
+                    duration,
+                    |r| {
+                        if !out.json {
+                            eprintln!(
+                                "{} at concurrency {}: {:.0} entries/s",
+                                r.workload.name(),
+                                r.concurrency,
+                                r.entries_per_second
+                            );
+                        }
+                    },
+                )
+                .await?;
+                out.show(&reports, |reports| {
+                    let mut table = output::table([
+                        "WORKLOAD",
+                        "CONCURRENCY",
+                        "ENTRIES/S",
+                        "ENTRIES",
+                        "REQUESTS",
+                        "P50 MS",
+                        "P99 MS",
+                        "ERRORS",
+                        "HOLDS",
+                        "RELEASES",
+                        "HELD AFTER",
+                    ]);
+                    for r in reports {
+                        table.add_row([
+                            r.workload.name().to_string(),
+                            r.concurrency.to_string(),
+                            format!("{:.0}", r.entries_per_second),
+                            r.entries.to_string(),
+                            r.requests.to_string(),
+                            format!("{:.2}", r.p50_ms),
+                            format!("{:.2}", r.p99_ms),
+                            r.errors.to_string(),
+                            r.holds.to_string(),
+                            r.releases.to_string(),
+                            r.held_after.to_string(),
+                        ]);
+                    }
+                    table
+                })
+            }
+            BenchCommand::Schedules {
+                schedules,
+                every,
+                duration,
+                concurrency,
+                business,
+            } => {
+                let client = client()?;
+                let report = super::schedule_bench::run(
+                    &client,
+                    &business,
+                    schedules,
+                    every,
+                    duration,
+                    concurrency,
+                )
+                .await?;
+                out.show(&report, |r| {
+                    let mut table = output::table([
+                        "SCHEDULES",
+                        "EVERY S",
+                        "WINDOW S",
+                        "DUE",
+                        "FIRED",
+                        "FIRES/S",
+                        "LAG P50 MS",
+                        "LAG P99 MS",
+                        "LAG MAX MS",
+                    ]);
+                    table.add_row([
+                        r.schedules.to_string(),
+                        r.every_secs.to_string(),
+                        format!("{:.0}", r.window_secs),
+                        r.due.to_string(),
+                        r.fired.to_string(),
+                        format!("{:.1}", r.fires_per_second),
+                        format!("{:.0}", r.p50_ms),
+                        format!("{:.0}", r.p99_ms),
+                        format!("{:.0}", r.max_ms),
                     ]);
                     table
                 })

@@ -6,8 +6,10 @@ pub mod credit;
 pub mod failover;
 pub mod job;
 pub mod key;
+pub mod ledger_bench;
 pub mod node;
 pub mod schedule;
+pub mod schedule_bench;
 
 use tanvrit_client::Client;
 
