@@ -674,7 +674,7 @@ async fn schedules_check_cron_and_zone_and_show_the_next_fire() {
 
 #[tokio::test]
 async fn a_cron_expression_that_never_fires_is_refused_on_create_and_update() {
-    // Found by fuzz/api_requests: croner accepts a date no year has and then searches
+    // Found by fuzz/cli_values: croner accepts a date no year has and then searches
     // years ahead on every lookup, which the leader's cron loop does every pass.
     let api = start(config()).await;
     let acme = api.key("user", Some("acme")).await;
