@@ -21,6 +21,8 @@ seconds=${FUZZ_SECONDS:-30}
 # 16 codegen units: the build takes a third of the time, the targets run a little slower.
 flags=(--sanitizer none --target-dir target/fuzz --codegen-units 16)
 
+# cargo-fuzz has no --locked; this fails the same way when fuzz/Cargo.lock is stale.
+cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
 cargo fuzz build "${flags[@]}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
