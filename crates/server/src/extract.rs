@@ -77,7 +77,8 @@ fn is_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a JSON object, telling broken JSON apart from JSON of the wrong shape.
-pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Public so the fuzz targets (fuzz/) parse bodies exactly as the handlers do.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_json::from_slice(bytes).map_err(|error| {
         use serde_json::error::Category;
         match error.classify() {

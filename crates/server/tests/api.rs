@@ -673,6 +673,45 @@ async fn schedules_check_cron_and_zone_and_show_the_next_fire() {
 }
 
 #[tokio::test]
+async fn a_cron_expression_that_never_fires_is_refused_on_create_and_update() {
+    // Found by fuzz/cli_values: croner accepts a date no year has and then searches
+    // years ahead on every lookup, which the leader's cron loop does every pass.
+    let api = start(config()).await;
+    let acme = api.key("user", Some("acme")).await;
+    for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *"] {
+        let refused = api
+            .post(
+                "schedules/create",
+                Some(&acme),
+                json!({ "cron": never, "template": job_spec() }),
+            )
+            .await;
+        assert_eq!((refused.status.as_u16(), refused.code()), (422, "invalid"));
+        let message = refused.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("never fires"), "{message}");
+    }
+    // Rare is not never: 29 February comes every four years.
+    let leap = api
+        .post(
+            "schedules/create",
+            Some(&acme),
+            json!({ "cron": "0 0 29 2 *", "template": job_spec() }),
+        )
+        .await;
+    assert_eq!(leap.status, 200, "{}", leap.body);
+    let id = leap.body["schedule"]["id"].as_str().unwrap().to_string();
+    assert!(leap.body["schedule"]["next_fire_at"].is_i64());
+    let patched = api
+        .post(
+            &format!("schedules/{id}/update"),
+            Some(&acme),
+            json!({ "cron": "0 0 30 2 *" }),
+        )
+        .await;
+    assert_eq!((patched.status.as_u16(), patched.code()), (422, "invalid"));
+}
+
+#[tokio::test]
 async fn probes_need_no_key() {
     let api = start(config()).await;
     let health = api.get("/healthz", None).await;

@@ -27,6 +27,23 @@ struct LogRecord {
     command: Command,
 }
 
+/// The bytes a single-node `log` record holds: `{"v":1,"command":...}`.
+pub fn encode_log_record(command: &Command) -> Result<Vec<u8>, StoreError> {
+    encode(
+        WHAT,
+        &LogRecordRef {
+            v: RECORD_VERSION,
+            command,
+        },
+    )
+}
+
+/// Decodes a single-node `log` record into its command.
+pub fn decode_log_record(bytes: &[u8]) -> Result<Command, StoreError> {
+    let record: LogRecord = decode(WHAT, bytes, |r: &LogRecord| r.v)?;
+    Ok(record.command)
+}
+
 fn purged_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
     match meta.get(META_LOG_PURGED)? {
         Some(v) => parse_u64("meta", v.value()),
@@ -64,11 +81,7 @@ impl Store {
         // Encode before the transaction: redb admits one writer at a time.
         let mut encoded = Vec::with_capacity(entries.len());
         for (index, command) in entries {
-            let record = LogRecordRef {
-                v: RECORD_VERSION,
-                command,
-            };
-            encoded.push((*index, encode(WHAT, &record)?));
+            encoded.push((*index, encode_log_record(command)?));
         }
         let txn = self.db().begin_write()?;
         {
@@ -104,8 +117,7 @@ impl Store {
         let mut out = Vec::new();
         for item in log.range(from..to_exclusive)? {
             let (k, v) = item?;
-            let record: LogRecord = decode(WHAT, v.value(), |r: &LogRecord| r.v)?;
-            out.push((k.value(), record.command));
+            out.push((k.value(), decode_log_record(v.value())?));
         }
         Ok(out)
     }

@@ -64,14 +64,58 @@ struct SnapshotRecord<M> {
     state: State,
 }
 
-fn decode_entry<E: DeserializeOwned>(bytes: &[u8]) -> Result<E, StoreError> {
+/// The bytes a `raft_log` record holds: `{"v":1,"entry":...}`. Public (with its
+/// decoder and the other record codecs) so tools and the fuzz targets use the exact
+/// format the store does.
+pub fn encode_raft_entry<E: Serialize>(entry: &E) -> Result<Vec<u8>, StoreError> {
+    encode(
+        ENTRY,
+        &EntryRef {
+            v: RECORD_VERSION,
+            entry,
+        },
+    )
+}
+
+/// Decodes a `raft_log` record.
+pub fn decode_raft_entry<E: DeserializeOwned>(bytes: &[u8]) -> Result<E, StoreError> {
     let record: EntryRecord<E> = decode(ENTRY, bytes, |r: &EntryRecord<E>| r.v)?;
     Ok(record.entry)
 }
 
-fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+/// The bytes a `raft_meta` record holds: `{"v":1,"value":...}`.
+pub fn encode_raft_value<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    encode(
+        VALUE,
+        &ValueRef {
+            v: RECORD_VERSION,
+            value,
+        },
+    )
+}
+
+/// Decodes a `raft_meta` record.
+pub fn decode_raft_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     let record: ValueRecord<T> = decode(VALUE, bytes, |r: &ValueRecord<T>| r.v)?;
     Ok(record.value)
+}
+
+/// The bytes the `raft_snapshot` record holds: `{"v":1,"meta":...,"state":...}`.
+pub fn encode_raft_snapshot<M: Serialize>(meta: &M, state: &State) -> Result<Vec<u8>, StoreError> {
+    encode(
+        SNAPSHOT,
+        &SnapshotRef {
+            v: RECORD_VERSION,
+            meta,
+            state,
+        },
+    )
+}
+
+/// Decodes the `raft_snapshot` record into its metadata and state.
+pub fn decode_raft_snapshot<M: DeserializeOwned>(bytes: &[u8]) -> Result<(M, State), StoreError> {
+    let record: SnapshotRecord<M> = decode(SNAPSHOT, bytes, |r: &SnapshotRecord<M>| r.v)?;
+    Ok((record.meta, record.state))
 }
 
 impl Store {
@@ -108,11 +152,7 @@ impl Store {
         };
         let mut encoded = Vec::with_capacity(entries.len());
         for (index, entry) in entries {
-            let record = EntryRef {
-                v: RECORD_VERSION,
-                entry: *entry,
-            };
-            encoded.push((*index, encode(ENTRY, &record)?));
+            encoded.push((*index, encode_raft_entry(*entry)?));
         }
         let txn = self.db().begin_write()?;
         {
@@ -152,7 +192,7 @@ impl Store {
         let mut out = Vec::new();
         for item in log.range(from..to_exclusive)? {
             let (k, v) = item?;
-            out.push((k.value(), decode_entry(v.value())?));
+            out.push((k.value(), decode_raft_entry(v.value())?));
         }
         Ok(out)
     }
@@ -163,7 +203,7 @@ impl Store {
         let log = txn.open_table(RAFT_LOG)?;
         let last = log.last()?;
         match last {
-            Some((k, v)) => Ok(Some((k.value(), decode_entry(v.value())?))),
+            Some((k, v)) => Ok(Some((k.value(), decode_raft_entry(v.value())?))),
             None => Ok(None),
         }
     }
@@ -186,13 +226,7 @@ impl Store {
         index: u64,
         purged: &P,
     ) -> Result<(), StoreError> {
-        let bytes = encode(
-            VALUE,
-            &ValueRef {
-                v: RECORD_VERSION,
-                value: purged,
-            },
-        )?;
+        let bytes = encode_raft_value(purged)?;
         let txn = self.db().begin_write()?;
         {
             let mut log: Table<u64, &[u8]> = txn.open_table(RAFT_LOG)?;
@@ -210,7 +244,7 @@ impl Store {
         let meta = txn.open_table(RAFT_META)?;
         let value = meta.get(key)?;
         match value {
-            Some(v) => Ok(Some(decode_value(v.value())?)),
+            Some(v) => Ok(Some(decode_raft_value(v.value())?)),
             None => Ok(None),
         }
     }
@@ -224,13 +258,7 @@ impl Store {
         value: &T,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let bytes = encode(
-            VALUE,
-            &ValueRef {
-                v: RECORD_VERSION,
-                value,
-            },
-        )?;
+        let bytes = encode_raft_value(value)?;
         let mut txn = self.db().begin_write()?;
         if !durable {
             txn.set_durability(redb::Durability::None)?;
@@ -247,14 +275,7 @@ impl Store {
         meta: &M,
         state: &State,
     ) -> Result<(), StoreError> {
-        let bytes = encode(
-            SNAPSHOT,
-            &SnapshotRef {
-                v: RECORD_VERSION,
-                meta,
-                state,
-            },
-        )?;
+        let bytes = encode_raft_snapshot(meta, state)?;
         let txn = self.db().begin_write()?;
         txn.open_table(RAFT_SNAPSHOT)?
             .insert(CURRENT, bytes.as_slice())?;
@@ -270,14 +291,7 @@ impl Store {
         state: &State,
         chunks: &[JobLogChunk],
     ) -> Result<(), StoreError> {
-        let bytes = encode(
-            SNAPSHOT,
-            &SnapshotRef {
-                v: RECORD_VERSION,
-                meta,
-                state,
-            },
-        )?;
+        let bytes = encode_raft_snapshot(meta, state)?;
         let limit = self.options().retention_bytes_per_job;
         let txn = self.db().begin_write()?;
         {
@@ -299,9 +313,7 @@ impl Store {
         let Some(value) = table.get(CURRENT)? else {
             return Ok(None);
         };
-        let record: SnapshotRecord<M> =
-            decode(SNAPSHOT, value.value(), |r: &SnapshotRecord<M>| r.v)?;
-        Ok(Some((record.meta, record.state)))
+        decode_raft_snapshot(value.value()).map(Some)
     }
 
     /// True when no Raft data was ever written: no log entry, no value, no snapshot.

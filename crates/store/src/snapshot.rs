@@ -27,19 +27,31 @@ struct SnapshotRecord {
     state: State,
 }
 
+/// The bytes the single-node `snapshot` record holds: `{"v":1,"index":N,"state":...}`.
+pub fn encode_snapshot_record(index: u64, state: &State) -> Result<Vec<u8>, StoreError> {
+    encode(
+        WHAT,
+        &SnapshotRecordRef {
+            v: RECORD_VERSION,
+            index,
+            state,
+        },
+    )
+}
+
+/// Decodes the single-node `snapshot` record into its index and state (secondary
+/// indexes of the state are rebuilt while decoding).
+pub fn decode_snapshot_record(bytes: &[u8]) -> Result<(u64, State), StoreError> {
+    let record: SnapshotRecord = decode(WHAT, bytes, |r: &SnapshotRecord| r.v)?;
+    Ok((record.index, record.state))
+}
+
 impl Store {
     /// Replaces the snapshot with `state` as of `index` and purges log entries
     /// `<= index`, in one durable transaction. Encoding happens before the transaction
     /// starts, so log appends are held up only for the write itself.
     pub fn save_snapshot(&self, index: u64, state: &State) -> Result<(), StoreError> {
-        let bytes = encode(
-            WHAT,
-            &SnapshotRecordRef {
-                v: RECORD_VERSION,
-                index,
-                state,
-            },
-        )?;
+        let bytes = encode_snapshot_record(index, state)?;
         let txn = self.db().begin_write()?;
         {
             let mut table = txn.open_table(SNAPSHOT)?;
@@ -58,8 +70,7 @@ impl Store {
         let Some(value) = table.get(CURRENT)? else {
             return Ok(None);
         };
-        let record: SnapshotRecord = decode(WHAT, value.value(), |r: &SnapshotRecord| r.v)?;
-        Ok(Some((record.index, record.state)))
+        decode_snapshot_record(value.value()).map(Some)
     }
 }
 

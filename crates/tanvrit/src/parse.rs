@@ -105,14 +105,19 @@ pub fn format_credits(micros: MicroCredits) -> String {
     }
 }
 
-/// Epoch milliseconds as RFC 3339 UTC to the second.
+/// The last millisecond RFC 3339 can show (9999-12-31T23:59:59.999Z): the format has
+/// four-digit years, and humantime's formatter fails (a panic in `to_string`) past it.
+const MAX_RFC3339_MILLIS: Millis = 253_402_300_799_999;
+
+/// Epoch milliseconds as RFC 3339 UTC to the second; a time RFC 3339 cannot show
+/// (before 1970 or after 9999) as its plain millisecond number, which [`time`] reads back.
 pub fn format_time(millis: Millis) -> String {
     match u64::try_from(millis) {
-        Ok(ms) => {
+        Ok(ms) if millis <= MAX_RFC3339_MILLIS => {
             humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
                 .to_string()
         }
-        Err(_) => millis.to_string(),
+        _ => millis.to_string(),
     }
 }
 
@@ -187,5 +192,19 @@ mod tests {
         assert_eq!(time("1234").unwrap(), 1234);
         assert!(time("yesterday").is_err());
         assert_eq!(format_time(86_400_000), "1970-01-02T00:00:00Z");
+    }
+
+    #[test]
+    fn times_past_year_9999_format_as_millis_instead_of_panicking() {
+        // Found by fuzz/cli_values: humantime cannot format a five-digit year.
+        assert_eq!(format_time(MAX_RFC3339_MILLIS), "9999-12-31T23:59:59Z");
+        assert_eq!(format_time(MAX_RFC3339_MILLIS + 1), "253402300800000");
+        assert_eq!(format_time(54_544_454_444_444_444), "54544454444444444");
+        assert_eq!(format_time(Millis::MAX), Millis::MAX.to_string());
+        assert_eq!(
+            time(&format_time(54_544_454_444_444_444)),
+            Ok(54_544_454_444_444_444)
+        );
+        assert_eq!(format_time(-5), "-5");
     }
 }

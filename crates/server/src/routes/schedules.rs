@@ -14,7 +14,7 @@ use tanvrit_state::{validate, Command, Effect, State as DomainState};
 use super::{ApiErrors, EmptyRequest, IdempotencyHeader};
 use crate::app::{new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
-use crate::cron::{parse_expression, parse_zone, CronSchedule};
+use crate::cron::{parse_firing_expression, parse_zone, CronSchedule};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
@@ -210,7 +210,8 @@ pub(crate) fn create_command(
         .timezone
         .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
     check_cron_length(&request.cron)?;
-    CronSchedule::parse(&request.cron, &timezone).map_err(invalid)?;
+    parse_firing_expression(&request.cron).map_err(invalid)?;
+    parse_zone(&timezone).map_err(invalid)?;
     validate::job_spec(&request.template)?;
     check_catch_up(request.catch_up)?;
     Ok(Command::ScheduleCreate {
@@ -231,7 +232,7 @@ pub(crate) fn create_command(
 pub(crate) fn check_patch(patch: &ScheduleUpdateRequest) -> Result<(), ApiError> {
     if let Some(cron) = &patch.cron {
         check_cron_length(cron)?;
-        parse_expression(cron).map_err(invalid)?;
+        parse_firing_expression(cron).map_err(invalid)?;
     }
     check_catch_up(patch.catch_up)?;
     if let Some(zone) = &patch.timezone {
