@@ -283,7 +283,7 @@ async fn write_loop(
             .await;
         } else {
             let key = format!("w{writer}-{n}");
-            let runnable = n % u64::from(config.runnable_every.max(1)) == 0;
+            let runnable = n.checked_rem(u64::from(config.runnable_every.max(1))) == Some(0);
             let request = JobSubmitRequest {
                 business: Some(BusinessId::from(BUSINESS)),
                 spec: job_spec(&config, runnable),
