@@ -39,9 +39,11 @@ struct Cli {
     /// Where data directories, process logs and histories go.
     #[arg(long, default_value = "./chaos-data")]
     work_dir: PathBuf,
-    /// How long each runnable job's process runs, in seconds.
-    #[arg(long, default_value_t = 0.2)]
-    job_secs: f64,
+    /// How long each runnable job's process runs, in seconds [default: 0.2; 5 in
+    /// agent-partition, so work is running when the agent is cut off and outlives its
+    /// node's TTL].
+    #[arg(long)]
+    job_secs: Option<f64>,
     /// `TANVRIT_NODE_TTL` of the replicas, in ms.
     #[arg(long, default_value_t = 3000)]
     node_ttl_ms: u64,
@@ -111,7 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run_until_signalled(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tanvrit-chaos: {e:#}");
@@ -120,34 +122,74 @@ fn main() -> ExitCode {
     }
 }
 
-/// Re-runs this program in a private user, network, mount and PID namespace.
+/// Re-runs this program in a private user, network, mount and PID namespace. A SIGINT
+/// or SIGTERM here SIGKILLs `unshare`, whose `--kill-child` then takes the whole
+/// namespace down (unshare itself does not pass those signals on).
 fn enter_sandbox() -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
     let exe = std::env::current_exe().context("cannot find this program")?;
-    let status = std::process::Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "sh",
-            "-c",
-            // A private /run: `ip netns` keeps its mounts there.
-            "mount -t tmpfs tmpfs /run && exec \"$@\"",
-            "sh",
-        ])
-        .arg(&exe)
-        .args(std::env::args_os().skip(1))
-        .env(SANDBOX_ENV, "1")
-        .status()
-        .context("cannot run `unshare` (util-linux); or pass --no-sandbox as root")?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(code.clamp(1, 255) as u8),
-        None => ExitCode::from(2),
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut child = tokio::process::Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                // A private /run: `ip netns` keeps its mounts there.
+                "mount -t tmpfs tmpfs /run && exec \"$@\"",
+                "sh",
+            ])
+            .arg(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(SANDBOX_ENV, "1")
+            .spawn()
+            .context("cannot run `unshare` (util-linux); or pass --no-sandbox as root")?;
+        let stopped = tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                return Ok(match status.code() {
+                    Some(0) => ExitCode::SUCCESS,
+                    Some(code) => ExitCode::from(code.clamp(1, 255) as u8),
+                    None => ExitCode::from(2),
+                });
+            }
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        };
+        let _ = child.kill().await;
+        eprintln!("tanvrit-chaos: stopped; the sandbox and everything in it are gone");
+        Ok(ExitCode::from(stopped))
     })
+}
+
+/// Runs the scenarios, or stops at SIGINT/SIGTERM. Inside the sandbox this process is
+/// PID 1 of its PID namespace, which ignores every signal it has no handler for; and
+/// when it exits the kernel kills every replica, agent and job in the namespace.
+async fn run_until_signalled(cli: Cli) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = run(cli) => result,
+        _ = interrupt.recv() => {
+            eprintln!("tanvrit-chaos: interrupted");
+            Ok(ExitCode::from(130))
+        }
+        _ = terminate.recv() => {
+            eprintln!("tanvrit-chaos: terminated");
+            Ok(ExitCode::from(143))
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

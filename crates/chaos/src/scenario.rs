@@ -81,6 +81,16 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
 
+    /// How long runnable jobs run: longer than the node TTL when an agent is cut off,
+    /// so its attempts are declared lost while their processes still run.
+    pub fn job_secs(self) -> f64 {
+        if self == Scenario::AgentPartition {
+            5.0
+        } else {
+            0.2
+        }
+    }
+
     fn settings(self, node_ttl: Duration) -> ClusterSettings {
         ClusterSettings {
             // Tight timings make short runs; far-apart replicas need the default ones
@@ -106,8 +116,8 @@ pub struct RunOptions {
     pub long: bool,
     /// Allow running outside the sandbox's private network namespace.
     pub no_sandbox: bool,
-    /// How long a runnable job's process runs.
-    pub job_secs: f64,
+    /// How long a runnable job's process runs (default: [`Scenario::job_secs`]).
+    pub job_secs: Option<f64>,
     /// `TANVRIT_NODE_TTL` for the replicas.
     pub node_ttl: Duration,
 }
@@ -206,7 +216,7 @@ async fn run_started(
         write_pause: Duration::from_millis(20),
         read_pause: Duration::from_millis(150),
         runnable_every: 4,
-        job_secs: options.job_secs,
+        job_secs: options.job_secs.unwrap_or(scenario.job_secs()),
         run_log: run_log.clone(),
         request_timeout: Duration::from_secs(3),
     };
@@ -476,7 +486,7 @@ async fn one_cycle(
                 "cycle {cycle}: cut agent {agent} off for {} ms (node TTL {} ms, jobs run {} s)",
                 hold.as_millis(),
                 options.node_ttl.as_millis(),
-                options.job_secs
+                options.job_secs.unwrap_or(scenario.job_secs())
             ));
             tokio::time::sleep(secs(3.0)).await;
         }

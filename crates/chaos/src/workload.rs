@@ -135,9 +135,13 @@ fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
     };
     if runnable {
         let log = config.run_log.display();
+        // A stopped attempt (SIGTERM to its process group) records its end too, so the
+        // checker knows when it really stopped; only a SIGKILL leaves a run open-ended.
+        let end = format!("echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}");
         spec.shell = Some(format!(
-            "echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}; \
-             sleep {}; echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}",
+            "trap '{end}; exit 143' TERM; \
+             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}; \
+             sleep {}; {end}",
             config.job_secs
         ));
         spec.labels
