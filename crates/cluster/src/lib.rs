@@ -12,6 +12,10 @@
 //! Call sites hold an `Arc<dyn ClusterService>` and never know which implementation
 //! is bound (seed section 4).
 
+// The chaos suite's deliberately broken build must never ship.
+#[cfg(all(feature = "chaos-broken-strict-reads", not(debug_assertions)))]
+compile_error!("`chaos-broken-strict-reads` breaks linearizable reads; debug builds only");
+
 pub mod raft;
 pub mod reader;
 pub mod single_node;

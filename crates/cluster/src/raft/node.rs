@@ -533,6 +533,10 @@ impl Node {
                     .wait_applied(index, self.config.min_index_wait)
                     .await
             }
+            // DELIBERATELY BROKEN (chaos suite self-test, off by default): no read index.
+            Consistency::Strict if cfg!(feature = "chaos-broken-strict-reads") => {
+                Ok(self.reader.applied_index())
+            }
             Consistency::Strict => {
                 let index = self.read_index().await?;
                 self.reader

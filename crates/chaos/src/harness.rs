@@ -1,0 +1,475 @@
+//! [`Harness`]: a 3-replica Raft cluster and two agents as hosts of a [`Fabric`]: how
+//! each is launched, who leads (from `/metrics`), and the replicas' final states once the
+//! cluster has settled.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tanvrit_api::{
+    BusinessId, Consistency, CreditBalanceRequest, CreditEntriesRequest, CreditEntryCreateRequest,
+    EntryKind, Job, JobListRequest, KeyCreateRequest, Scope,
+};
+use tanvrit_client::{Client, ClientConfig, ClientError};
+use tokio::sync::watch;
+
+use crate::fabric::{Fabric, FabricError, Launch};
+use crate::history::{JobRecord, LedgerRecord, ReplicaState};
+use crate::workload::{BUSINESS, POOL_LABEL};
+
+/// The admin key every replica is bootstrapped with.
+pub const ADMIN_KEY: &str = "tvk-chaos-admin-0123456789abcdef";
+const CLUSTER_SECRET: &str = "tanvrit-chaos-cluster-secret";
+const API_PORT: u16 = 7070;
+const RAFT_PORT: u16 = 7071;
+
+/// Why the harness could not do its part (never a verdict on the cluster).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The fault backend failed.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// The cluster did not reach a state the harness waits for.
+    #[error("{0}")]
+    Timeout(String),
+    /// An API call the harness needs failed.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+}
+
+impl HarnessError {
+    /// A stable code for the error.
+    pub fn code(&self) -> &str {
+        match self {
+            HarnessError::Fabric(e) => e.code(),
+            HarnessError::Timeout(_) => "timeout",
+            HarnessError::Client(e) => e.code(),
+        }
+    }
+}
+
+/// Cluster settings a scenario may change.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// `TANVRIT_RAFT_PROFILE` (`lan` or `default`).
+    pub raft_profile: String,
+    /// `TANVRIT_NODE_TTL`: an agent silent this long is declared down.
+    pub node_ttl: Duration,
+}
+
+/// The host names of the replicas and the agents.
+pub fn replica_hosts() -> Vec<String> {
+    vec!["r1".into(), "r2".into(), "r3".into()]
+}
+
+/// The agents' host names.
+pub fn agent_hosts() -> Vec<String> {
+    vec!["a1".into(), "a2".into()]
+}
+
+/// A running cluster on a fabric.
+pub struct Harness {
+    /// The fault backend; scenarios inject faults through it.
+    pub fabric: Box<dyn Fabric>,
+    /// Replica host names, in Raft id order.
+    pub replicas: Vec<String>,
+    /// Agent host names.
+    pub agents: Vec<String>,
+    urls: Vec<(String, String)>,
+}
+
+fn single(url: &str, timeout: Duration) -> Client {
+    Client::new(ClientConfig {
+        endpoints: vec![url.to_string()],
+        api_key: Some(ADMIN_KEY.to_string()),
+        timeout,
+        max_retries: 0,
+        read_your_writes: false,
+        ..ClientConfig::default()
+    })
+    .expect("harness client config is valid")
+}
+
+/// Raft term and leadership as one replica's `/metrics` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftView {
+    /// `tanvrit_raft_term`.
+    pub term: u64,
+    /// `tanvrit_raft_is_leader`.
+    pub leader: bool,
+    /// `tanvrit_raft_applied_index`.
+    pub applied: u64,
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+impl Harness {
+    /// Starts the replicas, waits for a leader, tops up the workload's business, creates
+    /// an agent key and starts the agents.
+    pub async fn start(
+        mut fabric: Box<dyn Fabric>,
+        settings: &ClusterSettings,
+    ) -> Result<Self, HarnessError> {
+        let replicas = replica_hosts();
+        let agents = agent_hosts();
+        let peers = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Ok(format!(
+                    "replica-{}={}:{RAFT_PORT}",
+                    i + 1,
+                    fabric.address(h)?
+                ))
+            })
+            .collect::<Result<Vec<_>, FabricError>>()?
+            .join(",");
+        let mut urls = Vec::new();
+        for (i, host) in replicas.iter().enumerate() {
+            let address = fabric.address(host)?;
+            let launch = Launch {
+                args: vec![
+                    "server".into(),
+                    "--data-dir".into(),
+                    fabric.data_dir(host)?.display().to_string(),
+                    "--api-addr".into(),
+                    format!("{address}:{API_PORT}"),
+                ],
+                env: [
+                    ("TANVRIT_CLUSTER_RAFT", "true".to_string()),
+                    ("TANVRIT_PEERS", peers.clone()),
+                    ("TANVRIT_REPLICA_ID", format!("replica-{}", i + 1)),
+                    ("TANVRIT_CLUSTER_SECRET", CLUSTER_SECRET.to_string()),
+                    ("TANVRIT_BOOTSTRAP_KEY", ADMIN_KEY.to_string()),
+                    ("TANVRIT_RAFT_PROFILE", settings.raft_profile.clone()),
+                    (
+                        "TANVRIT_NODE_TTL",
+                        format!("{}ms", settings.node_ttl.as_millis()),
+                    ),
+                    ("RUST_LOG", "warn".to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                ready_prefix: "listening on ".into(),
+            };
+            fabric.start(host, launch).await?;
+            urls.push((host.clone(), format!("http://{address}:{API_PORT}")));
+        }
+        let harness = Harness {
+            fabric,
+            replicas,
+            agents,
+            urls,
+        };
+        let admin = harness.admin_client();
+        let topped = harness
+            .patiently(Duration::from_secs(60), "the first write", || {
+                admin.create_credit_entry(CreditEntryCreateRequest {
+                    business: BusinessId::from(BUSINESS),
+                    kind: EntryKind::TopUp,
+                    amount: 1_000_000_000_000,
+                    idempotency_key: Some("chaos-top-up".into()),
+                    note: None,
+                })
+            })
+            .await?;
+        tracing::debug!(index = topped.index, "topped up");
+        let keyed = admin.with_idempotency_key("chaos-agent-key");
+        let key = harness
+            .patiently(Duration::from_secs(30), "an agent key", || {
+                keyed.create_key(KeyCreateRequest {
+                    name: Some("chaos agents".into()),
+                    scope: Scope::Agent,
+                    business: None,
+                })
+            })
+            .await?
+            .secret;
+        let servers = harness
+            .urls
+            .iter()
+            .map(|(_, u)| u.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut harness = harness;
+        for agent in harness.agents.clone() {
+            let launch = Launch {
+                args: vec![
+                    "agent".into(),
+                    "--server".into(),
+                    servers.clone(),
+                    "--key".into(),
+                    key.clone(),
+                    "--data-dir".into(),
+                    harness.fabric.data_dir(&agent)?.display().to_string(),
+                    "--name".into(),
+                    agent.clone(),
+                    "--labels".into(),
+                    format!("{}={}", POOL_LABEL.0, POOL_LABEL.1),
+                    "--cpu-millis".into(),
+                    "2000".into(),
+                    "--memory-mb".into(),
+                    "2048".into(),
+                    "--backoff-max".into(),
+                    "1s".into(),
+                    "--stop-grace".into(),
+                    "2s".into(),
+                ],
+                env: vec![("RUST_LOG".into(), "warn".into())],
+                ready_prefix: "registered node ".into(),
+            };
+            harness.fabric.start(&agent, launch).await?;
+        }
+        Ok(harness)
+    }
+
+    /// Retries `call` (any failure) until it succeeds or `within` passes.
+    async fn patiently<T, F, Fut>(
+        &self,
+        within: Duration,
+        what: &str,
+        mut call: F,
+    ) -> Result<T, HarnessError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if Instant::now() >= deadline => {
+                    return Err(HarnessError::Timeout(format!(
+                        "no {what} within {within:?}: {err}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Replica names and their API URLs.
+    pub fn urls(&self) -> Vec<(String, String)> {
+        self.urls.clone()
+    }
+
+    fn url(&self, host: &str) -> &str {
+        self.urls
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, u)| u.as_str())
+            .unwrap_or_default()
+    }
+
+    /// An admin client over every replica.
+    pub fn admin_client(&self) -> Client {
+        Client::new(ClientConfig {
+            endpoints: self.urls.iter().map(|(_, u)| u.clone()).collect(),
+            api_key: Some(ADMIN_KEY.to_string()),
+            timeout: Duration::from_secs(5),
+            max_retries: 0,
+            read_your_writes: false,
+            ..ClientConfig::default()
+        })
+        .expect("harness client config is valid")
+    }
+
+    /// Term and leadership of one replica, if it answers within a second.
+    pub async fn raft_view(&self, host: &str) -> Option<RaftView> {
+        let client = single(self.url(host), Duration::from_secs(1));
+        let text = client.metrics_text().await.ok()?;
+        Some(RaftView {
+            term: metric(&text, "tanvrit_raft_term")?,
+            leader: metric(&text, "tanvrit_raft_is_leader")? == 1,
+            applied: metric(&text, "tanvrit_raft_applied_index").unwrap_or(0),
+        })
+    }
+
+    /// The replica that leads in the highest term any replica reports, polled until
+    /// `within` passes.
+    pub async fn leader(&self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut best: Option<(u64, String)> = None;
+            for host in &self.replicas {
+                if let Some(view) = self.raft_view(host).await {
+                    if view.leader && best.as_ref().is_none_or(|(t, _)| view.term > *t) {
+                        best = Some((view.term, host.clone()));
+                    }
+                }
+            }
+            if let Some((_, host)) = best {
+                return Some(host);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replicas other than `host`.
+    pub fn others(&self, host: &str) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|h| *h != host)
+            .cloned()
+            .collect()
+    }
+
+    /// Watches every replica's `/metrics` until `stop`; the terms in which some replica
+    /// was seen leading.
+    pub fn watch_leaders(
+        &self,
+        stop: watch::Receiver<bool>,
+    ) -> (Arc<Mutex<BTreeSet<u64>>>, tokio::task::JoinHandle<()>) {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let urls = self.urls.clone();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let clients: Vec<Client> = urls
+                .iter()
+                .map(|(_, u)| single(u, Duration::from_millis(800)))
+                .collect();
+            while !*stop.borrow() {
+                for client in &clients {
+                    if let Ok(text) = client.metrics_text().await {
+                        if metric(&text, "tanvrit_raft_is_leader") == Some(1) {
+                            if let Some(term) = metric(&text, "tanvrit_raft_term") {
+                                record.lock().insert(term);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        (seen, task)
+    }
+
+    /// Waits until every replica answers at one applied index with no runnable job left
+    /// unfinished (bounded), then returns each replica's state. After `within`, returns
+    /// what it last read, so the checker judges any replica that never caught up.
+    pub async fn settle_and_collect(
+        &self,
+        within: Duration,
+    ) -> Result<(Vec<ReplicaState>, bool), HarnessError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut states = Vec::new();
+            let mut busy = false;
+            let mut failed = None;
+            for (host, url) in &self.urls {
+                match read_state(host, url).await {
+                    Ok((state, unfinished)) => {
+                        busy |= unfinished;
+                        states.push(state);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let settled =
+                failed.is_none() && !busy && states.windows(2).all(|w| w[0].index == w[1].index);
+            if settled {
+                return Ok((states, true));
+            }
+            if Instant::now() >= deadline {
+                return match failed {
+                    Some(e) => Err(e),
+                    None => Ok((states, false)),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// One replica's jobs, ledger and balance, read `stale` from it alone; all three reads
+/// at one applied index (retried briefly otherwise). Also whether runnable jobs remain
+/// unfinished.
+async fn read_state(host: &str, url: &str) -> Result<(ReplicaState, bool), HarnessError> {
+    let client = single(url, Duration::from_secs(10));
+    let business = BusinessId::from(BUSINESS);
+    for _ in 0..20 {
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut after = None;
+        let mut index = None;
+        let mut consistent = true;
+        loop {
+            let page = client
+                .list_jobs(JobListRequest {
+                    consistency: Consistency::Stale,
+                    business: Some(business.clone()),
+                    limit: Some(1000),
+                    after: after.clone(),
+                    ..JobListRequest::default()
+                })
+                .await?;
+            consistent &= *index.get_or_insert(page.index) == page.index;
+            jobs.extend(page.jobs);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let mut ledger = Vec::new();
+        loop {
+            let page = client
+                .credit_entries(CreditEntriesRequest {
+                    consistency: Consistency::Stale,
+                    business: Some(business.clone()),
+                    after_seq: ledger.last().map(|e: &LedgerRecord| e.seq),
+                    limit: Some(10_000),
+                    ..CreditEntriesRequest::default()
+                })
+                .await?;
+            consistent &= index == Some(page.index);
+            if page.entries.is_empty() {
+                break;
+            }
+            ledger.extend(page.entries.iter().map(LedgerRecord::from));
+        }
+        let balance = client
+            .credit_balance(CreditBalanceRequest {
+                consistency: Consistency::Stale,
+                business: Some(business.clone()),
+            })
+            .await?;
+        consistent &= index == Some(balance.index);
+        if !consistent {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Runnable jobs still queued or running would change the state under the check.
+        let unfinished = jobs.iter().any(|j| {
+            j.spec.labels.get(POOL_LABEL.0).map(String::as_str) == Some(POOL_LABEL.1)
+                && !j.state.is_terminal()
+        });
+        return Ok((
+            ReplicaState {
+                replica: host.to_string(),
+                index: index.unwrap_or(0),
+                jobs: jobs.iter().map(JobRecord::from).collect(),
+                ledger,
+                available: balance.available,
+            },
+            unfinished,
+        ));
+    }
+    Err(HarnessError::Timeout(format!(
+        "{host} kept applying while its state was read"
+    )))
+}
+
+/// Where a scenario keeps its files.
+pub fn scenario_dir(root: &std::path::Path, scenario: &str) -> PathBuf {
+    root.join(scenario)
+}

@@ -1,0 +1,478 @@
+//! The recorded workload: concurrent clients against the cluster's public API, every
+//! logical operation recorded with when it was invoked and when it completed.
+//!
+//! - Writers submit jobs, each with an idempotency key of its own, retried with that
+//!   key (on any replica) until acknowledged, refused (4xx: a definite failure) or the
+//!   run ends (indeterminate). Now and then a writer cancels one of its parked jobs
+//!   (with an `Idempotency-Key`) or reads its own writes back (`min_index` of its last
+//!   acknowledged index, on a random replica).
+//! - One reader per replica, pinned to it, reads the whole job set in turn `strict`,
+//!   `min_index` (the highest index acknowledged to anyone so far) and `stale`.
+//!
+//! A quarter of the jobs are runnable (placed on the agents; the process appends a
+//! start and an end line to the run log); the rest are parked (a label no node has), so
+//! the set grows without loading the agents, and they are what cancels hit.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tanvrit_api::{
+    BusinessId, Consistency, Index, JobActionRequest, JobId, JobListRequest, JobSpec,
+    JobSubmitRequest, Resources,
+};
+use tanvrit_client::{Client, ClientConfig, ClientError};
+use tokio::sync::watch;
+
+use crate::history::{Event, History, Micros, Op, Outcome, ReadLevel};
+
+/// The business every workload job is billed to.
+pub const BUSINESS: &str = "chaos";
+/// The label runnable jobs carry (the agents offer it).
+pub const POOL_LABEL: (&str, &str) = ("pool", "chaos");
+
+/// How hard the workload pushes.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Replica names and base URLs.
+    pub replicas: Vec<(String, String)>,
+    /// The admin key.
+    pub api_key: String,
+    /// Concurrent writers.
+    pub writers: u32,
+    /// Pause between a writer's operations.
+    pub write_pause: Duration,
+    /// Pause between a reader's reads.
+    pub read_pause: Duration,
+    /// One job in this many is runnable.
+    pub runnable_every: u32,
+    /// How long a runnable job's process runs.
+    pub job_secs: f64,
+    /// The file runnable jobs append their start and end lines to.
+    pub run_log: PathBuf,
+    /// Per-request HTTP timeout.
+    pub request_timeout: Duration,
+}
+
+/// The shared clock and the events recorded so far.
+#[derive(Clone)]
+pub struct Recorder {
+    start: Instant,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Self {
+        Recorder {
+            start: Instant::now(),
+            events: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Microseconds since the recorder started.
+    pub fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    /// The instant `micros` after the start.
+    pub fn instant(&self, micros: Micros) -> Instant {
+        self.start + Duration::from_micros(micros)
+    }
+
+    fn record(&self, event: Event) {
+        self.events.lock().push(event);
+    }
+
+    /// Everything recorded.
+    pub fn history(&self) -> History {
+        History {
+            events: self.events.lock().clone(),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether a failed call certainly changed nothing: the server refused it (4xx).
+/// A 503 is not definite for writes: a leader that lost leadership after proposing
+/// answers 503, and the entry may still commit.
+pub fn is_definite(err: &ClientError) -> bool {
+    matches!(err.status(), Some(status) if (400..500).contains(&status) && status != 408 && status != 429)
+}
+
+fn client(endpoints: Vec<String>, key: &str, timeout: Duration) -> Client {
+    Client::new(ClientConfig {
+        endpoints,
+        api_key: Some(key.to_string()),
+        timeout,
+        // The workload retries by hand so each logical operation is one event.
+        max_retries: 0,
+        read_your_writes: false,
+        ..ClientConfig::default()
+    })
+    .expect("workload client config is valid")
+}
+
+fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
+    let mut spec = JobSpec {
+        resources: Resources {
+            cpu_millis: 50,
+            memory_mb: 8,
+            gpus: 0,
+        },
+        timeout_secs: 60,
+        max_retries: 5,
+        ..JobSpec::default()
+    };
+    if runnable {
+        let log = config.run_log.display();
+        // A stopped attempt (SIGTERM to its process group) records its end too, so the
+        // checker knows when it really stopped; only a SIGKILL leaves a run open-ended.
+        let end = format!("echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}");
+        spec.shell = Some(format!(
+            "trap '{end}; exit 143' TERM; \
+             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}; \
+             sleep {}; {end}",
+            config.job_secs
+        ));
+        spec.labels
+            .insert(POOL_LABEL.0.to_string(), POOL_LABEL.1.to_string());
+    } else {
+        spec.command = vec!["true".into()];
+        spec.labels.insert("pool".into(), "parked".into());
+    }
+    spec
+}
+
+/// Runs the workload until `stop` turns true; operations still retrying then get
+/// `grace` to finish before they are recorded as indeterminate.
+pub async fn run(
+    config: WorkloadConfig,
+    recorder: Recorder,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let max_acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for writer in 0..config.writers {
+        tasks.push(tokio::spawn(write_loop(
+            writer,
+            config.clone(),
+            recorder.clone(),
+            stop.clone(),
+            grace,
+            max_acked.clone(),
+        )));
+    }
+    for (i, (name, url)) in config.replicas.iter().enumerate() {
+        tasks.push(tokio::spawn(read_loop(
+            100 + i as u32,
+            name.clone(),
+            url.clone(),
+            config.clone(),
+            recorder.clone(),
+            stop.clone(),
+            max_acked.clone(),
+        )));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// One single-endpoint client per replica, tried in turn: after any failure the next
+/// attempt goes to the next replica. (With `max_retries: 0` the SDK keeps its endpoint
+/// after a 503, and an isolated old leader answers 503 to every write.)
+struct Rotation {
+    clients: Vec<Client>,
+    next: usize,
+}
+
+impl Rotation {
+    fn new(config: &WorkloadConfig, first: usize) -> Self {
+        Rotation {
+            clients: config
+                .replicas
+                .iter()
+                .map(|(_, url)| client(vec![url.clone()], &config.api_key, config.request_timeout))
+                .collect(),
+            next: first,
+        }
+    }
+
+    fn current(&self) -> &Client {
+        &self.clients[self.next % self.clients.len()]
+    }
+
+    fn advance(&mut self) {
+        self.next = (self.next + 1) % self.clients.len();
+    }
+}
+
+/// Retries `call` (on the next replica each time) until it succeeds, fails definitely,
+/// or the run is over and `grace` has passed.
+async fn persist<T, F, Fut>(
+    rotation: &mut Rotation,
+    give_up: &watch::Receiver<bool>,
+    grace: Duration,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        let err = match call(rotation.current().clone()).await {
+            Ok(value) => return Ok(value),
+            Err(err) if is_definite(&err) => return Err(err),
+            Err(err) => err,
+        };
+        rotation.advance();
+        if *give_up.borrow() {
+            let since = *stopped_at.get_or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                return Err(err);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn fail(err: &ClientError) -> Outcome {
+    Outcome::Failed {
+        definite: is_definite(err),
+        code: err.code().to_string(),
+    }
+}
+
+async fn write_loop(
+    writer: u32,
+    config: WorkloadConfig,
+    recorder: Recorder,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+    max_acked: Arc<AtomicU64>,
+) {
+    let mut rotation = Rotation::new(&config, writer as usize);
+    let mut parked: Vec<(String, JobId)> = Vec::new();
+    let mut last_index: Index = 0;
+    let mut n: u64 = 0;
+    while !*stop.borrow() {
+        n += 1;
+        let roll: u32 = rand::rng().random_range(0..100);
+        if roll < 8 && !parked.is_empty() {
+            let pick = rand::rng().random_range(0..parked.len());
+            let (key, job) = parked.swap_remove(pick);
+            cancel(writer, &mut rotation, &key, &job, &recorder, &stop, grace).await;
+        } else if roll < 20 && last_index > 0 {
+            let (name, url) = &config.replicas[rand::rng().random_range(0..config.replicas.len())];
+            let reader = client(vec![url.clone()], &config.api_key, config.request_timeout);
+            read_set(
+                writer,
+                name,
+                &reader,
+                ReadLevel::MinIndex(last_index),
+                &recorder,
+            )
+            .await;
+        } else {
+            let key = format!("w{writer}-{n}");
+            let runnable = n.checked_rem(u64::from(config.runnable_every.max(1))) == Some(0);
+            let request = JobSubmitRequest {
+                business: Some(BusinessId::from(BUSINESS)),
+                spec: job_spec(&config, runnable),
+                idempotency_key: Some(key.clone()),
+            };
+            let invoked = recorder.now();
+            let result = persist(&mut rotation, &stop, grace, |api| {
+                let request = request.clone();
+                async move { api.submit_job(request).await }
+            })
+            .await;
+            let outcome = match &result {
+                Ok(response) => {
+                    last_index = last_index.max(response.index);
+                    max_acked.fetch_max(response.index, Ordering::Relaxed);
+                    if !runnable {
+                        parked.push((key.clone(), response.job.id.clone()));
+                    }
+                    Outcome::Submitted {
+                        job: response.job.id.to_string(),
+                        index: response.index,
+                    }
+                }
+                Err(err) => fail(err),
+            };
+            recorder.record(Event {
+                client: writer,
+                op: Op::Submit { key },
+                invoked,
+                completed: recorder.now(),
+                outcome,
+            });
+        }
+        tokio::time::sleep(config.write_pause).await;
+    }
+}
+
+async fn cancel(
+    writer: u32,
+    rotation: &mut Rotation,
+    key: &str,
+    job: &JobId,
+    recorder: &Recorder,
+    stop: &watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let idempotency_key = format!("cancel-{key}");
+    let invoked = recorder.now();
+    let result = persist(rotation, stop, grace, |api| {
+        let handle = api.with_idempotency_key(idempotency_key.clone());
+        let job = job.clone();
+        async move {
+            handle
+                .cancel_job(
+                    &job,
+                    JobActionRequest {
+                        reason: Some("chaos".into()),
+                    },
+                )
+                .await
+        }
+    })
+    .await;
+    recorder.record(Event {
+        client: writer,
+        op: Op::Cancel {
+            key: key.to_string(),
+            job: job.to_string(),
+        },
+        invoked,
+        completed: recorder.now(),
+        outcome: match &result {
+            Ok(response) => Outcome::Cancelled {
+                index: response.index,
+            },
+            Err(err) => fail(err),
+        },
+    });
+}
+
+/// Reads every job of the business from one replica at `level`, page by page (each
+/// page at the same level, so each page alone satisfies it; jobs only ever join the
+/// set, so the union of the pages does too). One attempt: a failed read is recorded
+/// and not retried.
+async fn read_set(
+    client_id: u32,
+    replica: &str,
+    api: &Client,
+    level: ReadLevel,
+    recorder: &Recorder,
+) {
+    let consistency = match level {
+        ReadLevel::Stale => Consistency::Stale,
+        ReadLevel::MinIndex(i) => Consistency::MinIndex(i),
+        ReadLevel::Strict => Consistency::Strict,
+    };
+    let invoked = recorder.now();
+    let mut keys = BTreeSet::new();
+    let mut index: Index = 0;
+    let mut after: Option<JobId> = None;
+    let outcome = loop {
+        let page = api
+            .list_jobs(JobListRequest {
+                consistency,
+                business: Some(BusinessId::from(BUSINESS)),
+                limit: Some(1000),
+                after: after.clone(),
+                ..JobListRequest::default()
+            })
+            .await;
+        match page {
+            Ok(page) => {
+                // The first page's index is the one the whole read is at least at.
+                if index == 0 {
+                    index = page.index;
+                }
+                keys.extend(page.jobs.iter().filter_map(|j| j.idempotency_key.clone()));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break Outcome::Read { keys, index },
+                }
+            }
+            Err(err) => break fail(&err),
+        }
+    };
+    recorder.record(Event {
+        client: client_id,
+        op: Op::Read {
+            level,
+            replica: replica.to_string(),
+        },
+        invoked,
+        completed: recorder.now(),
+        outcome,
+    });
+}
+
+async fn read_loop(
+    client_id: u32,
+    replica: String,
+    url: String,
+    config: WorkloadConfig,
+    recorder: Recorder,
+    stop: watch::Receiver<bool>,
+    max_acked: Arc<AtomicU64>,
+) {
+    let api = client(vec![url], &config.api_key, config.request_timeout);
+    let mut turn: u64 = 0;
+    while !*stop.borrow() {
+        turn += 1;
+        let level = match turn % 3 {
+            0 => ReadLevel::Strict,
+            1 => match max_acked.load(Ordering::Relaxed) {
+                0 => ReadLevel::Stale,
+                index => ReadLevel::MinIndex(index),
+            },
+            _ => ReadLevel::Stale,
+        };
+        read_set(client_id, &replica, &api, level, &recorder).await;
+        tokio::time::sleep(config.read_pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_are_definite_failures() {
+        let api = |status: u16| ClientError::Api {
+            status,
+            code: "x".into(),
+            message: String::new(),
+            retry_after: None,
+            leader: None,
+        };
+        assert!(is_definite(&api(402)));
+        assert!(is_definite(&api(409)));
+        assert!(!is_definite(&api(503)));
+        assert!(!is_definite(&api(500)));
+        assert!(!is_definite(&ClientError::Transport {
+            endpoint: "http://x".into(),
+            message: "reset".into(),
+            not_sent: false,
+            timed_out: true,
+        }));
+    }
+}
