@@ -18,9 +18,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tanvrit_api::{
-    BusinessId, CatchUpPolicy, Consistency, CreditEntryCreateRequest, EntryKind, Index, Job, JobId,
-    JobListRequest, JobSpec, JobSubmitRequest, Millis, Resources, Schedule, ScheduleCreateRequest,
-    ScheduleId, ScheduleUpdateRequest,
+    BusinessId, CatchUpPolicy, Consistency, Index, Job, JobId, JobListRequest, JobSpec,
+    JobSubmitRequest, Millis, Resources, Schedule, ScheduleCreateRequest, ScheduleId,
+    ScheduleUpdateRequest,
 };
 use tanvrit_client::{Client, ClientConfig, ClientError};
 use tanvrit_server::cron::{fire_due_at, fire_job_id};
@@ -82,32 +82,7 @@ where
 
 /// Starts a cluster, waits for a leader and tops the business up.
 async fn start_cluster(root: &Path) -> ProcessCluster {
-    // Failovers make every replica log each 503 and unreachable peer: quiet unless asked.
-    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
-    let env = [("TANVRIT_RAFT_PROFILE", "lan"), ("RUST_LOG", log.as_str())];
-    let cluster = ProcessCluster::start(Path::new(BIN), root, 3, &env)
-        .await
-        .expect("replicas start");
-    cluster.leader(PATIENCE).await.expect("a leader is elected");
-    let admin = cluster.admin_client(10);
-    // The first leader writes the admin key in the background: retry until it works.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let topped = admin
-            .create_credit_entry(CreditEntryCreateRequest {
-                business: BUSINESS.into(),
-                kind: EntryKind::TopUp,
-                amount: 1_000_000_000_000,
-                idempotency_key: Some("exactly-once-top-up".into()),
-                note: None,
-            })
-            .await;
-        match topped {
-            Ok(_) => return cluster,
-            Err(err) => assert!(Instant::now() < deadline, "cannot top up: {err}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ProcessCluster::start_funded(Path::new(BIN), root, 3, BUSINESS, PATIENCE).await
 }
 
 async fn stop_cluster(cluster: &mut ProcessCluster) {

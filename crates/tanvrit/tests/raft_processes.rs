@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tanvrit_api::{
-    BusinessId, Consistency, CreditEntryCreateRequest, EntryKind, Index, JobId, JobListRequest,
-    JobSpec, JobSubmitRequest, Role,
+    BusinessId, Consistency, Index, JobId, JobListRequest, JobSpec, JobSubmitRequest, Role,
 };
 use tanvrit_client::{Client, ClientConfig, ClientError};
 use tanvrit_testkit::process::{ProcessCluster, TEST_ADMIN_KEY};
@@ -32,8 +31,6 @@ use tokio::sync::watch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tanvrit");
 const BUSINESS: &str = "acme";
-/// Tight timings: the LAN profile (heartbeat 100 ms, election 250/400 ms).
-const ENV: &[(&str, &str)] = &[("TANVRIT_RAFT_PROFILE", "lan")];
 /// Generous bounds: the machine has two cores shared with other work.
 const NEW_LEADER_WITHIN: Duration = Duration::from_secs(3);
 const MAX_WRITE_GAP: Duration = Duration::from_secs(3);
@@ -187,32 +184,7 @@ impl Writers {
 
 /// Starts a cluster and waits until it has a leader and the admin key works; tops up.
 async fn start_cluster(root: &Path) -> ProcessCluster {
-    // Failovers make every replica log each 503 and unreachable peer: quiet unless asked.
-    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
-    let mut env = ENV.to_vec();
-    env.push(("RUST_LOG", &log));
-    let cluster = ProcessCluster::start(Path::new(BIN), root, 3, &env)
-        .await
-        .expect("replicas start");
-    cluster.leader(PATIENCE).await.expect("a leader is elected");
-    let admin = cluster.admin_client(10);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let topped = admin
-            .create_credit_entry(CreditEntryCreateRequest {
-                business: BUSINESS.into(),
-                kind: EntryKind::TopUp,
-                amount: 1_000_000_000_000,
-                idempotency_key: Some("raft-processes-top-up".into()),
-                note: None,
-            })
-            .await;
-        match topped {
-            Ok(_) => return cluster,
-            Err(err) => assert!(Instant::now() < deadline, "cannot top up: {err}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ProcessCluster::start_funded(Path::new(BIN), root, 3, BUSINESS, PATIENCE).await
 }
 
 /// Every job of the business on replica `url`, by idempotency key, read at `consistency`.

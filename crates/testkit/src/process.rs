@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tanvrit_api::Role;
+use tanvrit_api::{CreditEntryCreateRequest, EntryKind, Role};
 use tanvrit_client::{Client, ClientConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -381,6 +381,42 @@ impl ProcessCluster {
             replicas.push(ServerProcess::start(bin, &dir, &all).await?);
         }
         Ok(ProcessCluster { replicas, peers })
+    }
+
+    /// Starts `replicas` replicas in the LAN profile (quiet unless `RUST_LOG` asks, as
+    /// failovers make every replica log each 503), waits for a leader, then tops
+    /// `business` up, retrying while the first leader writes the admin key.
+    pub async fn start_funded(
+        bin: &Path,
+        root: &Path,
+        replicas: usize,
+        business: &str,
+        patience: Duration,
+    ) -> ProcessCluster {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+        let env = [("TANVRIT_RAFT_PROFILE", "lan"), ("RUST_LOG", log.as_str())];
+        let cluster = ProcessCluster::start(bin, root, replicas, &env)
+            .await
+            .expect("replicas start");
+        cluster.leader(patience).await.expect("a leader is elected");
+        let admin = cluster.admin_client(10);
+        let deadline = Instant::now() + patience;
+        loop {
+            let topped = admin
+                .create_credit_entry(CreditEntryCreateRequest {
+                    business: business.into(),
+                    kind: EntryKind::TopUp,
+                    amount: 1_000_000_000_000,
+                    idempotency_key: Some(format!("start-funded-{business}")),
+                    note: None,
+                })
+                .await;
+            match topped {
+                Ok(_) => return cluster,
+                Err(err) => assert!(Instant::now() < deadline, "cannot top up: {err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The `TANVRIT_PEERS` value every replica was started with.
