@@ -217,6 +217,21 @@ impl Client {
         &self.inner.config
     }
 
+    /// One client per configured endpoint, each pinned to it (same key, timeout and
+    /// retries): for spreading load over replicas instead of following failover.
+    pub fn per_endpoint(&self) -> Result<Vec<Client>, ClientError> {
+        self.config()
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                Client::new(ClientConfig {
+                    endpoints: vec![endpoint.clone()],
+                    ..self.config().clone()
+                })
+            })
+            .collect()
+    }
+
     /// The base URL calls currently start at.
     pub fn current_endpoint(&self) -> &str {
         let idx = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();

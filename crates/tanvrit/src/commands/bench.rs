@@ -16,7 +16,7 @@ use base64::Engine;
 use clap::Subcommand;
 use serde::Serialize;
 use tanvrit_api::*;
-use tanvrit_client::{Client, ClientConfig};
+use tanvrit_client::Client;
 use tanvrit_state::scheduler::{plan, Strategy};
 use tanvrit_state::{Command, Placement, State};
 
@@ -523,19 +523,7 @@ impl BenchCommand {
                     })
                     .await?;
                 // Workers are spread over the endpoints (`--addr a,b,c`), one client each.
-                let clients: Arc<Vec<Client>> = Arc::new(
-                    client
-                        .config()
-                        .endpoints
-                        .iter()
-                        .map(|endpoint| {
-                            Client::new(ClientConfig {
-                                endpoints: vec![endpoint.clone()],
-                                ..client.config().clone()
-                            })
-                        })
-                        .collect::<Result<_, _>>()?,
-                );
+                let clients: Arc<Vec<Client>> = Arc::new(client.per_endpoint()?);
                 let mut reports = Vec::new();
                 for level in concurrency {
                     let clients = clients.clone();

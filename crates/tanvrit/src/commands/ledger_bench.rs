@@ -17,7 +17,7 @@ use tanvrit_api::{
     BusinessId, Consistency, CreditBalanceRequest, CreditEntriesRequest, CreditEntryCreateRequest,
     EntryKind, JobActionRequest, JobSpec, JobSubmitRequest, LedgerEntry, Millis, Resources,
 };
-use tanvrit_client::{Client, ClientConfig};
+use tanvrit_client::Client;
 
 use super::bench::run_level;
 
@@ -196,19 +196,7 @@ pub async fn run(
     duration: Duration,
     progress: impl Fn(&LedgerLevelReport),
 ) -> anyhow::Result<Vec<LedgerLevelReport>> {
-    let clients: Arc<Vec<Client>> = Arc::new(
-        client
-            .config()
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                Client::new(ClientConfig {
-                    endpoints: vec![endpoint.clone()],
-                    ..client.config().clone()
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    );
+    let clients: Arc<Vec<Client>> = Arc::new(client.per_endpoint()?);
     let mut reports = Vec::new();
     for &workload in workloads {
         for &level_concurrency in concurrency {
