@@ -26,6 +26,17 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+
+    /// Removes a small value durably (absent is fine). The store's own keys are refused.
+    pub fn meta_delete(&self, key: &str) -> Result<(), StoreError> {
+        if RESERVED.contains(&key) {
+            return Err(StoreError::ReservedKey(key.to_string()));
+        }
+        let txn = self.db().begin_write()?;
+        txn.open_table(META)?.remove(key)?;
+        txn.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -40,9 +51,13 @@ mod tests {
             assert_eq!(store.meta_get("cluster_id").unwrap(), None);
             store.meta_put("cluster_id", b"c-1").unwrap();
             store.meta_put("cluster_id", b"c-2").unwrap();
+            store.meta_put("rejoining", b"1").unwrap();
+            store.meta_delete("rejoining").unwrap();
+            store.meta_delete("never_written").unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.meta_get("cluster_id").unwrap().unwrap(), b"c-2");
+        assert_eq!(store.meta_get("rejoining").unwrap(), None);
     }
 
     #[test]
