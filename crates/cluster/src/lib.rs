@@ -128,6 +128,13 @@ pub trait ClusterService: Send + Sync + 'static {
     /// Stops background work and flushes; later writes fail with `ShuttingDown`.
     async fn shutdown(&self);
 
+    /// Resolves, with the reason, if the replica stops working by itself (its Raft
+    /// core died): it can then serve nothing current, so the process should exit and be
+    /// restarted rather than answer from a frozen state. Never resolves otherwise.
+    async fn failed(&self) -> String {
+        std::future::pending().await
+    }
+
     /// The Raft numbers to export (term, indexes, leader, latencies, snapshots); `None`
     /// for implementations without a Raft log.
     fn raft_stats(&self) -> Option<RaftStats> {

@@ -387,3 +387,102 @@ async fn writes_forwarded_to_a_crashed_leader_back_off_between_tries() {
     );
     cluster.shutdown().await;
 }
+
+/// Deletes a stopped replica's data directory: a lost or replaced disk.
+fn wipe(cluster: &TestCluster, id: u64) {
+    let dir = cluster.data_dir(id);
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_on_a_wiped_disk_catches_up_and_the_leader_carries_on() {
+    init_tracing();
+    let options = ClusterOptions {
+        snapshot_every: 15,
+        ..ClusterOptions::voters(3)
+    };
+    let mut cluster = TestCluster::start(options).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    for n in 1..=40 {
+        write_retrying(&cluster.node(leader), n).await;
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.crash(follower).await;
+    wipe(&cluster, follower);
+    cluster.restart(follower).await;
+
+    // The leader that had replicated to the old disk keeps leading (openraft 0.9 would
+    // panic on the follower's log going back) and the empty replica catches up from a
+    // snapshot while writes go on.
+    let mut last = 0;
+    for n in 41..=70 {
+        last = write_retrying(&cluster.node(leader), n).await.index;
+    }
+    assert_eq!(cluster.leader(WAIT).await, leader);
+    cluster.applied_everywhere(last, WAIT).await;
+    converged(&cluster).await;
+    let state = cluster.node(follower).reader().read(|s| s.clone());
+    assert!((1..=70).all(|n| has_top_up(&state, n)));
+    assert_eq!(ledger_len(&state), 70);
+
+    // Caught up, it votes again: without the old leader, it and the third replica elect
+    // one of them and keep every write.
+    cluster.crash(leader).await;
+    let survivors: Vec<u64> = cluster.running();
+    let next = cluster.leader_among(&survivors, WAIT).await;
+    let receipt = write_retrying(&cluster.node(next), 71).await;
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    let state = cluster.node(follower).reader().read(|s| s.clone());
+    assert!((1..=71).all(|n| has_top_up(&state, n)));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_does_not_vote_a_stale_replica_into_leading() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (stale, wiped) = (others[0], others[1]);
+    for n in 1..=5 {
+        write_retrying(&cluster.node(leader), n).await;
+    }
+    // `stale` misses writes 6..=20: they are committed by the leader and `wiped` alone.
+    cluster.faults().isolate(stale);
+    let mut last = 0;
+    for n in 6..=20 {
+        last = write_retrying(&cluster.node(leader), n).await.index;
+    }
+    cluster.faults().heal();
+    cluster.crash(stale).await;
+    // `wiped` loses its disk, and the leader (the only other copy) goes down.
+    cluster.crash(wiped).await;
+    cluster.crash(leader).await;
+    wipe(&cluster, wiped);
+    cluster.restart(stale).await;
+    cluster.restart(wiped).await;
+
+    // Granting `stale` its vote would elect a leader without writes 6..=20 and lose
+    // them; the empty replica refuses, so there is no leader while the old one is down.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in [stale, wiped] {
+        assert!(
+            !*cluster.node(id).leadership().borrow(),
+            "replica {id} leads without the only full copy"
+        );
+    }
+    // The old leader comes back with its disk: it leads, and nothing is lost.
+    cluster.restart(leader).await;
+    let next = cluster.leader(WAIT).await;
+    let receipt = write_retrying(&cluster.node(next), 21).await;
+    assert!(receipt.index > last);
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    for id in 1..=3 {
+        let state = cluster.node(id).reader().read(|s| s.clone());
+        assert!(
+            (1..=21).all(|n| has_top_up(&state, n)),
+            "replica {id} lacks a write"
+        );
+    }
+    cluster.shutdown().await;
+}

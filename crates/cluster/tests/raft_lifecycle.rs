@@ -336,3 +336,35 @@ async fn a_replica_added_with_wrong_details_is_described_by_itself() {
     assert_eq!(members[&4].api_addr, fresh.config().api_addr);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_raft_core_stops_by_itself_reports_it_failed() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let node = cluster.node(follower);
+    // Not failed while it works.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), node.failed()).await;
+    assert!(quiet.is_err(), "a working replica reported a failure");
+
+    // The core stops behind the replica's back (as when openraft panics): the server
+    // must learn of it, to exit rather than serve a frozen state.
+    node.raft().shutdown().await.unwrap();
+    let reason = tokio::time::timeout(WAIT, node.failed())
+        .await
+        .expect("the failure to be reported");
+    assert!(reason.contains("Raft core stopped"), "{reason}");
+
+    // A shutdown asked for is not a failure.
+    let other = cluster.node(leader);
+    let watcher = tokio::spawn({
+        let other = other.clone();
+        async move { other.failed().await }
+    });
+    cluster.stop(leader).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!watcher.is_finished(), "a graceful stop reported a failure");
+    watcher.abort();
+    cluster.shutdown().await;
+}

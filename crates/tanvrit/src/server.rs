@@ -156,6 +156,22 @@ impl Replica {
             ..ServerConfig::default()
         };
         let cluster = self.cluster.clone();
+        // A replica whose Raft core died answers nothing current: stop serving and exit
+        // non-zero, so the supervisor restarts it from its disk.
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let shutdown = {
+            let cluster = self.cluster.clone();
+            let failure = failure.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    reason = cluster.failed() => {
+                        tracing::error!(%reason, "the replica failed; exiting");
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    }
+                }
+            }
+        };
         let serving = tokio::spawn(tanvrit_server::serve(
             server_config,
             cluster,
@@ -174,6 +190,10 @@ impl Replica {
             task.abort();
         }
         self.cluster.shutdown().await;
+        let failed = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(reason) = failed {
+            anyhow::bail!("{reason}");
+        }
         ready?;
         served?;
         Ok(())

@@ -123,6 +123,16 @@ impl RaftCluster {
             Some(_) => {}
         }
         upgrade::prepare(&store, &config)?;
+        if store.raft_is_pristine().map_err(storage)? {
+            // Marked before any RPC is served; see `Node::refuse_vote`.
+            store
+                .meta_put(node::META_REJOINING, b"1")
+                .map_err(storage)?;
+        }
+        let rejoining = store
+            .meta_get(node::META_REJOINING)
+            .map_err(storage)?
+            .is_some();
 
         let log_store = LogStore::new(store.clone());
         let state_machine = StateMachine::open(store.clone()).map_err(storage)?;
@@ -145,6 +155,10 @@ impl RaftCluster {
         )
         .await
         .map_err(|e| ClusterError::Internal(format!("cannot start Raft: {e}")))?;
+        if rejoining {
+            // No election of its own until it caught up (`Node::check_rejoined`).
+            raft.runtime_config().elect(false);
+        }
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let (proposals, queue) =
             tokio::sync::mpsc::channel(batcher::queue_capacity(config.write_batch_max_commands));
@@ -163,6 +177,8 @@ impl RaftCluster {
             closed: AtomicBool::new(false),
             started: Instant::now(),
             proposals,
+            store,
+            rejoining: AtomicBool::new(rejoining),
             config,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -193,6 +209,7 @@ impl RaftCluster {
             name = %node.config.replica_name,
             raft_addr = ?local_addr.map(|a| a.to_string()).unwrap_or_else(|| node.config.raft_addr.clone()),
             applied_index = node.reader.applied_index(),
+            rejoining,
             "raft replica started"
         );
         Ok(Arc::new(RaftCluster {
@@ -359,6 +376,24 @@ impl ClusterService for RaftCluster {
     /// log and names it successor; then stops Raft and the listener.
     async fn shutdown(&self) {
         self.stop_with(true).await;
+    }
+
+    async fn failed(&self) -> String {
+        let mut metrics = self.node.metrics.clone();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !self.node.is_closed() {
+                    return format!("the Raft core stopped: {fatal}");
+                }
+            }
+            if metrics.changed().await.is_err() {
+                if self.node.is_closed() {
+                    // Closed on purpose: `shutdown` follows, nothing failed.
+                    std::future::pending::<()>().await;
+                }
+                return "the Raft core stopped".into();
+            }
+        }
     }
 
     fn raft_stats(&self) -> Option<RaftStats> {

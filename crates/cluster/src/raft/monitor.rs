@@ -50,6 +50,7 @@ pub(crate) async fn watch_metrics(node: Arc<Node>, mut stop: watch::Receiver<boo
         let m = metrics.borrow_and_update().clone();
         let now = Instant::now();
         observe(&node, &m, changed, now);
+        node.check_rejoined(&m);
         detect(&node, &m, now).await;
     }
 }
@@ -91,7 +92,7 @@ fn observe(node: &Node, m: &RaftMetrics, fresh_report: bool, now: Instant) {
 /// Calls an election when the leader has been silent for this replica's threshold.
 async fn detect(node: &Node, m: &RaftMetrics, now: Instant) {
     let config = &node.config;
-    if !config.failure_detector || node.is_closed() {
+    if !config.failure_detector || node.is_closed() || node.is_rejoining() {
         return;
     }
     if matches!(m.state, ServerState::Leader | ServerState::Shutdown) {

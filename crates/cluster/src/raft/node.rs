@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{ChangeMembers, ServerState};
 use parking_lot::Mutex;
 use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
 use tanvrit_state::Command;
+use tanvrit_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::raft::batcher::Proposal;
@@ -72,7 +73,15 @@ pub(crate) struct Node {
     pub started: Instant,
     /// The batcher's queue (see `batcher`).
     pub proposals: mpsc::Sender<Proposal>,
+    /// The replica's store (for its own meta keys; Raft data goes through openraft).
+    pub store: Store,
+    /// Started on an empty disk and not yet caught up (see [`Node::refuse_vote`]).
+    pub rejoining: AtomicBool,
 }
+
+/// The meta key present while a replica that started on an empty disk has not caught up
+/// (kept across restarts, so a crash half way through catching up does not end it).
+pub(crate) const META_REJOINING: &str = "rejoining";
 
 pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
     match err {
@@ -286,6 +295,9 @@ impl Node {
                 RpcReply::AppendEntries(result)
             }
             Rpc::Vote(request) => {
+                if let Some(refusal) = self.refuse_vote(&request) {
+                    return RpcReply::Vote(Ok(refusal));
+                }
                 let result = self.raft.vote(request).await;
                 if matches!(&result, Ok(r) if r.vote_granted) {
                     self.detector.lock().last_vote_granted = Some(Instant::now());
@@ -319,6 +331,81 @@ impl Node {
                 RpcReply::Membership(self.change_membership_here(change).await)
             }
         }
+    }
+
+    // ---- rejoining after an empty start ------------------------------------------
+
+    /// Whether this replica started on an empty disk and has not caught up yet.
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoining.load(Ordering::SeqCst)
+    }
+
+    /// The answer to a vote request while rejoining, or `None` to let openraft decide.
+    ///
+    /// A replica whose disk was wiped forgot its log and its vote, so granting votes
+    /// could elect a leader without entries it had acknowledged (a majority held them
+    /// with its old disk), or elect two leaders in one term. Until it holds a committed
+    /// entry of the current leader's term (so its log is that leader's up to there, which
+    /// has every earlier committed entry) it grants no vote, unless the cluster is still
+    /// forming: every other replica answered and none has committed anything, so no
+    /// acknowledged write can be lost (the first election of a new cluster, or of one
+    /// upgraded from a single node, needs the empty replicas' votes).
+    pub fn refuse_vote(&self, request: &VoteRequest<NodeId>) -> Option<VoteResponse<NodeId>> {
+        if !self.is_rejoining() || self.cluster_is_forming() {
+            return None;
+        }
+        tracing::info!(
+            candidate = %request.vote,
+            "refusing a vote: this replica started on an empty disk and has not caught up"
+        );
+        Some(VoteResponse::new(self.metrics().vote, None, false))
+    }
+
+    /// Every other known replica answered since this one started, in this cluster,
+    /// and none reports a committed entry.
+    fn cluster_is_forming(&self) -> bool {
+        let me = self.config.node_id;
+        self.known_replicas()
+            .into_keys()
+            .filter(|id| *id != me)
+            .all(|id| match self.contacts.get(id).status {
+                Some(status) => {
+                    status.cluster_id == self.config.cluster_id && status.commit_index == 0
+                }
+                None => false,
+            })
+    }
+
+    /// Ends rejoining once this replica applied a committed entry of the current
+    /// leader's term; called on every metrics report.
+    pub fn check_rejoined(&self, m: &RaftMetrics) {
+        if !self.is_rejoining() {
+            return;
+        }
+        let leader_term = m.vote.leader_id().term;
+        let caught_up = m.vote.is_committed()
+            && m.current_leader.is_some_and(|l| l != self.config.node_id)
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == leader_term);
+        if caught_up {
+            self.end_rejoining("caught up with the leader");
+        }
+    }
+
+    /// Leaves the rejoining state for good: votes and elections as any replica.
+    pub fn end_rejoining(&self, why: &str) {
+        if !self.rejoining.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(err) = self.store.meta_delete(META_REJOINING) {
+            // Harmless: the next start rejoins again and catches up at once.
+            tracing::warn!(error = %err, "could not clear the rejoining mark");
+        }
+        self.raft.runtime_config().elect(true);
+        tracing::info!(
+            applied_index = self.reader.applied_index(),
+            "{why}; this replica votes and stands for election again"
+        );
     }
 
     /// Sends a leader-only request to `leader` and sorts the answer.
@@ -627,6 +714,20 @@ impl Node {
 
     /// Forms the cluster from the configured voters (see `RaftCluster::initialize`).
     pub async fn initialize(&self) -> Result<bool, ClusterError> {
+        if !self.raft.is_initialized().await.map_err(fatal)? {
+            let me = self.config.node_id;
+            let formed = self
+                .known_replicas()
+                .into_keys()
+                .any(|id| id != me && self.contacts.get(id).status.is_some_and(|s| s.initialized));
+            if formed {
+                // An empty replica of a cluster that exists (its disk was wiped): forming
+                // a second history here would be wrong; it catches up from the leader.
+                return Ok(false);
+            }
+            // The replica that forms the cluster has nothing to have forgotten.
+            self.end_rejoining("initializing a new cluster");
+        }
         let mut members = BTreeMap::new();
         for peer in self.config.voters() {
             let node = if peer.id == self.config.node_id {
