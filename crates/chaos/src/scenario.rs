@@ -33,7 +33,7 @@ pub enum Scenario {
     KillAll,
     /// Each replica stopped (SIGTERM) and started again in turn.
     RollingRestart,
-    /// A follower killed, its data directory wiped, started again empty.
+    /// A follower, then the leader, killed, its data directory wiped, started again empty.
     EmptyDiskRejoin,
     /// An agent cut off from the control plane while it runs jobs.
     AgentPartition,
@@ -331,6 +331,26 @@ async fn leader(h: &Harness) -> Result<String, HarnessError> {
         .ok_or_else(|| HarnessError::Timeout("no leader within 20s".into()))
 }
 
+/// How long `host` (restarted on an empty disk) took to apply within 50 entries of the
+/// leader; `None` if it did not within `within`.
+async fn wait_caught_up(h: &Harness, host: &str, within: Duration) -> Option<Duration> {
+    let restarted = Instant::now();
+    while restarted.elapsed() < within {
+        let here = h.raft_view(host).await.map(|v| v.applied);
+        let there = match h.leader(secs(1.0)).await {
+            Some(leader) if leader != host => h.raft_view(&leader).await.map(|v| v.applied),
+            _ => None,
+        };
+        if let (Some(a), Some(b)) = (here, there) {
+            if a > 0 && a + 50 >= b {
+                return Some(restarted.elapsed());
+            }
+        }
+        tokio::time::sleep(secs(0.2)).await;
+    }
+    None
+}
+
 async fn one_cycle(
     scenario: Scenario,
     options: &RunOptions,
@@ -450,29 +470,21 @@ async fn one_cycle(
             notes.push(format!("cycle {cycle}: restarted r1, r2, r3 in turn"));
         }
         Scenario::EmptyDiskRejoin => {
+            // A follower first, then the leader itself (the others elect a new one).
             let old = leader(h).await?;
             let follower = h.others(&old)[rand::rng().random_range(0..2)].clone();
-            h.fabric.kill(&follower).await?;
-            h.fabric.wipe(&follower).await?;
-            tokio::time::sleep(secs(1.0)).await;
-            h.fabric.restart(&follower).await?;
-            let rejoined = Instant::now();
-            let mut caught_up = None;
-            while rejoined.elapsed() < secs(20.0) {
-                let here = h.raft_view(&follower).await.map(|v| v.applied);
-                let there = h.raft_view(&old).await.map(|v| v.applied);
-                if let (Some(a), Some(b)) = (here, there) {
-                    if a > 0 && a + 50 >= b {
-                        caught_up = Some(rejoined.elapsed());
-                        break;
-                    }
-                }
-                tokio::time::sleep(secs(0.2)).await;
+            for (role, host) in [("follower", follower), ("leader", old)] {
+                h.fabric.kill(&host).await?;
+                h.fabric.wipe(&host).await?;
+                tokio::time::sleep(secs(1.0)).await;
+                h.fabric.restart(&host).await?;
+                let caught_up = wait_caught_up(h, &host, secs(20.0)).await;
+                notes.push(format!(
+                    "cycle {cycle}: wiped {role} {host}; caught up after {}",
+                    caught_up.map_or("never (20 s)".into(), |d| format!("{} ms", d.as_millis()))
+                ));
+                tokio::time::sleep(secs(2.0)).await;
             }
-            notes.push(format!(
-                "cycle {cycle}: wiped follower {follower}; caught up: {caught_up:?}"
-            ));
-            tokio::time::sleep(secs(3.0)).await;
         }
         Scenario::AgentPartition => {
             let agent = h.agents[0].clone();
