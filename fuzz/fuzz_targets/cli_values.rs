@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(u128::from(secs) * 1000 >= duration.as_millis());
         }
     }
+    if let Ok(policy) = parse::catch_up(text) {
+        assert_eq!(
+            parse::catch_up(&parse::format_catch_up(&policy)),
+            Ok(policy)
+        );
+    }
     if let Ok((key, value)) = parse::key_value(text) {
         assert!(!key.is_empty());
         assert_eq!(format!("{key}={value}"), text);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tanvrit_api::{MicroCredits, Millis};
+use tanvrit_api::{CatchUpPolicy, MicroCredits, Millis};
 
 /// Micro-credits in one credit.
 pub const MICROS_PER_CREDIT: i64 = 1_000_000;
@@ -23,6 +23,40 @@ pub fn duration_secs(s: &str) -> Result<u64, String> {
     }
     // A started second counts: 1500ms is two seconds, never one.
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// The most fires `all` catches up on (the API's limit).
+pub const CATCH_UP_MAX: u32 = 1000;
+
+/// A schedule's catch-up policy: `skip`, `latest-only`, `all` (up to 1000 missed fires)
+/// or `all:N` (up to N, 1-1000).
+pub fn catch_up(s: &str) -> Result<CatchUpPolicy, String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a catch-up policy: skip, latest-only, all or all:N (1-{CATCH_UP_MAX})"
+        )
+    };
+    match s.trim() {
+        "skip" => Ok(CatchUpPolicy::Skip),
+        "latest-only" | "latest_only" => Ok(CatchUpPolicy::LatestOnly),
+        "all" => Ok(CatchUpPolicy::All(CATCH_UP_MAX)),
+        other => {
+            let limit = other.strip_prefix("all:").ok_or_else(bad)?;
+            match limit.parse::<u32>() {
+                Ok(n) if (1..=CATCH_UP_MAX).contains(&n) => Ok(CatchUpPolicy::All(n)),
+                _ => Err(bad()),
+            }
+        }
+    }
+}
+
+/// A catch-up policy as the `--catch-up` flag takes it.
+pub fn format_catch_up(policy: &CatchUpPolicy) -> String {
+    match policy {
+        CatchUpPolicy::Skip => "skip".into(),
+        CatchUpPolicy::LatestOnly => "latest-only".into(),
+        CatchUpPolicy::All(n) => format!("all:{n}"),
+    }
 }
 
 /// A `key=value` pair; the value may contain `=` and may be empty.
@@ -143,6 +177,28 @@ mod tests {
         assert!(duration("90").is_err());
         assert_eq!(duration_secs("1500ms").unwrap(), 2);
         assert!(duration_secs("10ms").is_err());
+    }
+
+    #[test]
+    fn catch_up_policies_parse_from_their_flag_form_and_show_as_it() {
+        assert_eq!(catch_up("skip"), Ok(CatchUpPolicy::Skip));
+        assert_eq!(catch_up("latest-only"), Ok(CatchUpPolicy::LatestOnly));
+        assert_eq!(catch_up("latest_only"), Ok(CatchUpPolicy::LatestOnly));
+        assert_eq!(catch_up("all"), Ok(CatchUpPolicy::All(1000)));
+        assert_eq!(catch_up("all:5"), Ok(CatchUpPolicy::All(5)));
+        for bad in [
+            "", "all:0", "all:1001", "all:", "all:-1", "every", "all:5x", "Skip",
+        ] {
+            assert!(catch_up(bad).is_err(), "{bad:?} was accepted");
+        }
+        for policy in [
+            CatchUpPolicy::Skip,
+            CatchUpPolicy::LatestOnly,
+            CatchUpPolicy::All(1),
+            CatchUpPolicy::All(1000),
+        ] {
+            assert_eq!(catch_up(&format_catch_up(&policy)), Ok(policy));
+        }
     }
 
     #[test]

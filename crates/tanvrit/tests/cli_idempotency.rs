@@ -232,3 +232,54 @@ async fn credit_export_prints_the_csv_as_received() {
     assert_eq!(seen[0].body["from"], 1_767_312_000_000i64);
     assert_eq!(seen[0].body["to"], 1_767_398_400_000i64);
 }
+
+fn schedule() -> Value {
+    json!({"schedule": {
+        "id": "sch-1", "business": "acme", "cron": "* * * * *", "timezone": "UTC",
+        "template": {"command": ["true"]}, "enabled": true, "overlap": "allow",
+        "catch_up": {"all": 5}, "created_at": 0, "updated_at": 0, "fired": 0,
+        "skipped": 0, "modify_index": 3
+    }, "index": 3})
+}
+
+#[tokio::test]
+async fn schedule_create_and_update_send_the_catch_up_policy_given() {
+    let (addr, seen) = server(|_| ok(schedule())).await;
+    let create = [
+        "schedule",
+        "create",
+        "--cron",
+        "* * * * *",
+        "--catch-up",
+        "all:5",
+        "--",
+        "true",
+    ];
+    let run = tanvrit(&addr, &create).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("all:5"), "{}", run.stdout);
+    let run = tanvrit(
+        &addr,
+        &["schedule", "update", "sch-1", "--catch-up", "skip"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = tanvrit(&addr, &["schedule", "update", "sch-1", "--name", "n"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // A bad value is a usage error, and nothing is sent.
+    let run = tanvrit(
+        &addr,
+        &["schedule", "update", "sch-1", "--catch-up", "all:0"],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("catch-up policy"), "{}", run.stderr);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].path, "/api/compute/schedules/create");
+    assert_eq!(seen[0].body["catch_up"], json!({"all": 5}));
+    assert_eq!(seen[1].body["catch_up"], json!("skip"));
+    // Not given: not sent, so the schedule keeps its policy.
+    assert!(seen[2].body.get("catch_up").is_none_or(Value::is_null));
+}

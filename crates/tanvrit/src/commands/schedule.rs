@@ -2,15 +2,15 @@
 
 use clap::{ArgGroup, Args, Subcommand};
 use tanvrit_api::{
-    BusinessId, Consistency, OverlapPolicy, ScheduleCreateRequest, ScheduleId, ScheduleListRequest,
-    ScheduleUpdateRequest, ScheduleView,
+    BusinessId, CatchUpPolicy, Consistency, OverlapPolicy, ScheduleCreateRequest, ScheduleId,
+    ScheduleListRequest, ScheduleUpdateRequest, ScheduleView,
 };
 use tanvrit_client::Client;
 
 use super::job::{TemplateArgs, ENV_BUSINESS};
 use super::keyed;
 use crate::output::{fields, or_dash, table, wire_name, Output};
-use crate::parse::{format_opt_time, format_time};
+use crate::parse::{self, format_catch_up, format_opt_time, format_time};
 
 /// Cron schedule commands.
 #[derive(Debug, Subcommand)]
@@ -52,6 +52,10 @@ pub struct CreateArgs {
     /// When a fire is due while the last fired job is active: allow, forbid or replace.
     #[arg(long)]
     pub overlap: Option<OverlapPolicy>,
+    /// Fires missed while no leader could fire them: skip, latest-only (the default),
+    /// all (up to 1000) or all:N.
+    #[arg(long, value_parser = parse::catch_up)]
+    pub catch_up: Option<CatchUpPolicy>,
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
@@ -82,6 +86,9 @@ pub struct UpdateArgs {
     /// New overlap policy: allow, forbid or replace.
     #[arg(long)]
     pub overlap: Option<OverlapPolicy>,
+    /// New catch-up policy: skip, latest-only, all (up to 1000) or all:N.
+    #[arg(long, value_parser = parse::catch_up)]
+    pub catch_up: Option<CatchUpPolicy>,
     /// New name.
     #[arg(long)]
     pub name: Option<String>,
@@ -110,7 +117,7 @@ impl ScheduleCommand {
                         template: args.template.spec(),
                         enabled: Some(!args.disabled),
                         overlap: args.overlap,
-                        catch_up: None,
+                        catch_up: args.catch_up,
                     })
                     .await?;
                 out.show(&response, |r| schedule_details(&r.schedule))
@@ -175,7 +182,7 @@ impl ScheduleCommand {
                             template: None,
                             enabled,
                             overlap: args.overlap,
-                            catch_up: None,
+                            catch_up: args.catch_up,
                         },
                     )
                     .await?;
@@ -213,7 +220,7 @@ fn schedule_details(view: &ScheduleView) -> comfy_table::Table {
         ("time zone", s.timezone.clone()),
         ("enabled", s.enabled.to_string()),
         ("overlap", wire_name(&s.overlap)),
-        ("catch-up", wire_name(&s.catch_up)),
+        ("catch-up", format_catch_up(&s.catch_up)),
         ("command", command),
         ("next fire", format_opt_time(view.next_fire_at)),
         ("last fire", format_opt_time(s.last_fire_at)),
