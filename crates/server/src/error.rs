@@ -60,6 +60,16 @@ pub enum ApiError {
         /// The key the first request created.
         key: String,
     },
+    /// Revoking the only active admin key would leave nobody able to administer the
+    /// cluster. 409 `last_admin_key`; the body's `id` names the key.
+    #[error(
+        "key `{key}` is the only active admin key; create another admin key before \
+         revoking this one"
+    )]
+    LastAdminKey {
+        /// The key the request would have revoked.
+        key: String,
+    },
     /// `apply` refused the command; status and code come from the rejection.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -86,6 +96,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
             ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
+            ApiError::LastAdminKey { .. } => "last_admin_key",
             ApiError::Rejected(rejection) => rejection.code(),
             ApiError::Cluster(error) => error.code(),
             ApiError::Internal(_) => "internal",
@@ -103,7 +114,9 @@ impl ApiError {
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::ReplaySecretUnavailable { .. } => StatusCode::CONFLICT,
+            ApiError::ReplaySecretUnavailable { .. } | ApiError::LastAdminKey { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Cluster(error) => match error {
@@ -128,7 +141,9 @@ impl ApiError {
             ApiError::Cluster(ClusterError::NoLeader { leader, .. }) => {
                 body.error.leader = leader.clone();
             }
-            ApiError::ReplaySecretUnavailable { key } => body.error.id = Some(key.clone()),
+            ApiError::ReplaySecretUnavailable { key } | ApiError::LastAdminKey { key } => {
+                body.error.id = Some(key.clone())
+            }
             _ => {}
         }
         body

@@ -1033,14 +1033,28 @@ async fn serve_answers_over_tcp_and_shutdown_ends_long_polls_at_once() {
 }
 
 #[tokio::test]
-async fn with_every_admin_key_revoked_bootstrap_takes_a_new_secret_but_not_the_revoked_one() {
+async fn the_last_admin_key_is_kept_and_with_none_left_bootstrap_takes_a_new_secret_only() {
     let api = start(config()).await;
     let keys = api.admin("keys/list", json!({})).await;
     let admin_id = keys.body["keys"][0]["id"].as_str().unwrap().to_string();
-    let revoked = api
+    // The API refuses to revoke the only admin key...
+    let refused = api
         .admin(&format!("keys/{admin_id}/revoke"), json!({}))
         .await;
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "last_admin_key");
+    assert_eq!(refused.body["error"]["id"], admin_id.as_str());
+    let listed = api.admin("keys/list", json!({})).await;
+    assert!(listed.body["keys"][0]["revoked_at"].is_null());
+    // ...but two revocations racing on two replicas can both pass that check, so the
+    // state can still end up with none: bootstrap must recover from it.
+    api.cluster
+        .submit_write(Command::KeyRevoke {
+            key: admin_id.as_str().into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
 
     let data_dir = api._dir.path();
     let error = ensure_bootstrap_admin(api.cluster.as_ref(), data_dir, Some(ADMIN_SECRET))

@@ -6,6 +6,11 @@
 //! replicate and snapshot it on every replica. The repeat is answered 409
 //! `idempotent_replay_secret_unavailable` with the key's id instead, so a client that
 //! lost the first answer can revoke that key and create another.
+//!
+//! The only active admin key cannot be revoked (409 `last_admin_key`): nobody could
+//! create keys, register agents' keys or change the membership afterwards. The check
+//! reads this replica's state before the write, so two revocations racing on different
+//! replicas can still both pass; it guards against the common mistake, not a race.
 
 use axum::extract::State;
 use axum::Json;
@@ -89,6 +94,7 @@ pub(crate) async fn handle_list_keys(
     responses(
         (status = 200, description = "The revoked key", body = KeyResponse),
         (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: the only active admin key", body = ErrorBody),
         ApiErrors,
     ),
     security(("bearer" = []))
@@ -102,10 +108,10 @@ pub(crate) async fn handle_revoke_key(
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(&[Scope::Admin])?;
     let idempotency = keyed.bind(&principal, &request)?;
-    let command = Command::KeyRevoke {
-        key: KeyId(id),
-        at: now_ms(),
-    };
+    let key = KeyId(id);
+    app.reader()
+        .read(|state| not_the_last_admin_key(state, &key))?;
+    let command = Command::KeyRevoke { key, at: now_ms() };
     let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(KeyResponse {
         key: effect_key(written.effect)?,
@@ -157,6 +163,24 @@ pub(crate) fn list_keys(state: &DomainState) -> KeyListResponse {
     }
 }
 
+/// Refuses to revoke `key` when it is the only admin key not yet revoked.
+pub(crate) fn not_the_last_admin_key(state: &DomainState, key: &KeyId) -> Result<(), ApiError> {
+    let active_admin =
+        |k: &tanvrit_state::StoredKey| k.info.scope == Scope::Admin && k.info.revoked_at.is_none();
+    let Some(target) = state.key(key).filter(|k| active_admin(k)) else {
+        return Ok(());
+    };
+    if state
+        .keys()
+        .any(|k| k.info.id != target.info.id && active_admin(k))
+    {
+        return Ok(());
+    }
+    Err(ApiError::LastAdminKey {
+        key: key.to_string(),
+    })
+}
+
 fn effect_key(effect: Effect) -> Result<ApiKeyInfo, ApiError> {
     match effect {
         Effect::Key { key } => Ok(key),
@@ -200,6 +224,54 @@ mod tests {
         let principal = authenticate(&state, Some(&header)).unwrap();
         assert_eq!(principal.scope, Scope::User);
         assert_eq!(list_keys(&state).keys.len(), 1);
+    }
+
+    #[test]
+    fn the_only_active_admin_key_cannot_be_revoked_but_any_other_can() {
+        fn create(
+            state: &mut DomainState,
+            index: u64,
+            scope: Scope,
+            business: Option<&str>,
+        ) -> KeyId {
+            let (command, _) = create_command(request(scope, business), 1).unwrap();
+            let Command::KeyCreate { key, .. } = &command else {
+                panic!("{command:?}");
+            };
+            let key = key.clone();
+            state.apply(index, &command).unwrap();
+            key
+        }
+        let mut state = DomainState::new();
+        let admin = create(&mut state, 1, Scope::Admin, None);
+        let user = create(&mut state, 2, Scope::User, Some("acme"));
+        let agent = create(&mut state, 3, Scope::Agent, None);
+        let err = not_the_last_admin_key(&state, &admin).unwrap_err();
+        assert_eq!(err.code(), "last_admin_key");
+        assert_eq!(err.status(), axum::http::StatusCode::CONFLICT);
+        assert_eq!(err.body().error.id.as_deref(), Some(admin.as_str()));
+        // Other scopes, unknown ids (apply answers `not_found`): not this check's business.
+        for key in [&user, &agent, &KeyId::from("key-none")] {
+            assert!(not_the_last_admin_key(&state, key).is_ok());
+        }
+        // With a second admin key, either may go, and then the other is the last.
+        let second = create(&mut state, 4, Scope::Admin, None);
+        assert!(not_the_last_admin_key(&state, &admin).is_ok());
+        state
+            .apply(
+                5,
+                &Command::KeyRevoke {
+                    key: admin.clone(),
+                    at: 2,
+                },
+            )
+            .unwrap();
+        // Repeating the revoke of an already revoked key is fine (idempotent replays).
+        assert!(not_the_last_admin_key(&state, &admin).is_ok());
+        assert_eq!(
+            not_the_last_admin_key(&state, &second).unwrap_err().code(),
+            "last_admin_key"
+        );
     }
 
     #[test]
