@@ -190,8 +190,7 @@ pub async fn run(
 }
 
 /// One single-endpoint client per replica, tried in turn: after any failure the next
-/// attempt goes to the next replica. (With `max_retries: 0` the SDK keeps its endpoint
-/// after a 503, and an isolated old leader answers 503 to every write.)
+/// attempt goes to the next replica.
 struct Rotation {
     clients: Vec<Client>,
     next: usize,

@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tanvrit_api::{Consistency, Index, INDEX_HEADER};
+use tanvrit_api::{Consistency, ErrorBody, Index, INDEX_HEADER, LEADER_URL_HEADER};
 
 use crate::{ClientConfig, ClientError};
 
@@ -21,9 +21,13 @@ use crate::{ClientConfig, ClientError};
 /// # Retries
 /// Every call runs in one loop. An attempt is repeated, up to
 /// [`ClientConfig::max_retries`] times with capped exponential backoff and jitter, when:
-/// - the server answered **503** (no leader, not caught up, shutting down): the server
-///   applied nothing, so this holds for writes too. `Retry-After` is honoured (capped at
-///   [`ClientConfig::backoff_max`]), and with several endpoints the next one is tried;
+/// - the server answered **503** (no leader, not caught up, cut off from the leader,
+///   shutting down): the server applied nothing, so this holds for writes too. The retry
+///   goes to the leader when the answer names its API URL (`X-Tanvrit-Leader-Url`, or
+///   the error body's `leader_url`) and that URL is one of the configured endpoints,
+///   after the ordinary backoff; otherwise it waits for `Retry-After` (capped at
+///   [`ClientConfig::backoff_max`]; without one, the backoff) and, with several
+///   endpoints, goes to the next one;
 /// - the **connection was refused** (or could not be made at all): the request never left,
 ///   so this holds for writes too. The call moves to the next endpoint, at once and without
 ///   using a retry while some endpoint has not been tried in this call;
@@ -40,6 +44,15 @@ use crate::{ClientConfig, ClientError};
 /// are not repeated after a transport failure that may have reached the server: the
 /// caller sees the error and decides, since repeating them could fail with
 /// `illegal_transition` or act twice.
+///
+/// # Endpoint choice
+/// Calls start at the client's current endpoint, shared by its clones. A 503 moves it
+/// even when no retry is left, so the next call does not return to a replica that just
+/// said it cannot serve: to the named leader's endpoint (as above), else to the next
+/// endpoint. A transport failure moves it to the next endpoint. A leader URL matches an
+/// endpoint with the same host and port and no path of its own (an endpoint with a path
+/// is a route through a proxy, and the URL names the replica behind it); one that
+/// matches no endpoint is not followed: the client calls only addresses it was given.
 ///
 /// # Consistency token
 /// The client remembers the highest `X-Tanvrit-Index` header and write `index` it has seen.
@@ -341,20 +354,22 @@ impl Client {
                     let retry_after = retry_after(&response.headers);
                     let err =
                         ClientError::from_response(response.status, retry_after, &response.body);
-                    if response.status != StatusCode::SERVICE_UNAVAILABLE.as_u16()
-                        || retries_used >= inner.config.max_retries
-                    {
+                    if response.status != StatusCode::SERVICE_UNAVAILABLE.as_u16() {
+                        return Err(err);
+                    }
+                    // Moved before the retry check: a client without retries must not
+                    // send its next call to the replica that just could not serve.
+                    let leader = self.leader_endpoint(idx, &response);
+                    match leader {
+                        Some(to) => self.move_from(idx, to),
+                        None => self.advance_from(idx),
+                    }
+                    if retries_used >= inner.config.max_retries {
                         return Err(err);
                     }
                     retries_used += 1;
-                    if count > 1 {
-                        self.advance_from(idx);
-                    }
-                    let delay = match retry_after {
-                        Some(hint) => with_jitter_above(hint.min(inner.config.backoff_max)),
-                        None => self.backoff(retries_used),
-                    };
-                    tracing::debug!(code = err.code(), ?delay, "503; retrying");
+                    let delay = self.delay_after_503(retries_used, leader.is_some(), retry_after);
+                    tracing::debug!(code = err.code(), ?leader, ?delay, "503; retrying");
                     tokio::time::sleep(delay).await;
                     refused.fill(false);
                     continue;
@@ -441,13 +456,24 @@ impl Client {
 
     /// Moves the shared endpoint choice past `idx`, unless another call already did.
     fn advance_from(&self, idx: usize) {
-        let count = self.inner.endpoints.len();
-        let _ = self.inner.current.compare_exchange(
-            idx,
-            (idx + 1) % count,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.move_from(idx, (idx + 1) % self.inner.endpoints.len());
+    }
+
+    /// Moves the shared endpoint choice from `idx` to `to`, unless another call already
+    /// moved it (its failure is as recent as ours).
+    fn move_from(&self, idx: usize, to: usize) {
+        let _ = self
+            .inner
+            .current
+            .compare_exchange(idx, to, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The endpoint of the leader a 503 from endpoint `idx` names, if it is one of ours
+    /// and not `idx` itself (a leader that cannot serve names itself).
+    fn leader_endpoint(&self, idx: usize, response: &RawResponse) -> Option<usize> {
+        let url = leader_url(response)?;
+        let to = endpoint_at(&self.inner.endpoints, &url)?;
+        (to != idx).then_some(to)
     }
 
     /// Write responses carry the write's `index`, which a forwarding follower's header
@@ -460,6 +486,21 @@ impl Client {
         }
         if let Ok(IndexOnly { index: Some(index) }) = serde_json::from_slice(&response.body) {
             self.observe_index(index);
+        }
+    }
+
+    /// The wait before retry number `retry` after a 503. `Retry-After` is when the
+    /// answering replica expects to serve again; a leader it names can serve now, so a
+    /// retry there waits only the backoff.
+    fn delay_after_503(
+        &self,
+        retry: u32,
+        to_leader: bool,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        match retry_after {
+            Some(hint) if !to_leader => with_jitter_above(hint.min(self.inner.config.backoff_max)),
+            _ => self.backoff(retry),
         }
     }
 
@@ -481,6 +522,33 @@ impl Client {
 fn with_jitter_above(hint: Duration) -> Duration {
     let spread = (hint / 10).as_micros() as u64;
     hint + Duration::from_micros(rand::rng().random_range(0..=spread))
+}
+
+/// The leader's API URL a 503 names: the `X-Tanvrit-Leader-Url` header, else the error
+/// body's `leader_url` (the server sends both; a proxy may drop either).
+fn leader_url(response: &RawResponse) -> Option<Url> {
+    let from_header = response
+        .headers
+        .get(LEADER_URL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw = from_header.or_else(|| {
+        serde_json::from_slice::<ErrorBody>(&response.body)
+            .ok()
+            .and_then(|body| body.error.leader_url)
+    })?;
+    Url::parse(raw.trim()).ok()
+}
+
+/// The endpoint serving `url`'s host and port at its root. An endpoint with a path is a
+/// route through a proxy, whose address is not the replica's.
+fn endpoint_at(endpoints: &[Url], url: &Url) -> Option<usize> {
+    endpoints.iter().position(|endpoint| {
+        matches!(endpoint.path(), "" | "/")
+            && endpoint.host().is_some()
+            && endpoint.host() == url.host()
+            && endpoint.port_or_known_default() == url.port_or_known_default()
+    })
 }
 
 fn is_success(status: u16) -> bool {
@@ -556,6 +624,113 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&headers), None);
+    }
+
+    fn three_endpoints() -> Client {
+        Client::new(ClientConfig {
+            endpoints: vec![
+                "http://10.0.0.1:7070".into(),
+                "http://10.0.0.2:7070/".into(),
+                "https://replica-3.example:8443".into(),
+            ],
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            ..ClientConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn unavailable(header: Option<&'static str>, body: serde_json::Value) -> RawResponse {
+        let mut headers = HeaderMap::new();
+        if let Some(url) = header {
+            headers.insert(LEADER_URL_HEADER, HeaderValue::from_static(url));
+        }
+        RawResponse {
+            status: 503,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn no_leader(leader_url: Option<&str>) -> serde_json::Value {
+        let mut error = serde_json::json!({"code": "no_leader", "message": "cut off"});
+        if let Some(url) = leader_url {
+            error["leader_url"] = url.into();
+        }
+        serde_json::json!({ "error": error })
+    }
+
+    #[test]
+    fn a_leader_url_in_the_header_or_the_body_picks_the_endpoint_with_its_host_and_port() {
+        let client = three_endpoints();
+        let by_header = unavailable(Some("http://10.0.0.2:7070"), no_leader(None));
+        assert_eq!(client.leader_endpoint(0, &by_header), Some(1));
+        // The header wins over the body; a proxy that drops it leaves the body's.
+        let both = unavailable(
+            Some("http://10.0.0.2:7070"),
+            no_leader(Some("http://10.0.0.1:7070")),
+        );
+        assert_eq!(client.leader_endpoint(2, &both), Some(1));
+        let by_body = unavailable(None, no_leader(Some("http://replica-3.example:8443")));
+        assert_eq!(
+            client.leader_endpoint(0, &by_body),
+            Some(2),
+            "the server names http://; the endpoint's scheme is the client's business"
+        );
+    }
+
+    #[test]
+    fn a_leader_url_that_is_not_another_endpoint_is_not_followed() {
+        let client = three_endpoints();
+        for url in [
+            "http://10.0.0.9:7070",
+            "http://10.0.0.1:7071",
+            "http://0.0.0.0:7070",
+            "not a url",
+        ] {
+            let body = no_leader(Some(url));
+            assert_eq!(
+                client.leader_endpoint(1, &unavailable(None, body)),
+                None,
+                "{url}"
+            );
+        }
+        let itself = unavailable(Some("http://10.0.0.1:7070"), no_leader(None));
+        assert_eq!(
+            client.leader_endpoint(0, &itself),
+            None,
+            "a leader that cannot serve names itself"
+        );
+        assert_eq!(
+            client.leader_endpoint(1, &unavailable(None, no_leader(None))),
+            None
+        );
+        let proxied = Client::new(ClientConfig {
+            endpoints: vec!["http://gw:80/r1".into(), "http://gw:80/r2".into()],
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        let hint = unavailable(Some("http://gw:80"), no_leader(None));
+        assert_eq!(
+            proxied.leader_endpoint(0, &hint),
+            None,
+            "an endpoint with a path is a proxy route, not the replica at that address"
+        );
+    }
+
+    #[test]
+    fn a_retry_to_the_named_leader_does_not_wait_for_the_answering_replicas_retry_after() {
+        let client = three_endpoints();
+        let hint = Some(Duration::from_secs(60));
+        for _ in 0..50 {
+            assert!(client.delay_after_503(1, true, hint) <= Duration::from_millis(100));
+            let stays = client.delay_after_503(1, false, hint);
+            assert!(
+                stays >= Duration::from_secs(10) && stays <= Duration::from_secs(11),
+                "Retry-After, capped at backoff_max, plus up to a tenth: {stays:?}"
+            );
+            assert!(client.delay_after_503(1, false, None) <= Duration::from_millis(100));
+        }
     }
 
     #[test]

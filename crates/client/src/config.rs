@@ -15,7 +15,8 @@ pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Base URLs of the replicas, e.g. `http://10.0.0.1:7070`. Calls go to one at a time
-    /// and move to the next when a connection fails.
+    /// and move on when a connection fails or a replica answers 503: to the leader the
+    /// answer names, when its URL is one of these, else to the next.
     pub endpoints: Vec<String>,
     /// Sent as `Authorization: Bearer <key>`.
     pub api_key: Option<String>,

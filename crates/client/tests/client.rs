@@ -265,6 +265,123 @@ async fn every_endpoint_refusing_is_a_transport_error_after_the_retries() {
     assert!(matches!(err, ClientError::Transport { not_sent: true, .. }));
 }
 
+/// A 503 `no_leader` as a replica cut off from the leader sends it: the leader's name in
+/// the body and, when given, its API URL in the body and the `X-Tanvrit-Leader-Url` header.
+fn no_leader(leader_url: Option<&str>) -> Response {
+    let mut error = serde_json::json!({
+        "code": "no_leader", "message": "cut off from the leader", "leader": "replica-3"
+    });
+    let mut response = if let Some(url) = leader_url {
+        error["leader_url"] = url.into();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1"), ("x-tanvrit-leader-url", url)],
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response()
+    };
+    response.headers_mut().insert("x-tanvrit-index", 3.into());
+    response
+}
+
+/// Replicas 2 and 3 that answer every call, and replica 1 that answers 503 naming
+/// replica 3 as leader (with its URL when `hint`).
+async fn cut_off_first_replica(hint: bool) -> [TestServer; 3] {
+    let second = TestServer::start(|_, _| json(StatusCode::OK, 5, list_body(5))).await;
+    let third = TestServer::start(|_, _| json(StatusCode::OK, 5, list_body(5))).await;
+    let leader_url = hint.then(|| third.url.clone());
+    let first = TestServer::start(move |_, _| no_leader(leader_url.as_deref())).await;
+    [first, second, third]
+}
+
+fn urls(servers: &[TestServer]) -> Vec<String> {
+    servers.iter().map(|s| s.url.clone()).collect()
+}
+
+fn calls(servers: &[TestServer]) -> Vec<usize> {
+    servers.iter().map(|s| s.seen().len()).collect()
+}
+
+#[tokio::test]
+async fn without_retries_a_503_naming_the_leader_sends_the_next_call_to_the_leaders_endpoint() {
+    let replicas = cut_off_first_replica(true).await;
+    let client = client(urls(&replicas), 0);
+    let err = client
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(503), "no_leader"));
+    assert_eq!(calls(&replicas), [1, 0, 0], "no retry left: one attempt");
+    assert_eq!(
+        client.current_endpoint().trim_end_matches('/'),
+        replicas[2].url
+    );
+    client.list_jobs(JobListRequest::default()).await.unwrap();
+    client.list_jobs(JobListRequest::default()).await.unwrap();
+    assert_eq!(
+        calls(&replicas),
+        [1, 0, 2],
+        "later calls stay with the leader"
+    );
+}
+
+#[tokio::test]
+async fn without_retries_a_503_without_a_leader_url_sends_the_next_call_to_the_next_endpoint() {
+    let replicas = cut_off_first_replica(false).await;
+    let client = client(urls(&replicas), 0);
+    let id = JobId::from("job-1");
+    // A write without a key: a 503 applied nothing, so moving on is safe for any call.
+    client
+        .cancel_job(&id, JobActionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(calls(&replicas), [1, 0, 0]);
+    assert_eq!(
+        client.current_endpoint().trim_end_matches('/'),
+        replicas[1].url
+    );
+    client.list_jobs(JobListRequest::default()).await.unwrap();
+    assert_eq!(calls(&replicas), [1, 1, 0]);
+}
+
+#[tokio::test]
+async fn with_retries_a_503_naming_the_leader_is_retried_on_the_leaders_endpoint() {
+    let replicas = cut_off_first_replica(true).await;
+    let client = client(urls(&replicas), 2);
+    let listed = client.list_jobs(JobListRequest::default()).await.unwrap();
+    assert_eq!(listed.index, 5);
+    assert_eq!(
+        calls(&replicas),
+        [1, 0, 1],
+        "the retry skips replica 2 for the leader"
+    );
+    assert_eq!(
+        client.current_endpoint().trim_end_matches('/'),
+        replicas[2].url
+    );
+}
+
+#[tokio::test]
+async fn a_503_from_the_only_endpoint_keeps_it() {
+    let server = TestServer::start(|_, _| no_leader(None)).await;
+    let client = client(vec![server.url.clone()], 0);
+    for _ in 0..2 {
+        client
+            .list_jobs(JobListRequest::default())
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(server.seen().len(), 2);
+    assert_eq!(client.current_endpoint().trim_end_matches('/'), server.url);
+}
+
 /// A server that reads each request and hangs up without answering, counting them.
 async fn hang_up_server() -> (String, Arc<AtomicUsize>) {
     use tokio::io::AsyncReadExt;
