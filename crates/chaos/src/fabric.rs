@@ -1,7 +1,7 @@
 //! [`Fabric`]: what a fault backend must do to the hosts of a test cluster (start, kill,
 //! pause, wipe, partition, lose and delay packets). Scenarios and the workload talk only
-//! to this trait, so another backend (Docker: `docker kill`, `network disconnect`,
-//! `pause`) plugs in without touching them or the checker.
+//! to this trait, so a backend ([`crate::netns`]: network namespaces; [`crate::docker`]:
+//! containers) plugs in without touching them or the checker.
 
 use std::path::PathBuf;
 
@@ -68,8 +68,21 @@ impl FabricError {
 /// still be asked, to prove it acknowledges nothing).
 #[async_trait]
 pub trait Fabric: Send + Sync {
-    /// The address (IP) of `host`, as the other hosts and the clients reach it.
+    /// The address (IP) of `host`, as the other hosts reach it (and the clients, unless
+    /// [`Fabric::client_address`] says otherwise).
     fn address(&self, host: &str) -> Result<String, FabricError>;
+
+    /// The address the workload's clients reach `host` at. A backend whose partitions
+    /// take a host off its peers' network keeps the clients on a network of their own.
+    fn client_address(&self, host: &str) -> Result<String, FabricError> {
+        self.address(host)
+    }
+
+    /// The IP `host`'s API listens on: [`Fabric::address`], or a wildcard when the
+    /// clients come in on another address.
+    fn listen_address(&self, host: &str) -> Result<String, FabricError> {
+        self.address(host)
+    }
 
     /// The host's data directory (its process is told to use it).
     fn data_dir(&self, host: &str) -> Result<PathBuf, FabricError>;

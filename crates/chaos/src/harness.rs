@@ -132,6 +132,9 @@ impl Harness {
             .collect::<Result<Vec<_>, FabricError>>()?
             .join(",");
         let mut urls = Vec::new();
+        // Agents reach the replicas where the replicas reach each other, so a partition
+        // cuts them off too; the workload's clients come in on the client address.
+        let mut peer_urls = Vec::new();
         for (i, host) in replicas.iter().enumerate() {
             let address = fabric.address(host)?;
             let launch = Launch {
@@ -140,9 +143,15 @@ impl Harness {
                     "--data-dir".into(),
                     fabric.data_dir(host)?.display().to_string(),
                     "--api-addr".into(),
-                    format!("{address}:{API_PORT}"),
+                    format!("{}:{API_PORT}", fabric.listen_address(host)?),
                 ],
                 env: [
+                    // The API may listen on a wildcard; leader hints name the address
+                    // the other replicas and the agents reach.
+                    (
+                        "TANVRIT_ADVERTISE_API_ADDR",
+                        format!("{address}:{API_PORT}"),
+                    ),
                     ("TANVRIT_CLUSTER_RAFT", "true".to_string()),
                     ("TANVRIT_PEERS", peers.clone()),
                     ("TANVRIT_REPLICA_ID", format!("replica-{}", i + 1)),
@@ -161,7 +170,11 @@ impl Harness {
                 ready_prefix: "listening on ".into(),
             };
             fabric.start(host, launch).await?;
-            urls.push((host.clone(), format!("http://{address}:{API_PORT}")));
+            urls.push((
+                host.clone(),
+                format!("http://{}:{API_PORT}", fabric.client_address(host)?),
+            ));
+            peer_urls.push(format!("http://{address}:{API_PORT}"));
         }
         let harness = Harness {
             fabric,
@@ -193,12 +206,7 @@ impl Harness {
             })
             .await?
             .secret;
-        let servers = harness
-            .urls
-            .iter()
-            .map(|(_, u)| u.clone())
-            .collect::<Vec<_>>()
-            .join(",");
+        let servers = peer_urls.join(",");
         let mut harness = harness;
         for agent in harness.agents.clone() {
             let launch = Launch {

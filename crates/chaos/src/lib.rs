@@ -8,11 +8,13 @@
 //! - [`checker`]: the guarantees, as pure functions over a history ([`checker::check`]).
 //! - [`workload`]: the clients and the [`workload::Recorder`].
 //! - [`fabric`]: the [`fabric::Fabric`] trait every fault backend implements.
-//! - [`netns`]: the Linux network namespace backend; [`nfq`], its packet delayer.
+//! - [`netns`]: the Linux network namespace backend; [`nfq`], the packet delayer.
+//! - [`docker`]: the Docker backend (containers of the `tanvrit:dev` image).
 //! - [`harness`]: a 3-replica cluster and two agents on a fabric; final states.
 //! - [`scenario`]: the fault schedules and the verdict line.
 
 pub mod checker;
+pub mod docker;
 pub mod fabric;
 pub mod harness;
 pub mod history;

@@ -1,11 +1,14 @@
 //! `tanvrit-chaos`: runs fault scenarios against real `tanvrit` processes in Linux
-//! network namespaces and prints one verdict line per scenario.
+//! network namespaces (or, with `--backend docker`, in containers) and prints one
+//! verdict line per scenario.
 //!
-//! Unless told `--no-sandbox`, it first re-runs itself under
+//! On the netns backend, unless told `--no-sandbox`, it first re-runs itself under
 //! `unshare --user --map-root-user --net --mount --pid --fork --kill-child` with a
 //! private `/run`: every namespace, replica, agent and client then lives in a network
 //! namespace of its own with no route off the machine, and killing this process frees
-//! everything.
+//! everything. The Docker backend cannot live in such a sandbox (the daemon and the
+//! containers are outside it); it removes its containers and networks itself, and what
+//! a killed run leaves is swept by the next one (or `--cleanup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tanvrit_chaos::netns::SANDBOX_ENV;
-use tanvrit_chaos::scenario::{self, RunOptions, Scenario};
+use tanvrit_chaos::scenario::{self, Backend, RunOptions, Scenario};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,12 +33,20 @@ struct Cli {
     /// Run each scenario's fault schedule for minutes instead of one short cycle.
     #[arg(long)]
     long: bool,
-    /// The fault backend (only `netns` so far).
+    /// The fault backend: `netns` (processes in network namespaces) or `docker`
+    /// (containers of --image).
     #[arg(long, default_value = "netns")]
     backend: String,
-    /// The `tanvrit` binary [default: next to this one].
+    /// The `tanvrit` binary [default: next to this one] (netns backend).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// The image the docker backend runs (built by deploy/image/build.sh; never pulled).
+    #[arg(long, default_value = tanvrit_chaos::docker::DEFAULT_IMAGE)]
+    image: String,
+    /// Docker backend: remove the containers and networks of runs that are gone, then
+    /// exit.
+    #[arg(long)]
+    cleanup: bool,
     /// Where data directories, process logs and histories go.
     #[arg(long, default_value = "./chaos-data")]
     work_dir: PathBuf,
@@ -90,7 +101,7 @@ fn main() -> ExitCode {
         };
     }
     let sandboxed = std::env::var(SANDBOX_ENV).is_ok_and(|v| v == "1");
-    if !sandboxed && !cli.no_sandbox {
+    if cli.backend == "netns" && !sandboxed && !cli.no_sandbox {
         return match enter_sandbox() {
             Ok(code) => code,
             Err(e) => {
@@ -193,8 +204,26 @@ async fn run_until_signalled(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if cli.backend != "netns" {
-        bail!("unknown backend `{}` (only `netns`)", cli.backend);
+    let backend = match cli.backend.as_str() {
+        "netns" => Backend::Netns,
+        "docker" => Backend::Docker {
+            image: cli.image.clone(),
+        },
+        other => bail!("unknown backend `{other}` (`netns` or `docker`)"),
+    };
+    if cli.cleanup {
+        if backend == Backend::Netns {
+            bail!("--cleanup is for --backend docker (the netns sandbox frees everything)");
+        }
+        let removed = tanvrit_chaos::docker::cleanup_stale().await?;
+        for name in &removed {
+            println!("removed {name}");
+        }
+        println!("cleanup: {} left by dead runs removed", removed.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if backend != Backend::Netns && cli.bin.is_some() {
+        bail!("--bin is for the netns backend; containers run their image's `tanvrit` (--image)");
     }
     let scenarios: Vec<Scenario> = if cli.scenario == "all" {
         Scenario::ALL.to_vec()
@@ -216,7 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("this program has no directory")?
             .join("tanvrit"),
     };
-    if !bin.exists() {
+    if backend == Backend::Netns && !bin.exists() {
         bail!(
             "no tanvrit binary at {} (build it, or pass --bin)",
             bin.display()
@@ -224,7 +253,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&cli.work_dir)?;
     let options = RunOptions {
-        bin: std::fs::canonicalize(&bin)?,
+        backend,
+        bin: std::fs::canonicalize(&bin).unwrap_or(bin),
         work_dir: std::fs::canonicalize(&cli.work_dir)?,
         long: cli.long,
         no_sandbox: cli.no_sandbox,

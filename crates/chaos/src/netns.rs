@@ -296,9 +296,13 @@ impl NetnsFabric {
         let mut rules = String::new();
         for (name, percent) in self.loss.iter().filter(|(_, p)| **p > 0) {
             let port = &self.host(name)?.port;
-            rules.push_str(&format!(
-                "    iifname \"{port}\" numgen random mod 100 < {percent} drop\n"
-            ));
+            // `mod 100 < 100` is out of nft's range: everything is plain `drop`.
+            let draw = if *percent >= 100 {
+                String::new()
+            } else {
+                format!("numgen random mod 100 < {percent} ")
+            };
+            rules.push_str(&format!("    iifname \"{port}\" {draw}drop\n"));
         }
         let script = format!(
             "add table bridge chaos_loss\ndelete table bridge chaos_loss\n\

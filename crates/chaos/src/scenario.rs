@@ -10,6 +10,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::checker::{self, Verdict};
+use crate::docker::DockerFabric;
+use crate::fabric::Fabric;
 use crate::harness::{ClusterSettings, Harness, HarnessError};
 use crate::history::{parse_runs, History, Op, Outcome};
 use crate::netns::NetnsFabric;
@@ -105,10 +107,24 @@ impl Scenario {
     }
 }
 
+/// Where the hosts run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Processes in Linux network namespaces ([`NetnsFabric`]).
+    Netns,
+    /// Containers of `image` ([`DockerFabric`]).
+    Docker {
+        /// The image (built from this repository; never pulled).
+        image: String,
+    },
+}
+
 /// How to run scenarios.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// The `tanvrit` binary.
+    /// The fault backend.
+    pub backend: Backend,
+    /// The `tanvrit` binary (netns backend; containers run their image's).
     pub bin: PathBuf,
     /// Where data directories, logs and histories go.
     pub work_dir: PathBuf,
@@ -179,7 +195,7 @@ impl ScenarioReport {
     }
 }
 
-/// Runs one scenario on the netns backend and checks it.
+/// Runs one scenario on the chosen backend and checks it.
 pub async fn run(scenario: Scenario, options: &RunOptions) -> Result<ScenarioReport, HarnessError> {
     let started = Instant::now();
     let dir = options.work_dir.join(scenario.name());
@@ -191,10 +207,16 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Result<ScenarioRep
         .into_iter()
         .chain(crate::harness::agent_hosts())
         .collect();
-    let fabric = NetnsFabric::create(&options.bin, &dir, &hosts, options.no_sandbox).await?;
+    let fabric: Box<dyn Fabric> = match &options.backend {
+        Backend::Netns => {
+            Box::new(NetnsFabric::create(&options.bin, &dir, &hosts, options.no_sandbox).await?)
+        }
+        Backend::Docker { image } => Box::new(DockerFabric::create(image, &dir, &hosts).await?),
+    };
     // On a failed start the fabric is dropped with the harness: its processes die with
-    // it (kill_on_drop) and the sandbox frees the namespaces.
-    let harness = Harness::start(Box::new(fabric), &scenario.settings(options.node_ttl)).await?;
+    // it (kill_on_drop), the sandbox frees the namespaces, and the Docker fabric removes
+    // its containers and networks when dropped.
+    let harness = Harness::start(fabric, &scenario.settings(options.node_ttl)).await?;
     run_started(scenario, options, harness, &dir, started).await
 }
 

@@ -122,6 +122,14 @@ fn client(endpoints: Vec<String>, key: &str, timeout: Duration) -> Client {
     .expect("workload client config is valid")
 }
 
+/// A shell function `now`: nanoseconds since the epoch. GNU `date` has `%N`; busybox's
+/// (the container image's only `date`) prints it literally, and there `adjtimex` reads
+/// the clock in microseconds. Containers share the machine's clock, so the agents' runs
+/// stay comparable across backends.
+const NOW_NS: &str = "now() { t=$(date +%s%N); case $t in *N) adjtimex | \
+    awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf \"%d%06d000\\n\", s, u}';; \
+    *) echo $t;; esac; };";
+
 fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
     let mut spec = JobSpec {
         resources: Resources {
@@ -137,10 +145,11 @@ fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
         let log = config.run_log.display();
         // A stopped attempt (SIGTERM to its process group) records its end too, so the
         // checker knows when it really stopped; only a SIGKILL leaves a run open-ended.
-        let end = format!("echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}");
+        let end = format!("echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}");
         spec.shell = Some(format!(
-            "trap '{end}; exit 143' TERM; \
-             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(date +%s%N) >> {log}; \
+            "{NOW_NS} \
+             trap '{end}; exit 143' TERM; \
+             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}; \
              sleep {}; {end}",
             config.job_secs
         ));
@@ -453,6 +462,43 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `now` in `shell` with `path` as its PATH; what it printed.
+    fn now_with(shell: &str, path: &str) -> String {
+        let out = std::process::Command::new(shell)
+            .args(["-c", &format!("{NOW_NS} now")])
+            .env("PATH", path)
+            .output()
+            .expect("the shell runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn is_epoch_ns(text: &str) -> bool {
+        text.len() >= 19 && text.bytes().all(|b| b.is_ascii_digit())
+    }
+
+    #[test]
+    fn job_clock_prints_epoch_nanoseconds_with_gnu_date_and_with_busybox() {
+        let gnu = now_with("sh", &std::env::var("PATH").unwrap_or_default());
+        assert!(is_epoch_ns(&gnu), "{gnu:?}");
+        // The image has only busybox: its `date` has no %N, so `now` must fall back.
+        let busybox = std::path::Path::new("/bin/busybox");
+        if !busybox.exists() {
+            eprintln!("no /bin/busybox: the image's clock is not checked here");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("chaos-now-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for applet in ["sh", "date", "adjtimex", "awk"] {
+            let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
+        }
+        let shell = dir.join("sh").display().to_string();
+        let from_busybox = now_with(&shell, &dir.display().to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(is_epoch_ns(&from_busybox), "{from_busybox:?}");
+        let (a, b): (u128, u128) = (gnu.parse().unwrap(), from_busybox.parse().unwrap());
+        assert!(b >= a, "one clock: {a} then {b}");
+    }
 
     #[test]
     fn only_refusals_are_definite_failures() {
