@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The code of a 503 for a write whose outcome is unknown: it was proposed, then the
+/// leader changed (or its answer was lost) before it committed, so it may or may not take
+/// effect. Unlike every other 503, repeating such a write is safe only when the server
+/// deduplicates it (the same `Idempotency-Key`, or the same key in the body); the
+/// repeat's answer then says what happened.
+pub const WRITE_OUTCOME_UNKNOWN: &str = "write_outcome_unknown";
+
 /// Every non-2xx response carries this body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

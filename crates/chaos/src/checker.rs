@@ -30,7 +30,8 @@ pub enum ViolationKind {
     DuplicateWrite,
     /// A job whose key no client ever submitted.
     PhantomWrite,
-    /// A submit that failed definitely (4xx) was applied anyway.
+    /// A submit that failed definitely (a 4xx, or only ever `no_leader` or a refused
+    /// connection) was applied anyway.
     RefusedWriteApplied,
     /// A `strict` read missed a write acknowledged before the read was invoked.
     StaleStrictRead,
@@ -85,6 +86,8 @@ pub struct Verdict {
     pub duplicated: usize,
     /// Submits that ended indeterminate (may or may not have been applied).
     pub indeterminate: usize,
+    /// Submits that failed definitely (certainly not applied; must never appear).
+    pub refused: usize,
     /// Reads checked, by level.
     pub reads_checked: BTreeMap<String, usize>,
     /// Physical runs checked.
@@ -135,6 +138,10 @@ pub fn check(history: &History, finals: &[ReplicaState], runs: &[RunRecord]) -> 
     verdict.indeterminate = submits
         .values()
         .filter(|s| s.acked.is_none() && !s.definite_failure)
+        .count();
+    verdict.refused = submits
+        .values()
+        .filter(|s| s.acked.is_none() && s.definite_failure)
         .count();
     check_final_sets(&submits, finals, &mut verdict);
     check_reads(&history.events, &submits, &mut verdict);
@@ -652,7 +659,7 @@ mod tests {
         };
         let verdict = check(&history(vec![failed]), &[replica("r1", vec![])], &[]);
         assert!(verdict.ok(), "{:?}", verdict.violations);
-        assert_eq!(verdict.indeterminate, 1);
+        assert_eq!((verdict.indeterminate, verdict.refused), (1, 0));
     }
 
     #[test]
@@ -668,6 +675,7 @@ mod tests {
             &[],
         );
         assert!(verdict.has(ViolationKind::RefusedWriteApplied));
+        assert_eq!((verdict.indeterminate, verdict.refused), (0, 1));
     }
 
     #[test]

@@ -74,8 +74,9 @@ pub enum Outcome {
         index: Index,
     },
     /// The operation failed. `definite` means it certainly changed nothing (a 4xx
-    /// refusal); otherwise it may or may not have taken effect (a timeout, a broken
-    /// connection, a 503 after the entry reached the log).
+    /// refusal, or every attempt met a refused connection or a 503 `no_leader`);
+    /// otherwise it may or may not have taken effect (a timeout, a broken connection, a
+    /// 503 `write_outcome_unknown` after the entry reached the log).
     Failed {
         /// Whether the failure proves the operation had no effect.
         definite: bool,

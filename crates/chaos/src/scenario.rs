@@ -176,14 +176,16 @@ impl ScenarioReport {
                 .join(",")
         };
         format!(
-            "{:<19} {} acked={} lost={} duplicated={} indeterminate={} unavailable={}ms \
-             elections={} reads[{}] runs={} settled={} violations={} ({:.1}s)",
+            "{:<19} {} acked={} lost={} duplicated={} indeterminate={} refused={} \
+             unavailable={}ms elections={} reads[{}] runs={} settled={} violations={} \
+             ({:.1}s)",
             self.scenario,
             if v.ok() { "PASS" } else { "FAIL" },
             v.acked,
             v.lost,
             v.duplicated,
             v.indeterminate,
+            v.refused,
             self.unavailable_ms,
             self.elections,
             reads.join(" "),

@@ -3,7 +3,8 @@
 //!
 //! - Writers submit jobs, each with an idempotency key of its own, retried with that
 //!   key (on any replica) until acknowledged, refused (4xx: a definite failure) or the
-//!   run ends (indeterminate). Now and then a writer cancels one of its parked jobs
+//!   run ends: definite if no attempt can have applied anything (each was refused, met
+//!   a refused connection or a 503 `no_leader`), else indeterminate. Now and then a writer cancels one of its parked jobs
 //!   (with an `Idempotency-Key`) or reads its own writes back (`min_index` of its last
 //!   acknowledged index, on a random replica).
 //! - One reader per replica, pinned to it, reads the whole job set in turn `strict`,
@@ -102,11 +103,28 @@ impl Default for Recorder {
     }
 }
 
-/// Whether a failed call certainly changed nothing: the server refused it (4xx).
-/// A 503 is not definite for writes: a leader that lost leadership after proposing
-/// answers 503, and the entry may still commit.
+/// Whether a failed call certainly changed nothing and is final: the server refused it
+/// (4xx). Retrying stops here.
 pub fn is_definite(err: &ClientError) -> bool {
     matches!(err.status(), Some(status) if (400..500).contains(&status) && status != 408 && status != 429)
+}
+
+/// Whether one failed attempt of a write certainly applied nothing, though a repeat may
+/// succeed: a refusal, a connection that was refused (the request never left), or a
+/// 503 `no_leader` (the server never proposed it). Not a 503 `write_outcome_unknown`
+/// (proposed, may still commit), another 503, a 5xx or a lost answer.
+pub fn applied_nothing(err: &ClientError) -> bool {
+    is_definite(err)
+        || matches!(err, ClientError::Transport { not_sent: true, .. })
+        || matches!(err, ClientError::Api { status: 503, code, .. } if code == "no_leader")
+}
+
+/// How a persisted operation failed: its last error, and whether every attempt of it
+/// applied nothing (then the operation certainly did not happen).
+#[derive(Debug)]
+struct Failure {
+    err: ClientError,
+    definite: bool,
 }
 
 fn client(endpoints: Vec<String>, key: &str, timeout: Duration) -> Client {
@@ -233,33 +251,47 @@ async fn persist<T, F, Fut>(
     give_up: &watch::Receiver<bool>,
     grace: Duration,
     mut call: F,
-) -> Result<T, ClientError>
+) -> Result<T, Failure>
 where
     F: FnMut(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
     let mut stopped_at: Option<Instant> = None;
+    // One attempt that may have been applied makes the whole operation indeterminate,
+    // whatever the later attempts answer (a `no_leader` says nothing of an earlier try).
+    let mut all_applied_nothing = true;
     loop {
         let err = match call(rotation.current().clone()).await {
             Ok(value) => return Ok(value),
-            Err(err) if is_definite(&err) => return Err(err),
+            // A refusal is final, and definite even after attempts of unknown outcome:
+            // had one of them taken effect, the key would have replayed its answer.
+            Err(err) if is_definite(&err) => {
+                return Err(Failure {
+                    err,
+                    definite: true,
+                })
+            }
             Err(err) => err,
         };
+        all_applied_nothing &= applied_nothing(&err);
         rotation.advance();
         if *give_up.borrow() {
             let since = *stopped_at.get_or_insert_with(Instant::now);
             if since.elapsed() >= grace {
-                return Err(err);
+                return Err(Failure {
+                    err,
+                    definite: all_applied_nothing,
+                });
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn fail(err: &ClientError) -> Outcome {
+fn fail(failure: &Failure) -> Outcome {
     Outcome::Failed {
-        definite: is_definite(err),
-        code: err.code().to_string(),
+        definite: failure.definite,
+        code: failure.err.code().to_string(),
     }
 }
 
@@ -418,7 +450,13 @@ async fn read_set(
                     None => break Outcome::Read { keys, index },
                 }
             }
-            Err(err) => break fail(&err),
+            // A read changes nothing: definite or not does not matter to the checker.
+            Err(err) => {
+                break Outcome::Failed {
+                    definite: is_definite(&err),
+                    code: err.code().to_string(),
+                }
+            }
         }
     };
     recorder.record(Event {
@@ -519,5 +557,74 @@ mod tests {
             not_sent: false,
             timed_out: true,
         }));
+    }
+
+    #[test]
+    fn no_leader_and_a_refused_connection_applied_nothing_but_an_unknown_outcome_may_have() {
+        let api = |status: u16, code: &str| ClientError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+            retry_after: None,
+            leader: None,
+        };
+        let transport = |not_sent: bool| ClientError::Transport {
+            endpoint: "http://x".into(),
+            message: "x".into(),
+            not_sent,
+            timed_out: false,
+        };
+        assert!(applied_nothing(&api(503, "no_leader")));
+        assert!(applied_nothing(&api(409, "illegal_transition")));
+        assert!(applied_nothing(&transport(true)));
+        assert!(!applied_nothing(&api(503, "write_outcome_unknown")));
+        assert!(!applied_nothing(&api(503, "shutting_down")));
+        assert!(!applied_nothing(&api(503, "unavailable")));
+        assert!(!applied_nothing(&api(500, "internal")));
+        assert!(!applied_nothing(&transport(false)));
+    }
+
+    /// Runs `persist` with the run already over: `first` answers in turn, then `rest`
+    /// until `grace` has passed.
+    async fn persisted(first: Vec<ClientError>, rest: ClientError, grace: Duration) -> Failure {
+        let config = WorkloadConfig {
+            replicas: vec![("r1".into(), "http://127.0.0.1:9".into())],
+            api_key: "k".into(),
+            writers: 1,
+            write_pause: Duration::ZERO,
+            read_pause: Duration::ZERO,
+            runnable_every: 1,
+            job_secs: 0.0,
+            run_log: PathBuf::new(),
+            request_timeout: Duration::from_secs(1),
+        };
+        let mut rotation = Rotation::new(&config, 0);
+        let (_stop, give_up) = watch::channel(true);
+        let answers = Mutex::new(first.into_iter());
+        persist(&mut rotation, &give_up, grace, |_| {
+            let next = answers.lock().next().unwrap_or_else(|| rest.clone());
+            async move { Err::<(), _>(next) }
+        })
+        .await
+        .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_write_is_a_definite_failure_only_if_every_attempt_applied_nothing() {
+        let api = |code: &str| ClientError::Api {
+            status: 503,
+            code: code.into(),
+            message: String::new(),
+            retry_after: None,
+            leader: None,
+        };
+        let (no_leader, unknown) = (api("no_leader"), api("write_outcome_unknown"));
+        let once = Duration::ZERO;
+        assert!(persisted(vec![], no_leader.clone(), once).await.definite);
+        assert!(!persisted(vec![], unknown.clone(), once).await.definite);
+        // An earlier attempt that may have been applied is not undone by later ones.
+        let failure = persisted(vec![unknown], no_leader, Duration::from_millis(150)).await;
+        assert_eq!(failure.err.code(), "no_leader");
+        assert!(!failure.definite);
     }
 }

@@ -21,13 +21,17 @@ use crate::{ClientConfig, ClientError};
 /// # Retries
 /// Every call runs in one loop. An attempt is repeated, up to
 /// [`ClientConfig::max_retries`] times with capped exponential backoff and jitter, when:
-/// - the server answered **503** (no leader, not caught up, cut off from the leader,
-///   shutting down): the server applied nothing, so this holds for writes too. The retry
-///   goes to the leader when the answer names its API URL (`X-Tanvrit-Leader-Url`, or
-///   the error body's `leader_url`) and that URL is one of the configured endpoints,
-///   after the ordinary backoff; otherwise it waits for `Retry-After` (capped at
-///   [`ClientConfig::backoff_max`]; without one, the backoff) and, with several
-///   endpoints, goes to the next one;
+/// - the server answered **503** `no_leader`, `not_caught_up` or `shutting_down` (or a
+///   503 without a code of ours): the server applied nothing, so this holds for writes
+///   too. The retry goes to the leader when the answer names its API URL
+///   (`X-Tanvrit-Leader-Url`, or the error body's `leader_url`) and that URL is one of
+///   the configured endpoints, after the ordinary backoff; otherwise it waits for
+///   `Retry-After` (capped at [`ClientConfig::backoff_max`]; without one, the backoff)
+///   and, with several endpoints, goes to the next one;
+/// - the server answered **503** `write_outcome_unknown`: the write was proposed, then
+///   leadership changed (or the leader's answer was lost) before it committed, so it may
+///   or may not take effect. It is repeated, as above, only when repeating is safe: on a
+///   read, or on a write the server deduplicates (the list below);
 /// - the **connection was refused** (or could not be made at all): the request never left,
 ///   so this holds for writes too. The call moves to the next endpoint, at once and without
 ///   using a retry while some endpoint has not been tried in this call;
@@ -41,9 +45,12 @@ use crate::{ClientConfig, ClientError};
 ///   second one.
 ///
 /// Other writes (cancel, retry, drain, delete, key and schedule changes) without a key
-/// are not repeated after a transport failure that may have reached the server: the
-/// caller sees the error and decides, since repeating them could fail with
-/// `illegal_transition` or act twice.
+/// are not repeated after a transport failure that may have reached the server, nor
+/// after a 503 `write_outcome_unknown` ([`ClientError::is_outcome_unknown`]): the caller
+/// sees the error and decides, since repeating them could fail with
+/// `illegal_transition` or act twice (a second key, a second schedule). To learn what
+/// happened, repeat such a write through a [`Client::with_idempotency_key`] handle from
+/// the start: the repeat's answer is the first delivery's, if it took effect.
 ///
 /// # Endpoint choice
 /// Calls start at the client's current endpoint, shared by its clones. A 503 moves it
@@ -365,6 +372,10 @@ impl Client {
                         None => self.advance_from(idx),
                     }
                     if retries_used >= inner.config.max_retries {
+                        return Err(err);
+                    }
+                    // Every other 503 applied nothing; this one may still take effect.
+                    if err.is_outcome_unknown() && call.safety == Safety::Write {
                         return Err(err);
                     }
                     retries_used += 1;

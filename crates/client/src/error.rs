@@ -63,6 +63,17 @@ impl ClientError {
         }
     }
 
+    /// True for a 503 `write_outcome_unknown`: the write was proposed, but leadership
+    /// changed or the leader's answer was lost before it committed, so it may or may not
+    /// take effect. Repeating it under the same idempotency key is safe and tells which;
+    /// repeating it without one may act twice.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Api { status: 503, code, .. } if code == tanvrit_api::WRITE_OUTCOME_UNKNOWN
+        )
+    }
+
     /// The HTTP status, for [`ClientError::Api`].
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -441,6 +441,137 @@ async fn a_write_that_may_have_arrived_is_not_repeated_but_a_read_is() {
     assert_eq!(count.load(Ordering::SeqCst), 4 + 3);
 }
 
+/// A 503 `write_outcome_unknown` as a leader cut off after proposing sends it.
+fn outcome_unknown() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "0")],
+        axum::Json(serde_json::json!({"error": {
+            "code": "write_outcome_unknown",
+            "message": "the write may or may not take effect",
+            "leader": "replica-2"
+        }})),
+    )
+        .into_response()
+}
+
+/// A replica that answers its first call with a 503 of `code`, then anything with `ok`.
+async fn unavailable_once(first: fn() -> Response, ok: serde_json::Value) -> TestServer {
+    TestServer::start(move |n, _| {
+        if n == 0 {
+            first()
+        } else {
+            json(StatusCode::OK, 5, ok.clone())
+        }
+    })
+    .await
+}
+
+fn client_for(server: &TestServer, max_retries: u32) -> Client {
+    client(vec![server.url.clone()], max_retries)
+}
+
+fn schedule() -> ScheduleCreateRequest {
+    ScheduleCreateRequest {
+        business: None,
+        name: None,
+        cron: "* * * * *".into(),
+        timezone: None,
+        template: JobSpec {
+            command: vec!["true".into()],
+            ..JobSpec::default()
+        },
+        enabled: None,
+        overlap: None,
+        catch_up: None,
+    }
+}
+
+#[tokio::test]
+async fn a_keyless_write_whose_outcome_is_unknown_is_not_repeated_and_moves_the_endpoint() {
+    let first = unavailable_once(outcome_unknown, job_body(5)).await;
+    let second = TestServer::start(|_, _| json(StatusCode::OK, 5, job_body(5))).await;
+    let client = client(vec![first.url.clone(), second.url.clone()], 3);
+    let err = client
+        .cancel_job(&JobId::from("job-1"), JobActionRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(503), "write_outcome_unknown")
+    );
+    assert_eq!(
+        (first.seen().len(), second.seen().len()),
+        (1, 0),
+        "a cancel that may have happened is the caller's to repeat"
+    );
+    assert_eq!(
+        client.current_endpoint().trim_end_matches('/'),
+        second.url,
+        "the next call does not start at the replica that could not serve"
+    );
+
+    // Nor is a schedule creation, which would create a second schedule.
+    let server = unavailable_once(outcome_unknown, serde_json::json!({})).await;
+    let err = client_for(&server, 3)
+        .create_schedule(schedule())
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_write_whose_outcome_is_unknown_is_repeated_under_its_key() {
+    let server = unavailable_once(outcome_unknown, job_body(5)).await;
+    let keyed = client_for(&server, 3).with_idempotency_key("cancel-7");
+    let response = keyed
+        .cancel_job(&JobId::from("job-1"), JobActionRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(response.index, 5);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2, "the repeat learns what the first did");
+    for request in &seen {
+        assert_eq!(request.headers["idempotency-key"], "cancel-7");
+    }
+
+    // A submit carries its key in the body: the repeat is the same submission.
+    let server = unavailable_once(outcome_unknown, job_body(6)).await;
+    let response = client_for(&server, 3).submit_job(submit()).await.unwrap();
+    assert_eq!(response.index, 6);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].body["idempotency_key"].is_string());
+    assert_eq!(
+        seen[0].body["idempotency_key"],
+        seen[1].body["idempotency_key"]
+    );
+}
+
+#[tokio::test]
+async fn a_read_answered_outcome_unknown_is_repeated() {
+    let server = unavailable_once(outcome_unknown, list_body(5)).await;
+    let listed = client_for(&server, 3)
+        .list_jobs(JobListRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.index, 5);
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_keyless_write_answered_no_leader_is_still_repeated() {
+    // `no_leader` means nothing was proposed: repeating any write is safe.
+    let server = unavailable_once(|| no_leader(None), job_body(5)).await;
+    client_for(&server, 3)
+        .cancel_job(&JobId::from("job-1"), JobActionRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(server.seen().len(), 2);
+}
+
 #[tokio::test]
 async fn reads_after_a_write_ask_for_its_index() {
     let server = TestServer::start(|_, seen| {

@@ -45,12 +45,30 @@ pub struct Receipt {
 /// (Serializable: a leader's answer to a forwarded write travels back to the follower.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ClusterError {
-    /// No leader is known right now (election in progress); retry after the hint.
+    /// No leader is known right now (election in progress); retry after the hint. For a
+    /// write this is definite: it was never proposed, so nothing of it can be applied
+    /// and repeating it is safe whatever it is.
     #[error("no leader is available; retry in {retry_after:?}")]
     NoLeader {
         /// How long a client should wait before retrying.
         retry_after: Duration,
         /// The leader this replica last knew, if any.
+        leader: Option<String>,
+    },
+    /// The write may have entered the log, but its outcome could not be learned: the
+    /// leader lost its leadership or gave up waiting before the entry committed, or the
+    /// leader's answer to a forwarded write was lost. A new leader may still commit it,
+    /// so it may or may not take effect. Repeating it is safe only under the same
+    /// idempotency key, and the repeat's answer tells which happened.
+    #[error(
+        "the write may or may not take effect: it was proposed, but leadership changed or \
+         the leader's answer was lost before it committed; repeat it with the same \
+         Idempotency-Key to learn which (retry in {retry_after:?})"
+    )]
+    OutcomeUnknown {
+        /// How long a client should wait before repeating.
+        retry_after: Duration,
+        /// The leader this replica knows now, if any.
         leader: Option<String>,
     },
     /// This replica did not reach the requested index in time.
@@ -85,6 +103,7 @@ impl ClusterError {
     pub fn code(&self) -> &'static str {
         match self {
             ClusterError::NoLeader { .. } => "no_leader",
+            ClusterError::OutcomeUnknown { .. } => tanvrit_api::WRITE_OUTCOME_UNKNOWN,
             ClusterError::NotCaughtUp { .. } => "not_caught_up",
             ClusterError::ShuttingDown => "shutting_down",
             ClusterError::Storage(_) => "storage_error",
@@ -98,6 +117,7 @@ impl ClusterError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ClusterError::NoLeader { retry_after, .. }
+            | ClusterError::OutcomeUnknown { retry_after, .. }
             | ClusterError::NotCaughtUp { retry_after, .. } => Some(*retry_after),
             ClusterError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
@@ -115,6 +135,9 @@ pub trait ClusterService: Send + Sync + 'static {
     /// Every replica as this one sees it.
     fn topology(&self) -> Topology;
     /// Proposes a command; returns once it is durable (committed) and applied locally.
+    /// Fails with [`ClusterError::OutcomeUnknown`] when the command may have entered the
+    /// log without this call learning whether it committed, and with
+    /// [`ClusterError::NoLeader`] only when it certainly was not proposed.
     async fn submit_write(&self, command: Command) -> Result<Receipt, ClusterError>;
     /// Waits until a read at `consistency` may be served here; returns the index it reflects.
     async fn read_barrier(&self, consistency: Consistency) -> Result<Index, ClusterError>;

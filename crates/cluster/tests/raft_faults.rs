@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tanvrit_api::Consistency;
 use tanvrit_cluster::raft::{RaftCluster, RpcKind};
 use tanvrit_cluster::{ClusterError, ClusterService, Receipt};
+use tanvrit_state::Effect;
 use tanvrit_testkit::commands::{
     has_top_up, job_with_output, ledger_len, node_register, state_json, top_up,
 };
@@ -19,13 +20,16 @@ async fn futures_join_all<F: std::future::Future>(futures: [F; 2]) -> Vec<F::Out
     vec![a, b]
 }
 
-/// Retries a write through NoLeader answers (the idempotency key makes it safe).
+/// Retries a write through `NoLeader` and `OutcomeUnknown` answers (the top-up's
+/// idempotency key makes repeating it safe either way).
 async fn write_retrying(node: &RaftCluster, n: u64) -> Receipt {
     let deadline = Instant::now() + WAIT;
     loop {
         match node.submit_write(top_up(n)).await {
             Ok(receipt) => return receipt,
-            Err(err @ ClusterError::NoLeader { .. }) if Instant::now() < deadline => {
+            Err(err @ (ClusterError::NoLeader { .. } | ClusterError::OutcomeUnknown { .. }))
+                if Instant::now() < deadline =>
+            {
                 tracing::debug!(n, error = %err, "retrying");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -50,6 +54,14 @@ async fn converged(cluster: &TestCluster) -> serde_json::Value {
     .await
 }
 
+/// Whether a repeated top-up found the first delivery already applied.
+fn repeat_found_it(receipt: &Receipt) -> bool {
+    match &receipt.outcome {
+        Ok(Effect::Entry { duplicate, .. }) => *duplicate,
+        other => panic!("a top-up answers with its entry, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
     init_tracing();
@@ -62,12 +74,13 @@ async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
 
     cluster.faults().isolate(old);
     let started = Instant::now();
-    // Proposed while it still believes it leads; it must not be acknowledged.
+    // Proposed (appended to the old leader's log) while it still believes it leads; it
+    // must not be acknowledged, and the caller must not be told nothing happened: a
+    // leader that took it over could commit it.
     let refused = cluster.node(old).submit_write(top_up(99)).await;
-    assert!(
-        matches!(refused, Err(ClusterError::NoLeader { .. })),
-        "{refused:?}"
-    );
+    let err = refused.unwrap_err();
+    assert_eq!(err.code(), "write_outcome_unknown", "{err}");
+    assert!(err.retry_after().is_some());
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "answered in bounded time"
@@ -97,9 +110,70 @@ async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
     assert!(node.reader().read(|s| has_top_up(s, 1) && has_top_up(s, 2)));
     assert!(
         !node.reader().read(|s| has_top_up(s, 99)),
-        "the refused write is gone"
+        "the new leader's log replaced the unacknowledged entry"
     );
     assert!(state.to_string().contains("top-up-2"));
+    // The caller learns what happened by repeating the write under its key: it had not
+    // taken effect, so the repeat applies it, once.
+    let repeat = write_retrying(&cluster.node(old), 99).await;
+    assert!(!repeat_found_it(&repeat), "{repeat:?}");
+    cluster.applied_everywhere(repeat.index, WAIT).await;
+    for id in cluster.running() {
+        assert_eq!(
+            cluster.node(id).reader().read(ledger_len),
+            3,
+            "replica {id}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_before_its_commit_is_unknown_and_its_key_then_finds_it_committed() {
+    init_tracing();
+    // A write deadline far below the lease: the leader stops waiting while it still leads.
+    let options = ClusterOptions {
+        tweak: Some(std::sync::Arc::new(|c| {
+            c.write_timeout = Duration::from_millis(60);
+        })),
+        ..ClusterOptions::voters(3)
+    };
+    let cluster = TestCluster::start(options).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let before = write_retrying(&cluster.node(leader), 1).await;
+    cluster.applied_everywhere(before.index, WAIT).await;
+
+    // Cut off right as the write is queued: its entry is appended but cannot commit
+    // before the deadline.
+    cluster.faults().isolate(leader);
+    let err = cluster
+        .node(leader)
+        .submit_write(top_up(7))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "write_outcome_unknown", "{err}");
+    assert_eq!(
+        err.retry_after(),
+        Some(cluster.node(leader).config().election_max)
+    );
+    // Back within the lease, under the same leader: the entry commits after all.
+    cluster.faults().heal();
+    eventually(WAIT, "the unknown write to commit", || async {
+        let node = cluster.node(leader);
+        node.reader().read(|s| has_top_up(s, 7)).then_some(())
+    })
+    .await;
+    // Repeating it under its key says it took effect, and does not apply it again.
+    let repeat = write_retrying(&cluster.node(leader), 7).await;
+    assert!(repeat_found_it(&repeat), "{repeat:?}");
+    cluster.applied_everywhere(repeat.index, WAIT).await;
+    for id in cluster.running() {
+        assert_eq!(
+            cluster.node(id).reader().read(ledger_len),
+            2,
+            "replica {id}"
+        );
+    }
     cluster.shutdown().await;
 }
 
@@ -330,7 +404,7 @@ async fn with_the_lan_profile_a_crashed_leader_is_replaced_well_under_a_second()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_cut_off_from_the_leader_answers_no_leader_within_the_lease() {
+async fn a_follower_cut_off_from_the_leader_answers_within_the_lease() {
     init_tracing();
     let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
     let leader = cluster.leader(WAIT).await;
@@ -344,17 +418,24 @@ async fn a_follower_cut_off_from_the_leader_answers_no_leader_within_the_lease()
     let node = cluster.node(follower);
     let started = Instant::now();
     // Its forwarded write is lost; it gives up once no leader was heard for the lease.
+    // The write may have reached the leader before the cut, so its outcome is unknown.
     let err = node.submit_write(top_up(2)).await.unwrap_err();
-    assert_eq!(err.code(), "no_leader", "{err}");
+    assert_eq!(err.code(), "write_outcome_unknown", "{err}");
     let bound = node.config().election_max + node.config().no_leader_timeout;
     assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+    // Now that it knows the leader is gone it forwards nothing: the next write certainly
+    // did not happen.
+    let err = node.submit_write(top_up(3)).await.unwrap_err();
+    assert_eq!(err.code(), "no_leader", "{err}");
     let err = node.read_barrier(Consistency::Strict).await.unwrap_err();
     assert_eq!(err.code(), "no_leader");
     // Stale reads still work: whatever this replica applied.
     assert!(node.read_barrier(Consistency::Stale).await.unwrap() >= 1);
     cluster.faults().heal();
-    let receipt = write_retrying(&node, 3).await;
+    let receipt = write_retrying(&node, 4).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
+    // The write that certainly did not happen never shows up.
+    assert!(!node.reader().read(|s| has_top_up(s, 3)));
     cluster.shutdown().await;
 }
 

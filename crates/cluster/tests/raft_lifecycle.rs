@@ -23,7 +23,10 @@ async fn write_retrying(node: &RaftCluster, n: u64) -> Receipt {
     loop {
         match node.submit_write(top_up(n)).await {
             Ok(receipt) => return receipt,
-            Err(ClusterError::NoLeader { .. }) if Instant::now() < deadline => {
+            // The top-up's idempotency key makes repeating it safe either way.
+            Err(ClusterError::NoLeader { .. } | ClusterError::OutcomeUnknown { .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(err) => panic!("write {n} failed: {err}"),

@@ -74,7 +74,8 @@ pub enum ApiError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     /// The cluster could not take the write or serve the read: 503 with `Retry-After`
-    /// (no leader, not caught up, shutting down) or 500 (storage, internal).
+    /// (no leader, not caught up, shutting down; or `write_outcome_unknown`, a write that
+    /// may or may not take effect) or 500 (storage, internal).
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     /// A bug or an impossible state on this side. 500 `internal`.
@@ -138,7 +139,9 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
-            ApiError::Cluster(ClusterError::NoLeader { leader, .. }) => {
+            ApiError::Cluster(
+                ClusterError::NoLeader { leader, .. } | ClusterError::OutcomeUnknown { leader, .. },
+            ) => {
                 body.error.leader = leader.clone();
             }
             ApiError::ReplaySecretUnavailable { key } | ApiError::LastAdminKey { key } => {
@@ -362,6 +365,25 @@ mod tests {
         let (status, headers, _) = parts(ApiError::Cluster(ClusterError::ShuttingDown)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(headers.contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_write_of_unknown_outcome_is_a_503_that_says_so_and_names_the_leader() {
+        let (status, headers, body) = parts(ApiError::Cluster(ClusterError::OutcomeUnknown {
+            retry_after: Duration::from_millis(1500),
+            leader: Some("replica-3".into()),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(body["error"]["code"], "write_outcome_unknown");
+        assert_eq!(body["error"]["leader"], "replica-3");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("may or may not take effect")
+                && message.contains("same Idempotency-Key"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

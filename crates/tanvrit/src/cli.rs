@@ -56,8 +56,9 @@ pub struct GlobalArgs {
     /// Limit for one request, e.g. 30s (long polls add their wait).
     #[arg(long, default_value = "30s", value_parser = parse::duration, global = true, help_heading = "Global options")]
     pub request_timeout: Duration,
-    /// Retries for calls that are safe to repeat (503s, refused connections, reads,
-    /// writes with an idempotency key).
+    /// Retries for calls that are safe to repeat (reads; writes after a refused
+    /// connection or a 503 that applied nothing; writes with an idempotency key after a
+    /// 503 `write_outcome_unknown` or a lost answer).
     #[arg(
         long,
         default_value_t = 3,

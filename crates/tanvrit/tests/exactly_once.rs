@@ -53,8 +53,9 @@ fn single(url: &str) -> Client {
     .unwrap()
 }
 
-/// Whether a failed call may simply be sent again: a 503 (no leader, not caught up) or
-/// no answer on the wire.
+/// Whether a failed call may be sent again: a 503 (no leader, not caught up, or a write
+/// of unknown outcome) or no answer on the wire. Safe for the writes here because each
+/// is keyed or sets a value (repeating it changes nothing more).
 fn retryable(err: &ClientError) -> bool {
     matches!(
         err,
@@ -233,14 +234,19 @@ async fn schedule_fires_each_tick_once_across_leader_kills() {
     let admin = cluster.admin_client(10);
     // `all` with a limit far above any outage here: every tick must fire. `skip`: a tick
     // a new leader reaches late is skipped (and recorded), never fired twice.
+    // Keyed: a creation of unknown outcome, repeated, must not make a second schedule.
+    let (create_all, create_skip) = (
+        admin.with_idempotency_key("create-all"),
+        admin.with_idempotency_key("create-skip"),
+    );
     let all = until_ok("creating a schedule", || {
-        admin.create_schedule(every_second(CatchUpPolicy::All(1000)))
+        create_all.create_schedule(every_second(CatchUpPolicy::All(1000)))
     })
     .await
     .schedule
     .schedule;
     let skip = until_ok("creating a schedule", || {
-        admin.create_schedule(every_second(CatchUpPolicy::Skip))
+        create_skip.create_schedule(every_second(CatchUpPolicy::Skip))
     })
     .await
     .schedule

@@ -12,9 +12,15 @@
 //! Each caller gets its own outcome and a receipt carrying the entry's index, so a
 //! `min_index` read at that index sees the write. A rejected command has its own
 //! rejection; the commands after it in the entry are applied as usual.
+//!
+//! Which failures are definite: a proposal's [`Claim`] records whether it was handed to
+//! openraft. Until then its caller may withdraw it (nothing is proposed: the caller may
+//! say `NoLeader` or try elsewhere); from then on every failure short of a commit is
+//! [`ClusterError::OutcomeUnknown`], because the entry may be in the log and a new
+//! leader may commit it.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -32,6 +38,46 @@ use crate::{ClusterError, Receipt};
 pub(crate) struct Proposal {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Receipt, LeaderError>>,
+    /// Shared with the caller: settles whether the command reached openraft.
+    pub claim: Arc<Claim>,
+}
+
+/// Whether a queued write was handed to openraft, settled once by whoever comes first:
+/// the batcher, right before `client_write`, or the caller, giving up.
+#[derive(Debug, Default)]
+pub(crate) struct Claim(AtomicU8);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Claim {
+    /// The batcher hands the command to openraft; `false` if its caller withdrew it.
+    pub fn take(&self) -> bool {
+        self.settle(TAKEN)
+    }
+
+    /// The caller gives up; `false` if the command was already handed to openraft
+    /// (it may be in the log and may still commit).
+    pub fn withdraw(&self) -> bool {
+        self.settle(WITHDRAWN)
+    }
+
+    /// Whether the command was handed to openraft.
+    pub fn taken(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == TAKEN
+    }
+
+    /// Whether the caller withdrew the command.
+    fn withdrawn(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == WITHDRAWN
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(QUEUED, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 /// How many proposals may wait in the queue per command an entry can take; past that,
@@ -96,8 +142,10 @@ fn fill(
             return (batch, Some((proposal, size)));
         }
         // A caller that gave up (timed out, lost the leader, dropped its request) is not
-        // proposed: it was told the write may not have happened, so it will not.
-        if !proposal.reply.is_closed() {
+        // proposed: it was told nothing was proposed, so nothing will be. (The claim
+        // settles this for good in `commit`; this only keeps such callers out of the
+        // entry's budget.)
+        if !proposal.reply.is_closed() && !proposal.claim.withdrawn() {
             bytes += size;
             batch.push(proposal);
         }
@@ -113,8 +161,25 @@ fn fill(
 
 /// Proposes one entry and answers each of its callers.
 async fn commit(node: &Node, batch: Vec<Proposal>) {
-    let (commands, replies): (Vec<Command>, Vec<_>) =
-        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    if !node.is_leader() {
+        // Leadership was lost while these waited: nothing is proposed, so each caller
+        // may try the leader there is now.
+        let leader = node.leader_of(&node.metrics());
+        for proposal in batch {
+            let _ = proposal.reply.send(Err(LeaderError::NotLeader { leader }));
+        }
+        return;
+    }
+    // From here on the commands are openraft's: a caller that gives up now is told its
+    // write may still commit. No await between the claims and `client_write`.
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch
+        .into_iter()
+        .filter(|p| !p.reply.is_closed() && p.claim.take())
+        .map(|p| (p.command, p.reply))
+        .unzip();
+    if commands.is_empty() {
+        return;
+    }
     let count = commands.len();
     node.counters.write_entries.fetch_add(1, Ordering::Relaxed);
     node.counters
@@ -137,7 +202,7 @@ async fn commit(node: &Node, batch: Vec<Proposal>) {
             };
             answer_all(replies, error);
         }
-        Err(err) => answer_all(replies, leader_error(err)),
+        Err(err) => answer_all(replies, leader_error(node, err)),
     }
 }
 
@@ -147,16 +212,28 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Receipt, LeaderError>>>, error
     }
 }
 
+/// What the callers of an entry handed to openraft are told when `client_write` fails.
 fn leader_error(
+    node: &Node,
     err: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::ReplicaNode>>,
 ) -> LeaderError {
     match err {
-        // Not in the log (never proposed, or truncated by a new leader): retry-safe.
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {
-            leader: f.leader_id,
+        // openraft 0.9.25 answers `ForwardToLeader` both to a write it refused up front
+        // (not leader: `Engine::get_leader_handler_or_reject`) and to a pending write
+        // whose appended entry a new leader's log truncated here
+        // (`Command::DeleteConflictLog` in `RaftCore::run_command`). The second may
+        // still commit: with five voters, another replica holding the entry can win the
+        // next election and commit it. The two cannot be told apart, and leadership was
+        // checked just before, so it is the second.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeaderError::Failed {
+            error: node.outcome_unknown(),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => LeaderError::Failed {
             error: ClusterError::Internal(e.to_string()),
+        },
+        // The core stopped with the entry possibly appended and sent to followers.
+        RaftError::Fatal(openraft::error::Fatal::Stopped) => LeaderError::Failed {
+            error: node.outcome_unknown(),
         },
         RaftError::Fatal(f) => LeaderError::Failed { error: fatal(f) },
     }
@@ -186,6 +263,26 @@ mod tests {
     use tanvrit_api::KeyId;
 
     use super::*;
+
+    #[test]
+    fn a_claim_is_settled_once_by_the_batcher_or_the_caller() {
+        let taken = Claim::default();
+        assert!(taken.take());
+        assert!(
+            !taken.withdraw(),
+            "handed to openraft: the caller cannot take it back"
+        );
+        assert!(taken.taken());
+
+        let withdrawn = Claim::default();
+        assert!(withdrawn.withdraw());
+        assert!(
+            !withdrawn.take(),
+            "withdrawn: the batcher must leave it out"
+        );
+        assert!(!withdrawn.taken());
+        assert!(withdrawn.withdrawn());
+    }
 
     #[test]
     fn encoded_len_is_the_json_length() {

@@ -106,7 +106,9 @@ pub struct RaftClusterConfig {
     /// Longest time a write or strict read waits for a usable leader before
     /// `NoLeader`. Default 2 s.
     pub no_leader_timeout: Duration,
-    /// Longest time a write proposed on the leader waits to be committed. Default 10 s.
+    /// Longest time a write proposed on the leader waits to be committed; past it, the
+    /// write fails with `OutcomeUnknown` if it is in an entry already, else with
+    /// `NoLeader`. Default 10 s.
     pub write_timeout: Duration,
     /// Deadline of replica-to-replica calls other than Raft's own (forwarded writes,
     /// read index, status). Default 2 s.

@@ -5,8 +5,9 @@
 //! openraft 0.9 keeps an isolated leader in the `Leader` state until it hears of a
 //! higher term. This replica counts itself leader only while a quorum acknowledged it
 //! within the lease (`election_max`): past that, a new leader may exist, so the
-//! leadership watch turns `false`, leader-only loops stop, and writes here answer
-//! `NoLeader` instead of waiting for a commit that cannot come.
+//! leadership watch turns `false`, leader-only loops stop, and writes here stop waiting
+//! for a commit that may not come: `NoLeader` for those not proposed yet, `OutcomeUnknown`
+//! for those already in an entry (a new leader may still commit them).
 //!
 //! # Failure detector
 //! A voter that has heard nothing from a leader (no AppendEntries, no vote granted) for

@@ -16,7 +16,7 @@ use tanvrit_state::Command;
 use tanvrit_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::raft::batcher::Proposal;
+use crate::raft::batcher::{Claim, Proposal};
 use crate::raft::config::RaftClusterConfig;
 use crate::raft::rpc::{
     HandOff, LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
@@ -51,8 +51,22 @@ enum Forwarded<T> {
     NotLeader(Option<NodeId>),
     /// The request never reached the receiver: safe to retry.
     NotDelivered,
-    /// It failed, possibly after being applied.
+    /// The request may have reached the receiver, but no answer came back (timeout,
+    /// broken exchange, or this replica stopped hearing from any leader meanwhile).
+    Lost,
+    /// The receiver answered with a failure.
     Failed(ClusterError),
+}
+
+/// What a forwarded write's caller is told when the leader answered `Failed(error)`.
+/// Replicas of this version answer a forwarded write with `NoLeader` or `ShuttingDown`
+/// only as `NotLeader` (nothing proposed); an older replica answered them also after
+/// proposing, so from a leader they mean the write may have entered its log.
+fn from_leader(error: ClusterError, unknown: impl FnOnce() -> ClusterError) -> ClusterError {
+    match error {
+        ClusterError::NoLeader { .. } | ClusterError::ShuttingDown => unknown(),
+        other => other,
+    }
 }
 
 /// One running replica.
@@ -211,20 +225,32 @@ impl Node {
         all
     }
 
-    pub fn no_leader(&self) -> ClusterError {
+    /// The name of the other replica openraft takes for the leader, if any.
+    fn leader_hint(&self) -> Option<String> {
         let m = self.metrics.borrow();
-        let leader = m
-            .current_leader
+        m.current_leader
             .filter(|id| *id != self.config.node_id)
             .and_then(|id| {
                 m.membership_config
                     .membership()
                     .get_node(&id)
                     .map(|n| n.name.clone())
-            });
+            })
+    }
+
+    /// A write (or read) that certainly was not proposed: no usable leader.
+    pub fn no_leader(&self) -> ClusterError {
         ClusterError::NoLeader {
             retry_after: self.config.election_max,
-            leader,
+            leader: self.leader_hint(),
+        }
+    }
+
+    /// A write that may have entered the log without its commit being seen.
+    pub fn outcome_unknown(&self) -> ClusterError {
+        ClusterError::OutcomeUnknown {
+            retry_after: self.config.election_max,
+            leader: self.leader_hint(),
         }
     }
 
@@ -314,7 +340,14 @@ impl Node {
             Rpc::ForwardWrite(command) => RpcReply::ForwardWrite(if self.is_closed() {
                 Err(LeaderError::NotLeader { leader: None })
             } else {
-                self.propose(command).await
+                match self.propose(command).await {
+                    // Proposed nothing (see `propose`); a follower reads a leader's
+                    // `ShuttingDown` as outcome unknown (`from_leader`), so say so.
+                    Err(LeaderError::Failed {
+                        error: ClusterError::ShuttingDown,
+                    }) => Err(LeaderError::NotLeader { leader: None }),
+                    other => other,
+                }
             }),
             Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
             Rpc::Status => RpcReply::Status(Box::new(self.status())),
@@ -437,7 +470,7 @@ impl Node {
             answer = call => answer,
             _ = silence => {
                 tracing::debug!(leader, "no leader heard from while forwarding; giving up");
-                return Forwarded::Failed(self.no_leader());
+                return Forwarded::Lost;
             }
         };
         match answer {
@@ -458,7 +491,7 @@ impl Node {
             }
             Err(err) => {
                 tracing::debug!(leader, error = %err, "forwarded call failed");
-                Forwarded::Failed(self.no_leader())
+                Forwarded::Lost
             }
         }
     }
@@ -523,7 +556,11 @@ impl Node {
                         }
                         Forwarded::NotLeader(leader) => hint = leader.filter(|l| *l != id),
                         Forwarded::NotDelivered => {}
-                        Forwarded::Failed(error) => return Err(error),
+                        // It may have reached the leader and joined its log.
+                        Forwarded::Lost => return Err(self.outcome_unknown()),
+                        Forwarded::Failed(error) => {
+                            return Err(from_leader(error, || self.outcome_unknown()))
+                        }
                     }
                 }
                 None => {}
@@ -567,10 +604,14 @@ impl Node {
     /// Proposes a command on this replica as leader; answers once it is applied here.
     /// The command joins the next log entry the batcher proposes (see `batcher`).
     ///
-    /// Cancellation: dropping this future (or giving up when leadership is lost or the
-    /// write deadline passes) before the batcher took the command into an entry
-    /// withdraws it; once an entry holds it, it is not withdrawn and may still commit.
-    /// Either way callers see `NoLeader` and retry with the command's idempotency key.
+    /// Failures say whether the command may be in the log. `NotLeader` (and
+    /// `ShuttingDown`): it certainly is not, because this replica did not lead, or gave
+    /// up (leadership lost, write deadline passed) before the batcher handed it to
+    /// openraft, which withdraws it. `OutcomeUnknown`: it was handed over and may still
+    /// commit under a new leader; only a repeat under its idempotency key can tell.
+    ///
+    /// Cancellation: dropping this future before the batcher took the command leaves it
+    /// out of every entry; after, it may still commit.
     pub async fn propose(&self, command: Command) -> Result<Receipt, LeaderError> {
         if !self.is_leader() {
             return Err(LeaderError::NotLeader {
@@ -581,20 +622,23 @@ impl Node {
         let mut leadership = self.leadership.subscribe();
         let write_deadline = started + self.config.write_timeout;
         let (reply, answer) = oneshot::channel();
+        let claim = Arc::new(Claim::default());
         let queued = async {
             self.proposals
-                .send(Proposal { command, reply })
+                .send(Proposal {
+                    command,
+                    reply,
+                    claim: claim.clone(),
+                })
                 .await
                 .ok()?;
             answer.await.ok()
         };
         let result = tokio::select! {
             result = queued => result,
-            _ = leadership.wait_for(|leader| !*leader) => {
-                return Err(LeaderError::Failed { error: self.no_leader() });
-            }
+            _ = leadership.wait_for(|leader| !*leader) => return Err(self.give_up(&claim)),
             _ = tokio::time::sleep_until(write_deadline.into()) => {
-                return Err(LeaderError::Failed { error: self.no_leader() });
+                return Err(self.give_up(&claim));
             }
         };
         match result {
@@ -603,10 +647,29 @@ impl Node {
                 Ok(receipt)
             }
             Some(Err(error)) => Err(error),
-            // The batcher stopped: the replica is shutting down.
+            // The batcher stopped (the replica is shutting down) with the command in an
+            // entry it had handed to openraft.
+            None if claim.taken() => Err(LeaderError::Failed {
+                error: self.outcome_unknown(),
+            }),
+            // The batcher stopped before taking it: nothing was proposed.
             None => Err(LeaderError::Failed {
                 error: ClusterError::ShuttingDown,
             }),
+        }
+    }
+
+    /// A proposal's caller stops waiting: withdrawn if the batcher has not handed it to
+    /// openraft yet (then nothing was proposed), else its outcome is unknown.
+    fn give_up(&self, claim: &Claim) -> LeaderError {
+        if claim.withdraw() {
+            LeaderError::NotLeader {
+                leader: self.leader_of(&self.metrics()),
+            }
+        } else {
+            LeaderError::Failed {
+                error: self.outcome_unknown(),
+            }
         }
     }
 
@@ -672,7 +735,7 @@ impl Node {
                 {
                     return Err(ClusterError::ShuttingDown)
                 }
-                Forwarded::Failed(_) | Forwarded::NotDelivered => {}
+                Forwarded::Failed(_) | Forwarded::NotDelivered | Forwarded::Lost => {}
             }
             if Instant::now() >= deadline {
                 return Err(self.no_leader());
@@ -798,6 +861,8 @@ impl Node {
                 Forwarded::Done(view) => return Ok(view),
                 Forwarded::NotLeader(leader) => hint = leader.filter(|l| Some(*l) != target),
                 Forwarded::NotDelivered => {}
+                // Membership changes are repeatable (adding a voter twice is a no-op).
+                Forwarded::Lost => return Err(self.no_leader()),
                 Forwarded::Failed(error) => return Err(error),
             }
             if Instant::now() >= deadline {
@@ -1136,5 +1201,29 @@ impl Node {
                 }
             });
         futures::future::join_all(calls).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_no_leader_or_shutting_down_answer_to_a_forwarded_write_is_unknown() {
+        let unknown = || ClusterError::OutcomeUnknown {
+            retry_after: Duration::from_secs(1),
+            leader: None,
+        };
+        // What older replicas answered also after proposing.
+        let old = ClusterError::NoLeader {
+            retry_after: Duration::from_secs(1),
+            leader: Some("replica-2".into()),
+        };
+        assert_eq!(from_leader(old, unknown), unknown());
+        assert_eq!(from_leader(ClusterError::ShuttingDown, unknown), unknown());
+        // Failures that already say what they are pass through.
+        assert_eq!(from_leader(unknown(), unknown), unknown());
+        let storage = ClusterError::Storage("disk".into());
+        assert_eq!(from_leader(storage.clone(), unknown), storage);
     }
 }

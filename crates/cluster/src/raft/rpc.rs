@@ -138,6 +138,13 @@ pub struct ReplicaStatus {
 }
 
 /// Why a request that only the leader can serve was not served.
+///
+/// For a forwarded write: `NotLeader` means nothing was proposed (the receiver does not
+/// lead, stopped leading, or gave up before the write joined an entry), so the follower
+/// may send it elsewhere. `Failed` with [`ClusterError::OutcomeUnknown`] means it may be
+/// in the log. Replicas of this version never answer a forwarded write with `Failed`
+/// carrying `NoLeader` or `ShuttingDown`; older ones did, also after proposing, so a
+/// follower reads those as outcome unknown (see `node::from_leader`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeaderError {
@@ -146,7 +153,7 @@ pub enum LeaderError {
         /// The leader the receiver knows of.
         leader: Option<NodeId>,
     },
-    /// The leader tried and failed (the write may or may not have been applied).
+    /// The leader tried and failed; `error` says whether the write may have been applied.
     Failed {
         /// Why.
         error: ClusterError,
@@ -363,10 +370,13 @@ impl RpcReply {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use openraft::raft::InstallSnapshotRequest;
     use openraft::{SnapshotMeta, Vote};
 
-    use super::{Rpc, RpcKind};
+    use super::{LeaderError, Rpc, RpcKind, RpcReply};
+    use crate::ClusterError;
 
     #[test]
     fn snapshot_chunks_are_framed_with_raw_bytes() {
@@ -391,6 +401,44 @@ mod tests {
         assert_eq!(back.meta.snapshot_id, "s-1");
         assert!(Rpc::decode(RpcKind::InstallSnapshot, &body[..3]).is_err());
         assert!(Rpc::decode(RpcKind::InstallSnapshot, &[0, 0, 1, 0, b'{']).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_writes_answer_keeps_the_old_wire_form_and_carries_outcome_unknown() {
+        // What a replica of the previous version answers; it must decode as it always did.
+        let old = br#"{"Err":{"kind":"failed","error":{"NoLeader":{"retry_after":{"secs":1,"nanos":500000000},"leader":"replica-2"}}}}"#;
+        let RpcReply::ForwardWrite(Err(LeaderError::Failed { error })) =
+            RpcReply::decode(RpcKind::ForwardWrite, old).unwrap()
+        else {
+            panic!("wrong shape");
+        };
+        assert_eq!(
+            error,
+            ClusterError::NoLeader {
+                retry_after: Duration::from_millis(1500),
+                leader: Some("replica-2".into()),
+            }
+        );
+        let unknown = RpcReply::ForwardWrite(Err(LeaderError::Failed {
+            error: ClusterError::OutcomeUnknown {
+                retry_after: Duration::from_secs(1),
+                leader: None,
+            },
+        }));
+        let body = unknown.encode().unwrap();
+        let RpcReply::ForwardWrite(back) = RpcReply::decode(RpcKind::ForwardWrite, &body).unwrap()
+        else {
+            panic!("wrong kind");
+        };
+        assert_eq!(
+            back.unwrap_err(),
+            LeaderError::Failed {
+                error: ClusterError::OutcomeUnknown {
+                    retry_after: Duration::from_secs(1),
+                    leader: None,
+                },
+            }
+        );
     }
 
     #[test]

@@ -83,7 +83,13 @@ pub(crate) enum ApiErrors {
     /// `Idempotency-Key` was used for another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// `no_leader`, `not_caught_up`, `shutting_down`; retry after `Retry-After` seconds.
+    /// `no_leader`, `not_caught_up`, `shutting_down`: nothing was done; retry after
+    /// `Retry-After` seconds. `write_outcome_unknown` (writes only): the write was
+    /// proposed but leadership changed, or the leader's answer was lost, before it
+    /// committed, so it may or may not take effect; repeat it with the same
+    /// `Idempotency-Key` (or body key) to learn which, and do not repeat it without
+    /// one. `leader` and `leader_url` (also header `X-Tanvrit-Leader-Url`) name the
+    /// leader when known.
     #[response(status = 503)]
     Unavailable(ErrorBody),
     /// `storage_error`, `internal`.
