@@ -6,6 +6,11 @@
 //! attempts (which it alone changes), starts their tasks and reaps them. So no lock
 //! guards the table, and the heartbeat reads the running attempts from a `watch` the
 //! main loop publishes.
+//!
+//! The heartbeat loop also keeps the agent's [`Lease`]: the main loop starts attempts
+//! only while it holds the lease, and stops every process when it runs out (see
+//! [`crate::lease`]), so an agent cut off from the control plane has stopped its work
+//! before the control plane retries that work on another node.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,10 +24,12 @@ use tanvrit_client::api::{
 use tanvrit_client::{Client, ClientError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::attempt::{self, result_without_process, Work};
 use crate::backoff::Backoff;
 use crate::config::{load_or_create_node_id, AgentConfig};
+use crate::lease::Lease;
 use crate::process::{scratch_dir, RunSpec, StopReason, DRAIN_AFTER_EXIT};
 use crate::spool::Spool;
 use crate::AgentError;
@@ -42,6 +49,8 @@ pub(crate) struct Shared {
     pub config: AgentConfig,
     pub node: NodeId,
     pub spool: Spool,
+    /// Renewed by acknowledged heartbeats, revoked when the node must register again.
+    pub lease: watch::Sender<Lease>,
 }
 
 /// What the control-plane loops tell the main loop.
@@ -92,6 +101,12 @@ impl Agent {
     /// [`AgentConfig::shutdown_delivery`] more, and returns; what is still undelivered
     /// stays in the spool for the next start.
     ///
+    /// While the control plane does not acknowledge its heartbeats it keeps its results
+    /// in the spool, and runs attempts only until its lease runs out (four fifths of the
+    /// node TTL after the last acknowledged heartbeat was sent): then it stops them all,
+    /// reports them `failed` (the control plane refuses that if it has declared them lost
+    /// meanwhile) and starts nothing until a heartbeat is acknowledged again.
+    ///
     /// Fails at once if the data directory is unusable or the first registration is
     /// refused for good (a key without the agent scope, invalid labels); while the
     /// control plane is unreachable it keeps retrying.
@@ -108,6 +123,7 @@ impl Agent {
             config: self.config,
             node: self.node,
             spool,
+            lease: watch::Sender::new(Lease::default()),
         });
         let mut main = MainLoop::new(shared.clone());
         for found in recovered {
@@ -139,6 +155,7 @@ impl Agent {
         ));
         let poll = tokio::spawn(work_loop(shared.clone(), events_tx));
         loop {
+            let lease_runs_out = main.lease_runs_out();
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(event) = events.recv() => match event {
@@ -148,6 +165,9 @@ impl Agent {
                 Some(joined) = main.tasks.join_next_with_id(), if !main.tasks.is_empty() => {
                     main.on_joined(joined);
                 }
+                Ok(()) = main.lease.changed() => main.on_lease(),
+                _ = tokio::time::sleep_until(lease_runs_out.unwrap_or_else(Instant::now)),
+                    if lease_runs_out.is_some() => main.on_lease(),
             }
         }
         tracing::info!("shutting down: stopping running attempts");
@@ -170,11 +190,21 @@ struct MainLoop {
     done: HashMap<AttemptId, Index>,
     running_tx: watch::Sender<Vec<AttemptId>>,
     running_rx: watch::Receiver<Vec<AttemptId>>,
+    lease: watch::Receiver<Lease>,
+    /// Whether the main loop acts as the lease's holder: it last found the lease valid
+    /// (and has not yet seen it run out).
+    holds_lease: bool,
+    /// Set when the lease ran out, for the log line when it comes back.
+    lost_lease: bool,
+    /// Attempts to start that arrived without enough lease: started once a heartbeat's
+    /// acknowledgement grants it (if a newer work answer does not replace them first).
+    held: Option<WorkResponse>,
 }
 
 impl MainLoop {
     fn new(shared: Arc<Shared>) -> Self {
         let (running_tx, running_rx) = watch::channel(Vec::new());
+        let lease = shared.lease.subscribe();
         Self {
             shared,
             table: HashMap::new(),
@@ -183,6 +213,10 @@ impl MainLoop {
             done: HashMap::new(),
             running_tx,
             running_rx,
+            lease,
+            holds_lease: false,
+            lost_lease: false,
+            held: None,
         }
     }
 
@@ -207,6 +241,19 @@ impl MainLoop {
     }
 
     fn on_work(&mut self, work: WorkResponse) {
+        let lease = *self.lease.borrow();
+        if !lease.is_current(work.index) {
+            // Read before the node's latest registration: the control plane has declared
+            // those attempts lost since, and may be running them elsewhere.
+            tracing::debug!(
+                index = work.index,
+                "ignoring a work answer from before the node registered again"
+            );
+            return;
+        }
+        let may_start = self.holds_lease && lease.may_start(Instant::now());
+        // The newest answer is the whole truth: what an older one held is replaced.
+        self.held = None;
         // Answers at or past a completion's index no longer list that attempt.
         self.done.retain(|_, index| *index > work.index);
         for assignment in work.assignments {
@@ -216,6 +263,16 @@ impl MainLoop {
             match (assignment.state, self.table.get(&assignment.attempt)) {
                 (AttemptState::Cancelling, Some(slot)) => stop(slot, StopReason::Cancelled),
                 (_, Some(_)) => {}
+                (AttemptState::Assigned, None) if !may_start => {
+                    tracing::debug!(attempt = %assignment.attempt, "not starting an attempt without enough lease; holding it until a heartbeat is acknowledged");
+                    self.held
+                        .get_or_insert_with(|| WorkResponse {
+                            assignments: Vec::new(),
+                            index: work.index,
+                        })
+                        .assignments
+                        .push(assignment);
+                }
                 (AttemptState::Assigned, None) => self.start(assignment),
                 (AttemptState::Running, None) => self.record_without_process(
                     assignment,
@@ -258,6 +315,51 @@ impl MainLoop {
         spool.create(&assignment.job, &assignment.attempt, assignment.log_offset);
         spool.finish(&assignment.attempt, result_without_process(outcome, reason));
         self.deliver_only(assignment.job, assignment.attempt);
+    }
+
+    /// When the lease runs out, while the main loop holds it.
+    fn lease_runs_out(&self) -> Option<Instant> {
+        if self.holds_lease {
+            self.lease.borrow().expires_at()
+        } else {
+            None
+        }
+    }
+
+    /// Acts on the lease as it is now: stops every process once it ran out, and starts
+    /// what was held once it is renewed with enough left ([`Lease::may_start`]).
+    fn on_lease(&mut self) {
+        let now = Instant::now();
+        let lease = *self.lease.borrow_and_update();
+        let valid = lease.is_valid(now);
+        if self.holds_lease && !valid {
+            self.holds_lease = false;
+            self.lost_lease = true;
+            let grace = lease.stop_grace(self.shared.config.stop_grace);
+            let processes = self.table.len();
+            tracing::warn!(
+                silent_ms = lease.silent_for(now).map(|d| d.as_millis() as u64),
+                attempts = processes,
+                grace_ms = grace.as_millis() as u64,
+                "no heartbeat acknowledged for the node's lease: stopping every attempt and \
+                 starting none until the control plane answers again"
+            );
+            for slot in self.table.values() {
+                stop(slot, StopReason::LeaseExpired { grace });
+            }
+        } else if !self.holds_lease && valid {
+            self.holds_lease = true;
+            if std::mem::take(&mut self.lost_lease) {
+                tracing::info!(
+                    "the control plane acknowledges heartbeats again; taking work again"
+                );
+            }
+        }
+        if self.holds_lease && self.held.is_some() && lease.may_start(now) {
+            if let Some(work) = self.held.take() {
+                self.on_work(work);
+            }
+        }
     }
 
     fn on_stop(&mut self, ids: &[AttemptId]) {
@@ -313,15 +415,20 @@ impl MainLoop {
     }
 }
 
-/// Asks a process to stop, unless it was already asked.
+/// Asks a process to stop, unless it was already asked; a lease stop also replaces any
+/// other (its grace is shorter, and the process sticks to the first cause it was given).
 fn stop(slot: &Slot, reason: StopReason) {
     slot.stop.send_if_modified(|current| {
-        if current.is_none() {
+        let replace = match (*current, reason) {
+            (None, _) => true,
+            (Some(StopReason::LeaseExpired { .. }), _) => false,
+            (Some(_), StopReason::LeaseExpired { .. }) => true,
+            (Some(_), _) => false,
+        };
+        if replace {
             *current = Some(reason);
-            true
-        } else {
-            false
         }
+        replace
     });
 }
 
@@ -357,7 +464,10 @@ async fn register(shared: &Shared, first: bool) -> Result<Node, AgentError> {
     loop {
         match shared.client.register_node(request.clone()).await {
             Ok(response) => {
-                tracing::info!(node = %response.node.id, "registered");
+                tracing::info!(node = %response.node.id, index = response.index, "registered");
+                shared
+                    .lease
+                    .send_modify(|lease| lease.registered(response.index));
                 return Ok(response.node);
             }
             Err(err) if first && refused_for_good(&err) => return Err(AgentError::Refused(err)),
@@ -372,8 +482,9 @@ async fn register(shared: &Shared, first: bool) -> Result<Node, AgentError> {
     }
 }
 
-/// Heartbeats at the interval the server asks for; forwards `stop` lists; registers
-/// again when the node was declared down.
+/// Heartbeats at the interval the server asks for; renews the lease with each
+/// acknowledged one (from its send, with the TTL the server tells); forwards `stop`
+/// lists; revokes the lease and registers again when the node was declared down.
 async fn heartbeat_loop(
     shared: Arc<Shared>,
     running: watch::Receiver<Vec<AttemptId>>,
@@ -386,8 +497,13 @@ async fn heartbeat_loop(
         let request = HeartbeatRequest {
             running: running.borrow().clone(),
         };
+        // Taken before the call: every try the client makes is sent after it.
+        let sent = Instant::now();
         match shared.client.heartbeat_node(&shared.node, request).await {
             Ok(response) => {
+                shared.lease.send_modify(|lease| {
+                    lease.renew(sent, Duration::from_millis(response.ttl_ms));
+                });
                 if backoff.failures() > 0 {
                     tracing::info!("the control plane answers heartbeats again");
                 }
@@ -402,6 +518,7 @@ async fn heartbeat_loop(
             }
             Err(err) if needs_registration(&err) => {
                 tracing::warn!(error = %err, "the node is unknown, down or deleted; registering again");
+                shared.lease.send_modify(Lease::revoke);
                 let _ = register(&shared, false).await;
             }
             Err(err) => {
@@ -428,6 +545,17 @@ async fn work_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
         match shared.client.poll_node_work(&shared.node, request).await {
             Ok(work) => {
                 backoff.reset();
+                if !shared.lease.borrow().is_current(work.index) {
+                    // This replica has not applied the node's latest registration yet, so
+                    // its answer may list attempts since declared lost. Ask again from the
+                    // old index: waiting on this one would wait for the work to change.
+                    tracing::debug!(
+                        index = work.index,
+                        "the work answer predates the node's registration; polling again"
+                    );
+                    tokio::time::sleep(config.backoff_base).await;
+                    continue;
+                }
                 after_index = work.index;
                 if events.send(Event::Work(work)).await.is_err() {
                     return;
@@ -435,6 +563,7 @@ async fn work_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
             }
             Err(err) if needs_registration(&err) => {
                 tracing::warn!(error = %err, "the node is unknown; registering again");
+                shared.lease.send_modify(Lease::revoke);
                 let _ = register(&shared, false).await;
             }
             Err(err) => {
@@ -453,6 +582,207 @@ async fn work_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use tanvrit_client::api::JobSpec;
+    use tanvrit_client::ClientConfig;
+
+    /// A main loop with a real spool and real processes, and a client that reaches
+    /// nobody: the tests play the heartbeat loop by renewing and revoking the lease.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        shared: Arc<Shared>,
+        main: MainLoop,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut config = AgentConfig::new(root.join("agent"));
+        // Far longer than any test: only the lease's own grace can end a stop in time.
+        config.stop_grace = Duration::from_secs(600);
+        let (spool, _) = Spool::open(&config.spool_dir(), 1 << 30).unwrap();
+        let client = Client::new(ClientConfig {
+            endpoints: vec!["http://127.0.0.1:9".into()],
+            max_retries: 0,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        let shared = Arc::new(Shared {
+            client,
+            config,
+            node: NodeId::from("node-test"),
+            spool,
+            lease: watch::Sender::new(Lease::default()),
+        });
+        let main = MainLoop::new(shared.clone());
+        Rig {
+            _dir: dir,
+            root,
+            shared,
+            main,
+        }
+    }
+
+    impl Rig {
+        /// A work answer at `index` assigning `attempt`, whose process ignores SIGTERM
+        /// and writes its pid to `<root>/<attempt>.pid`.
+        fn assign(&self, attempt: &str, index: Index) -> WorkResponse {
+            let pid_file = self.pid_file(attempt);
+            let spec = JobSpec {
+                shell: Some(format!(
+                    "trap '' TERM; echo $$ > {}; while :; do sleep 0.05; done",
+                    pid_file.display()
+                )),
+                ..JobSpec::default()
+            };
+            WorkResponse {
+                assignments: vec![Assignment {
+                    job: JobId(format!("job-{attempt}")),
+                    attempt: AttemptId::from(attempt),
+                    spec,
+                    state: AttemptState::Assigned,
+                    log_offset: 0,
+                }],
+                index,
+            }
+        }
+
+        fn pid_file(&self, attempt: &str) -> PathBuf {
+            self.root.join(format!("{attempt}.pid"))
+        }
+
+        fn renew(&mut self, ttl: Duration) {
+            self.shared
+                .lease
+                .send_modify(|lease| lease.renew(Instant::now(), ttl));
+            self.main.on_lease();
+        }
+
+        fn started(&self, attempt: &str) -> bool {
+            self.main.table.contains_key(&AttemptId::from(attempt))
+        }
+
+        /// Waits (bounded) for the attempt's process to write its pid.
+        async fn pid(&self, attempt: &str) -> i32 {
+            let path = self.pid_file(attempt);
+            for _ in 0..600 {
+                if let Some(pid) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{attempt} never started its process");
+        }
+    }
+
+    /// True while `pid` is a live (not zombie) process.
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+    }
+
+    /// Waits (bounded far below the configured 600 s grace) for `pid` to be gone.
+    async fn wait_gone(pid: i32) {
+        for _ in 0..600 {
+            if !alive(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("pid {pid} is still alive");
+    }
+
+    #[tokio::test]
+    async fn an_assignment_waits_for_the_lease_and_starts_once_a_heartbeat_is_acknowledged() {
+        let mut rig = rig();
+        rig.main.on_work(rig.assign("att-1", 5));
+        assert!(!rig.started("att-1"), "started without a lease");
+        assert!(!rig.pid_file("att-1").exists());
+
+        // An acknowledgement that came back slowly: valid, but nearly over.
+        let ttl = Duration::from_secs(60);
+        let slow = Instant::now() - (ttl - crate::lease::margin(ttl) - Duration::from_secs(1));
+        rig.shared.lease.send_modify(|lease| lease.renew(slow, ttl));
+        rig.main.on_lease();
+        assert!(rig.main.lease_runs_out().is_some(), "the lease is held");
+        assert!(!rig.started("att-1"), "started with a second of lease left");
+
+        rig.renew(Duration::from_secs(60));
+        assert!(
+            rig.started("att-1"),
+            "the held assignment starts with the lease"
+        );
+        let pid = rig.pid("att-1").await;
+        assert!(alive(pid));
+
+        // A revoked lease (the node was declared down) stops it at once.
+        rig.shared.lease.send_modify(Lease::revoke);
+        rig.main.on_lease();
+        wait_gone(pid).await;
+    }
+
+    #[tokio::test]
+    async fn when_the_lease_runs_out_every_process_is_killed_and_nothing_new_starts() {
+        let mut rig = rig();
+        rig.renew(Duration::from_secs(1));
+        rig.main.on_work(rig.assign("att-1", 5));
+        let pid = rig.pid("att-1").await;
+
+        // What the main loop's timer does: wake when the lease runs out.
+        let runs_out = rig.main.lease_runs_out().expect("held");
+        tokio::time::sleep_until(runs_out).await;
+        rig.main.on_lease();
+        assert_eq!(rig.main.lease_runs_out(), None, "no longer held");
+        // It ignores SIGTERM: only the lease's grace (not the configured 600 s) kills it.
+        wait_gone(pid).await;
+        for _ in 0..600 {
+            if rig.shared.spool.is_finished(&AttemptId::from("att-1")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            rig.shared.spool.is_finished(&AttemptId::from("att-1")),
+            "its result is kept for delivery when contact returns"
+        );
+
+        rig.main.on_work(rig.assign("att-2", 6));
+        assert!(!rig.started("att-2"), "started with an expired lease");
+        assert!(!rig.pid_file("att-2").exists());
+
+        rig.renew(Duration::from_secs(60));
+        assert!(
+            rig.started("att-2"),
+            "resumes once heartbeats are acknowledged"
+        );
+        let pid = rig.pid("att-2").await;
+        rig.shared.lease.send_modify(Lease::revoke);
+        rig.main.on_lease();
+        wait_gone(pid).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_answer_from_before_the_latest_registration_starts_nothing() {
+        let mut rig = rig();
+        rig.shared.lease.send_modify(|lease| lease.registered(10));
+        rig.renew(Duration::from_secs(60));
+        rig.main.on_work(rig.assign("att-old", 9));
+        assert!(!rig.started("att-old"));
+        assert!(rig.main.held.is_none(), "not kept for later either");
+        rig.main.on_work(rig.assign("att-new", 10));
+        assert!(rig.started("att-new"));
+        let pid = rig.pid("att-new").await;
+        rig.shared.lease.send_modify(Lease::revoke);
+        rig.main.on_lease();
+        wait_gone(pid).await;
+    }
 
     fn api(status: u16, code: &str) -> ClientError {
         ClientError::Api {

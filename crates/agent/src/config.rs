@@ -26,7 +26,8 @@ pub struct AgentConfig {
     /// What the node offers the scheduler. Default: [`machine_resources`].
     pub resources: Resources,
     /// Between SIGTERM and SIGKILL when an attempt is stopped (cancel, timeout, agent
-    /// shutdown). Default 10 s.
+    /// shutdown). Default 10 s. When the lease runs out, at most half the lease's margin
+    /// (a tenth of the node TTL; see [`crate::lease`]).
     pub stop_grace: Duration,
     /// How long one work long poll may wait on the server (the server caps it). Default 30 s.
     pub poll_wait: Duration,

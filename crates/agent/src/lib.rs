@@ -1,11 +1,16 @@
 //! The Tanvrit Compute worker agent: registers its node, heartbeats, long-polls the
 //! node's work, runs each attempt as a child process in its own process group, ships
 //! the output as ordered log chunks, reports starts and results, and keeps all of that
-//! in an on-disk spool while the control plane cannot be reached.
+//! in an on-disk spool while the control plane cannot be reached. Its processes run only
+//! while it holds a lease that acknowledged heartbeats renew: cut off from the control
+//! plane for nearly a node TTL, it stops them.
 //!
 //! # Layout
 //! - [`agent`]: [`Agent`]: registration, the heartbeat and work loops, the table of
 //!   attempts, shutdown.
+//! - [`lease`]: [`lease::Lease`], how long the agent may run and start attempts without
+//!   an acknowledged heartbeat (it stops them before the control plane retries them
+//!   elsewhere).
 //! - `attempt`: one attempt's task: its process and the ordered delivery of its start,
 //!   output and result, with backoff.
 //! - [`process`]: spawning a job (argv or `/bin/sh -c`, env, working dir, process group),
@@ -42,6 +47,7 @@ mod attempt;
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod process;
 pub mod spool;
 pub mod utf8;

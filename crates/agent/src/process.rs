@@ -28,6 +28,10 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 pub const ENV_JOB_ID: &str = "TANVRIT_JOB_ID";
 /// Environment variable naming the attempt, set for every process.
 pub const ENV_ATTEMPT_ID: &str = "TANVRIT_ATTEMPT_ID";
+/// Reason recorded for an attempt stopped because the agent's lease ran out.
+pub const REASON_LEASE_EXPIRED: &str = "the agent lost contact with the control plane for \
+     nearly the node TTL (its lease ran out) and stopped the process, as the control plane \
+     may retry the job elsewhere";
 
 /// Why the agent stops a running process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +40,25 @@ pub enum StopReason {
     Cancelled,
     /// The agent itself is shutting down: reported `failed` with reason `agent stopped`.
     AgentStopped,
+    /// The agent's lease ran out (it has not heard from the control plane for nearly a
+    /// node TTL): reported `failed` with reason [`REASON_LEASE_EXPIRED`]. The process gets
+    /// at most `grace` (not the configured one) between SIGTERM and SIGKILL, and this
+    /// shortens the grace of a stop already under way, so it is gone before the control
+    /// plane may retry its job elsewhere.
+    LeaseExpired {
+        /// Between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+}
+
+impl StopReason {
+    /// The grace between SIGTERM and SIGKILL for this stop, given the configured one.
+    fn grace(self, configured: Duration) -> Duration {
+        match self {
+            StopReason::LeaseExpired { grace } => grace.min(configured),
+            StopReason::Cancelled | StopReason::AgentStopped => configured,
+        }
+    }
 }
 
 /// What [`run`] needs besides the spool.
@@ -190,7 +213,7 @@ async fn supervise(
     if let Some(reason) = *stop.borrow_and_update() {
         cause = Some(Cause::Told(reason));
         signal_group(pgid, libc::SIGTERM);
-        kill_at = Some(Instant::now() + run.stop_grace);
+        kill_at = Some(Instant::now() + reason.grace(run.stop_grace));
     }
     while !(status.is_some() && eof) {
         tokio::select! {
@@ -216,12 +239,21 @@ async fn supervise(
                 signal_group(pgid, libc::SIGTERM);
                 kill_at = Some(Instant::now() + run.stop_grace);
             }
-            changed = stop.changed(), if stop_open && cause.is_none() && status.is_none() => {
+            changed = stop.changed(), if stop_open && status.is_none() => {
                 match changed {
-                    Ok(()) => if let Some(reason) = *stop.borrow_and_update() {
-                        cause = Some(Cause::Told(reason));
-                        signal_group(pgid, libc::SIGTERM);
-                        kill_at = Some(Instant::now() + run.stop_grace);
+                    Ok(()) => match (*stop.borrow_and_update(), cause) {
+                        (None, _) => {}
+                        (Some(reason), None) => {
+                            cause = Some(Cause::Told(reason));
+                            signal_group(pgid, libc::SIGTERM);
+                            kill_at = Some(Instant::now() + reason.grace(run.stop_grace));
+                        }
+                        // Already stopping (timeout, cancel): only a shorter grace
+                        // changes anything; the cause reported stays the first one.
+                        (Some(reason), Some(_)) => {
+                            let sooner = Instant::now() + reason.grace(run.stop_grace);
+                            kill_at = kill_at.map(|at| at.min(sooner));
+                        }
                     },
                     Err(_) => stop_open = false,
                 }
@@ -270,6 +302,11 @@ fn classify(cause: Option<Cause>, status: ExitStatus, timeout_secs: u64) -> Atte
             AttemptOutcome::Failed,
             code,
             Some("agent stopped: the process was stopped with it".into()),
+        ),
+        Some(Cause::Told(StopReason::LeaseExpired { .. })) => finished(
+            AttemptOutcome::Failed,
+            code,
+            Some(REASON_LEASE_EXPIRED.into()),
         ),
         None => match (code, status.signal()) {
             (Some(0), _) => finished(AttemptOutcome::Succeeded, Some(0), None),
@@ -583,5 +620,66 @@ mod tests {
         );
         assert_eq!(result.outcome, AttemptOutcome::Failed);
         assert!(result.reason.unwrap().starts_with("agent stopped"));
+    }
+
+    /// Runs a job that ignores SIGTERM until it printed `ready`; returns its runner.
+    async fn wait_ready<'a>(
+        f: &'a Fixture,
+        run_spec: &'a RunSpec,
+        rx: watch::Receiver<Option<StopReason>>,
+    ) -> std::pin::Pin<Box<impl std::future::Future<Output = AttemptFinishedRequest> + 'a>> {
+        let mut runner = Box::pin(run(run_spec, &f.spool, &f.notify, rx));
+        let mut text = String::new();
+        while !text.contains("ready") {
+            tokio::select! {
+                _ = &mut runner => panic!("ended before it was stopped"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
+            }
+        }
+        runner
+    }
+
+    const IGNORES_SIGTERM: &str = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+
+    #[tokio::test]
+    async fn a_lease_stop_kills_after_its_own_grace_and_reports_the_lease() {
+        let f = fixture();
+        let mut run_spec = f.run_spec(shell(IGNORES_SIGTERM));
+        run_spec.stop_grace = Duration::from_secs(600);
+        let (tx, rx) = watch::channel(None);
+        let runner = wait_ready(&f, &run_spec, rx).await;
+        let grace = Duration::from_millis(100);
+        tx.send(Some(StopReason::LeaseExpired { grace })).unwrap();
+        // Bounded far below the configured grace: only the lease's grace ends it in time.
+        let result = tokio::time::timeout(Duration::from_secs(60), runner)
+            .await
+            .expect("killed after the lease's grace, not the configured 600 s");
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.reason.as_deref(), Some(REASON_LEASE_EXPIRED));
+    }
+
+    #[tokio::test]
+    async fn a_lease_stop_cuts_short_the_grace_of_a_stop_already_under_way() {
+        let f = fixture();
+        let mut run_spec = f.run_spec(shell(IGNORES_SIGTERM));
+        run_spec.stop_grace = Duration::from_secs(600);
+        let (tx, rx) = watch::channel(None);
+        let mut runner = wait_ready(&f, &run_spec, rx).await;
+        tx.send(Some(StopReason::Cancelled)).unwrap();
+        // The cancel's SIGTERM is ignored; the process runs on into its 600 s grace.
+        let still_running = tokio::time::timeout(Duration::from_millis(300), &mut runner).await;
+        assert!(still_running.is_err(), "ended before its grace");
+        tx.send(Some(StopReason::LeaseExpired {
+            grace: Duration::from_millis(100),
+        }))
+        .unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(60), runner)
+            .await
+            .expect("the lease's grace replaced the cancel's");
+        assert_eq!(
+            result.outcome,
+            AttemptOutcome::Cancelled,
+            "reported for the first cause"
+        );
     }
 }

@@ -208,9 +208,10 @@ pub struct ReplicaState {
     pub available: MicroCredits,
 }
 
-/// One run of a job's process as the process itself recorded it (each job appends a
-/// start line and an end line to a file the harness reads): ground truth for "never two
-/// attempts at once", independent of what the control plane believes.
+/// One run of a job's process as the job itself recorded it (each job appends a start
+/// line, and a watcher outside its process group an end line once the last of its
+/// processes is gone, to a file the harness reads): ground truth for "never two attempts
+/// at once", independent of what the control plane believes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The job id (`TANVRIT_JOB_ID`).
@@ -219,7 +220,8 @@ pub struct RunRecord {
     pub attempt: String,
     /// Start, in wall-clock nanoseconds.
     pub start_ns: u128,
-    /// End, if the process got to record it.
+    /// End (no earlier than the run really ended), if it was recorded; the checker takes
+    /// a run without one as never ending.
     pub end_ns: Option<u128>,
 }
 

@@ -161,14 +161,23 @@ fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
     };
     if runnable {
         let log = config.run_log.display();
-        // A stopped attempt (SIGTERM to its process group) records its end too, so the
-        // checker knows when it really stopped; only a SIGKILL leaves a run open-ended.
-        let end = format!("echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}");
+        // The end line is written by a watcher outside the job's process group (`setsid`,
+        // so a stop's SIGTERM or SIGKILL to the group does not reach it) once the pipe
+        // from the job's processes reaches EOF, i.e. once the last of them is gone: every
+        // run records its end, even a SIGKILLed one, and never before it really ended
+        // (an end recorded late only makes the checker stricter). The start line waits
+        // for the watcher's word through a FIFO, sent once it is out of the group, so no
+        // run records a start whose end nobody is left to record (a group killed sooner
+        // records nothing, or a lone end line, which the parser ignores). The clock is a
+        // file both shells run, as busybox `date` (in the container image) has no `%N`.
         spec.shell = Some(format!(
-            "{NOW_NS} \
-             trap '{end}; exit 143' TERM; \
-             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}; \
-             sleep {}; {end}",
+            "cat > now.sh <<'NOW'\n{NOW_NS} now\nNOW\n\
+             mkfifo ready && \
+             {{ read _ < ready; \
+             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(sh now.sh) >> {log}; \
+             sleep {}; }} | setsid sh -c 'exec 3<> ready; echo >&3; cat > /dev/null; \
+             echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(sh now.sh) >> {log}' \
+             > /dev/null 2>&1",
             config.job_secs
         ));
         spec.labels

@@ -46,7 +46,8 @@ pub struct AgentArgs {
     /// GPUs offered.
     #[arg(long, default_value_t = 0)]
     pub gpus: u32,
-    /// Between SIGTERM and SIGKILL when an attempt is stopped.
+    /// Between SIGTERM and SIGKILL when an attempt is stopped (at most a tenth of the
+    /// node TTL when the agent's lease runs out).
     #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub stop_grace: Duration,
     /// Longest wait between retries while the control plane is unreachable.

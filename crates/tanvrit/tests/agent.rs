@@ -1,12 +1,17 @@
 //! Real `tanvrit server` processes with real `tanvrit agent` processes running real
 //! commands: outcomes and output, cancellation of a whole process group, placement by
 //! labels and resources, queueing, an agent killed mid-job (retried elsewhere after the
-//! node TTL), and a control plane killed and restarted while a job runs.
+//! node TTL), a control plane killed and restarted while a job runs, and the agent's
+//! lease: cut off from the control plane (server frozen with SIGSTOP, or heartbeat
+//! answers dropped by a proxy), it kills its jobs before the node TTL and starts none.
 //!
 //! Every wait polls for a condition with a deadline; the only fixed waits are the outage
-//! itself ([`OUTAGE`]) and the bounded windows that check a job is *not* placed.
+//! itself ([`OUTAGE`]) and the bounded windows that check a job is *not* placed (or not
+//! started).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tanvrit_api::*;
@@ -17,6 +22,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_tanvrit");
 /// Short, so a killed agent's node is declared down quickly; heartbeats come every
 /// third of it.
 const NODE_TTL: &str = "3s";
+/// [`NODE_TTL`] as a duration.
+const NODE_TTL_DURATION: Duration = Duration::from_secs(3);
 /// How long the control plane stays dead in the outage test.
 const OUTAGE: Duration = Duration::from_secs(20);
 /// Longest wait for any condition.
@@ -34,11 +41,15 @@ struct Plane {
 }
 
 async fn plane() -> Plane {
+    plane_with_ttl(NODE_TTL).await
+}
+
+async fn plane_with_ttl(node_ttl: &str) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(
         Path::new(BIN),
         &dir.path().join("server"),
-        &[("TANVRIT_NODE_TTL", NODE_TTL)],
+        &[("TANVRIT_NODE_TTL", node_ttl)],
     )
     .await
     .expect("the server starts");
@@ -65,6 +76,11 @@ async fn plane() -> Plane {
 impl Plane {
     /// Starts an agent named `name` with extra flags; it has registered when this returns.
     async fn agent(&self, name: &str, flags: &[&str]) -> AgentProcess {
+        self.agent_via(self.server.url(), name, flags).await
+    }
+
+    /// [`Plane::agent`], reaching the control plane at `servers` (a proxy, say).
+    async fn agent_via(&self, servers: &str, name: &str, flags: &[&str]) -> AgentProcess {
         let mut args = vec![
             "--name",
             name,
@@ -76,7 +92,7 @@ impl Plane {
         args.extend_from_slice(flags);
         AgentProcess::start(
             Path::new(BIN),
-            self.server.url(),
+            servers,
             &self.agent_key,
             &self.dir.path().join(name),
             &args,
@@ -486,7 +502,9 @@ async fn an_agent_restarted_after_a_crash_reports_the_attempt_it_lost() {
 
 #[tokio::test]
 async fn a_job_that_ends_during_a_control_plane_outage_is_reported_after_it() {
-    let mut plane = plane().await;
+    // A TTL long enough that the agent's lease (four fifths of it from the last
+    // acknowledged heartbeat) outlasts the job: a longer outage stops running jobs.
+    let mut plane = plane_with_ttl("10s").await;
     let _agent = plane.agent("worker", &[]).await;
     let id = plane
         .submit(shell(
@@ -527,4 +545,180 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: a plain syscall on the pid of a child process this test owns.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_loses_the_control_plane_kills_its_job_before_the_node_ttl() {
+    let plane = plane().await;
+    let _agent = plane.agent("worker", &[]).await;
+    let id = plane
+        .submit(JobSpec {
+            max_retries: 0,
+            ..shell("echo $$; sleep 300")
+        })
+        .await;
+    let text = plane.wait_output(&id, |t| !pids(t).is_empty()).await;
+    let pid = pids(&text)[0];
+    let server = plane.server.pid().expect("the server runs");
+
+    // Frozen, the server answers nothing. The agent's last acknowledged heartbeat was
+    // sent before this instant, and the server (once thawed) counts the TTL from when it
+    // received it, so the job must be dead before this instant + the TTL.
+    let frozen = Instant::now();
+    signal(server, libc::SIGSTOP);
+    let deadline = frozen + NODE_TTL_DURATION;
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still_alive = alive(pid);
+    let waited = frozen.elapsed();
+    signal(server, libc::SIGCONT);
+    assert!(
+        !still_alive,
+        "the job still ran {waited:?} after the control plane went silent (node TTL {NODE_TTL})"
+    );
+
+    // Thawed, the server declares the node down (the attempt is lost) or first hears the
+    // agent's report of the stop; either way the job ends, and the agent works again.
+    let job = plane
+        .wait_job(&id, "ended", |job| {
+            matches!(job.state, JobState::Lost | JobState::Failed)
+        })
+        .await;
+    let attempt = job.current_attempt().unwrap();
+    assert_eq!(job.attempts.len(), 1, "{job:#?}");
+    if attempt.state == AttemptState::Failed {
+        assert!(
+            attempt.reason.as_deref().unwrap_or("").contains("lease"),
+            "{attempt:?}"
+        );
+    }
+    let next = plane.submit(shell("echo back")).await;
+    plane.wait_state(&next, JobState::Succeeded).await;
+}
+
+/// An HTTP proxy in front of the control plane that can lose the answers to heartbeats:
+/// the server still hears them (so it keeps the node ready and places work on it, and
+/// the work polls pass), but the agent never learns they were acknowledged.
+struct Proxy {
+    url: String,
+    drop_heartbeat_answers: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    drop_heartbeat_answers: Arc<AtomicBool>,
+}
+
+async fn proxy(upstream: &str) -> Proxy {
+    let drop_heartbeat_answers = Arc::new(AtomicBool::new(false));
+    let state = ProxyState {
+        upstream: upstream.trim_end_matches('/').to_string(),
+        http: reqwest::Client::new(),
+        drop_heartbeat_answers: drop_heartbeat_answers.clone(),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Proxy {
+        url,
+        drop_heartbeat_answers,
+    }
+}
+
+async fn forward(
+    axum::extract::State(proxy): axum::extract::State<ProxyState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let heartbeat = parts.uri.path().ends_with("/heartbeat");
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let mut headers = parts.headers.clone();
+    headers.remove(axum::http::header::HOST);
+    let sent = proxy
+        .http
+        .request(parts.method, format!("{}{path}", proxy.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    if heartbeat && proxy.drop_heartbeat_answers.load(Ordering::SeqCst) {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    }
+    let Ok(answer) = sent else {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let mut headers = answer.headers().clone();
+    headers.remove(axum::http::header::TRANSFER_ENCODING);
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = answer.bytes().await.unwrap_or_default();
+    (status, headers, body).into_response()
+}
+
+#[tokio::test]
+async fn an_agent_whose_heartbeats_go_unanswered_stops_its_job_and_starts_none_until_answered() {
+    let plane = plane().await;
+    let proxy = proxy(plane.server.url()).await;
+    let agent = plane.agent_via(&proxy.url, "worker", &[]).await;
+    let node = NodeId::from(agent.node_id());
+    let first = plane
+        .submit(JobSpec {
+            max_retries: 0,
+            ..shell("echo $$; sleep 300")
+        })
+        .await;
+    let text = plane.wait_output(&first, |t| !pids(t).is_empty()).await;
+    let pid = pids(&text)[0];
+
+    proxy.drop_heartbeat_answers.store(true, Ordering::SeqCst);
+    wait_gone(pid).await;
+    // The control plane kept hearing the heartbeats: the agent stopped the job on its own
+    // lease, and reported it (reports still pass).
+    let job = plane.wait_state(&first, JobState::Failed).await;
+    let attempt = job.current_attempt().unwrap();
+    assert!(
+        attempt.reason.as_deref().unwrap_or("").contains("lease"),
+        "{attempt:?}"
+    );
+
+    // Placed on the node (still ready), polled by the agent, but not started.
+    let second = plane.submit(shell("echo second")).await;
+    let deadline = Instant::now() + 2 * NOT_PLACED_WINDOW;
+    while Instant::now() < deadline {
+        let job = plane.job(&second).await;
+        assert!(
+            matches!(job.state, JobState::Pending | JobState::Assigned),
+            "{second} started without a lease: {job:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = plane.job(&second).await;
+    assert_eq!(job.state, JobState::Assigned, "placed on the live node");
+    assert_eq!(node_of(&job), node.as_str());
+    let seen = plane
+        .admin
+        .get_node(&node, Consistency::Stale)
+        .await
+        .unwrap()
+        .node;
+    assert_eq!(seen.state, NodeState::Ready, "never declared down");
+
+    proxy.drop_heartbeat_answers.store(false, Ordering::SeqCst);
+    let job = plane.wait_state(&second, JobState::Succeeded).await;
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(plane.logs(&second, None).await, "second\n");
 }
