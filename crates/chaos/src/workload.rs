@@ -168,15 +168,17 @@ fn job_spec(config: &WorkloadConfig, runnable: bool) -> JobSpec {
         // (an end recorded late only makes the checker stricter). The start line waits
         // for the watcher's word through a FIFO, sent once it is out of the group, so no
         // run records a start whose end nobody is left to record (a group killed sooner
-        // records nothing, or a lone end line, which the parser ignores). The clock is a
-        // file both shells run, as busybox `date` (in the container image) has no `%N`.
+        // records nothing, or a lone end line, which the parser ignores). Both shells get the
+        // clock function from the environment: busybox `date` (in the container image) has
+        // no `%N`, and the agent deletes the run's directory once its process is gone, so
+        // the watcher must not need a file there.
         spec.shell = Some(format!(
-            "cat > now.sh <<'NOW'\n{NOW_NS} now\nNOW\n\
+            "NOWFN=$(cat <<'NOW'\n{NOW_NS}\nNOW\n); export NOWFN; eval \"$NOWFN\"; \
              mkfifo ready && \
              {{ read _ < ready; \
-             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(sh now.sh) >> {log}; \
-             sleep {}; }} | setsid sh -c 'exec 3<> ready; echo >&3; cat > /dev/null; \
-             echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(sh now.sh) >> {log}' \
+             echo start $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}; \
+             sleep {}; }} | setsid sh -c 'eval \"$NOWFN\"; exec 3<> ready; echo >&3; \
+             cat > /dev/null; echo end $TANVRIT_JOB_ID $TANVRIT_ATTEMPT_ID $(now) >> {log}' \
              > /dev/null 2>&1",
             config.job_secs
         ));
