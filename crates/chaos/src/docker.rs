@@ -643,69 +643,6 @@ impl DockerFabric {
         Ok(())
     }
 
-    /// `docker start --attach`: the process's stdout comes back through the client,
-    /// which attaches before the process starts, so no line is missed. Waits for the
-    /// ready line; the rest of the output goes to the host's log.
-    async fn spawn(&mut self, name: &str) -> Result<String, FabricError> {
-        self.ensure_created(name).await?;
-        let host = self.host_mut(name)?;
-        let prefix = host
-            .launch
-            .as_ref()
-            .map(|l| l.ready_prefix.clone())
-            .unwrap_or_default();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&host.log)?;
-        let mut command = Command::new("docker");
-        command
-            .args(["start", "--attach", &host.proc])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?))
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        let mut child = command.spawn()?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(READY_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    return Some(rest.to_string());
-                }
-            }
-            None
-        })
-        .await;
-        let rest = match found {
-            Ok(Some(rest)) => rest,
-            other => {
-                let proc = host.proc.clone();
-                let log = host.log.clone();
-                let _ = docker(&["kill", &proc]).await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                return Err(FabricError::NotReady {
-                    host: name.to_string(),
-                    message: match other {
-                        Ok(_) => format!("exited first (see {})", log.display()),
-                        Err(_) => format!("no `{prefix}` line in {READY_TIMEOUT:?}"),
-                    },
-                });
-            }
-        };
-        let mut log = tokio::fs::File::from_std(log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
-        host.attach = Some(child);
-        host.running = true;
-        host.paused = false;
-        Ok(rest)
-    }
-
     /// Waits (bounded) for the attached client to see the container exit.
     async fn reap(&mut self, name: &str) -> Result<(), FabricError> {
         let host = self.host_mut(name)?;
@@ -878,26 +815,72 @@ impl Fabric for DockerFabric {
         Ok(self.host(host)?.data_dir.clone())
     }
 
+    /// `docker start --attach`: the process's stdout comes back through the client,
+    /// which attaches before the process starts, so no line is missed. Waits for the
+    /// ready line; the rest of the output goes to the host's log.
+    async fn spawn(&mut self, name: &str) -> Result<String, FabricError> {
+        self.ensure_created(name).await?;
+        let host = self.host_mut(name)?;
+        let prefix = host
+            .launch
+            .as_ref()
+            .map(|l| l.ready_prefix.clone())
+            .unwrap_or_default();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&host.log)?;
+        let mut command = Command::new("docker");
+        command
+            .args(["start", "--attach", &host.proc])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?))
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(READY_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    return Some(rest.to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let rest = match found {
+            Ok(Some(rest)) => rest,
+            other => {
+                let proc = host.proc.clone();
+                let log = host.log.clone();
+                let _ = docker(&["kill", &proc]).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                return Err(FabricError::NotReady {
+                    host: name.to_string(),
+                    message: match other {
+                        Ok(_) => format!("exited first (see {})", log.display()),
+                        Err(_) => format!("no `{prefix}` line in {READY_TIMEOUT:?}"),
+                    },
+                });
+            }
+        };
+        let mut log = tokio::fs::File::from_std(log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        });
+        host.attach = Some(child);
+        host.running = true;
+        host.paused = false;
+        Ok(rest)
+    }
+
     async fn start(&mut self, host: &str, launch: Launch) -> Result<String, FabricError> {
         self.host_mut(host)?.launch = Some(launch);
         self.spawn(host).await
-    }
-
-    async fn restart(&mut self, host: &str) -> Result<String, FabricError> {
-        if self.is_running(host) {
-            self.kill(host).await?;
-        }
-        let mut last = None;
-        for _ in 0..5 {
-            match self.spawn(host).await {
-                Ok(rest) => return Ok(rest),
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| FabricError::UnknownHost(host.to_string())))
     }
 
     async fn kill(&mut self, host: &str) -> Result<(), FabricError> {
@@ -946,20 +929,6 @@ impl Fabric for DockerFabric {
             docker(&["unpause", &proc]).await?;
             self.host_mut(host)?.paused = false;
         }
-        Ok(())
-    }
-
-    async fn wipe(&mut self, host: &str) -> Result<(), FabricError> {
-        let dir = self.host(host)?.data_dir.clone();
-        if self.is_running(host) {
-            return Err(FabricError::Unsafe(format!(
-                "{host} is running; stop it first"
-            )));
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
         Ok(())
     }
 

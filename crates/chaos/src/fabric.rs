@@ -91,8 +91,28 @@ pub trait Fabric: Send + Sync {
     /// ready line. The launch is remembered for [`Fabric::restart`].
     async fn start(&mut self, host: &str, launch: Launch) -> Result<String, FabricError>;
 
+    /// Runs `host`'s process from the launch [`Fabric::start`] remembered and waits until
+    /// it is ready; returns the rest of the ready line.
+    async fn spawn(&mut self, host: &str) -> Result<String, FabricError>;
+
     /// Starts `host` again with its last launch (after a kill, a stop or a wipe).
-    async fn restart(&mut self, host: &str) -> Result<String, FabricError>;
+    async fn restart(&mut self, host: &str) -> Result<String, FabricError> {
+        if self.is_running(host) {
+            self.kill(host).await?;
+        }
+        // A killed process's port (or container) may linger for a moment; retry briefly.
+        let mut last = None;
+        for _ in 0..20 {
+            match self.spawn(host).await {
+                Ok(rest) => return Ok(rest),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| FabricError::UnknownHost(host.to_string())))
+    }
 
     /// SIGKILL: a crash, nothing flushed, nothing said.
     async fn kill(&mut self, host: &str) -> Result<(), FabricError>;
@@ -106,8 +126,21 @@ pub trait Fabric: Send + Sync {
     /// Thaws a paused process (SIGCONT).
     async fn resume(&mut self, host: &str) -> Result<(), FabricError>;
 
-    /// Deletes the host's data directory; the host must be down.
-    async fn wipe(&mut self, host: &str) -> Result<(), FabricError>;
+    /// Deletes the host's data directory (an empty one takes its place); the host must
+    /// be down.
+    async fn wipe(&mut self, host: &str) -> Result<(), FabricError> {
+        let dir = self.data_dir(host)?;
+        if self.is_running(host) {
+            return Err(FabricError::Unsafe(format!(
+                "{host} is running; stop it first"
+            )));
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(())
+    }
 
     /// Whether the host's process is running (paused counts as running).
     fn is_running(&self, host: &str) -> bool;

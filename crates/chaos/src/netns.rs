@@ -227,70 +227,6 @@ impl NetnsFabric {
             .ok_or_else(|| FabricError::UnknownHost(name.to_string()))
     }
 
-    async fn spawn(&mut self, name: &str) -> Result<String, FabricError> {
-        let bin = self.bin.clone();
-        let host = self.host_mut(name)?;
-        let launch = host
-            .launch
-            .clone()
-            .ok_or_else(|| FabricError::UnknownHost(format!("{name} was never started")))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&host.log)?;
-        let mut command = Command::new("ip");
-        for (var, _) in std::env::vars() {
-            if var.starts_with("TANVRIT_") {
-                command.env_remove(var);
-            }
-        }
-        command
-            .args(["netns", "exec", &host.ns])
-            .arg(&bin)
-            .args(&launch.args)
-            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?))
-            .kill_on_drop(true);
-        let mut child = command.spawn()?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let prefix = launch.ready_prefix.clone();
-        let found = tokio::time::timeout(READY_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    return Some(rest.to_string());
-                }
-            }
-            None
-        })
-        .await;
-        let rest = match found {
-            Ok(Some(rest)) => rest,
-            other => {
-                signal(&child, libc::SIGKILL);
-                let _ = child.wait().await;
-                return Err(FabricError::NotReady {
-                    host: name.to_string(),
-                    message: match other {
-                        Ok(_) => format!("exited first (see {})", host.log.display()),
-                        Err(_) => format!("no `{prefix}` line in {READY_TIMEOUT:?}"),
-                    },
-                });
-            }
-        };
-        // Keep draining stdout into the log so the process never blocks on a full pipe.
-        let mut log = tokio::fs::File::from_std(log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
-        host.child = Some(child);
-        Ok(rest)
-    }
-
     /// Rewrites the bridge's loss table from `self.loss`.
     async fn apply_loss(&self) -> Result<(), FabricError> {
         let mut rules = String::new();
@@ -406,27 +342,73 @@ impl Fabric for NetnsFabric {
         Ok(self.host(host)?.data_dir.clone())
     }
 
+    async fn spawn(&mut self, name: &str) -> Result<String, FabricError> {
+        let bin = self.bin.clone();
+        let host = self.host_mut(name)?;
+        let launch = host
+            .launch
+            .clone()
+            .ok_or_else(|| FabricError::UnknownHost(format!("{name} was never started")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&host.log)?;
+        let mut command = Command::new("ip");
+        for (var, _) in std::env::vars() {
+            if var.starts_with("TANVRIT_") {
+                command.env_remove(var);
+            }
+        }
+        command
+            .args(["netns", "exec", &host.ns])
+            .arg(&bin)
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?))
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let prefix = launch.ready_prefix.clone();
+        let found = tokio::time::timeout(READY_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix(&prefix) {
+                    return Some(rest.to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let rest = match found {
+            Ok(Some(rest)) => rest,
+            other => {
+                signal(&child, libc::SIGKILL);
+                let _ = child.wait().await;
+                return Err(FabricError::NotReady {
+                    host: name.to_string(),
+                    message: match other {
+                        Ok(_) => format!("exited first (see {})", host.log.display()),
+                        Err(_) => format!("no `{prefix}` line in {READY_TIMEOUT:?}"),
+                    },
+                });
+            }
+        };
+        // Keep draining stdout into the log so the process never blocks on a full pipe.
+        let mut log = tokio::fs::File::from_std(log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        });
+        host.child = Some(child);
+        Ok(rest)
+    }
+
     async fn start(&mut self, host: &str, launch: Launch) -> Result<String, FabricError> {
         self.host_mut(host)?.launch = Some(launch);
         self.spawn(host).await
-    }
-
-    async fn restart(&mut self, host: &str) -> Result<String, FabricError> {
-        if self.is_running(host) {
-            self.kill(host).await?;
-        }
-        // A killed process's port may linger for a moment; retry briefly.
-        let mut last = None;
-        for _ in 0..20 {
-            match self.spawn(host).await {
-                Ok(rest) => return Ok(rest),
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| FabricError::UnknownHost(host.to_string())))
     }
 
     async fn kill(&mut self, host: &str) -> Result<(), FabricError> {
@@ -463,20 +445,6 @@ impl Fabric for NetnsFabric {
         if let Some(child) = &self.host(host)?.child {
             signal(child, libc::SIGCONT);
         }
-        Ok(())
-    }
-
-    async fn wipe(&mut self, host: &str) -> Result<(), FabricError> {
-        let dir = self.host(host)?.data_dir.clone();
-        if self.is_running(host) {
-            return Err(FabricError::Unsafe(format!(
-                "{host} is running; stop it first"
-            )));
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
         Ok(())
     }
 
