@@ -4,12 +4,11 @@
 use std::time::{Duration, Instant};
 
 use tanvrit_api::Consistency;
-use tanvrit_cluster::raft::{RaftCluster, RpcKind};
-use tanvrit_cluster::{ClusterError, ClusterService, Receipt};
+use tanvrit_cluster::raft::RpcKind;
+use tanvrit_cluster::{ClusterService, Receipt};
 use tanvrit_state::Effect;
-use tanvrit_testkit::commands::{
-    has_top_up, job_with_output, ledger_len, node_register, state_json, top_up,
-};
+use tanvrit_testkit::cluster::top_up_retrying;
+use tanvrit_testkit::commands::{has_top_up, job_with_output, ledger_len, node_register, top_up};
 use tanvrit_testkit::{eventually, init_tracing, ClusterOptions, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -18,40 +17,6 @@ async fn futures_join_all<F: std::future::Future>(futures: [F; 2]) -> Vec<F::Out
     let [a, b] = futures;
     let (a, b) = tokio::join!(a, b);
     vec![a, b]
-}
-
-/// Retries a write through `NoLeader` and `OutcomeUnknown` answers (the top-up's
-/// idempotency key makes repeating it safe either way).
-async fn write_retrying(node: &RaftCluster, n: u64) -> Receipt {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match node.submit_write(top_up(n)).await {
-            Ok(receipt) => return receipt,
-            Err(err @ (ClusterError::NoLeader { .. } | ClusterError::OutcomeUnknown { .. }))
-                if Instant::now() < deadline =>
-            {
-                tracing::debug!(n, error = %err, "retrying");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("write {n} failed: {err}"),
-        }
-    }
-}
-
-/// Waits until every running replica holds the same replicated data.
-async fn converged(cluster: &TestCluster) -> serde_json::Value {
-    eventually(WAIT, "every replica to hold the same state", || async {
-        let states: Vec<_> = cluster
-            .running()
-            .into_iter()
-            .map(|id| cluster.node(id).reader().read(state_json))
-            .collect();
-        states
-            .windows(2)
-            .all(|w| w[0] == w[1])
-            .then(|| states[0].clone())
-    })
-    .await
 }
 
 /// Whether a repeated top-up found the first delivery already applied.
@@ -101,11 +66,11 @@ async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
         .collect();
     let new = cluster.leader_among(&others, WAIT).await;
     assert_ne!(new, old);
-    let after = write_retrying(&cluster.node(new), 2).await;
+    let after = top_up_retrying(&cluster.node(new), 2, WAIT).await;
 
     cluster.faults().heal();
     cluster.applied_everywhere(after.index, WAIT).await;
-    let state = converged(&cluster).await;
+    let state = cluster.converged(WAIT).await;
     let node = cluster.node(old);
     assert!(node.reader().read(|s| has_top_up(s, 1) && has_top_up(s, 2)));
     assert!(
@@ -115,7 +80,7 @@ async fn an_isolated_leader_steps_aside_and_never_acknowledges_a_write() {
     assert!(state.to_string().contains("top-up-2"));
     // The caller learns what happened by repeating the write under its key: it had not
     // taken effect, so the repeat applies it, once.
-    let repeat = write_retrying(&cluster.node(old), 99).await;
+    let repeat = top_up_retrying(&cluster.node(old), 99, WAIT).await;
     assert!(!repeat_found_it(&repeat), "{repeat:?}");
     cluster.applied_everywhere(repeat.index, WAIT).await;
     for id in cluster.running() {
@@ -140,7 +105,7 @@ async fn a_write_cut_off_before_its_commit_is_unknown_and_its_key_then_finds_it_
     };
     let cluster = TestCluster::start(options).await.unwrap();
     let leader = cluster.leader(WAIT).await;
-    let before = write_retrying(&cluster.node(leader), 1).await;
+    let before = top_up_retrying(&cluster.node(leader), 1, WAIT).await;
     cluster.applied_everywhere(before.index, WAIT).await;
 
     // Cut off right as the write is queued: its entry is appended but cannot commit
@@ -164,7 +129,7 @@ async fn a_write_cut_off_before_its_commit_is_unknown_and_its_key_then_finds_it_
     })
     .await;
     // Repeating it under its key says it took effect, and does not apply it again.
-    let repeat = write_retrying(&cluster.node(leader), 7).await;
+    let repeat = top_up_retrying(&cluster.node(leader), 7, WAIT).await;
     assert!(repeat_found_it(&repeat), "{repeat:?}");
     cluster.applied_everywhere(repeat.index, WAIT).await;
     for id in cluster.running() {
@@ -197,7 +162,7 @@ async fn a_minority_partition_refuses_writes_while_the_majority_carries_on() {
 
     let new = cluster.leader_among(&majority, WAIT).await;
     for n in 1..=5 {
-        write_retrying(&cluster.node(new), n).await;
+        top_up_retrying(&cluster.node(new), n, WAIT).await;
     }
     // Both minority replicas answer at once, and in bounded time.
     let minority_answers = [leader, buddy].map(|id| {
@@ -223,9 +188,9 @@ async fn a_minority_partition_refuses_writes_while_the_majority_carries_on() {
     }
 
     cluster.faults().heal();
-    let last = write_retrying(&cluster.node(new), 6).await;
+    let last = top_up_retrying(&cluster.node(new), 6, WAIT).await;
     cluster.applied_everywhere(last.index, WAIT).await;
-    converged(&cluster).await;
+    cluster.converged(WAIT).await;
     for id in cluster.running() {
         let node = cluster.node(id);
         assert_eq!(node.reader().read(ledger_len), 6, "replica {id}");
@@ -254,12 +219,12 @@ async fn writes_survive_message_loss_and_delay_exactly_once() {
     let ids = cluster.running();
     for n in 1..=30 {
         let node = cluster.node(ids[n as usize % ids.len()]);
-        write_retrying(&node, n).await;
+        top_up_retrying(&node, n, WAIT).await;
     }
     cluster.faults().clear();
-    let last = write_retrying(&cluster.node(ids[0]), 31).await;
+    let last = top_up_retrying(&cluster.node(ids[0]), 31, WAIT).await;
     cluster.applied_everywhere(last.index, WAIT).await;
-    converged(&cluster).await;
+    cluster.converged(WAIT).await;
     for id in cluster.running() {
         // Retried writes were deduplicated by their idempotency keys.
         assert_eq!(
@@ -297,7 +262,7 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_with_its_job_logs() {
     }
     let mut last = 0;
     for n in 1..=60 {
-        last = write_retrying(&node, n).await.index;
+        last = top_up_retrying(&node, n, WAIT).await.index;
     }
     // The leader snapshotted and purged what the crashed follower lacks.
     eventually(WAIT, "the leader to purge its log", || async {
@@ -309,7 +274,7 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot_with_its_job_logs() {
     let restarted = cluster.restart(behind).await;
     cluster.applied_everywhere(last, WAIT).await;
     assert!(restarted.stats().snapshots_installed_total >= 1);
-    converged(&cluster).await;
+    cluster.converged(WAIT).await;
     let output = restarted
         .reader()
         .job_log(&"job-1".into(), &"att-1".into(), 0, 1024)
@@ -335,7 +300,7 @@ async fn failover(options: ClusterOptions) -> (TestCluster, Duration) {
         .unwrap();
     cluster.crash(leader).await;
     let started = Instant::now();
-    write_retrying(&cluster.node(survivor), 2).await;
+    top_up_retrying(&cluster.node(survivor), 2, WAIT).await;
     let took = started.elapsed();
     tracing::info!(?took, "failover");
     (cluster, took)
@@ -360,11 +325,11 @@ async fn three_and_five_voters_survive_leader_crashes() {
                 .find(|id| *id != second)
                 .unwrap();
             cluster.crash(second).await;
-            write_retrying(&cluster.node(survivor), 3).await;
+            top_up_retrying(&cluster.node(survivor), 3, WAIT).await;
         }
-        let last = write_retrying(&cluster.node(cluster.running()[0]), 4).await;
+        let last = top_up_retrying(&cluster.node(cluster.running()[0]), 4, WAIT).await;
         cluster.applied_everywhere(last.index, WAIT).await;
-        converged(&cluster).await;
+        cluster.converged(WAIT).await;
         cluster.shutdown().await;
     }
 }
@@ -413,7 +378,7 @@ async fn a_follower_cut_off_from_the_leader_answers_within_the_lease() {
         .into_iter()
         .find(|id| *id != leader)
         .unwrap();
-    write_retrying(&cluster.node(follower), 1).await;
+    top_up_retrying(&cluster.node(follower), 1, WAIT).await;
     cluster.faults().isolate(follower);
     let node = cluster.node(follower);
     let started = Instant::now();
@@ -432,7 +397,7 @@ async fn a_follower_cut_off_from_the_leader_answers_within_the_lease() {
     // Stale reads still work: whatever this replica applied.
     assert!(node.read_barrier(Consistency::Stale).await.unwrap() >= 1);
     cluster.faults().heal();
-    let receipt = write_retrying(&node, 4).await;
+    let receipt = top_up_retrying(&node, 4, WAIT).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
     // The write that certainly did not happen never shows up.
     assert!(!node.reader().read(|s| has_top_up(s, 3)));
@@ -456,7 +421,7 @@ async fn writes_forwarded_to_a_crashed_leader_back_off_between_tries() {
     // A flood on a follower that still believes in the crashed leader for about a lease.
     const WRITES: u64 = 16;
     let node = cluster.node(follower);
-    let writes = (10..10 + WRITES).map(|n| write_retrying(&node, n));
+    let writes = (10..10 + WRITES).map(|n| top_up_retrying(&node, n, WAIT));
     futures::future::join_all(writes).await;
     let tries = cluster.faults().sent_to(leader, RpcKind::ForwardWrite) - before;
     // Test timings: tick 5 ms, lease 300 ms. Retrying every tick would make about 70
@@ -469,12 +434,6 @@ async fn writes_forwarded_to_a_crashed_leader_back_off_between_tries() {
     cluster.shutdown().await;
 }
 
-/// Deletes a stopped replica's data directory: a lost or replaced disk.
-fn wipe(cluster: &TestCluster, id: u64) {
-    let dir = cluster.data_dir(id);
-    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_restarted_on_a_wiped_disk_catches_up_and_the_leader_carries_on() {
     init_tracing();
@@ -485,11 +444,11 @@ async fn a_follower_restarted_on_a_wiped_disk_catches_up_and_the_leader_carries_
     let mut cluster = TestCluster::start(options).await.unwrap();
     let leader = cluster.leader(WAIT).await;
     for n in 1..=40 {
-        write_retrying(&cluster.node(leader), n).await;
+        top_up_retrying(&cluster.node(leader), n, WAIT).await;
     }
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     cluster.crash(follower).await;
-    wipe(&cluster, follower);
+    cluster.wipe(follower);
     cluster.restart(follower).await;
 
     // The leader that had replicated to the old disk keeps leading (openraft 0.9 would
@@ -497,11 +456,11 @@ async fn a_follower_restarted_on_a_wiped_disk_catches_up_and_the_leader_carries_
     // snapshot while writes go on.
     let mut last = 0;
     for n in 41..=70 {
-        last = write_retrying(&cluster.node(leader), n).await.index;
+        last = top_up_retrying(&cluster.node(leader), n, WAIT).await.index;
     }
     assert_eq!(cluster.leader(WAIT).await, leader);
     cluster.applied_everywhere(last, WAIT).await;
-    converged(&cluster).await;
+    cluster.converged(WAIT).await;
     let state = cluster.node(follower).reader().read(|s| s.clone());
     assert!((1..=70).all(|n| has_top_up(&state, n)));
     assert_eq!(ledger_len(&state), 70);
@@ -511,7 +470,7 @@ async fn a_follower_restarted_on_a_wiped_disk_catches_up_and_the_leader_carries_
     cluster.crash(leader).await;
     let survivors: Vec<u64> = cluster.running();
     let next = cluster.leader_among(&survivors, WAIT).await;
-    let receipt = write_retrying(&cluster.node(next), 71).await;
+    let receipt = top_up_retrying(&cluster.node(next), 71, WAIT).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
     let state = cluster.node(follower).reader().read(|s| s.clone());
     assert!((1..=71).all(|n| has_top_up(&state, n)));
@@ -526,20 +485,20 @@ async fn a_wiped_replica_does_not_vote_a_stale_replica_into_leading() {
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let (stale, wiped) = (others[0], others[1]);
     for n in 1..=5 {
-        write_retrying(&cluster.node(leader), n).await;
+        top_up_retrying(&cluster.node(leader), n, WAIT).await;
     }
     // `stale` misses writes 6..=20: they are committed by the leader and `wiped` alone.
     cluster.faults().isolate(stale);
     let mut last = 0;
     for n in 6..=20 {
-        last = write_retrying(&cluster.node(leader), n).await.index;
+        last = top_up_retrying(&cluster.node(leader), n, WAIT).await.index;
     }
     cluster.faults().heal();
     cluster.crash(stale).await;
     // `wiped` loses its disk, and the leader (the only other copy) goes down.
     cluster.crash(wiped).await;
     cluster.crash(leader).await;
-    wipe(&cluster, wiped);
+    cluster.wipe(wiped);
     cluster.restart(stale).await;
     cluster.restart(wiped).await;
 
@@ -555,7 +514,7 @@ async fn a_wiped_replica_does_not_vote_a_stale_replica_into_leading() {
     // The old leader comes back with its disk: it leads, and nothing is lost.
     cluster.restart(leader).await;
     let next = cluster.leader(WAIT).await;
-    let receipt = write_retrying(&cluster.node(next), 21).await;
+    let receipt = top_up_retrying(&cluster.node(next), 21, WAIT).await;
     assert!(receipt.index > last);
     cluster.applied_everywhere(receipt.index, WAIT).await;
     for id in 1..=3 {

@@ -6,48 +6,15 @@ use std::time::{Duration, Instant};
 
 use tanvrit_api::Role;
 use tanvrit_cluster::raft::rpc::{Rpc, RpcReply};
-use tanvrit_cluster::raft::{
-    HttpTransport, RaftCluster, RaftTransport, ReplicaNode, TransportError,
-};
-use tanvrit_cluster::{ClusterError, ClusterService, Receipt, SingleNode, SingleNodeConfig};
-use tanvrit_testkit::cluster::{name, replica_dir};
+use tanvrit_cluster::raft::{HttpTransport, RaftTransport, ReplicaNode, TransportError};
+use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
+use tanvrit_testkit::cluster::{name, replica_dir, top_up_retrying};
 use tanvrit_testkit::commands::{
     has_top_up, job_with_output, ledger_len, node_register, state_json, top_up,
 };
-use tanvrit_testkit::{eventually, init_tracing, ClusterOptions, TestCluster};
+use tanvrit_testkit::{init_tracing, ClusterOptions, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn write_retrying(node: &RaftCluster, n: u64) -> Receipt {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match node.submit_write(top_up(n)).await {
-            Ok(receipt) => return receipt,
-            // The top-up's idempotency key makes repeating it safe either way.
-            Err(ClusterError::NoLeader { .. } | ClusterError::OutcomeUnknown { .. })
-                if Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("write {n} failed: {err}"),
-        }
-    }
-}
-
-async fn converged(cluster: &TestCluster) -> serde_json::Value {
-    eventually(WAIT, "every replica to hold the same state", || async {
-        let states: Vec<_> = cluster
-            .running()
-            .into_iter()
-            .map(|id| cluster.node(id).reader().read(state_json))
-            .collect();
-        states
-            .windows(2)
-            .all(|w| w[0] == w[1])
-            .then(|| states[0].clone())
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_replica_keeps_every_write() {
@@ -65,10 +32,10 @@ async fn restarting_every_replica_keeps_every_write() {
     }
     let mut last = 0;
     for n in 1..=40 {
-        last = write_retrying(&cluster.node(leader), n).await.index;
+        last = top_up_retrying(&cluster.node(leader), n, WAIT).await.index;
     }
     cluster.applied_everywhere(last, WAIT).await;
-    let before = converged(&cluster).await;
+    let before = cluster.converged(WAIT).await;
 
     for id in cluster.running() {
         cluster.stop(id).await;
@@ -79,14 +46,14 @@ async fn restarting_every_replica_keeps_every_write() {
     // Nobody initializes again: the restarted replicas elect a leader by themselves.
     let leader = cluster.leader(WAIT).await;
     cluster.applied_everywhere(last, WAIT).await;
-    assert_eq!(converged(&cluster).await, before);
+    assert_eq!(cluster.converged(WAIT).await, before);
     let node = cluster.node(leader);
     let output = node
         .reader()
         .job_log(&"job-1".into(), &"att-1".into(), 0, 100)
         .unwrap();
     assert_eq!(output.data, b"kept output\n");
-    let next = write_retrying(&node, 41).await;
+    let next = top_up_retrying(&node, 41, WAIT).await;
     assert!(next.index > last);
     cluster.shutdown().await;
 }
@@ -96,7 +63,7 @@ async fn a_stopping_leader_hands_off_to_a_caught_up_successor() {
     init_tracing();
     let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
     let old = cluster.leader(WAIT).await;
-    let receipt = write_retrying(&cluster.node(old), 1).await;
+    let receipt = top_up_retrying(&cluster.node(old), 1, WAIT).await;
     let others: Vec<_> = cluster
         .running()
         .into_iter()
@@ -113,7 +80,7 @@ async fn a_stopping_leader_hands_off_to_a_caught_up_successor() {
     );
     let node = cluster.node(new);
     assert!(node.reader().applied_index() >= receipt.index);
-    write_retrying(&node, 2).await;
+    top_up_retrying(&node, 2, WAIT).await;
     cluster.shutdown().await;
 }
 
@@ -129,7 +96,7 @@ async fn replicas_join_as_learners_catch_up_from_a_snapshot_become_voters_and_le
     let leader = cluster.leader(WAIT).await;
     let mut last = 0;
     for n in 1..=30 {
-        last = write_retrying(&cluster.node(leader), n).await.index;
+        last = top_up_retrying(&cluster.node(leader), n, WAIT).await.index;
     }
     // Grow to five voters; the fourth is added through a follower (forwarded).
     let follower = cluster
@@ -174,7 +141,7 @@ async fn replicas_join_as_learners_catch_up_from_a_snapshot_become_voters_and_le
     for id in &crashed {
         cluster.crash(*id).await;
     }
-    let receipt = write_retrying(&cluster.node(leader), 31).await;
+    let receipt = top_up_retrying(&cluster.node(leader), 31, WAIT).await;
     for id in &crashed {
         cluster.restart(*id).await;
     }
@@ -185,9 +152,9 @@ async fn replicas_join_as_learners_catch_up_from_a_snapshot_become_voters_and_le
     let view = cluster.node(leader).remove_replica(removed).await.unwrap();
     assert!(!view.voters.contains(&removed) && !view.learners.contains(&removed));
     cluster.stop(removed).await;
-    let receipt = write_retrying(&cluster.node(leader), 32).await;
+    let receipt = top_up_retrying(&cluster.node(leader), 32, WAIT).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
-    converged(&cluster).await;
+    cluster.converged(WAIT).await;
     cluster.shutdown().await;
 }
 
@@ -245,10 +212,10 @@ async fn a_single_node_data_directory_becomes_replica_one_with_everything_kept()
         state
     };
     assert_eq!(
-        without_index(converged(&cluster).await),
+        without_index(cluster.converged(WAIT).await),
         without_index(single_state)
     );
-    let receipt = write_retrying(&cluster.node(2), 13).await;
+    let receipt = top_up_retrying(&cluster.node(2), 13, WAIT).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
     assert_eq!(cluster.node(3).reader().read(ledger_len), 14);
 
@@ -275,7 +242,7 @@ async fn replicas_over_http_forward_writes_and_refuse_a_wrong_secret() {
         .into_iter()
         .find(|id| *id != leader)
         .unwrap();
-    let receipt = write_retrying(&cluster.node(follower), 1).await;
+    let receipt = top_up_retrying(&cluster.node(follower), 1, WAIT).await;
     cluster.applied_everywhere(receipt.index, WAIT).await;
     assert!(cluster.node(follower).reader().read(|s| has_top_up(s, 1)));
 

@@ -14,7 +14,7 @@ use tanvrit_api::Index;
 use tanvrit_cluster::raft::{
     HttpTransport, NodeId, Peer, RaftCluster, RaftClusterConfig, RaftTransport,
 };
-use tanvrit_cluster::{ClusterError, ClusterService};
+use tanvrit_cluster::{ClusterError, ClusterService, Receipt};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -290,6 +290,28 @@ impl TestCluster {
         }
     }
 
+    /// Waits until every running replica holds the same replicated data; returns it.
+    pub async fn converged(&self, within: Duration) -> serde_json::Value {
+        crate::eventually(within, "every replica to hold the same state", || async {
+            let states: Vec<_> = self
+                .running()
+                .into_iter()
+                .map(|id| self.node(id).reader().read(crate::commands::state_json))
+                .collect();
+            states
+                .windows(2)
+                .all(|w| w[0] == w[1])
+                .then(|| states[0].clone())
+        })
+        .await
+    }
+
+    /// Deletes stopped replica `id`'s data directory: a lost or replaced disk.
+    pub fn wipe(&self, id: NodeId) {
+        let dir = self.data_dir(id);
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wipe {}: {e}", dir.display()));
+    }
+
     /// Stops replica `id` gracefully (a leader hands off).
     pub async fn stop(&mut self, id: NodeId) {
         let node = self.take(id);
@@ -352,6 +374,25 @@ impl TestCluster {
     pub async fn shutdown(mut self) {
         for id in self.running() {
             self.stop(id).await;
+        }
+    }
+}
+
+/// Writes top-up `n` through `node`, repeating it through `NoLeader` and `OutcomeUnknown`
+/// answers for up to `within` (the top-up's idempotency key makes repeating it safe
+/// either way); panics on any other error.
+pub async fn top_up_retrying(node: &RaftCluster, n: u64, within: Duration) -> Receipt {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match node.submit_write(crate::commands::top_up(n)).await {
+            Ok(receipt) => return receipt,
+            Err(err @ (ClusterError::NoLeader { .. } | ClusterError::OutcomeUnknown { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(n, error = %err, "retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("write {n} failed: {err}"),
         }
     }
 }
