@@ -177,7 +177,6 @@ impl RaftCluster {
             closed: AtomicBool::new(false),
             started: Instant::now(),
             proposals,
-            store,
             rejoining: AtomicBool::new(rejoining),
             config,
         });

@@ -13,7 +13,6 @@ use openraft::{ChangeMembers, ServerState};
 use parking_lot::Mutex;
 use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
 use tanvrit_state::Command;
-use tanvrit_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::raft::batcher::{Claim, Proposal};
@@ -87,8 +86,6 @@ pub(crate) struct Node {
     pub started: Instant,
     /// The batcher's queue (see `batcher`).
     pub proposals: mpsc::Sender<Proposal>,
-    /// The replica's store (for its own meta keys; Raft data goes through openraft).
-    pub store: Store,
     /// Started on an empty disk and not yet caught up (see [`Node::refuse_vote`]).
     pub rejoining: AtomicBool,
 }
@@ -430,7 +427,7 @@ impl Node {
         if !self.rejoining.swap(false, Ordering::SeqCst) {
             return;
         }
-        if let Err(err) = self.store.meta_delete(META_REJOINING) {
+        if let Err(err) = self.reader.store().meta_delete(META_REJOINING) {
             // Harmless: the next start rejoins again and catches up at once.
             tracing::warn!(error = %err, "could not clear the rejoining mark");
         }
