@@ -59,15 +59,22 @@ async fn post_with_headers(
     (status, headers, serde_json::from_slice(&bytes).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_through_a_follower_or_a_new_leader_gets_the_first_response() {
-    let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+/// Three replicas with a leader and the admin key `ADMIN` (its file goes to the
+/// returned directory).
+async fn cluster_with_admin() -> (TestCluster, u64, tempfile::TempDir) {
+    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
     let leader = cluster.leader(WAIT).await;
     let dir = tempfile::tempdir().unwrap();
-    let leader_node = cluster.node(leader);
-    ensure_bootstrap_admin(leader_node.as_ref(), dir.path(), Some(ADMIN))
+    ensure_bootstrap_admin(cluster.node(leader).as_ref(), dir.path(), Some(ADMIN))
         .await
         .unwrap();
+    (cluster, leader, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_through_a_follower_or_a_new_leader_gets_the_first_response() {
+    let (mut cluster, leader, _dir) = cluster_with_admin().await;
+    let leader_node = cluster.node(leader);
     let entry = json!({ "business": "acme", "kind": "top_up", "amount": 1000 });
     let (status, first) = post(&api(leader_node), "credits/entries/create", "pay-1", &entry).await;
     assert_eq!(status, 200, "{first}");
@@ -118,13 +125,8 @@ async fn a_retry_through_a_follower_or_a_new_leader_gets_the_first_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_its_leader_was_cut_off_under_is_503_write_outcome_unknown_until_its_key_is_repeated(
 ) {
-    let cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
-    let leader = cluster.leader(WAIT).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (cluster, leader, _dir) = cluster_with_admin().await;
     let leader_node = cluster.node(leader);
-    ensure_bootstrap_admin(leader_node.as_ref(), dir.path(), Some(ADMIN))
-        .await
-        .unwrap();
     let warm = json!({ "business": "acme", "kind": "top_up", "amount": 1 });
     let (status, first) = post(
         &api(leader_node.clone()),
