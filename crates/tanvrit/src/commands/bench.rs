@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use tanvrit_api::*;
 use tanvrit_client::Client;
@@ -22,20 +22,27 @@ use tanvrit_state::{Command, Placement, State};
 
 use crate::output::{self, Output};
 
+/// The concurrency levels a throughput benchmark runs, each for the same time.
+#[derive(Debug, Args)]
+pub struct Levels {
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// How long to measure each level.
+    #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each level.
+    #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
+    warmup: Duration,
+}
+
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Job submissions/s and latency percentiles against a running server.
     Submit {
-        /// Concurrency levels, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-        concurrency: Vec<usize>,
-        /// How long to measure each level.
-        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
-        duration: Duration,
-        /// Unmeasured warm-up before each level.
-        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
-        warmup: Duration,
+        #[command(flatten)]
+        levels: Levels,
         /// The business billed for the benchmark jobs (topped up first).
         #[arg(long, default_value = "bench")]
         business: String,
@@ -63,15 +70,8 @@ pub enum BenchCommand {
         /// etcd client URLs, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
         endpoints: Vec<String>,
-        /// Concurrency levels, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-        concurrency: Vec<usize>,
-        /// How long to measure each level.
-        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
-        duration: Duration,
-        /// Unmeasured warm-up before each level.
-        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
-        warmup: Duration,
+        #[command(flatten)]
+        levels: Levels,
         /// Bytes per value.
         #[arg(long, default_value_t = 256)]
         value_size: usize,
@@ -113,15 +113,8 @@ pub enum BenchCommand {
             default_value = "top-up,submit-cancel"
         )]
         workload: Vec<super::ledger_bench::LedgerWorkload>,
-        /// Concurrency levels, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-        concurrency: Vec<usize>,
-        /// How long to run each level.
-        #[arg(long, default_value = "10s", value_parser = crate::parse::duration)]
-        duration: Duration,
-        /// Unmeasured warm-up before each level.
-        #[arg(long, default_value = "1s", value_parser = crate::parse::duration)]
-        warmup: Duration,
+        #[command(flatten)]
+        levels: Levels,
     },
     /// Schedule fire lag: many active schedules against a running server; lag = each
     /// fired job's creation time minus its due time, both the server's.
@@ -507,9 +500,12 @@ impl BenchCommand {
     ) -> anyhow::Result<()> {
         match self {
             BenchCommand::Submit {
-                concurrency,
-                duration,
-                warmup,
+                levels:
+                    Levels {
+                        concurrency,
+                        duration,
+                        warmup,
+                    },
                 business,
             } => {
                 let client = client()?;
@@ -541,9 +537,12 @@ impl BenchCommand {
             }
             BenchCommand::EtcdPut {
                 endpoints,
-                concurrency,
-                duration,
-                warmup,
+                levels:
+                    Levels {
+                        concurrency,
+                        duration,
+                        warmup,
+                    },
                 value_size,
             } => {
                 let http = reqwest::Client::builder()
@@ -638,9 +637,12 @@ impl BenchCommand {
             }
             BenchCommand::Ledger {
                 workload,
-                concurrency,
-                duration,
-                warmup,
+                levels:
+                    Levels {
+                        concurrency,
+                        duration,
+                        warmup,
+                    },
             } => {
                 let client = client()?;
                 let reports = super::ledger_bench::run(
