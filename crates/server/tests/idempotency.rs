@@ -511,6 +511,8 @@ async fn the_ledger_exports_as_csv_for_a_date_range() {
                 "idempotency_key": "first", "note": "welcome, \"friend\"" }),
     )
     .await;
+    // Entries are timed to the millisecond: the range below needs the two apart.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     api.ok(
         "credits/entries/create",
         None,
@@ -561,6 +563,7 @@ async fn the_ledger_exports_as_csv_for_a_date_range() {
         .ok("credits/entries/list", None, json!({ "business": "acme" }))
         .await;
     let second_at = entries["entries"][1]["at"].as_i64().unwrap();
+    assert!(entries["entries"][0]["at"].as_i64().unwrap() < second_at);
     let from_second = api
         .admin(
             "credits/entries/export",
