@@ -10,8 +10,9 @@
 //! after it is replayed through the same `apply`.
 //!
 //! Every `snapshot_every` entries the writer clones the state (a read lock, so readers
-//! carry on) and a helper thread serializes and saves it; that durable transaction also
-//! purges the log it covers and makes earlier non-durable job-log writes durable.
+//! carry on) and a helper thread streams it to a snapshot file (holding no database
+//! lock, so log appends go on), then purges the log it covers in a durable
+//! transaction that also makes earlier non-durable job-log writes durable.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -230,6 +231,10 @@ impl SingleNode {
             ),
             Some(_) => {}
         }
+        store
+            .snapshot_dir(tanvrit_store::snapshot::SINGLE_NODE_GROUP)
+            .and_then(|dir| dir.sweep_unfinished())
+            .map_err(storage)?;
         let (state, snapshot_index, last) = recover(&store)?;
         tracing::info!(
             data_dir = %config.data_dir.display(),

@@ -94,13 +94,6 @@ pub(crate) fn write_chunks_in(
     Ok(())
 }
 
-/// Deletes every chunk and size inside `txn` (a snapshot install replaces them).
-pub(crate) fn clear_job_logs_in(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(JOB_LOGS)?.retain(|_, _| false)?;
-    txn.open_table(JOB_LOG_SIZES)?.retain(|_, _| false)?;
-    Ok(())
-}
-
 impl Store {
     /// Stores chunks in one transaction. Idempotent: a chunk at an existing key replaces
     /// the bytes there. Empty chunks are skipped. With `durable = false` the commit is
@@ -141,6 +134,71 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Calls `each` with every stored chunk, in key order, from one consistent view (a
+    /// read transaction: writers carry on meanwhile), holding one chunk at a time.
+    pub fn for_each_job_log_chunk(
+        &self,
+        mut each: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db().begin_read()?;
+        let table = txn.open_table(JOB_LOGS)?;
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (job, attempt, offset) = k.value();
+            each(JobLogChunk {
+                job: JobId::from(job),
+                attempt: AttemptId::from(attempt),
+                offset,
+                data: v.value().to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the chunks (and size) of every job for which `keep` answers false, in
+    /// one durable transaction; returns how many jobs lost their output. A snapshot
+    /// install uses it to drop output of jobs the installed state no longer has.
+    pub fn retain_job_logs(&self, mut keep: impl FnMut(&JobId) -> bool) -> Result<u64, StoreError> {
+        let doomed: Vec<String> = {
+            let txn = self.db().begin_read()?;
+            let sizes = txn.open_table(JOB_LOG_SIZES)?;
+            let mut doomed = Vec::new();
+            for item in sizes.iter()? {
+                let (job, _) = item?;
+                let job = job.value();
+                if !keep(&JobId::from(job)) {
+                    doomed.push(job.to_string());
+                }
+            }
+            doomed
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db().begin_write()?;
+        {
+            let mut chunks = txn.open_table(JOB_LOGS)?;
+            let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
+            for job in &doomed {
+                let mut keys: Vec<(String, u64)> = Vec::new();
+                for item in chunks.range((job.as_str(), "", 0u64)..)? {
+                    let (key, _) = item?;
+                    let (chunk_job, attempt, offset) = key.value();
+                    if chunk_job != job {
+                        break;
+                    }
+                    keys.push((attempt.to_string(), offset));
+                }
+                for (attempt, offset) in &keys {
+                    chunks.remove((job.as_str(), attempt.as_str(), *offset))?;
+                }
+                sizes.remove(job.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(doomed.len() as u64)
     }
 
     /// Reads up to `max_bytes` contiguous bytes of an attempt's output starting at

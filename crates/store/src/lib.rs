@@ -6,7 +6,8 @@
 //! - [`error`]: [`StoreError`], with stable codes.
 //! - [`encoding`]: versioned record envelopes (`{"v": 1, ...}`) and their decoder.
 //! - [`log`]: the replicated log (`index -> command`): append, read, purge, truncate.
-//! - [`snapshot`]: one state snapshot whose commit also purges the log it covers.
+//! - [`snapshot`]: the single-node snapshot record of earlier versions (read to migrate).
+//! - [`snapshot_file`]: snapshots as files beside the database, streamed in and out.
 //! - [`job_log`]: attempts' output, keyed `(job, attempt, offset)`, bounded per job.
 //! - [`meta`]: small named values (cluster id, ...).
 //! - [`raft`]: the Raft replica's log, vote/committed/purged values and snapshot, over
@@ -37,6 +38,7 @@ pub mod log;
 pub mod meta;
 pub mod raft;
 pub mod snapshot;
+pub mod snapshot_file;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 pub use error::StoreError;
 pub use job_log::{JobLogChunk, JobLogRead};
+pub use snapshot_file::{SnapshotDir, SnapshotFile, SnapshotWriter};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE_NAME: &str = "tanvrit.redb";
@@ -163,6 +166,22 @@ impl Store {
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// The data directory the database lives in.
+    pub fn data_dir(&self) -> &Path {
+        self.inner.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+
+    /// The snapshot files of one group (`<data_dir>/snapshots/<group>`).
+    pub fn snapshot_dir(&self, group: &str) -> Result<SnapshotDir, StoreError> {
+        SnapshotDir::open(self.data_dir(), group)
+    }
+
+    /// Makes every earlier non-durable commit durable (an empty durable commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db().begin_write()?.commit()?;
+        Ok(())
     }
 
     pub(crate) fn db(&self) -> &Database {

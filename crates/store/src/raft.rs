@@ -1,5 +1,5 @@
 //! The Raft replica's tables: its log, its small durable values (vote, committed, last
-//! purged) and its state-machine snapshot.
+//! purged); its snapshots are files ([`crate::snapshot_file`], group [`RAFT_GROUP`]).
 //!
 //! The store does not know openraft: entries, votes and snapshot metadata are any serde
 //! type the caller picks, each stored in a versioned JSON envelope like every other
@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 use tanvrit_state::State;
 
 use crate::encoding::{decode, encode, RECORD_VERSION};
-use crate::job_log::{clear_job_logs_in, write_chunks_in};
-use crate::{JobLogChunk, Store, StoreError, RAFT_LOG, RAFT_META, RAFT_SNAPSHOT};
+use crate::{Store, StoreError, RAFT_LOG, RAFT_META, RAFT_SNAPSHOT};
 
 const ENTRY: &str = "raft log entry";
 const VALUE: &str = "raft value";
 const SNAPSHOT: &str = "raft snapshot";
 const CURRENT: &str = "current";
+
+/// The snapshot directory group of a Raft replica (`<data_dir>/snapshots/raft`).
+pub const RAFT_GROUP: &str = "raft";
 
 /// The key of the last purged log id in `raft_meta`; written only with a purge.
 pub const RAFT_KEY_PURGED: &str = "purged";
@@ -268,44 +270,9 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the Raft snapshot with `state` described by `meta` (the applied log id
-    /// and membership), durably. The log is purged separately, when Raft asks.
-    pub fn raft_save_snapshot<M: Serialize>(
-        &self,
-        meta: &M,
-        state: &State,
-    ) -> Result<(), StoreError> {
-        let bytes = encode_raft_snapshot(meta, state)?;
-        let txn = self.db().begin_write()?;
-        txn.open_table(RAFT_SNAPSHOT)?
-            .insert(CURRENT, bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Installs a snapshot received from the leader in one durable transaction: the
-    /// snapshot record, and the job-log tables replaced by `chunks`.
-    pub fn raft_install_snapshot<M: Serialize>(
-        &self,
-        meta: &M,
-        state: &State,
-        chunks: &[JobLogChunk],
-    ) -> Result<(), StoreError> {
-        let bytes = encode_raft_snapshot(meta, state)?;
-        let limit = self.options().retention_bytes_per_job;
-        let txn = self.db().begin_write()?;
-        {
-            txn.open_table(RAFT_SNAPSHOT)?
-                .insert(CURRENT, bytes.as_slice())?;
-            clear_job_logs_in(&txn)?;
-            write_chunks_in(&txn, chunks, limit)?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// The Raft snapshot and its metadata, if one was saved.
-    pub fn raft_load_snapshot<M: DeserializeOwned>(
+    /// The snapshot record earlier versions kept in `raft_snapshot`, if one is left: a
+    /// replica converts it to a snapshot file at start (see [`RAFT_GROUP`]).
+    pub fn raft_load_legacy_snapshot<M: DeserializeOwned>(
         &self,
     ) -> Result<Option<(M, State)>, StoreError> {
         let txn = self.db().begin_read()?;
@@ -316,23 +283,33 @@ impl Store {
         decode_raft_snapshot(value.value()).map(Some)
     }
 
+    /// Deletes the legacy snapshot record once a snapshot file replaces it (durably).
+    pub fn raft_delete_legacy_snapshot(&self) -> Result<(), StoreError> {
+        let txn = self.db().begin_write()?;
+        txn.open_table(RAFT_SNAPSHOT)?.remove(CURRENT)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// True when no Raft data was ever written: no log entry, no value, no snapshot.
     pub fn raft_is_pristine(&self) -> Result<bool, StoreError> {
         let txn = self.db().begin_read()?;
         let log = txn.open_table(RAFT_LOG)?;
         let meta = txn.open_table(RAFT_META)?;
         let snapshot = txn.open_table(RAFT_SNAPSHOT)?;
-        Ok(log.is_empty()? && meta.is_empty()? && snapshot.is_empty()?)
+        Ok(log.is_empty()?
+            && meta.is_empty()?
+            && snapshot.is_empty()?
+            && self.snapshot_dir(RAFT_GROUP)?.is_empty()?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};
-    use tanvrit_api::{AttemptId, JobId};
     use tanvrit_state::State;
 
-    use crate::{JobLogChunk, Store, StoreError, RAFT_LOG};
+    use crate::{Store, StoreError, RAFT_LOG, RAFT_SNAPSHOT};
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     struct Entry {
@@ -434,30 +411,51 @@ mod tests {
     }
 
     #[test]
-    fn an_installed_snapshot_replaces_the_job_logs() {
+    fn a_legacy_snapshot_record_reads_back_until_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let chunk = |job: &str, data: &str| JobLogChunk {
-            job: JobId::from(job),
-            attempt: AttemptId::from("a1"),
-            offset: 0,
-            data: data.as_bytes().to_vec(),
-        };
-        store
-            .write_job_log_chunks(&[chunk("old", "stale bytes")], true)
-            .unwrap();
+        assert!(store
+            .raft_load_legacy_snapshot::<String>()
+            .unwrap()
+            .is_none());
         let mut state = State::new();
         state.set_applied_index(9);
-        store
-            .raft_install_snapshot(&"meta-9", &state, &[chunk("new", "fresh")])
+        let txn = store.db().begin_write().unwrap();
+        txn.open_table(RAFT_SNAPSHOT)
+            .unwrap()
+            .insert(
+                "current",
+                super::encode_raft_snapshot(&"meta-9", &state)
+                    .unwrap()
+                    .as_slice(),
+            )
             .unwrap();
-        let (meta, loaded) = store.raft_load_snapshot::<String>().unwrap().unwrap();
+        txn.commit().unwrap();
+        assert!(!store.raft_is_pristine().unwrap());
+        let (meta, loaded) = store
+            .raft_load_legacy_snapshot::<String>()
+            .unwrap()
+            .unwrap();
         assert_eq!(meta, "meta-9");
         assert_eq!(loaded.applied_index(), 9);
-        assert_eq!(store.job_log_bytes(&JobId::from("old")).unwrap(), 0);
-        assert_eq!(store.job_log_bytes(&JobId::from("new")).unwrap(), 5);
-        let chunks = store.job_log_chunks().unwrap();
-        assert_eq!(chunks, vec![chunk("new", "fresh")]);
+        store.raft_delete_legacy_snapshot().unwrap();
+        assert!(store
+            .raft_load_legacy_snapshot::<String>()
+            .unwrap()
+            .is_none());
+        assert!(store.raft_is_pristine().unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_file_makes_the_raft_tables_not_pristine() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.raft_is_pristine().unwrap());
+        let snapshots = store.snapshot_dir(super::RAFT_GROUP).unwrap();
+        let mut writer = snapshots.create(3, &"meta").unwrap();
+        writer.write_state(&State::new()).unwrap();
+        writer.finish().unwrap();
+        assert!(!store.raft_is_pristine().unwrap());
     }
 
     #[test]

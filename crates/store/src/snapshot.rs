@@ -1,6 +1,12 @@
-//! One snapshot of the applied [`State`] at a log index. Saving it purges the log it
-//! covers in the same durable transaction, so the pair (snapshot, remaining log) is
-//! always a complete history, whatever moment a crash picks.
+//! The single-node engine's snapshot of the applied [`State`] at a log index: a file in
+//! `<data_dir>/snapshots/single/` ([`crate::snapshot_file`]), written as a stream while
+//! log appends go on. Saving it then purges the log it covers; a crash between the two
+//! leaves a snapshot and a log that overlaps it, and recovery replays only what follows
+//! the snapshot, so the pair is always a complete history.
+//!
+//! Data directories of earlier versions kept the snapshot as one JSON record in the
+//! `snapshot` table; it is still read while no snapshot file exists, and the first file
+//! snapshot deletes it.
 
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
@@ -46,25 +52,38 @@ pub fn decode_snapshot_record(bytes: &[u8]) -> Result<(u64, State), StoreError> 
     Ok((record.index, record.state))
 }
 
+/// The snapshot directory group of the single-node engine.
+pub const SINGLE_NODE_GROUP: &str = "single";
+
 impl Store {
-    /// Replaces the snapshot with `state` as of `index` and purges log entries
-    /// `<= index`, in one durable transaction. Encoding happens before the transaction
-    /// starts, so log appends are held up only for the write itself.
+    /// Writes `state` as of `index` to a new snapshot file (no database lock is held
+    /// meanwhile), then purges log entries `<= index` and the legacy snapshot record in
+    /// one durable transaction, which also makes earlier non-durable job-log writes
+    /// durable.
     pub fn save_snapshot(&self, index: u64, state: &State) -> Result<(), StoreError> {
-        let bytes = encode_snapshot_record(index, state)?;
+        let dir = self.snapshot_dir(SINGLE_NODE_GROUP)?;
+        let mut writer = dir.create(index, &())?;
+        writer.write_state(state)?;
+        writer.finish()?;
         let txn = self.db().begin_write()?;
         {
             let mut table = txn.open_table(SNAPSHOT)?;
-            table.insert(CURRENT, bytes.as_slice())?;
+            table.remove(CURRENT)?;
         }
         purge_in(&txn, index)?;
         txn.commit()?;
         Ok(())
     }
 
-    /// The latest snapshot and its index, if one was saved. Secondary indexes of the
-    /// state are rebuilt while decoding.
+    /// The latest snapshot and its index, if one was saved: the newest snapshot file, or
+    /// else a legacy snapshot record. Secondary indexes of the state are rebuilt while
+    /// decoding.
     pub fn load_snapshot(&self) -> Result<Option<(u64, State)>, StoreError> {
+        let dir = self.snapshot_dir(SINGLE_NODE_GROUP)?;
+        if let Some(file) = dir.current::<()>()? {
+            let state = dir.read_state(&file)?;
+            return Ok(Some((file.index, state)));
+        }
         let txn = self.db().begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
         let Some(value) = table.get(CURRENT)? else {
@@ -158,6 +177,39 @@ mod tests {
         assert_eq!(remaining, entries[2..].to_vec());
         assert_eq!(store.last_purged_log_index().unwrap(), 2);
         assert_eq!(store.last_log_index().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_legacy_snapshot_record_is_read_until_a_file_snapshot_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (entries, state) = applied();
+        let store = Store::open(dir.path()).unwrap();
+        store.append_log(&entries).unwrap();
+        let mut at_two = State::new();
+        for (index, command) in &entries[..2] {
+            let _ = at_two.apply(*index, command);
+        }
+        let txn = store.db().begin_write().unwrap();
+        txn.open_table(SNAPSHOT)
+            .unwrap()
+            .insert(
+                "current",
+                super::encode_snapshot_record(2, &at_two)
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(store.load_snapshot().unwrap(), Some((2, at_two)));
+        store.save_snapshot(3, &state).unwrap();
+        assert_eq!(store.load_snapshot().unwrap(), Some((3, state)));
+        let txn = redb::ReadableDatabase::begin_read(store.db()).unwrap();
+        assert!(txn
+            .open_table(SNAPSHOT)
+            .unwrap()
+            .get("current")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -9,13 +9,21 @@
 //!   only means a restart re-applies fewer entries at once (the leader re-sends the
 //!   commit index). openraft awaits `save_committed` before every apply, so a
 //!   transaction of its own would sit on every write's path;
-//! - the state machine lives in memory and is persisted as snapshots; at start openraft
-//!   re-applies the committed entries after the last snapshot (`read_committed`).
+//! - the state machine lives in memory and is persisted as snapshot files; at start
+//!   openraft re-applies the committed entries after the last snapshot
+//!   (`read_committed`).
 //!
 //! Job-log chunks of accepted `LogAppend` commands are written to the job-log table on
-//! apply without fsync; a later durable commit (the next append, snapshot or purge) makes
-//! them durable before the entries that carry them can be purged, and a crash before
-//! that is repaired by re-applying those entries.
+//! apply without fsync; a later durable commit (the next append, or the sync before a
+//! snapshot becomes current) makes them durable before a snapshot covers the entries
+//! that carry them, and a crash before that is repaired by re-applying those entries.
+//!
+//! Snapshots never touch the database's single writer, which every log append needs
+//! (openraft's core awaits each append, so a long write transaction there would hold
+//! up heartbeats and every answer to the leader): a build streams the state and a read
+//! transaction's job-log chunks into a file; a transfer streams that file a chunk at a
+//! time; an install streams the received file into bounded job-log transactions, then
+//! renames it into place. Memory holds a buffer and one chunk, besides the state itself.
 //!
 //! The last [`RECENT_ENTRIES`] appended entries are also kept decoded in memory: openraft
 //! reads each entry back to apply it and once per follower to replicate it, and serving
@@ -29,11 +37,12 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -41,22 +50,21 @@ use openraft::{
     StorageIOError,
 };
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
-use tanvrit_api::{AttemptId, Index, JobId};
+use tanvrit_api::Index;
 use tanvrit_state::State;
-use tanvrit_store::{JobLogChunk, Store, StoreError};
+use tanvrit_store::raft::RAFT_GROUP;
+use tanvrit_store::{JobLogChunk, SnapshotDir, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::raft::types::{
-    Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote, WriteOutcome,
+    Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    WriteOutcome,
 };
 use crate::single_node::chunk_of;
 use crate::Reader;
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
-/// The version of the snapshot payload shipped between replicas.
-const SNAPSHOT_PAYLOAD_VERSION: u64 = 1;
 
 /// Runs a blocking store call off the async workers.
 async fn blocking<T: Send + 'static>(
@@ -265,7 +273,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let count = entries.len();
         let store = self.store.clone();
         let committed = *self.marker.pending.lock();
         let result = blocking(move || {
@@ -285,6 +295,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }
                 }
                 self.remember(entries);
+                // openraft's core waits for this append: heartbeats and every answer to
+                // the leader wait with it.
+                slow("slow log append", started, count);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -345,120 +358,91 @@ struct Applied {
     membership: StoredMembership,
 }
 
-/// The latest snapshot's metadata and payload, ready to ship.
-type Current = (SnapshotMeta, Arc<Vec<u8>>);
-
-/// The snapshot in the store. Its lock is held across every snapshot write, so a build
-/// that finishes after a newer snapshot was installed cannot overwrite it (the log is
-/// purged up to the newest one).
+/// The current snapshot file. Its lock is held while a snapshot is made current, so a
+/// build that finishes after a newer snapshot was installed cannot replace it (the log
+/// is purged up to the newest one).
 struct Saved {
-    /// The stored snapshot's last log id.
+    /// The current snapshot's last log id.
     last: Option<LogId>,
-    /// Its payload, once built, installed or loaded: serving a snapshot to a lagging
-    /// replica is then a copy, not a rebuild on the state-machine task (which would
-    /// hold up applies meanwhile).
-    payload: Option<Current>,
+    /// Its file and metadata.
+    current: Option<(SnapshotMeta, PathBuf)>,
 }
+
+/// The file a transfer from the leader is being written to, and its identity (device,
+/// inode), so `install_snapshot` can tell that the data it is handed is that file.
+type Receiving = (PathBuf, (u64, u64));
 
 struct Shared {
     store: Store,
+    snapshots: SnapshotDir,
     state: Arc<RwLock<State>>,
     applied: Mutex<Applied>,
     applied_index: watch::Sender<Index>,
     counters: Arc<SnapshotCounters>,
     saved: Mutex<Saved>,
+    receiving: Mutex<Option<Receiving>>,
 }
 
 /// The replicated state machine: the domain [`State`] in memory (shared with a
-/// [`Reader`]), job-log chunks on disk, and snapshots in the store.
+/// [`Reader`]), job-log chunks in the store, and snapshots as files
+/// (`<data_dir>/snapshots/raft/`) that stream to and from peers.
 pub struct StateMachine {
     shared: Arc<Shared>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ChunkWire {
-    job: JobId,
-    attempt: AttemptId,
-    offset: u64,
-    data: String,
+fn file_identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = file.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
-/// What a snapshot ships: the state and every job-log chunk (the chunks live outside the
-/// state, in the job-log table, and a new replica needs them too).
-#[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    v: u64,
-    state: State,
-    job_logs: Vec<ChunkWire>,
-}
+/// Job-log bytes written per transaction while a snapshot is installed: memory for the
+/// install stays bounded whatever the snapshot holds.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
-fn encode_payload(state: &State, chunks: Vec<JobLogChunk>) -> Result<Vec<u8>, StoreError> {
-    #[derive(Serialize)]
-    struct PayloadRef<'a> {
-        v: u64,
-        state: &'a State,
-        job_logs: Vec<ChunkWire>,
-    }
-    let job_logs = chunks
-        .into_iter()
-        .map(|c| ChunkWire {
-            job: c.job,
-            attempt: c.attempt,
-            offset: c.offset,
-            // Chunks are stored from `LogAppend`'s `String` data, so they are UTF-8.
-            data: String::from_utf8(c.data)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        })
-        .collect();
-    serde_json::to_vec(&PayloadRef {
-        v: SNAPSHOT_PAYLOAD_VERSION,
-        state,
-        job_logs,
-    })
-    .map_err(|e| StoreError::Encode {
-        what: "snapshot payload",
-        detail: e.to_string(),
-    })
-}
-
-fn decode_payload(bytes: &[u8]) -> Result<(State, Vec<JobLogChunk>), StoreError> {
-    let payload: SnapshotPayload =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-            what: "snapshot payload",
-            detail: e.to_string(),
-        })?;
-    if payload.v != SNAPSHOT_PAYLOAD_VERSION {
-        return Err(StoreError::UnsupportedRecord {
-            what: "snapshot payload",
-            found: payload.v,
-            supported: SNAPSHOT_PAYLOAD_VERSION,
-        });
-    }
-    let chunks = payload
-        .job_logs
-        .into_iter()
-        .map(|c| JobLogChunk {
-            job: c.job,
-            attempt: c.attempt,
-            offset: c.offset,
-            data: c.data.into_bytes(),
-        })
-        .collect();
-    Ok((payload.state, chunks))
+/// Writes `state` and every stored job-log chunk to a new snapshot file (not yet
+/// current): a read transaction gives the chunks, so appends and applies carry on.
+pub(crate) fn write_snapshot(
+    store: &Store,
+    snapshots: &SnapshotDir,
+    meta: &SnapshotMeta,
+    state: &State,
+) -> Result<tanvrit_store::SnapshotWriter, StoreError> {
+    let index = meta.last_log_id.map_or(0, |id| id.index);
+    let mut writer = snapshots.create(index, meta)?;
+    writer.write_state(state)?;
+    // The table may hold chunks of entries after `index` too; re-applying those entries
+    // on the receiver rewrites them identically.
+    store.for_each_job_log_chunk(|chunk| writer.write_chunk(&chunk))?;
+    Ok(writer)
 }
 
 impl StateMachine {
-    /// Loads the last snapshot of `store` (or starts empty).
+    /// Loads the last snapshot of `store` (or starts empty). A snapshot record left by an
+    /// earlier version in the database is converted to a snapshot file first.
     pub fn open(store: Store) -> Result<StateMachine, StoreError> {
-        let (applied, state) = match store.raft_load_snapshot::<SnapshotMeta>()? {
-            Some((meta, state)) => (
-                Applied {
-                    last: meta.last_log_id,
-                    membership: meta.last_membership,
-                },
-                state,
-            ),
-            None => (Applied::default(), State::new()),
+        let snapshots = store.snapshot_dir(RAFT_GROUP)?;
+        snapshots.sweep_unfinished()?;
+        if snapshots.current::<SnapshotMeta>()?.is_none() {
+            if let Some((meta, state)) = store.raft_load_legacy_snapshot::<SnapshotMeta>()? {
+                write_snapshot(&store, &snapshots, &meta, &state)?.finish()?;
+                store.raft_delete_legacy_snapshot()?;
+                tracing::info!(
+                    index = meta.last_log_id.map_or(0, |id| id.index),
+                    "converted the stored snapshot record to a snapshot file"
+                );
+            }
+        }
+        let (applied, state, current) = match snapshots.current::<SnapshotMeta>()? {
+            Some(file) => {
+                let state = snapshots.read_state(&file)?;
+                let applied = Applied {
+                    last: file.meta.last_log_id,
+                    membership: file.meta.last_membership.clone(),
+                };
+                (applied, state, Some((file.meta, file.path)))
+            }
+            None => (Applied::default(), State::new(), None),
         };
         let index = applied.last.map_or(0, |id| id.index);
         let applied_last = applied.last;
@@ -468,14 +452,16 @@ impl StateMachine {
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 store,
+                snapshots,
                 state: Arc::new(RwLock::new(state)),
                 applied: Mutex::new(applied),
                 applied_index,
                 counters,
                 saved: Mutex::new(Saved {
                     last: applied_last,
-                    payload: None,
+                    current,
                 }),
+                receiving: Mutex::new(None),
             }),
         })
     }
@@ -511,6 +497,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let mut replies = Vec::new();
         let mut chunks = Vec::new();
         let mut last = None;
@@ -565,14 +552,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.shared.applied_index.send_replace(last.index);
+        slow("slow apply", started, replies.len());
         Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Called between two applies: the clone is exactly the state at `applied.last`.
-        // It takes a read lock only, so readers carry on; serializing happens later, in
-        // the builder's own task, while apply continues.
+        // It takes a read lock only, so readers carry on; writing the file happens later,
+        // in the builder's own task, while apply continues.
+        let started = Instant::now();
         let state = self.shared.state.read().clone();
+        slow("slow snapshot copy", started, 1);
         SnapshotBuilder {
             shared: self.shared.clone(),
             state,
@@ -580,28 +570,89 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let snapshots = self.shared.snapshots.clone();
+        let (path, file) = blocking(move || {
+            let (path, file) = snapshots.receive()?;
+            let identity = file_identity(&file).map_err(|e| StoreError::Io(e.to_string()))?;
+            Ok(((path, identity), file))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        // A transfer that was cut off leaves its file; only one arrives at a time.
+        if let Some((stale, _)) = self.shared.receiving.lock().replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(SnapshotData::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
         let shared = self.shared.clone();
         let stored_meta = meta.clone();
-        let bytes = snapshot.into_inner();
-        let state = blocking(move || {
-            let (state, chunks) = decode_payload(&bytes)?;
+        let mut file = snapshot.into_std().await;
+        let receiving = self.shared.receiving.lock().take();
+        let started = Instant::now();
+        let (state, bytes) = blocking(move || {
+            let io = |e: std::io::Error| StoreError::Io(e.to_string());
+            // The data openraft hands over is the file the transfer wrote, unless it came
+            // from elsewhere (a test, a local copy): then it is copied in first.
+            let path = match receiving {
+                Some((path, identity)) if file_identity(&file).map_err(io)? == identity => path,
+                other => {
+                    if let Some((stale, _)) = other {
+                        let _ = std::fs::remove_file(stale);
+                    }
+                    let (path, mut copy) = shared.snapshots.receive()?;
+                    file.seek(SeekFrom::Start(0)).map_err(io)?;
+                    std::io::copy(&mut file, &mut copy).map_err(io)?;
+                    path
+                }
+            };
+            drop(file);
             let mut saved = shared.saved.lock();
-            shared
-                .store
-                .raft_install_snapshot(&stored_meta, &state, &chunks)?;
+            // Chunks are written as they stream by, a bounded batch at a time; a chunk
+            // at an existing key is rewritten with the same bytes, so a crash half-way
+            // leaves the old snapshot with a superset of its output.
+            let mut batch: Vec<JobLogChunk> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let store = shared.store.clone();
+            let (received, state) =
+                shared
+                    .snapshots
+                    .read_received::<SnapshotMeta>(&path, |chunk| {
+                        batch_bytes += chunk.data.len();
+                        batch.push(chunk);
+                        if batch_bytes >= INSTALL_BATCH_BYTES {
+                            store.write_job_log_chunks(&batch, false)?;
+                            batch.clear();
+                            batch_bytes = 0;
+                        }
+                        Ok(())
+                    })?;
+            if received.meta.last_log_id != stored_meta.last_log_id {
+                return Err(StoreError::Corrupt {
+                    what: "snapshot file",
+                    detail: format!(
+                        "holds {:?}, the leader announced {:?}",
+                        received.meta.last_log_id, stored_meta.last_log_id
+                    ),
+                });
+            }
+            // The chunks must be durable before the snapshot is current (and the log that
+            // produced them is purged).
+            store.write_job_log_chunks(&batch, false)?;
+            store.sync()?;
+            let current = shared.snapshots.make_current(&received)?;
+            // Output of jobs the installed state no longer knows is not the leader's.
+            store.retain_job_logs(|job| state.job(job).is_some())?;
             saved.last = stored_meta.last_log_id;
-            saved.payload = Some((stored_meta, Arc::new(bytes)));
-            Ok(state)
+            saved.current = Some((stored_meta, current));
+            Ok((state, received.bytes))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(signature, e))?;
@@ -616,47 +667,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         counters.installed.fetch_add(1, Ordering::Relaxed);
         counters.last_index.store(index, Ordering::Relaxed);
         self.shared.applied_index.send_replace(index);
-        tracing::info!(index, "installed a snapshot from the leader");
+        tracing::info!(
+            index,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cached = self.shared.saved.lock().payload.clone();
-        let (meta, bytes) = match cached {
-            Some(current) => current,
-            None => {
-                // Only after a restart, before the next build: load and encode once.
-                let shared = self.shared.clone();
-                let loaded = blocking(move || {
-                    let mut saved = shared.saved.lock();
-                    if let Some(current) = &saved.payload {
-                        return Ok(Some(current.clone()));
-                    }
-                    let store = &shared.store;
-                    let Some((meta, state)) = store.raft_load_snapshot::<SnapshotMeta>()? else {
-                        return Ok(None);
-                    };
-                    // The table may hold chunks of later entries too; re-applying those
-                    // entries on the receiver rewrites them identically.
-                    let chunks = store.job_log_chunks()?;
-                    let current = (meta, Arc::new(encode_payload(&state, chunks)?));
-                    saved.payload = Some(current.clone());
-                    Ok(Some(current))
-                })
-                .await
-                .map_err(|e| StorageIOError::read_snapshot(None, e))?;
-                let Some(current) = loaded else {
-                    return Ok(None);
-                };
-                current
-            }
+        let Some((meta, path)) = self.shared.saved.lock().current.clone() else {
+            return Ok(None);
         };
+        // An open file stays readable even if a newer snapshot replaces it meanwhile.
+        let file = SnapshotData::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+            snapshot: Box::new(file),
         }))
     }
 }
+
+/// Logs a warning when a step that holds up Raft took longer than [`SLOW_MS`].
+fn slow(what: &'static str, started: Instant, items: usize) {
+    let ms = started.elapsed().as_millis() as u64;
+    if ms >= SLOW_MS {
+        tracing::warn!(ms, items, "{what}");
+    }
+}
+
+/// A storage step slower than this is logged (a fifth of the LAN profile's heartbeat).
+const SLOW_MS: u64 = 20;
 
 /// Builds a snapshot from a copy of the state taken between two applies.
 pub struct SnapshotBuilder {
@@ -683,18 +727,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let shared = self.shared.clone();
         let state = std::mem::take(&mut self.state);
         let stored_meta = meta.clone();
-        let (bytes, saved) = blocking(move || {
-            let chunks = shared.store.job_log_chunks()?;
-            let bytes = encode_payload(&state, chunks)?;
+        let started = Instant::now();
+        let (path, bytes, saved) = blocking(move || {
+            let writer = write_snapshot(&shared.store, &shared.snapshots, &stored_meta, &state)?;
+            drop(state);
+            // The job-log chunks of the entries it covers become durable first.
+            shared.store.sync()?;
             let mut saved = shared.saved.lock();
-            if saved.last > stored_meta.last_log_id {
+            match &saved.current {
                 // A newer snapshot was installed meanwhile; this one is obsolete.
-                return Ok((bytes, false));
+                Some((_, path)) if saved.last > stored_meta.last_log_id => {
+                    return Ok((path.clone(), 0, false))
+                }
+                _ => {}
             }
-            shared.store.raft_save_snapshot(&stored_meta, &state)?;
+            let (path, bytes) = writer.finish()?;
             saved.last = stored_meta.last_log_id;
-            saved.payload = Some((stored_meta, Arc::new(bytes.clone())));
-            Ok((bytes, true))
+            saved.current = Some((stored_meta, path.clone()));
+            Ok((path, bytes, true))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
@@ -703,13 +753,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let counters = &self.shared.counters;
             counters.built.fetch_add(1, Ordering::Relaxed);
             counters.last_index.store(index, Ordering::Relaxed);
-            tracing::info!(index, bytes = bytes.len(), "built a snapshot");
+            tracing::info!(
+                index,
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "built a snapshot"
+            );
         } else {
             tracing::info!(index, "a newer snapshot was installed meanwhile; kept it");
         }
+        let file = SnapshotData::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let meta = if saved {
+            meta
+        } else {
+            self.shared
+                .saved
+                .lock()
+                .current
+                .as_ref()
+                .map_or(meta, |(m, _)| m.clone())
+        };
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(file),
         })
     }
 }

@@ -2,10 +2,8 @@
 //! applying it answers ([`WriteOutcome`]) and what the membership knows of a replica
 //! ([`ReplicaNode`]).
 
-use std::fmt;
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use tanvrit_state::{Command, Outcome};
 
 /// A replica's numeric Raft id; stable for the life of its data directory.
@@ -19,10 +17,13 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = ReplicaNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
+
+/// A snapshot as openraft moves it: a file, read and written a chunk at a time.
+pub type SnapshotData = tokio::fs::File;
 
 /// The Raft handle of a replica.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Membership};
 use tanvrit_api::Index;
+use tanvrit_store::raft::RAFT_GROUP;
 use tanvrit_store::{Store, StoreError};
 
 use crate::raft::config::RaftClusterConfig;
+use crate::raft::storage::write_snapshot;
 use crate::raft::types::{LogId, NodeId, ReplicaNode, SnapshotMeta, StoredMembership};
 use crate::single_node::recover;
 use crate::ClusterError;
@@ -70,7 +72,12 @@ pub(crate) fn prepare(
         ),
         snapshot_id: format!("single-node-{last}"),
     };
-    store.raft_save_snapshot(&meta, &state).map_err(storage)?;
+    // The job-log chunks recovery re-created become durable before the snapshot.
+    store.sync().map_err(storage)?;
+    let snapshots = store.snapshot_dir(RAFT_GROUP).map_err(storage)?;
+    write_snapshot(store, &snapshots, &meta, &state)
+        .and_then(|writer| writer.finish())
+        .map_err(storage)?;
     // The Raft log restarts after the imported index.
     store.raft_purge_through(last, &log_id).map_err(storage)?;
     tracing::info!(
