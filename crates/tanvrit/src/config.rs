@@ -25,6 +25,7 @@
 //! | `rates.memory_gb_second` | `TANVRIT_RATE_MEMORY_GB_SECOND` | 2 |
 //! | `rates.gpu_second` | `TANVRIT_RATE_GPU_SECOND` | 1000 |
 //! | `snapshot_every` | `TANVRIT_SNAPSHOT_EVERY` | 10000 |
+//! | `snapshot_logs_kept` | `TANVRIT_SNAPSHOT_LOGS_KEPT` (Raft) | 1000 |
 //! | `log_retention_bytes_per_job` | `TANVRIT_LOG_RETENTION_BYTES_PER_JOB` | 16 MiB |
 //! | `min_index_wait` | `TANVRIT_MIN_INDEX_WAIT` | `5s` |
 //! | `long_poll_max` | `TANVRIT_LONG_POLL_MAX` | `30s` |
@@ -100,6 +101,7 @@ const ENV_TYPED: &[(&str, &str)] = &[
     ("rate_memory_gb_second", "rates.memory_gb_second"),
     ("rate_gpu_second", "rates.gpu_second"),
     ("snapshot_every", "snapshot_every"),
+    ("snapshot_logs_kept", "snapshot_logs_kept"),
     ("log_retention_bytes_per_job", "log_retention_bytes_per_job"),
 ];
 
@@ -284,6 +286,9 @@ pub struct Config {
     pub rates: RatesSection,
     /// Take a state snapshot every this many applied entries.
     pub snapshot_every: u64,
+    /// Raft: log entries kept behind a snapshot, so a replica that lags by fewer catches
+    /// up from the log instead of installing the snapshot.
+    pub snapshot_logs_kept: u64,
     /// Job output kept per job; older bytes are dropped first.
     pub log_retention_bytes_per_job: u64,
     /// Longest a `min_index` read waits for this replica to catch up before a 503.
@@ -331,6 +336,7 @@ impl Default for Config {
             body_limit_bytes: 2 * 1024 * 1024,
             rates: RatesSection::default(),
             snapshot_every: 10_000,
+            snapshot_logs_kept: 1_000,
             log_retention_bytes_per_job: 16 * 1024 * 1024,
             min_index_wait: Duration::from_secs(5),
             long_poll_max: Duration::from_secs(30),
@@ -505,6 +511,7 @@ impl Config {
         let listed_voter = listed.is_some() || (peers_empty && self.raft_node_id.is_none());
         cluster.peers = peers.clone();
         cluster.snapshot_every = self.snapshot_every;
+        cluster.logs_kept_after_snapshot = self.snapshot_logs_kept;
         cluster.min_index_wait = self.min_index_wait;
         cluster.log_retention_bytes_per_job = self.log_retention_bytes_per_job;
         cluster.auto_bootstrap = self.raft_auto_bootstrap && listed_voter;
