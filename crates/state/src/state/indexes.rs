@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use tanvrit_api::{Index, Job, JobId, JobState, Resources};
 
+use super::retention::finish_time;
 use super::{Indexes, State};
 
 pub(super) fn add(a: &mut Resources, b: &Resources) {
@@ -60,6 +61,13 @@ impl State {
             state_set.remove(&id);
             business_set.remove(&id);
             self.idx.pending.remove(&pending_key);
+        }
+        if let Some(finished) = finish_time(job) {
+            if insert {
+                self.idx.finished.insert((finished, id.clone()));
+            } else {
+                self.idx.finished.remove(&(finished, id.clone()));
+            }
         }
         if let Some(attempt) = job.current_attempt().filter(|a| a.state.is_active()) {
             let active = self
@@ -141,6 +149,7 @@ impl State {
                 active,
                 allocated,
                 idx.idempotency_expiry.clone(),
+                idx.finished.clone(),
             )
         };
         norm(&fresh.idx) == norm(&self.idx)
