@@ -4,8 +4,8 @@
 //! One writer thread owns the write path. It takes every queued command (up to
 //! [`MAX_BATCH`]), appends them to the log in one durable redb transaction (one fsync
 //! for the whole group), then applies each under the state's write lock, stores the
-//! output chunks of accepted `LogAppend`s, publishes the applied index and answers the
-//! callers. A read therefore never sees a write that is not durable, and a crash at any
+//! output chunks of accepted `LogAppend`s (and deletes the output of jobs a `JobsCollect`
+//! removed), publishes the applied index and answers the callers. A read therefore never sees a write that is not durable, and a crash at any
 //! point loses no acknowledged write: on open, the last snapshot is loaded and the log
 //! after it is replayed through the same `apply`.
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
+use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
 use tanvrit_state::{Command, Effect, Outcome, State};
 use tanvrit_store::{
     JobLogChunk, Store, StoreError, StoreOptions, DEFAULT_RETENTION_BYTES_PER_JOB,
@@ -163,6 +163,15 @@ pub(crate) fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChu
     }
 }
 
+/// The jobs an accepted `JobsCollect` removed: their output is deleted with them, on
+/// every replica, at the same index.
+pub(crate) fn collected_of(outcome: &Outcome) -> &[JobId] {
+    match outcome {
+        Ok(Effect::JobsCollected { jobs, .. }) => jobs,
+        _ => &[],
+    }
+}
+
 /// Loads the snapshot and replays the log after it. Returns the state and the last
 /// index in the log (which the state has applied).
 pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
@@ -183,6 +192,7 @@ pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterErr
             )));
         }
         let mut chunks = Vec::new();
+        let mut collected = Vec::new();
         for (index, command) in &page {
             if *index != next {
                 return Err(ClusterError::Storage(format!(
@@ -191,12 +201,15 @@ pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterErr
             }
             let outcome = state.apply(*index, command);
             chunks.extend(chunk_of(command, &outcome));
+            collected.extend_from_slice(collected_of(&outcome));
             next += 1;
         }
-        // Re-creates chunks a crash may have lost (their writes are not fsynced).
+        // Re-creates chunks a crash may have lost (their writes are not fsynced), and
+        // deletes again the output of collected jobs a crash may have brought back.
         store
             .write_job_log_chunks(&chunks, false)
             .map_err(storage)?;
+        store.delete_job_logs(&collected, false).map_err(storage)?;
     }
     Ok((state, snapshot_index, last.max(snapshot_index)))
 }
@@ -492,6 +505,16 @@ impl Writer {
             .collect();
         if let Err(err) = self.store.write_job_log_chunks(&chunks, false) {
             tracing::error!(error = %err, "storing job-log chunks failed; snapshots paused until restart");
+            self.snapshots_blocked = true;
+        }
+        // Retention: collected jobs' output goes with them (after this batch's chunks,
+        // which may belong to a job collected later in the batch).
+        let collected: Vec<JobId> = outcomes
+            .iter()
+            .flat_map(|outcome| collected_of(outcome).iter().cloned())
+            .collect();
+        if let Err(err) = self.store.delete_job_logs(&collected, false) {
+            tracing::error!(error = %err, "deleting collected jobs' output failed; snapshots paused until restart");
             self.snapshots_blocked = true;
         }
 

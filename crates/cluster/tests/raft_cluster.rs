@@ -4,10 +4,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tanvrit_api::{Consistency, EntryId, Role};
+use tanvrit_api::{Consistency, EntryId, JobId, Role};
 use tanvrit_cluster::ClusterService;
-use tanvrit_state::Effect;
-use tanvrit_testkit::commands::{has_top_up, top_up};
+use tanvrit_state::{Command, Effect, FinishKind};
+use tanvrit_testkit::commands::{
+    business, has_top_up, job_with_output, ledger_len, node_register, top_up,
+};
 use tanvrit_testkit::{init_tracing, ClusterOptions, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -200,5 +202,97 @@ async fn a_single_voter_cluster_bootstraps_itself_and_survives_a_restart() {
     assert!(node.reader().read(|s| has_top_up(s, 1)));
     let next = node.submit_write(top_up(2)).await.unwrap();
     assert!(next.index > receipt.index);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_the_same_jobs_and_their_output_on_every_replica() {
+    init_tracing();
+    let mut cluster = TestCluster::start(ClusterOptions::voters(3)).await.unwrap();
+    let leader = cluster.leader(WAIT).await;
+    let mut commands = vec![node_register("node-1"), top_up(0)];
+    commands.extend(job_with_output(
+        "job-old",
+        "att-old",
+        "node-1",
+        "old output\n",
+    ));
+    commands.push(Command::AttemptFinished {
+        job: "job-old".into(),
+        attempt: "att-old".into(),
+        kind: FinishKind::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        at: 2_010,
+    });
+    // Still running: retention never takes it.
+    commands.extend(job_with_output(
+        "job-live",
+        "att-live",
+        "node-1",
+        "live output\n",
+    ));
+    for command in commands {
+        let receipt = cluster.node(leader).submit_write(command).await.unwrap();
+        assert!(receipt.outcome.is_ok(), "{:?}", receipt.outcome);
+    }
+    let entries = cluster.node(leader).reader().read(ledger_len);
+    let balance = |s: &tanvrit_state::State| s.account(&business()).cloned();
+    let account = cluster.node(leader).reader().read(balance);
+
+    let receipt = cluster
+        .node(leader)
+        .submit_write(Command::JobsCollect {
+            cutoff: 5_000,
+            limit: 100,
+            at: 5_000,
+        })
+        .await
+        .unwrap();
+    match &receipt.outcome {
+        Ok(Effect::JobsCollected { jobs, more, .. }) => {
+            assert_eq!(jobs, &[JobId::from("job-old")]);
+            assert!(!more);
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    cluster.converged(WAIT).await;
+    let output = |node: &tanvrit_cluster::RaftCluster, job: &str, attempt: &str| {
+        let window = node
+            .reader()
+            .job_log(&job.into(), &attempt.into(), 0, 1024)
+            .unwrap();
+        String::from_utf8(window.data).unwrap()
+    };
+    for id in cluster.running() {
+        let node = cluster.node(id);
+        node.reader().read(|s| {
+            assert!(s.job(&"job-old".into()).is_none(), "replica {id}");
+            assert!(s.job(&"job-live".into()).is_some(), "replica {id}");
+            assert_eq!(s.jobs_collected_before(), 5_000, "replica {id}");
+            assert_eq!(ledger_len(s), entries, "replica {id}: the ledger stays");
+            assert_eq!(balance(s), account, "replica {id}");
+        });
+        assert_eq!(output(&node, "job-old", "att-old"), "", "replica {id}");
+        assert_eq!(
+            output(&node, "job-live", "att-live"),
+            "live output\n",
+            "replica {id}"
+        );
+    }
+
+    // A follower restarted on its disk replays the log: the output stays deleted.
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.stop(follower).await;
+    let node = cluster.restart(follower).await;
+    cluster.applied_everywhere(receipt.index, WAIT).await;
+    assert!(node.reader().read(|s| s.job(&"job-old".into()).is_none()));
+    assert_eq!(output(&node, "job-old", "att-old"), "");
+    assert_eq!(output(&node, "job-live", "att-live"), "live output\n");
     cluster.shutdown().await;
 }

@@ -391,6 +391,67 @@ async fn replay_recreates_job_log_chunks_missing_after_a_crash() {
     close(node).await;
 }
 
+/// Retention at 3000 with room for one job: `job-1` and `job-2` both finished at 2005,
+/// so `job-1` (the lower id) goes.
+fn collect_one() -> Command {
+    Command::JobsCollect {
+        cutoff: 3_000,
+        limit: 1,
+        at: 3_000,
+    }
+}
+
+#[tokio::test]
+async fn a_collected_jobs_output_is_deleted_and_stays_deleted_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = SingleNode::open(config(&dir)).unwrap();
+    submit_all(&node, workload()).await;
+    let receipt = node.submit_write(collect_one()).await.unwrap();
+    match receipt.outcome {
+        Ok(Effect::JobsCollected { jobs, more, .. }) => {
+            assert_eq!(jobs, [JobId::from("job-1")]);
+            assert!(more, "job-2 is due too");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log_text(&node, "job-1", "att-1"), "");
+    assert_eq!(log_text(&node, "job-2", "att-2"), "hello world\n");
+    close(node).await;
+
+    let node = SingleNode::open(config(&dir)).unwrap();
+    assert!(node
+        .reader()
+        .read(|s| s.job(&JobId::from("job-1")).is_none()));
+    assert_eq!(
+        log_text(&node, "job-1", "att-1"),
+        "",
+        "replay deletes it again"
+    );
+    assert_eq!(log_text(&node, "job-2", "att-2"), "hello world\n");
+    close(node).await;
+}
+
+#[tokio::test]
+async fn replay_after_a_crash_does_not_bring_back_a_collected_jobs_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // The log holds the jobs and their collection; no chunk reached the disk.
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut commands = workload();
+        commands.push(collect_one());
+        let entries: Vec<(u64, Command)> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64 + 1, c))
+            .collect();
+        store.append_log(&entries).unwrap();
+    }
+    let node = SingleNode::open(config(&dir)).unwrap();
+    assert_eq!(log_text(&node, "job-1", "att-1"), "");
+    assert_eq!(log_text(&node, "job-2", "att-2"), "hello world\n");
+    close(node).await;
+}
+
 #[tokio::test]
 async fn writes_after_shutdown_fail_with_shutting_down() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use axum::Router;
-use tanvrit_api::{BusinessId, Consistency, Index, Millis};
+use tanvrit_api::{BusinessId, Consistency, Index, JobId, Millis};
 use tanvrit_cluster::{ClusterError, ClusterService, Reader};
 use tanvrit_state::{Command, Effect, State as DomainState};
 use tokio::net::TcpListener;
@@ -228,6 +228,17 @@ pub(crate) fn now_ms() -> Millis {
 /// A fresh id, `<prefix>-<uuid v7>` (time-ordered, so ids sort by creation).
 pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7())
+}
+
+/// The time a `job-<uuid v7>` id carries: when [`new_id`] made it, or the due time of a
+/// fired job (`cron::fire_job_id`). `None` for an id of another shape.
+pub(crate) fn job_id_time(job: &JobId) -> Option<Millis> {
+    let uuid = uuid::Uuid::parse_str(job.as_str().strip_prefix("job-")?).ok()?;
+    if uuid.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    Some(i64::try_from(secs).ok()? * 1000 + i64::from(nanos / 1_000_000))
 }
 
 /// The error for an effect that does not match the command that produced it.

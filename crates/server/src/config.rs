@@ -46,6 +46,15 @@ pub struct ServerConfig {
     /// travels in each keyed command, so replicas agree whatever their own setting.
     /// Default 24 h.
     pub idempotency_window: Duration,
+    /// Terminal jobs that ended longer ago than this are collected, with their attempts,
+    /// logs and idempotency records, by the leader's retention loop (a replicated
+    /// `JobsCollect`, so every replica removes the same jobs); a collected job answers
+    /// 410 `job_expired`. Ledger entries are never collected. `Duration::ZERO` keeps
+    /// every job (the loop does not run). Default 7 days.
+    pub job_retention: Duration,
+    /// How often the retention loop looks for jobs past `job_retention` (at once again
+    /// while a batch leaves more behind). Default 30 s.
+    pub retention_interval: Duration,
     /// The Raft cluster secret: sent in `X-Tanvrit-Cluster-Secret`, it authorizes the
     /// membership routes like an admin key (before a cluster is formed no key exists).
     /// Default `None`: only admin keys do.
@@ -75,6 +84,8 @@ impl Default for ServerConfig {
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            retention_interval: Duration::from_secs(30),
             cluster_secret: None,
         }
     }

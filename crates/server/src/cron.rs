@@ -185,12 +185,7 @@ pub fn fire_job_id(schedule: &ScheduleId, due_at: Millis) -> JobId {
 /// [`fire_job_id`]); `None` for an id that is not `job-<uuid v7>`. Only meaningful for a
 /// job whose `schedule` is set: the id of any v7 job carries a timestamp.
 pub fn fire_due_at(job: &JobId) -> Option<Millis> {
-    let uuid = uuid::Uuid::parse_str(job.as_str().strip_prefix("job-")?).ok()?;
-    if uuid.get_version_num() != 7 {
-        return None;
-    }
-    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
-    Some(i64::try_from(secs).ok()? * 1000 + i64::from(nanos / 1_000_000))
+    crate::app::job_id_time(job)
 }
 
 /// Rounds of [`CronSchedule::previous_before`]'s reconciliation of croner's backward and

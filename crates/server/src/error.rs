@@ -70,6 +70,16 @@ pub enum ApiError {
         /// The key the request would have revoked.
         key: String,
     },
+    /// The job finished longer ago than `compute.retention.jobs` and was collected (its
+    /// ledger entries remain). 410 `job_expired`.
+    #[error(
+        "job `{job}` ended longer ago than this cluster keeps jobs (compute.retention.jobs) \
+         and was removed with its attempts and logs; its ledger entries remain"
+    )]
+    JobExpired {
+        /// The job's id.
+        job: String,
+    },
     /// `apply` refused the command; status and code come from the rejection.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -98,6 +108,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
             ApiError::LastAdminKey { .. } => "last_admin_key",
+            ApiError::JobExpired { .. } => "job_expired",
             ApiError::Rejected(rejection) => rejection.code(),
             ApiError::Cluster(error) => error.code(),
             ApiError::Internal(_) => "internal",
@@ -118,6 +129,7 @@ impl ApiError {
             ApiError::ReplaySecretUnavailable { .. } | ApiError::LastAdminKey { .. } => {
                 StatusCode::CONFLICT
             }
+            ApiError::JobExpired { .. } => StatusCode::GONE,
             ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Cluster(error) => match error {
@@ -147,6 +159,7 @@ impl ApiError {
             ApiError::ReplaySecretUnavailable { key } | ApiError::LastAdminKey { key } => {
                 body.error.id = Some(key.clone())
             }
+            ApiError::JobExpired { job } => body.error.id = Some(job.clone()),
             _ => {}
         }
         body
@@ -412,6 +425,22 @@ mod tests {
         );
         assert_eq!(body["error"]["id"], "key-1");
         assert!(body["error"]["message"].as_str().unwrap().contains("key-1"));
+    }
+
+    #[tokio::test]
+    async fn a_collected_job_is_gone_with_its_own_code_naming_the_job() {
+        let (status, _, body) = parts(ApiError::JobExpired {
+            job: "job-1".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::GONE);
+        assert_eq!(body["error"]["code"], "job_expired");
+        assert_eq!(body["error"]["id"], "job-1");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("job-1") && message.contains("compute.retention.jobs"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

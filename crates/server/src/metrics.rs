@@ -86,6 +86,8 @@ pub(crate) struct LeaderMetrics {
     pub schedule_fires: Counter,
     /// Schedule due times recorded as skipped (catch-up, overlap, credits, disabled).
     pub schedule_skips: Counter,
+    /// Jobs removed by retention (`JobsCollect` entries this replica proposed).
+    pub jobs_collected: Counter,
     /// Leader loops running on this replica now (0 on followers).
     pub loops_running: Gauge,
 }
@@ -211,8 +213,13 @@ impl Metrics {
             leader_loops.schedule_skips.clone(),
         );
         registry.register(
+            "jobs_collected",
+            "Terminal jobs removed by retention on this replica's proposal",
+            leader_loops.jobs_collected.clone(),
+        );
+        registry.register(
             "leader_loops_running",
-            "Leader-only loops (scheduler, liveness, cron) running on this replica",
+            "Leader-only loops (scheduler, liveness, cron, retention) running on this replica",
             leader_loops.loops_running.clone(),
         );
         let raft = Arc::new(Mutex::new(None));

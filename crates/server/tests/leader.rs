@@ -1,7 +1,7 @@
 //! The agent protocol and the leader loops, driven over the API (`router_with_leader_loops`)
 //! against a real `SingleNode` in a temporary directory: placement without a poke, node
 //! liveness, drain deadlines, stop lists, the work long poll, attempt reports with
-//! fencing, cron fires, and loops that stop when leadership is lost.
+//! fencing, cron fires, retention, and loops that stop when leadership is lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -249,7 +249,7 @@ async fn a_registered_node_and_a_submitted_job_are_placed_without_a_poke() {
         .await;
     let metrics = api.metrics().await;
     assert!(sample(&metrics, "tanvrit_scheduler_rounds_total").unwrap() >= 1.0);
-    assert_eq!(sample(&metrics, "tanvrit_leader_loops_running"), Some(3.0));
+    assert_eq!(sample(&metrics, "tanvrit_leader_loops_running"), Some(4.0));
 }
 
 /// Heartbeats for `node` every 50 ms until aborted.
@@ -919,4 +919,110 @@ async fn the_loops_stop_when_leadership_is_lost_and_resume_when_it_returns() {
         sample(&api.metrics().await, "tanvrit_leader_loops_running"),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn a_job_past_retention_answers_410_job_expired_while_its_ledger_stays() {
+    let api = Arc::new(
+        start(ServerConfig {
+            job_retention: Duration::from_secs(1),
+            retention_interval: Duration::from_millis(20),
+            ..config()
+        })
+        .await,
+    );
+    let agent = api.key("agent", None).await;
+    let user = api.key("user", Some("acme")).await;
+    api.register(&agent, "node-1").await;
+    let beat = keep_alive(&api, &agent, "node-1");
+    api.top_up("acme").await;
+    let job = api.submit(0).await;
+    let attempt = current_attempt(&api.assigned(&job, 1).await);
+    let reports = format!("jobs/{job}/attempts/{}", attempt["id"].as_str().unwrap());
+    api.ok(&format!("{reports}/started"), &agent, json!({}))
+        .await;
+    api.ok(
+        &format!("{reports}/logs"),
+        &agent,
+        json!({ "offset": 0, "data": "done\n" }),
+    )
+    .await;
+    let done = api
+        .ok(
+            &format!("{reports}/finished"),
+            &agent,
+            json!({ "outcome": "succeeded", "exit_code": 0 }),
+        )
+        .await;
+    assert_eq!(done["job"]["state"], "succeeded");
+    beat.abort();
+    let ledger = json!({ "business": "acme" });
+    let entries = api
+        .ok("credits/entries/list", ADMIN_SECRET, ledger.clone())
+        .await;
+    let balance = api
+        .ok("credits/balance", ADMIN_SECRET, ledger.clone())
+        .await;
+    let present = api.admin(&format!("jobs/{job}/get"), json!({})).await;
+    assert_eq!(present.status, 200, "read the ledger before the collection");
+
+    // The loop collects the job once it ended more than a second ago.
+    let started = Instant::now();
+    loop {
+        let reply = api.admin(&format!("jobs/{job}/get"), json!({})).await;
+        if reply.status == 410 {
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(started.elapsed() < PATIENCE, "the job was never collected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (path, key) in [
+        ("get", ADMIN_SECRET),
+        ("get", user.as_str()),
+        ("logs", user.as_str()),
+        ("cancel", ADMIN_SECRET),
+        ("cancel", user.as_str()),
+        ("retry", ADMIN_SECRET),
+        ("retry", user.as_str()),
+    ] {
+        let reply = api
+            .post(&format!("jobs/{job}/{path}"), key, json!({}))
+            .await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.code()),
+            (410, "job_expired"),
+            "{path}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["id"], job.as_str());
+    }
+
+    let after = api
+        .ok("credits/entries/list", ADMIN_SECRET, ledger.clone())
+        .await;
+    assert_eq!(
+        after["entries"], entries["entries"],
+        "the billing record stays"
+    );
+    assert!(
+        after["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["job"] == job.as_str()),
+        "entries keep the collected job's id: {after}"
+    );
+    let now = api.ok("credits/balance", ADMIN_SECRET, ledger).await;
+    assert_eq!(
+        (&now["available"], &now["held"], &now["entries"]),
+        (&balance["available"], &balance["held"], &balance["entries"])
+    );
+
+    // An id made now never existed, and is newer than anything collected: 404.
+    let fresh = format!("job-{}", uuid::Uuid::now_v7());
+    let reply = api.admin(&format!("jobs/{fresh}/get"), json!({})).await;
+    assert_eq!((reply.status.as_u16(), reply.code()), (404, "not_found"));
+    api.metric_until("tanvrit_jobs_collected_total", |n| n == 1.0)
+        .await;
 }

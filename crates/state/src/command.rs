@@ -13,9 +13,11 @@ use tanvrit_api::{
 };
 
 /// The commands [`Command::Idempotent`] may not wrap, by [`Command::name`]: an envelope
-/// (one level is enough) and a log chunk (its bytes are stored by the layer that sees the
-/// top-level command, so a wrapped one would lose them; chunks are idempotent by offset).
-pub const NOT_WRAPPABLE: &[&str] = &["idempotent", "log_append"];
+/// (one level is enough), a log chunk (its bytes are stored by the layer that sees the
+/// top-level command, so a wrapped one would lose them; chunks are idempotent by offset)
+/// and a collection (the leader's own command: the layer below deletes the output of the
+/// jobs its top-level outcome names, and a record would only keep that list around).
+pub const NOT_WRAPPABLE: &[&str] = &["idempotent", "log_append", "jobs_collect"];
 
 /// One placement decided by the scheduler.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +228,15 @@ pub enum Command {
         retain_ms: Millis,
         at: Millis,
     },
+    /// Retention (leader only): removes up to `limit` terminal jobs that finished before
+    /// `cutoff`, oldest finished first, with their attempts and idempotency mapping, and
+    /// drops up to `limit` idempotency records expired at `at`. Ledger entries stay: they
+    /// are the billing record. `cutoff` becomes the collection horizon if it is later.
+    JobsCollect {
+        cutoff: Millis,
+        limit: u32,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -253,6 +264,7 @@ impl Command {
             Command::ScheduleFire { .. } => "schedule_fire",
             Command::SchedulesFire { .. } => "schedules_fire",
             Command::Idempotent { .. } => "idempotent",
+            Command::JobsCollect { .. } => "jobs_collect",
         }
     }
 
@@ -287,7 +299,8 @@ impl Command {
             | Command::ScheduleDelete { at, .. }
             | Command::ScheduleFire { at, .. }
             | Command::SchedulesFire { at, .. }
-            | Command::Idempotent { at, .. } => *at,
+            | Command::Idempotent { at, .. }
+            | Command::JobsCollect { at, .. } => *at,
         }
     }
 }

@@ -51,4 +51,12 @@ pub enum Effect {
     /// A repeated `Idempotent` command: the first delivery's effect, unchanged, and the
     /// log index it was applied at. Nothing was applied this time.
     Replayed { effect: Box<Effect>, index: Index },
+    /// A `JobsCollect` removed these jobs (oldest finished first; their output is deleted
+    /// by the storage layer) and `records` expired idempotency records; `more` is true
+    /// when more were due than its `limit` allowed, so the leader collects again at once.
+    JobsCollected {
+        jobs: Vec<JobId>,
+        records: u32,
+        more: bool,
+    },
 }

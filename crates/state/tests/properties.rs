@@ -1,7 +1,8 @@
 //! Property tests: random interleavings of every kind of command (with duplicated
 //! deliveries, and wrapped in idempotency envelopes whose keys are reused, retried and
-//! left to expire) keep the domain's invariants, a refused command changes nothing, and
-//! an envelope is transparent the first time and a pure replay afterwards.
+//! left to expire) keep the domain's invariants, a refused command changes nothing, an
+//! envelope is transparent the first time and a pure replay afterwards, and a retention
+//! collection removes only old terminal jobs and never touches a ledger.
 
 mod support;
 
@@ -10,9 +11,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use proptest::prelude::*;
-use support::{domain, RATES};
+use support::{collection_was_sound, domain, RATES};
 use tanvrit_api::*;
-use tanvrit_state::{invariants, Command, FinishKind, Placement, State};
+use tanvrit_state::{invariants, Command, FinishKind, Placement, State, NOT_WRAPPABLE};
 
 const BUSINESSES: [&str; 2] = ["acme", "globex"];
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -106,6 +107,12 @@ enum Op {
     ScheduleDelete {
         schedule: usize,
     },
+    /// Retention: collect jobs that finished more than `back` commands ago, at most
+    /// `limit` of them.
+    Collect {
+        back: u8,
+        limit: u8,
+    },
     /// Deliver the previous command again, exactly as it was (an envelope included).
     Replay,
     /// Send the last keyed request again as a client retry does: the same key and
@@ -179,6 +186,7 @@ fn op() -> impl Strategy<Value = Op> {
             }
         }),
         (0..2usize).prop_map(|schedule| Op::ScheduleDelete { schedule }),
+        (0..12u8, 0..4u8).prop_map(|(back, limit)| Op::Collect { back, limit }),
         Just(Op::Replay),
         Just(Op::RetryKeyed),
     ]
@@ -405,6 +413,12 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             schedule: SCHEDULES[*schedule].into(),
             at,
         },
+        Op::Collect { back, limit } => Command::JobsCollect {
+            cutoff: at - *back as i64 * 1_500,
+            // 0 is refused: refusals are exercised too.
+            limit: *limit as u32,
+            at,
+        },
         Op::Replay => return previous.cloned(),
         // Handled by the runner, which remembers the last keyed step.
         Op::RetryKeyed => return None,
@@ -530,7 +544,7 @@ impl Runner {
                     .filter(|r| r.live_at(*at))
                     .cloned();
                 match live {
-                    _ if inner.name() == "log_append" => {
+                    _ if NOT_WRAPPABLE.contains(&inner.name()) => {
                         prop_assert_eq!(outcome.as_ref().map_err(|r| r.code()), Err("invalid"));
                         prop_assert_eq!(&self.state, &unchanged);
                     }
@@ -562,6 +576,18 @@ impl Runner {
                             Some((&bare_outcome, index, fingerprint))
                         );
                     }
+                }
+            }
+            Command::JobsCollect { cutoff, .. } => {
+                if outcome.is_ok() {
+                    collection_was_sound(&before, &self.state, &outcome, *cutoff)
+                        .map_err(TestCaseError::fail)?;
+                } else {
+                    prop_assert_eq!(
+                        &self.state,
+                        &unchanged,
+                        "a refused collection changed the state"
+                    );
                 }
             }
             bare => {

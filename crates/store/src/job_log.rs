@@ -3,7 +3,9 @@
 //!
 //! Retention is per job (all its attempts together): past `retention_bytes_per_job`
 //! the oldest chunks go first, oldest meaning lowest `(attempt, offset)`. Attempt ids
-//! are time-ordered (uuid v7), so that is the order they were written in.
+//! are time-ordered (uuid v7), so that is the order they were written in. A job that
+//! retention collects (`Command::JobsCollect`) loses all of its output at once
+//! ([`Store::delete_job_logs`]).
 
 use std::collections::BTreeSet;
 
@@ -64,6 +66,30 @@ fn enforce_retention(
     Ok(kept)
 }
 
+/// Deletes every chunk of each of `jobs`, and its size, inside `txn`.
+fn delete_job_logs_in(txn: &WriteTransaction, jobs: &[JobId]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(JOB_LOGS)?;
+    let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
+    for job in jobs {
+        let job = job.as_str();
+        let mut doomed: Vec<(String, u64)> = Vec::new();
+        for item in table.range((job, "", 0u64)..)? {
+            let (k, _) = item?;
+            let (chunk_job, attempt, offset) = k.value();
+            // Keys sort by job first: the job's chunks are one run from its first key.
+            if chunk_job != job {
+                break;
+            }
+            doomed.push((attempt.to_string(), offset));
+        }
+        for (attempt, offset) in &doomed {
+            table.remove((job, attempt.as_str(), *offset))?;
+        }
+        sizes.remove(job)?;
+    }
+    Ok(())
+}
+
 /// Stores chunks inside `txn`, keeping each touched job within `limit` bytes.
 pub(crate) fn write_chunks_in(
     txn: &WriteTransaction,
@@ -113,6 +139,23 @@ impl Store {
             txn.set_durability(redb::Durability::None)?;
         }
         write_chunks_in(&txn, chunks, limit)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes every chunk of each of `jobs` (all attempts) and its size, in one
+    /// transaction: retention collected the jobs. Idempotent; unknown jobs are skipped.
+    /// `durable` as for [`Store::write_job_log_chunks`] (a replayed collection deletes
+    /// again what a crash brought back).
+    pub fn delete_job_logs(&self, jobs: &[JobId], durable: bool) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db().begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        delete_job_logs_in(&txn, jobs)?;
         txn.commit()?;
         Ok(())
     }
@@ -367,6 +410,50 @@ mod tests {
             text(&read(&store, "big", "a1", 0, 100)),
             (0, "0123456789".into())
         );
+    }
+
+    #[test]
+    fn deleting_a_jobs_logs_removes_every_attempt_and_its_size_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_job_log_chunks(
+                &[
+                    chunk("j", "a1", 0, "first "),
+                    chunk("j", "a1", 6, "attempt"),
+                    chunk("j", "a2", 0, "second"),
+                    // Sorts right after `j`'s keys: the delete must stop at it.
+                    chunk("j2", "a1", 0, "neighbour"),
+                    chunk("k", "a1", 0, "other job"),
+                ],
+                true,
+            )
+            .unwrap();
+        store
+            .delete_job_logs(&[JobId::from("j"), JobId::from("never")], false)
+            .unwrap();
+        assert_eq!(text(&read(&store, "j", "a1", 0, 100)), (0, String::new()));
+        assert_eq!(text(&read(&store, "j", "a2", 0, 100)), (0, String::new()));
+        assert_eq!(store.job_log_bytes(&JobId::from("j")).unwrap(), 0);
+        assert_eq!(
+            text(&read(&store, "j2", "a1", 0, 100)),
+            (0, "neighbour".into())
+        );
+        assert_eq!(store.job_log_bytes(&JobId::from("j2")).unwrap(), 9);
+        assert_eq!(
+            text(&read(&store, "k", "a1", 0, 100)),
+            (0, "other job".into())
+        );
+        let left: Vec<String> = store
+            .job_log_chunks()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.job.0)
+            .collect();
+        assert_eq!(left, ["j2", "k"]);
+        // Again (a replayed collection): nothing to do, no error.
+        store.delete_job_logs(&[JobId::from("j")], true).unwrap();
+        store.delete_job_logs(&[], true).unwrap();
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
 //! | `idempotency_window` | `TANVRIT_IDEMPOTENCY_WINDOW` | `24h` |
+//! | `compute.retention.jobs` | `TANVRIT_RETENTION_JOBS` (`7d`, `12h`; `0` keeps every job) | `7d` |
 //!
 //! # Raft mode
 //! `compute.cluster.raft = true` selects `RaftCluster`. The voters are `peers`; their Raft
@@ -88,6 +89,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("SCHEDULER_STRATEGY", "scheduler_strategy"),
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
     ("IDEMPOTENCY_WINDOW", "idempotency_window"),
+    ("RETENTION_JOBS", "compute.retention.jobs"),
 ];
 
 /// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
@@ -163,6 +165,28 @@ pub struct Peer {
 pub struct ComputeSection {
     /// `[compute.cluster]`.
     pub cluster: ClusterSection,
+    /// `[compute.retention]`.
+    pub retention: RetentionSection,
+}
+
+/// `[compute.retention]`: how long finished work is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Terminal jobs (succeeded, failed, cancelled, lost) that ended longer ago than
+    /// this are removed on every replica, with their attempts, logs and idempotency
+    /// records, and then answer 410 `job_expired`; ledger entries are always kept.
+    /// `0` keeps every job (`TANVRIT_RETENTION_JOBS`).
+    #[serde(with = "duration_or_zero")]
+    pub jobs: Duration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            jobs: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// `[compute.cluster]`.
@@ -628,6 +652,35 @@ mod human_duration {
     }
 }
 
+/// Durations like `7d` or `12h`, or `0` (as text or a bare number) for "none".
+mod duration_or_zero {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::human_duration::serialize(d, s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Number(u64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let expected = "expected a duration with a unit, like \"7d\" or \"12h\", or 0";
+        match Value::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+            Value::Number(0) => Ok(Duration::ZERO),
+            Value::Number(n) => Err(serde::de::Error::custom(format!("`{n}`: {expected}"))),
+            Value::Text(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                serde::de::Error::custom(format!("`{text}` is not a duration like 7d or 12h ({e})"))
+            }),
+        }
+    }
+}
+
 /// Deserializers that accept what environment variables produce: figment reads
 /// `TANVRIT_REPLICA_ID=1` as a number, but a name is a name.
 mod lenient {
@@ -922,6 +975,50 @@ mod tests {
                 !format!("{config:?}").contains("12345"),
                 "secrets stay out of Debug"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn job_retention_reads_durations_and_zero_from_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.compute.retention.jobs,
+                Duration::from_secs(7 * 24 * 3600),
+                "default 7d"
+            );
+            jail.create_file("r.toml", "[compute.retention]\njobs = \"3d\"\n")?;
+            let config = Config::load(&flags_with_file("r.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.compute.retention.jobs,
+                Duration::from_secs(3 * 86_400)
+            );
+            jail.create_file("zero.toml", "[compute.retention]\njobs = 0\n")?;
+            let config = Config::load(&flags_with_file("zero.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.compute.retention.jobs,
+                Duration::ZERO,
+                "0 keeps every job"
+            );
+
+            jail.set_env("TANVRIT_RETENTION_JOBS", "12h");
+            let config = Config::load(&flags_with_file("r.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.compute.retention.jobs,
+                Duration::from_secs(12 * 3600),
+                "env over file"
+            );
+            jail.set_env("TANVRIT_RETENTION_JOBS", "0");
+            let config = Config::load(&ConfigFlags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.compute.retention.jobs, Duration::ZERO);
+
+            for bad in ["7", "soon", "-1d"] {
+                jail.set_env("TANVRIT_RETENTION_JOBS", bad);
+                let err = Config::load(&ConfigFlags::default()).unwrap_err();
+                assert_eq!(err.code(), "config_invalid", "{bad}");
+                assert!(err.to_string().contains("duration"), "{bad}: {err}");
+            }
             Ok(())
         });
     }

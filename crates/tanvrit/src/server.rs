@@ -147,6 +147,7 @@ impl Replica {
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
             idempotency_window: self.config.idempotency_window,
+            job_retention: self.config.compute.retention.jobs,
             cluster_secret: self
                 .config
                 .cluster_secret

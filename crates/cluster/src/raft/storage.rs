@@ -60,7 +60,7 @@ use crate::raft::types::{
     Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
     WriteOutcome,
 };
-use crate::single_node::chunk_of;
+use crate::single_node::{chunk_of, collected_of};
 use crate::Reader;
 
 const KEY_VOTE: &str = "vote";
@@ -500,6 +500,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = Instant::now();
         let mut replies = Vec::new();
         let mut chunks = Vec::new();
+        let mut collected = Vec::new();
         let mut last = None;
         let mut membership = None;
         {
@@ -519,6 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for command in &request.commands {
                             let outcome = state.apply(index, command);
                             chunks.extend(chunk_of(command, &outcome));
+                            collected.extend_from_slice(collected_of(&outcome));
                             outcomes.push(outcome);
                         }
                         // An empty batch (never proposed, but decodable) still moves the index.
@@ -537,12 +539,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = last else {
             return Ok(replies);
         };
-        if !chunks.is_empty() {
-            // Before the index is published, so a reader waiting for it finds the bytes.
+        if !chunks.is_empty() || !collected.is_empty() {
+            // Before the index is published, so a reader waiting for it finds the bytes
+            // (and no longer finds a collected job's, deleted after the batch's chunks).
             let store = self.shared.store.clone();
-            blocking(move || store.write_job_log_chunks(&chunks, false))
-                .await
-                .map_err(|e| StorageIOError::apply(last, e))?;
+            blocking(move || {
+                store.write_job_log_chunks(&chunks, false)?;
+                store.delete_job_logs(&collected, false)
+            })
+            .await
+            .map_err(|e| StorageIOError::apply(last, e))?;
         }
         {
             let mut applied = self.shared.applied.lock();

@@ -1,4 +1,5 @@
-//! The leader-only loops: the scheduler, node liveness (with drain deadlines) and cron.
+//! The leader-only loops: the scheduler, node liveness (with drain deadlines), cron and
+//! retention.
 //! They run on the replica that leads, and only while it does: a supervisor watches
 //! [`ClusterService::leadership`], starts the loops when it turns `true` and aborts them
 //! the moment it turns `false`.
@@ -15,9 +16,11 @@
 //!   the loop that declares silent nodes lost and evicts drains past their deadline.
 //! - `scheduler`: the loop that places pending jobs with `tanvrit_state::scheduler::plan`.
 //! - `cron`: the loop that fires due schedules under their catch-up policy.
+//! - `retention`: the loop that collects terminal jobs past `job_retention`.
 
 mod cron;
 pub mod liveness;
+mod retention;
 mod scheduler;
 
 use std::collections::HashMap;
@@ -78,16 +81,31 @@ enum LoopKind {
     Scheduler,
     Liveness,
     Cron,
+    Retention,
 }
 
 impl LoopKind {
-    const ALL: [LoopKind; 3] = [LoopKind::Scheduler, LoopKind::Liveness, LoopKind::Cron];
+    const ALL: [LoopKind; 4] = [
+        LoopKind::Scheduler,
+        LoopKind::Liveness,
+        LoopKind::Cron,
+        LoopKind::Retention,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             LoopKind::Scheduler => "scheduler",
             LoopKind::Liveness => "liveness",
             LoopKind::Cron => "cron",
+            LoopKind::Retention => "retention",
+        }
+    }
+
+    /// Whether the configuration asks for this loop (retention 0 keeps every job).
+    fn enabled(self, config: &ServerConfig) -> bool {
+        match self {
+            LoopKind::Retention => !config.job_retention.is_zero(),
+            _ => true,
         }
     }
 
@@ -100,6 +118,7 @@ impl LoopKind {
             LoopKind::Scheduler => scheduler::run(&context).await,
             LoopKind::Liveness => liveness::run(&context).await,
             LoopKind::Cron => cron::run(&context).await,
+            LoopKind::Retention => retention::run(&context).await,
         }
     }
 }
@@ -184,7 +203,10 @@ async fn supervise(
         tracing::info!("this replica leads: leader loops starting");
         let mut loops = JoinSet::new();
         let mut kinds = HashMap::new();
-        for kind in LoopKind::ALL {
+        for kind in LoopKind::ALL
+            .into_iter()
+            .filter(|k| k.enabled(&context.config))
+        {
             let task = loops.spawn(kind.run(context.clone(), Duration::ZERO));
             kinds.insert(task.id(), kind);
         }

@@ -15,7 +15,7 @@ use tanvrit_state::{validate, Command, Effect, JobFilter, Rejection, State as Do
 use tokio::time::Instant;
 
 use super::{ApiErrors, IdempotencyHeader};
-use crate::app::{new_id, now_ms, unexpected, AppState};
+use crate::app::{job_id_time, new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
@@ -102,6 +102,7 @@ pub(crate) async fn handle_list_jobs(
     responses(
         (status = 200, description = "The job", body = JobResponse),
         (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 410, description = "`job_expired`: the job ended longer ago than `compute.retention.jobs` and was collected (its ledger entries remain)", body = ErrorBody),
         ApiErrors,
     ),
     security(("bearer" = []))
@@ -133,6 +134,7 @@ pub(crate) async fn handle_get_job(
     responses(
         (status = 200, description = "The cancelled job", body = JobResponse),
         (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 410, description = "`job_expired`: the job was collected by retention", body = ErrorBody),
         (status = 409, description = "`illegal_transition`: the job already ended", body = ErrorBody),
         ApiErrors,
     ),
@@ -167,6 +169,7 @@ pub(crate) async fn handle_cancel_job(
         (status = 402, description = "`insufficient_credits`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has not ended, or is still stopping", body = ErrorBody),
+        (status = 410, description = "`job_expired`: the job was collected by retention", body = ErrorBody),
         ApiErrors,
     ),
     security(("bearer" = []))
@@ -189,7 +192,8 @@ pub(crate) async fn handle_retry_job(
 }
 
 /// The shared body of cancel and retry: authorize, check the job is visible to the
-/// caller (404 otherwise), write the command built from the job id and the reason.
+/// caller (404 otherwise, 410 if retention collected it), write the command built from
+/// the job id and the reason.
 async fn job_action(
     app: AppState,
     principal: Principal,
@@ -201,12 +205,21 @@ async fn job_action(
     principal.require(JOB_SCOPES)?;
     let job = JobId(id);
     check_reason(request.reason.as_deref())?;
-    app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
-        .await?;
-    let idempotency = keyed.bind(&principal, &request)?;
-    let written = app
-        .write_keyed(command(job, request.reason), idempotency)
-        .await?;
+    let written = async {
+        app.ensure_visible(&principal, "job", job.as_str(), |s| owner(s, &job))
+            .await?;
+        let idempotency = keyed.bind(&principal, &request)?;
+        app.write_keyed(command(job.clone(), request.reason), idempotency)
+            .await
+    }
+    .await
+    // Missing here (admins skip the visibility check) or by the time it applied.
+    .map_err(|error| match error {
+        ApiError::NotFound(_) | ApiError::Rejected(Rejection::NotFound { .. }) => {
+            app.read(|state| missing_job(state, &job))
+        }
+        other => other,
+    })?;
     Ok(Json(JobResponse {
         job: effect_job(written.effect)?,
         index: written.index,
@@ -224,6 +237,7 @@ async fn job_action(
     responses(
         (status = 200, description = "A window of output", body = JobLogsResponse),
         (status = 404, description = "`not_found`: no such job or attempt", body = ErrorBody),
+        (status = 410, description = "`job_expired`: the job was collected by retention, with its logs", body = ErrorBody),
         ApiErrors,
     ),
     security(("bearer" = []))
@@ -346,16 +360,30 @@ fn owner(state: &DomainState, job: &JobId) -> Option<BusinessId> {
     state.job(job).map(|job| job.business.clone())
 }
 
-/// A job this principal may see, or 404.
+/// A job this principal may see; 404 if there is none (or it is another business's),
+/// 410 if retention collected it.
 pub(crate) fn visible_job<'s>(
     state: &'s DomainState,
     principal: &Principal,
     id: &JobId,
 ) -> Result<&'s Job, ApiError> {
-    state
-        .job(id)
-        .filter(|job| principal.reads_job_of(&job.business))
-        .ok_or_else(|| ApiError::not_found("job", id))
+    match state.job(id) {
+        Some(job) if principal.reads_job_of(&job.business) => Ok(job),
+        Some(_) => Err(ApiError::not_found("job", id)),
+        None => Err(missing_job(state, id)),
+    }
+}
+
+/// The error for a job id this replica does not hold: 410 `job_expired` when retention
+/// collected it (its id's time is before the collection horizon), else 404. A collected
+/// job's business is gone with it, so any key that may read jobs gets the 410.
+pub(crate) fn missing_job(state: &DomainState, id: &JobId) -> ApiError {
+    match job_id_time(id) {
+        Some(created) if state.job_collected(id, created) => ApiError::JobExpired {
+            job: id.to_string(),
+        },
+        _ => ApiError::not_found("job", id),
+    }
 }
 
 /// A page of jobs as `jobs/list` answers it.
@@ -710,6 +738,56 @@ mod tests {
         assert_eq!((error.status().as_u16(), error.code()), (404, "not_found"));
         assert!(visible_job(&state, &admin(), &ids[1]).is_ok());
         assert!(visible_job(&state, &admin(), &JobId::from("job-nope")).is_err());
+    }
+
+    #[test]
+    fn a_collected_job_is_expired_and_an_id_newer_than_the_horizon_is_not_found() {
+        // Ids with chosen times: a fired job's id carries its due time.
+        let id_at = |at: Millis| crate::cron::fire_job_id(&"sch".into(), at);
+        let (old, newer) = (id_at(1_000), id_at(5_000));
+        let mut state = DomainState::new();
+        let commands = [
+            Command::JobSubmit {
+                job: old.clone(),
+                business: BusinessId::from("acme"),
+                spec: spec(),
+                idempotency_key: None,
+                rates: Rates::default(),
+                at: 1_000,
+            },
+            Command::JobCancel {
+                job: old.clone(),
+                reason: None,
+                at: 2_000,
+            },
+            Command::JobsCollect {
+                cutoff: 3_000,
+                limit: 10,
+                at: 3_000,
+            },
+        ];
+        for (index, command) in commands.iter().enumerate() {
+            state.apply(index as u64 + 1, command).unwrap();
+        }
+        for principal in [admin(), user("acme"), user("globex")] {
+            let error = visible_job(&state, &principal, &old).unwrap_err();
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (410, "job_expired")
+            );
+        }
+        let error = visible_job(&state, &admin(), &newer).unwrap_err();
+        assert_eq!((error.status().as_u16(), error.code()), (404, "not_found"));
+        let error = visible_job(&state, &admin(), &JobId::from("job-nope")).unwrap_err();
+        assert_eq!(
+            error.code(),
+            "not_found",
+            "no time in the id: never expired"
+        );
+        // An id that never existed but is older than the horizon cannot be told apart.
+        assert_eq!(missing_job(&state, &id_at(2_500)).code(), "job_expired");
+        let logs = plan_log_read(&state, &admin(), &old, &JobLogsRequest::default());
+        assert_eq!(logs.unwrap_err().code(), "job_expired");
     }
 
     fn run_job(state: &mut DomainState, job: &JobId, finish: Option<FinishKind>) -> AttemptId {

@@ -110,7 +110,7 @@ impl State {
                 })
             };
         }
-        self.prune_idempotency(at);
+        self.prune_idempotency(at, IDEMPOTENCY_PRUNE_BATCH);
         let outcome = self.dispatch(index, command);
         self.record_idempotency(
             scope,
@@ -126,20 +126,26 @@ impl State {
         outcome
     }
 
-    /// Drops up to [`IDEMPOTENCY_PRUNE_BATCH`] records expired at `at`, oldest first.
-    fn prune_idempotency(&mut self, at: Millis) {
-        for _ in 0..IDEMPOTENCY_PRUNE_BATCH {
-            let Some(first) = self.idx.idempotency_expiry.first() else {
-                return;
-            };
-            if first.0 > at {
-                return;
+    /// Drops up to `limit` records expired at `at`, oldest first; returns how many.
+    pub(super) fn prune_idempotency(&mut self, at: Millis, limit: usize) -> usize {
+        for pruned in 0..limit {
+            if !self.idempotency_expired_at(at) {
+                return pruned;
             }
             let Some((_, scope, key)) = self.idx.idempotency_expiry.pop_first() else {
-                return;
+                return pruned;
             };
             self.remove_idempotency(&scope, &key);
         }
+        limit
+    }
+
+    /// Whether some record is expired at `at` (and not pruned yet).
+    pub(super) fn idempotency_expired_at(&self, at: Millis) -> bool {
+        self.idx
+            .idempotency_expiry
+            .first()
+            .is_some_and(|(expires_at, _, _)| *expires_at <= at)
     }
 
     fn remove_idempotency(&mut self, scope: &str, key: &str) {

@@ -139,3 +139,75 @@ pub fn domain(state: &State) -> serde_json::Value {
     object.remove("applied_index");
     value
 }
+
+/// Whether retention may collect `job` at `cutoff` (the rule `JobsCollect` documents).
+pub fn collectable(job: &Job, cutoff: Millis) -> bool {
+    job.state.is_terminal()
+        && job.updated_at < cutoff
+        && job.held == 0
+        && !job.current_attempt().is_some_and(|a| a.state.is_active())
+}
+
+/// Checks an accepted `JobsCollect` that turned `before` into `after`: it removed exactly
+/// the jobs it names, each collectable and finished no later than any collectable job it
+/// left (oldest first), and changed no other job; every ledger is as it was; the indexes
+/// are consistent; and it said `more` if a collectable job is left.
+pub fn collection_was_sound(
+    before: &State,
+    after: &State,
+    outcome: &tanvrit_state::Outcome,
+    cutoff: Millis,
+) -> Result<(), String> {
+    let Ok(Effect::JobsCollected { jobs, more, .. }) = outcome else {
+        return Err(format!("a collection answered {outcome:?}"));
+    };
+    for id in jobs {
+        let job = before
+            .job(id)
+            .ok_or_else(|| format!("collected {id}, which did not exist"))?;
+        if !collectable(job, cutoff) {
+            return Err(format!(
+                "collected {id}: {:?}, updated at {}, cutoff {cutoff}",
+                job.state, job.updated_at
+            ));
+        }
+        if after.job(id).is_some() {
+            return Err(format!("collected {id} is still there"));
+        }
+    }
+    for job in before.all_jobs().filter(|j| !jobs.contains(&j.id)) {
+        if after.job(&job.id) != Some(job) {
+            return Err(format!("job {} was not collected but changed", job.id));
+        }
+    }
+    let accounts = |s: &State| {
+        s.accounts()
+            .map(|(b, a)| (b.clone(), a.clone()))
+            .collect::<Vec<_>>()
+    };
+    if accounts(before) != accounts(after) {
+        return Err("a collection touched a ledger".into());
+    }
+    if !after.indexes_consistent() {
+        return Err("indexes inconsistent after a collection".into());
+    }
+    let oldest_left = after
+        .all_jobs()
+        .filter(|j| collectable(j, cutoff))
+        .map(|j| (j.updated_at, j.id.clone()))
+        .min();
+    let newest_taken = jobs
+        .iter()
+        .filter_map(|id| before.job(id))
+        .map(|j| (j.updated_at, j.id.clone()))
+        .max();
+    if let (Some(left), Some(taken)) = (&oldest_left, &newest_taken) {
+        if taken > left {
+            return Err(format!("collected {taken:?} before the older {left:?}"));
+        }
+    }
+    if oldest_left.is_some() && !more {
+        return Err("collectable jobs left without `more`".into());
+    }
+    Ok(())
+}

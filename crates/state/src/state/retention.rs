@@ -1,0 +1,100 @@
+//! Retention: `Command::JobsCollect` removes terminal jobs that finished before a cutoff,
+//! a bounded batch per command, and drops expired idempotency records.
+//!
+//! A job's finish time is its `updated_at` once it is terminal with no attempt still
+//! stopping and nothing held: the last change it sees unless it is retried (which takes
+//! it out of the `finished` index again). Collection takes from the front of that index,
+//! so it never scans the jobs that stay. Ledger entries are never touched: they are the
+//! billing record and keep the ids of collected jobs.
+//!
+//! The latest cutoff is kept as a horizon in the replicated data: an absent job created
+//! before it may have been collected, which readers answer differently from an id that
+//! never existed (the id's creation time is the caller's to read: see
+//! [`State::job_collected`]).
+
+use tanvrit_api::{Job, JobId, Millis};
+
+use super::jobs::job_key;
+use super::State;
+use crate::{Effect, Outcome, Rejection};
+
+/// The most jobs (and idempotency records) one `JobsCollect` may remove, so no single
+/// log entry takes long to apply.
+pub const MAX_COLLECT_BATCH: u32 = 10_000;
+
+/// When a job finished, if retention may collect it.
+pub(super) fn finish_time(job: &Job) -> Option<Millis> {
+    let stopping = job.current_attempt().is_some_and(|a| a.state.is_active());
+    (job.state.is_terminal() && !stopping && job.held == 0).then_some(job.updated_at)
+}
+
+impl State {
+    pub(super) fn jobs_collect(&mut self, cutoff: Millis, limit: u32, at: Millis) -> Outcome {
+        if limit == 0 || limit > MAX_COLLECT_BATCH {
+            return Err(Rejection::invalid(format!(
+                "a collection removes 1 to {MAX_COLLECT_BATCH} jobs"
+            )));
+        }
+        if cutoff > at {
+            return Err(Rejection::invalid(
+                "a collection's cutoff must not be after its time",
+            ));
+        }
+        let doomed: Vec<JobId> = self
+            .idx
+            .finished
+            .iter()
+            .take_while(|(finished, _)| *finished < cutoff)
+            .take(limit as usize)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &doomed {
+            self.remove_job(id);
+        }
+        let records = self.prune_idempotency(at, limit as usize);
+        let more = self.collection_due(cutoff, at);
+        self.data.jobs_collected_before = self.data.jobs_collected_before.max(cutoff);
+        Ok(Effect::JobsCollected {
+            jobs: doomed,
+            records: records as u32,
+            more,
+        })
+    }
+
+    /// Removes a job with its attempts, index entries and idempotency mapping.
+    fn remove_job(&mut self, id: &JobId) {
+        let Some(job) = self.data.jobs.remove(id) else {
+            return;
+        };
+        self.index_job(&job, false);
+        if let Some(key) = &job.idempotency_key {
+            let key = job_key(&job.business, key);
+            if self.data.job_idempotency.get(&key) == Some(id) {
+                self.data.job_idempotency.remove(&key);
+            }
+        }
+    }
+
+    /// Whether a `JobsCollect` with this `cutoff` at `at` would remove anything: a job
+    /// that finished before `cutoff`, or an idempotency record expired at `at`.
+    pub fn collection_due(&self, cutoff: Millis, at: Millis) -> bool {
+        self.idx
+            .finished
+            .first()
+            .is_some_and(|(finished, _)| *finished < cutoff)
+            || self.idempotency_expired_at(at)
+    }
+
+    /// The latest cutoff retention collected jobs with (0: never).
+    pub fn jobs_collected_before(&self) -> Millis {
+        self.data.jobs_collected_before
+    }
+
+    /// Whether job `id`, created at `created` (read from its id by the caller), is gone
+    /// because retention collected it: it is absent and was created before the horizon.
+    /// An id that never existed but carries such an old time answers the same; nothing
+    /// else can tell them apart once the job is gone.
+    pub fn job_collected(&self, id: &JobId, created: Millis) -> bool {
+        created < self.data.jobs_collected_before && !self.data.jobs.contains_key(id)
+    }
+}
