@@ -547,7 +547,7 @@ impl Writer {
         }
         // Cloning takes a read lock only; readers go on, and the writer alone mutates, so
         // the copy is exactly the state at `index`. Serializing happens off this thread.
-        let copy = self.state.read().clone();
+        let copy = self.state.read().image();
         self.since_snapshot = 0;
         let store = self.store.clone();
         let counters = self.counters.clone();

@@ -56,11 +56,15 @@ pub fn decode_snapshot_record(bytes: &[u8]) -> Result<(u64, State), StoreError> 
 pub const SINGLE_NODE_GROUP: &str = "single";
 
 impl Store {
-    /// Writes `state` as of `index` to a new snapshot file (no database lock is held
+    /// Writes `state` (a [`State`] or its image) as of `index` to a new snapshot file (no database lock is held
     /// meanwhile), then purges log entries `<= index` and the legacy snapshot record in
     /// one durable transaction, which also makes earlier non-durable job-log writes
     /// durable.
-    pub fn save_snapshot(&self, index: u64, state: &State) -> Result<(), StoreError> {
+    pub fn save_snapshot(
+        &self,
+        index: u64,
+        state: &impl serde::Serialize,
+    ) -> Result<(), StoreError> {
         let dir = self.snapshot_dir(SINGLE_NODE_GROUP)?;
         let mut writer = dir.create(index, &())?;
         writer.write_state(state)?;

@@ -61,8 +61,8 @@ struct Header<M> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
-enum RecordRef<'a> {
-    State(&'a State),
+enum RecordRef<'a, S> {
+    State(&'a S),
     Chunk(ChunkRef<'a>),
     End { records: u64 },
 }
@@ -182,7 +182,7 @@ impl SnapshotDir {
         let file = File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
         let mut writer = SnapshotWriter {
             dir: self.clone(),
-            out: BufWriter::with_capacity(BUFFER_BYTES, file),
+            out: BufWriter::with_capacity(BUFFER_BYTES, SyncingFile { file, unsynced: 0 }),
             tmp,
             index,
             records: 0,
@@ -380,11 +380,38 @@ fn read_body(
     }
 }
 
+/// Bytes written between two `fdatasync`s of a snapshot being written: the disk takes
+/// the file a slice at a time, so the final sync (and the log appends' own fsyncs
+/// meanwhile) never wait behind hundreds of megabytes of dirty pages.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
+
+/// A file that syncs its data every [`SYNC_EVERY_BYTES`].
+struct SyncingFile {
+    file: File,
+    unsynced: u64,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A snapshot being written; dropped unfinished, it leaves only a `.tmp` file that the
 /// next open deletes.
 pub struct SnapshotWriter {
     dir: SnapshotDir,
-    out: BufWriter<File>,
+    out: BufWriter<SyncingFile>,
     tmp: PathBuf,
     index: u64,
     records: u64,
@@ -421,7 +448,7 @@ impl SnapshotWriter {
         written.map_err(|e| self.io(e))
     }
 
-    fn record(&mut self, record: &RecordRef<'_>) -> Result<(), StoreError> {
+    fn record<S: Serialize>(&mut self, record: &RecordRef<'_, S>) -> Result<(), StoreError> {
         serde_json::to_writer(&mut self.out, record).map_err(|e| StoreError::Encode {
             what: WHAT,
             detail: e.to_string(),
@@ -431,8 +458,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the state: the first record, exactly once.
-    pub fn write_state(&mut self, state: &State) -> Result<(), StoreError> {
+    /// Writes the state: the first record, exactly once. `state` is a [`State`] or
+    /// anything that encodes like one (a [`tanvrit_state::StateImage`]).
+    pub fn write_state<S: Serialize>(&mut self, state: &S) -> Result<(), StoreError> {
         self.record(&RecordRef::State(state))
     }
 
@@ -440,7 +468,7 @@ impl SnapshotWriter {
     pub fn write_chunk(&mut self, chunk: &JobLogChunk) -> Result<(), StoreError> {
         // Chunks are stored from `LogAppend`'s `String` data, so they are UTF-8.
         let data = String::from_utf8_lossy(&chunk.data);
-        self.record(&RecordRef::Chunk(ChunkRef {
+        self.record::<()>(&RecordRef::Chunk(ChunkRef {
             job: chunk.job.as_str(),
             attempt: chunk.attempt.as_str(),
             offset: chunk.offset,
@@ -452,9 +480,9 @@ impl SnapshotWriter {
     /// snapshots. Returns the file's path and size.
     pub fn finish(mut self) -> Result<(PathBuf, u64), StoreError> {
         let records = self.records;
-        self.record(&RecordRef::End { records })?;
+        self.record::<()>(&RecordRef::End { records })?;
         self.out.flush().map_err(|e| self.io(e))?;
-        let file = self.out.get_ref();
+        let file = &self.out.get_ref().file;
         file.sync_all().map_err(|e| io_error(&self.tmp, e))?;
         let bytes = file.metadata().map_err(|e| io_error(&self.tmp, e))?.len();
         let path = self.dir.publish(&self.tmp, self.index)?;
@@ -529,6 +557,54 @@ mod tests {
         let current = dir.current::<String>().unwrap().unwrap();
         assert_eq!((current.index, current.meta.as_str()), (7, "meta-7"));
         assert_eq!(dir.read_state(&current).unwrap(), state());
+    }
+
+    #[test]
+    fn a_state_image_reads_back_as_the_state_with_its_indexes() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(data.path(), "raft").unwrap();
+        let mut writer = dir.create(2, &()).unwrap();
+        writer.write_state(&state().image()).unwrap();
+        writer.finish().unwrap();
+        let read = dir
+            .read_state(&dir.current::<()>().unwrap().unwrap())
+            .unwrap();
+        assert_eq!(read, state());
+        assert!(read.indexes_consistent());
+        assert!(read.node(&NodeId::from("node-1")).is_some());
+    }
+
+    #[test]
+    fn a_big_state_is_written_in_synced_slices_and_reads_back() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(data.path(), "raft").unwrap();
+        let mut writer = dir.create(2, &()).unwrap();
+        writer.write_state(&state()).unwrap();
+        // More than two sync slices of chunks.
+        let big = JobLogChunk {
+            data: vec![b'y'; 1 << 20],
+            ..chunk(0)
+        };
+        for n in 0..20 {
+            writer
+                .write_chunk(&JobLogChunk {
+                    offset: n,
+                    ..big.clone()
+                })
+                .unwrap();
+        }
+        let (path, bytes) = writer.finish().unwrap();
+        assert!(bytes > 2 * SYNC_EVERY_BYTES, "{bytes}");
+        let (tmp, mut file) = dir.receive().unwrap();
+        file.write_all(&fs::read(path).unwrap()).unwrap();
+        let mut seen = 0;
+        dir.adopt::<()>(&tmp, |c| {
+            assert_eq!(c.data.len(), 1 << 20);
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 20);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use tanvrit_api::Index;
-use tanvrit_state::State;
+use tanvrit_state::{State, StateImage};
 use tanvrit_store::raft::RAFT_GROUP;
 use tanvrit_store::{JobLogChunk, SnapshotDir, Store, StoreError};
 use tokio::sync::watch;
@@ -406,7 +406,7 @@ pub(crate) fn write_snapshot(
     store: &Store,
     snapshots: &SnapshotDir,
     meta: &SnapshotMeta,
-    state: &State,
+    state: &impl serde::Serialize,
 ) -> Result<tanvrit_store::SnapshotWriter, StoreError> {
     let index = meta.last_log_id.map_or(0, |id| id.index);
     let mut writer = snapshots.create(index, meta)?;
@@ -567,7 +567,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // It takes a read lock only, so readers carry on; writing the file happens later,
         // in the builder's own task, while apply continues.
         let started = Instant::now();
-        let state = self.shared.state.read().clone();
+        let state = self.shared.state.read().image();
         slow("slow snapshot copy", started, 1);
         SnapshotBuilder {
             shared: self.shared.clone(),
@@ -711,7 +711,7 @@ const SLOW_MS: u64 = 20;
 /// Builds a snapshot from a copy of the state taken between two applies.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    state: State,
+    state: StateImage,
     applied: Applied,
 }
 
