@@ -57,6 +57,12 @@ pub struct ClusterSettings {
     pub raft_profile: String,
     /// `TANVRIT_NODE_TTL`: an agent silent this long is declared down.
     pub node_ttl: Duration,
+    /// `TANVRIT_SNAPSHOT_EVERY`: log entries between two snapshots (each replica adds a
+    /// tenth per replica id beyond the first).
+    pub snapshot_every: u64,
+    /// `TANVRIT_SNAPSHOT_LOGS_KEPT`: log entries kept behind a snapshot; a replica that
+    /// lags by more catches up by installing the leader's snapshot.
+    pub snapshot_logs_kept: u64,
 }
 
 /// The host names of the replicas and the agents.
@@ -161,6 +167,14 @@ impl Harness {
                     (
                         "TANVRIT_NODE_TTL",
                         format!("{}ms", settings.node_ttl.as_millis()),
+                    ),
+                    (
+                        "TANVRIT_SNAPSHOT_EVERY",
+                        settings.snapshot_every.to_string(),
+                    ),
+                    (
+                        "TANVRIT_SNAPSHOT_LOGS_KEPT",
+                        settings.snapshot_logs_kept.to_string(),
                     ),
                     ("RUST_LOG", "warn".to_string()),
                 ]

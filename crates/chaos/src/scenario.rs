@@ -93,7 +93,7 @@ impl Scenario {
         }
     }
 
-    fn settings(self, node_ttl: Duration) -> ClusterSettings {
+    fn settings(self, options: &RunOptions) -> ClusterSettings {
         ClusterSettings {
             // Tight timings make short runs; far-apart replicas need the default ones
             // (a LAN heartbeat of 100 ms is shorter than the delayed round trip).
@@ -102,7 +102,9 @@ impl Scenario {
             } else {
                 "lan".into()
             },
-            node_ttl,
+            node_ttl: options.node_ttl,
+            snapshot_every: options.snapshot_every,
+            snapshot_logs_kept: options.snapshot_logs_kept,
         }
     }
 }
@@ -136,6 +138,10 @@ pub struct RunOptions {
     pub job_secs: Option<f64>,
     /// `TANVRIT_NODE_TTL` for the replicas.
     pub node_ttl: Duration,
+    /// `TANVRIT_SNAPSHOT_EVERY` for the replicas.
+    pub snapshot_every: u64,
+    /// `TANVRIT_SNAPSHOT_LOGS_KEPT` for the replicas.
+    pub snapshot_logs_kept: u64,
 }
 
 /// What one scenario came to.
@@ -218,7 +224,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Result<ScenarioRep
     // On a failed start the fabric is dropped with the harness: its processes die with
     // it (kill_on_drop), the sandbox frees the namespaces, and the Docker fabric removes
     // its containers and networks when dropped.
-    let harness = Harness::start(fabric, &scenario.settings(options.node_ttl)).await?;
+    let harness = Harness::start(fabric, &scenario.settings(options)).await?;
     run_started(scenario, options, harness, &dir, started).await
 }
 
