@@ -157,6 +157,12 @@ pub struct ScenarioReport {
     pub elections: usize,
     /// Whether the replicas settled at one index before the check.
     pub settled: bool,
+    /// Snapshots built and installed, over every replica and every process it ran.
+    pub snapshots_built: u64,
+    /// Snapshots installed from the leader: how often a replica caught up from one.
+    pub snapshots_installed: u64,
+    /// The highest applied index (log entries) a replica reached at the end.
+    pub applied_index: u64,
     /// What the fault schedule observed on the way.
     pub notes: Vec<String>,
     /// Wall time of the whole scenario, in ms.
@@ -183,8 +189,8 @@ impl ScenarioReport {
         };
         format!(
             "{:<19} {} acked={} lost={} duplicated={} indeterminate={} refused={} \
-             unavailable={}ms elections={} reads[{}] runs={} settled={} violations={} \
-             ({:.1}s)",
+             unavailable={}ms elections={} reads[{}] runs={} settled={} snapshots_built={} \
+             snapshots_installed={} violations={} ({:.1}s)",
             self.scenario,
             if v.ok() { "PASS" } else { "FAIL" },
             v.acked,
@@ -197,6 +203,8 @@ impl ScenarioReport {
             reads.join(" "),
             v.runs_checked,
             self.settled,
+            self.snapshots_built,
+            self.snapshots_installed,
             violations,
             self.wall_ms as f64 / 1000.0,
         )
@@ -275,6 +283,7 @@ async fn run_started(
     healed?;
 
     let (finals, settled) = harness.settle_and_collect(Duration::from_secs(60)).await?;
+    let snapshots = harness.snapshot_counts().await;
     let runs = parse_runs(&std::fs::read_to_string(&run_log).unwrap_or_default());
     let history = recorder.history();
     let verdict = checker::check(&history, &finals, &runs);
@@ -290,6 +299,9 @@ async fn run_started(
         unavailable_ms: longest_write_gap(&history, workload_start, workload_end) / 1000,
         elections: seen.len().saturating_sub(1),
         settled,
+        snapshots_built: snapshots.built,
+        snapshots_installed: snapshots.installed,
+        applied_index: finals.iter().map(|f| f.index).max().unwrap_or(0),
         notes,
         wall_ms: started.elapsed().as_millis(),
     })
@@ -327,7 +339,7 @@ async fn heal_all(harness: &mut Harness) -> Result<(), HarnessError> {
         harness.fabric.set_delay(host, 0, 0).await?;
         harness.fabric.resume(host).await?;
         if !harness.fabric.is_running(host) {
-            harness.fabric.restart(host).await?;
+            harness.restart(host).await?;
         }
     }
     Ok(())
@@ -392,14 +404,14 @@ async fn one_cycle(
         Scenario::LeaderKill => {
             let old = leader(h).await?;
             let killed = Instant::now();
-            h.fabric.kill(&old).await?;
+            h.kill(&old).await?;
             let new = h.leader(Duration::from_secs(20)).await;
             notes.push(format!(
                 "cycle {cycle}: killed leader {old}; new leader {new:?} seen after {} ms",
                 killed.elapsed().as_millis()
             ));
             tokio::time::sleep(secs(3.0)).await;
-            h.fabric.restart(&old).await?;
+            h.restart(&old).await?;
             tokio::time::sleep(secs(3.0)).await;
         }
         Scenario::LeaderPartition => {
@@ -471,12 +483,12 @@ async fn one_cycle(
         }
         Scenario::KillAll => {
             for host in h.replicas.clone() {
-                h.fabric.kill(&host).await?;
+                h.kill(&host).await?;
             }
             tokio::time::sleep(secs(1.0)).await;
             let restarted = Instant::now();
             for host in h.replicas.clone() {
-                h.fabric.restart(&host).await?;
+                h.restart(&host).await?;
             }
             let back = h.leader(Duration::from_secs(30)).await;
             notes.push(format!(
@@ -487,9 +499,9 @@ async fn one_cycle(
         }
         Scenario::RollingRestart => {
             for host in h.replicas.clone() {
-                h.fabric.stop(&host).await?;
+                h.stop(&host).await?;
                 tokio::time::sleep(secs(0.5)).await;
-                h.fabric.restart(&host).await?;
+                h.restart(&host).await?;
                 // Next only once this one has a leader again (it serves requests).
                 let deadline = Instant::now() + secs(20.0);
                 while h.raft_view(&host).await.is_none() && Instant::now() < deadline {
@@ -504,10 +516,10 @@ async fn one_cycle(
             let old = leader(h).await?;
             let follower = h.others(&old)[rand::rng().random_range(0..2)].clone();
             for (role, host) in [("follower", follower), ("leader", old)] {
-                h.fabric.kill(&host).await?;
+                h.kill(&host).await?;
                 h.fabric.wipe(&host).await?;
                 tokio::time::sleep(secs(1.0)).await;
-                h.fabric.restart(&host).await?;
+                h.restart(&host).await?;
                 let caught_up = wait_caught_up(h, &host, secs(20.0)).await;
                 notes.push(format!(
                     "cycle {cycle}: wiped {role} {host}; caught up after {}",
@@ -547,9 +559,9 @@ async fn one_cycle(
             h.fabric.set_delay(&far, 40, 120).await?;
             tokio::time::sleep(secs(10.0)).await;
             let old = leader(h).await?;
-            h.fabric.kill(&old).await?;
+            h.kill(&old).await?;
             tokio::time::sleep(secs(4.0)).await;
-            h.fabric.restart(&old).await?;
+            h.restart(&old).await?;
             h.fabric.set_delay(&far, 0, 0).await?;
             notes.push(format!(
                 "cycle {cycle}: {far} 40-120 ms away for 14 s; killed leader {old} meanwhile"
