@@ -21,6 +21,9 @@ use crate::workload::{self, Recorder, WorkloadConfig};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
+    /// No fault: the baseline. The first leader must keep leading and every request
+    /// succeed.
+    Steady,
     /// `kill -9` of the leader, restarted after a while.
     LeaderKill,
     /// The leader cut off from the majority (clients still reach it).
@@ -47,7 +50,8 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
+        Scenario::Steady,
         Scenario::LeaderKill,
         Scenario::LeaderPartition,
         Scenario::MinorityPartition,
@@ -64,6 +68,7 @@ impl Scenario {
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::Steady => "steady",
             Scenario::LeaderKill => "leader-kill",
             Scenario::LeaderPartition => "leader-partition",
             Scenario::MinorityPartition => "minority-partition",
@@ -286,12 +291,21 @@ async fn run_started(
     let snapshots = harness.snapshot_counts().await;
     let runs = parse_runs(&std::fs::read_to_string(&run_log).unwrap_or_default());
     let history = recorder.history();
-    let verdict = checker::check(&history, &finals, &runs);
+    let mut verdict = checker::check(&history, &finals, &runs);
+    let seen = terms.lock().clone();
+    if scenario == Scenario::Steady {
+        let mut final_terms = Vec::new();
+        for host in &harness.replicas {
+            if let Some(view) = harness.raft_view(host).await {
+                final_terms.push((host.clone(), view.term));
+            }
+        }
+        checker::check_baseline(&mut verdict, &history, &seen, &final_terms);
+    }
     let _ = std::fs::write(
         dir.join("history.json"),
         serde_json::to_vec(&history).unwrap_or_default(),
     );
-    let seen = terms.lock().clone();
     harness.fabric.teardown().await;
     Ok(ScenarioReport {
         scenario: scenario.name(),
@@ -401,6 +415,11 @@ async fn one_cycle(
     cycle: u32,
 ) -> Result<(), HarnessError> {
     match scenario {
+        Scenario::Steady => {
+            // As long as the other schedules' faults last.
+            tokio::time::sleep(secs(12.0)).await;
+            notes.push(format!("cycle {cycle}: no fault for 12 s"));
+        }
         Scenario::LeaderKill => {
             let old = leader(h).await?;
             let killed = Instant::now();
