@@ -60,7 +60,7 @@ struct Cli {
     node_ttl_ms: u64,
     /// `TANVRIT_SNAPSHOT_EVERY` of the replicas: log entries between snapshots. Small,
     /// so that a replica a fault held back for even a second catches up by installing a
-    /// snapshot (a short scenario writes some 600-1,200 entries; docs/chaos.md).
+    /// snapshot (a short scenario writes some 450-1,500 entries; docs/chaos.md).
     #[arg(long, default_value_t = 30)]
     snapshot_every: u64,
     /// `TANVRIT_SNAPSHOT_LOGS_KEPT` of the replicas: log entries kept behind a snapshot
