@@ -109,6 +109,10 @@ pub struct RaftView {
     pub leader: bool,
     /// `tanvrit_raft_applied_index`.
     pub applied: u64,
+    /// `tanvrit_raft_last_log_index`: where this replica's log ends.
+    pub last_log: u64,
+    /// `tanvrit_raft_purged_index`: the log is purged up to here (a snapshot holds it).
+    pub purged: u64,
     /// `tanvrit_raft_snapshots_built_total` and `_installed_total` of this process.
     pub snapshots: SnapshotCounts,
 }
@@ -119,6 +123,8 @@ impl RaftView {
             term: metric(text, "tanvrit_raft_term")?,
             leader: metric(text, "tanvrit_raft_is_leader")? == 1,
             applied: metric(text, "tanvrit_raft_applied_index").unwrap_or(0),
+            last_log: metric(text, "tanvrit_raft_last_log_index").unwrap_or(0),
+            purged: metric(text, "tanvrit_raft_purged_index").unwrap_or(0),
             snapshots: SnapshotCounts {
                 built: metric(text, "tanvrit_raft_snapshots_built_total").unwrap_or(0),
                 installed: metric(text, "tanvrit_raft_snapshots_installed_total").unwrap_or(0),
@@ -673,10 +679,12 @@ mod tests {
         let text = "# HELP tanvrit_raft_term The term.\n# TYPE tanvrit_raft_term gauge\n\
                     tanvrit_raft_term 4\ntanvrit_raft_is_leader 1\n\
                     tanvrit_raft_applied_index 812\n\
+                    tanvrit_raft_last_log_index 814\ntanvrit_raft_purged_index 780\n\
                     tanvrit_raft_snapshots_built_total 7\n\
                     tanvrit_raft_snapshots_installed_total 2\n";
         let view = RaftView::parse(text).unwrap();
         assert_eq!((view.term, view.leader, view.applied), (4, true, 812));
+        assert_eq!((view.last_log, view.purged), (814, 780));
         assert_eq!(view.snapshots, counts(7, 2));
     }
 

@@ -34,9 +34,11 @@ pub enum Scenario {
     FlappingPartition,
     /// The leader frozen (SIGSTOP) for 10 s: a zombie leader.
     LeaderPause,
-    /// `kill -9` of a follower, 2 s later of the other two, then a restart of all.
+    /// `kill -9` of a follower, then (once the leader purged its log past it) of the
+    /// other two, then a restart of all.
     KillAll,
-    /// Each replica stopped (SIGTERM) and started again in turn.
+    /// Each replica stopped (SIGTERM) and started again in turn, once the leader purged
+    /// its log past the stopped one's.
     RollingRestart,
     /// A follower, then the leader, killed, its data directory wiped, started again empty.
     EmptyDiskRejoin,
@@ -407,6 +409,31 @@ async fn wait_caught_up(h: &Harness, host: &str, within: Duration) -> Option<Dur
     None
 }
 
+/// Entries a stopped replica's log may have gained after the scrape that read where it
+/// ended (a few milliseconds of writes).
+const LOG_END_MARGIN: u64 = 10;
+
+/// Waits (at most `within`) until the leader has purged its log past `index`: a replica
+/// whose log ends at or before `index` can then catch up only by installing a snapshot.
+/// How long it took; `None` if it did not happen in time.
+async fn wait_purged_past(h: &Harness, index: u64, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Some(leader) = h.leader(secs(1.0)).await {
+            if h.raft_view(&leader).await.is_some_and(|v| v.purged > index) {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(secs(0.1)).await;
+    }
+    None
+}
+
+/// Where `host`'s log ends, with [`LOG_END_MARGIN`]: read just before it is stopped.
+async fn log_end(h: &Harness, host: &str) -> u64 {
+    h.raft_view(host).await.map_or(0, |v| v.last_log) + LOG_END_MARGIN
+}
+
 async fn one_cycle(
     scenario: Scenario,
     options: &RunOptions,
@@ -501,12 +528,14 @@ async fn one_cycle(
             tokio::time::sleep(secs(2.0)).await;
         }
         Scenario::KillAll => {
-            // A follower dies 2 s before the rest, so after the restart it lags behind
-            // the snapshots the other two took meanwhile and must install one.
+            // A follower dies first; the other two die once the leader purged its log
+            // past the follower's, so after the restart the follower must install a
+            // snapshot.
             let old = leader(h).await?;
             let first = h.others(&old)[rand::rng().random_range(0..2)].clone();
+            let end = log_end(h, &first).await;
             h.kill(&first).await?;
-            tokio::time::sleep(secs(2.0)).await;
+            let purged = wait_purged_past(h, end, secs(10.0)).await;
             for host in h.others(&first) {
                 h.kill(&host).await?;
             }
@@ -517,16 +546,35 @@ async fn one_cycle(
             }
             let back = h.leader(Duration::from_secs(30)).await;
             notes.push(format!(
-                "cycle {cycle}: killed follower {first}, 2 s later the others; leader {back:?} \
-                 {} ms after restart",
+                "cycle {cycle}: killed follower {first}, the others {}; leader {back:?} {} ms \
+                 after restart",
+                purged.map_or(
+                    "10 s later (the leader had not purged past it)".into(),
+                    |d| { format!("{} ms later (the leader purged past it)", d.as_millis()) }
+                ),
                 restarted.elapsed().as_millis()
             ));
             tokio::time::sleep(secs(3.0)).await;
         }
         Scenario::RollingRestart => {
+            let mut down = Vec::new();
             for host in h.replicas.clone() {
+                // Down for 0.5 s, and until the leader purged its log past this one's, so
+                // each catches up by installing a snapshot (at most 10 s).
+                let end = log_end(h, &host).await;
+                let stopped = Instant::now();
                 h.stop(&host).await?;
                 tokio::time::sleep(secs(0.5)).await;
+                let purged = wait_purged_past(h, end, secs(9.5)).await;
+                down.push(format!(
+                    "{host} {} ms{}",
+                    stopped.elapsed().as_millis(),
+                    if purged.is_some() {
+                        ""
+                    } else {
+                        " (log not purged past it)"
+                    }
+                ));
                 h.restart(&host).await?;
                 // Next only once this one has a leader again (it serves requests).
                 let deadline = Instant::now() + secs(20.0);
@@ -535,7 +583,10 @@ async fn one_cycle(
                 }
                 tokio::time::sleep(secs(1.0)).await;
             }
-            notes.push(format!("cycle {cycle}: restarted r1, r2, r3 in turn"));
+            notes.push(format!(
+                "cycle {cycle}: stopped and restarted in turn, down: {}",
+                down.join(", ")
+            ));
         }
         Scenario::EmptyDiskRejoin => {
             // A follower first, then the leader itself (the others elect a new one).
