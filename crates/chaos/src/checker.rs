@@ -15,7 +15,9 @@ use std::fmt;
 use serde::Serialize;
 use tanvrit_api::{EntryKind, Index, JobState};
 
-use crate::history::{Event, History, Micros, Op, Outcome, ReadLevel, ReplicaState, RunRecord};
+use crate::history::{
+    Event, FailedRequest, History, Micros, Op, Outcome, ReadLevel, ReplicaState, RunRecord,
+};
 
 /// Most violations of one kind kept in detail (the count is always exact).
 const DETAIL_LIMIT: usize = 5;
@@ -54,6 +56,11 @@ pub enum ViolationKind {
     LedgerMismatch,
     /// An attempt charged more than once, or charged a different amount than recorded.
     DoubleCharge,
+    /// No fault was injected, yet the Raft term moved: a leader was elected again.
+    BaselineElection,
+    /// No fault was injected, yet a request failed (a 503, a timeout, any error), even
+    /// one that a retry then got through.
+    BaselineFailedRequest,
 }
 
 impl fmt::Display for ViolationKind {
@@ -150,6 +157,46 @@ pub fn check(history: &History, finals: &[ReplicaState], runs: &[RunRecord]) -> 
     check_attempts(finals, runs, &mut verdict);
     check_ledger(finals, &mut verdict);
     verdict
+}
+
+/// The no-fault baseline's guarantees, added to `verdict`: with nothing injected the
+/// first leader keeps leading (no other term had a leader, `leader_terms`, and every
+/// replica ends in that term, `final_terms`), and every request the workload sent
+/// succeeded at its first attempt (`history.failed_requests` is empty).
+pub fn check_baseline(
+    verdict: &mut Verdict,
+    history: &History,
+    leader_terms: &BTreeSet<u64>,
+    final_terms: &[(String, u64)],
+) {
+    if leader_terms.len() > 1 {
+        verdict.add(ViolationKind::BaselineElection, || {
+            format!("leaders seen in terms {leader_terms:?}")
+        });
+    }
+    if let Some(first) = leader_terms.first() {
+        for (replica, term) in final_terms {
+            if term != first {
+                verdict.add(ViolationKind::BaselineElection, || {
+                    format!("{replica} ended in term {term}; the first leader's was {first}")
+                });
+            }
+        }
+    }
+    let mut failed: Vec<&FailedRequest> = history.failed_requests.iter().collect();
+    failed.sort_by_key(|f| f.at);
+    for f in failed {
+        verdict.add(ViolationKind::BaselineFailedRequest, || {
+            format!(
+                "client {} {} at {} ms: {}{}",
+                f.client,
+                f.op,
+                f.at / 1000,
+                f.status.map_or(String::new(), |s| format!("{s} ")),
+                f.code
+            )
+        });
+    }
 }
 
 fn submits(events: &[Event]) -> HashMap<&str, SubmitInfo> {
@@ -617,7 +664,54 @@ mod tests {
     }
 
     fn history(events: Vec<Event>) -> History {
-        History { events }
+        History {
+            events,
+            failed_requests: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_baseline_with_one_leader_and_no_failed_request_passes() {
+        let h = history(vec![submit(1, "a", 0, 10, 5)]);
+        let mut verdict = check(&h, &[replica("r1", vec![job("a")])], &[]);
+        let terms = [("r1".to_string(), 3), ("r2".to_string(), 3)];
+        check_baseline(&mut verdict, &h, &BTreeSet::from([3]), &terms);
+        assert!(verdict.ok(), "{:?}", verdict.violations);
+    }
+
+    #[test]
+    fn a_baseline_catches_an_election_seen_or_a_term_moved_at_the_end() {
+        let h = history(vec![]);
+        let mut seen = Verdict::default();
+        check_baseline(&mut seen, &h, &BTreeSet::from([3, 4]), &[]);
+        assert_eq!(seen.counts[&ViolationKind::BaselineElection], 1);
+        // A term that moved between two scrapes of the watcher shows at the end.
+        let mut moved = Verdict::default();
+        let terms = [("r1".to_string(), 3), ("r3".to_string(), 5)];
+        check_baseline(&mut moved, &h, &BTreeSet::from([3]), &terms);
+        assert_eq!(moved.counts[&ViolationKind::BaselineElection], 1);
+        assert!(moved.violations[0].detail.contains("r3 ended in term 5"));
+    }
+
+    #[test]
+    fn a_baseline_catches_a_failed_request_even_if_its_retry_succeeded() {
+        // The submit was acknowledged, but its first request met a 503.
+        let mut h = history(vec![submit(1, "a", 0, 10, 5)]);
+        h.failed_requests.push(FailedRequest {
+            client: 1,
+            op: "submit".into(),
+            at: 2_000,
+            status: Some(503),
+            code: "no_leader".into(),
+        });
+        let mut verdict = check(&h, &[replica("r1", vec![job("a")])], &[]);
+        assert!(verdict.ok());
+        check_baseline(&mut verdict, &h, &BTreeSet::from([3]), &[]);
+        assert_eq!(verdict.counts[&ViolationKind::BaselineFailedRequest], 1);
+        assert_eq!(
+            verdict.violations[0].detail,
+            "client 1 submit at 2 ms: 503 no_leader"
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! each is launched, who leads (from `/metrics`), and the replicas' final states once the
 //! cluster has settled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use serde::Serialize;
 use tanvrit_api::{
     BusinessId, Consistency, CreditBalanceRequest, CreditEntriesRequest, CreditEntryCreateRequest,
     EntryKind, Job, JobListRequest, KeyCreateRequest, Scope,
@@ -57,6 +58,12 @@ pub struct ClusterSettings {
     pub raft_profile: String,
     /// `TANVRIT_NODE_TTL`: an agent silent this long is declared down.
     pub node_ttl: Duration,
+    /// `TANVRIT_SNAPSHOT_EVERY`: log entries between two snapshots (each replica adds a
+    /// tenth per replica id beyond the first).
+    pub snapshot_every: u64,
+    /// `TANVRIT_SNAPSHOT_LOGS_KEPT`: log entries kept behind a snapshot; a replica that
+    /// lags by more catches up by installing the leader's snapshot.
+    pub snapshot_logs_kept: u64,
 }
 
 /// The host names of the replicas and the agents.
@@ -78,6 +85,7 @@ pub struct Harness {
     /// Agent host names.
     pub agents: Vec<String>,
     urls: Vec<(String, String)>,
+    snapshots: SnapshotTally,
 }
 
 fn single(url: &str, timeout: Duration) -> Client {
@@ -101,6 +109,125 @@ pub struct RaftView {
     pub leader: bool,
     /// `tanvrit_raft_applied_index`.
     pub applied: u64,
+    /// `tanvrit_raft_last_log_index`: where this replica's log ends.
+    pub last_log: u64,
+    /// `tanvrit_raft_purged_index`: the log is purged up to here (a snapshot holds it).
+    pub purged: u64,
+    /// `tanvrit_raft_snapshots_built_total` and `_installed_total` of this process.
+    pub snapshots: SnapshotCounts,
+}
+
+impl RaftView {
+    fn parse(text: &str) -> Option<RaftView> {
+        Some(RaftView {
+            term: metric(text, "tanvrit_raft_term")?,
+            leader: metric(text, "tanvrit_raft_is_leader")? == 1,
+            applied: metric(text, "tanvrit_raft_applied_index").unwrap_or(0),
+            last_log: metric(text, "tanvrit_raft_last_log_index").unwrap_or(0),
+            purged: metric(text, "tanvrit_raft_purged_index").unwrap_or(0),
+            snapshots: SnapshotCounts {
+                built: metric(text, "tanvrit_raft_snapshots_built_total").unwrap_or(0),
+                installed: metric(text, "tanvrit_raft_snapshots_installed_total").unwrap_or(0),
+            },
+        })
+    }
+}
+
+/// Raft snapshots built and installed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SnapshotCounts {
+    /// Snapshots a replica built from its own state.
+    pub built: u64,
+    /// Snapshots a replica installed from the leader (it lagged behind the leader's log).
+    pub installed: u64,
+}
+
+impl std::ops::AddAssign for SnapshotCounts {
+    fn add_assign(&mut self, other: SnapshotCounts) {
+        self.built += other.built;
+        self.installed += other.installed;
+    }
+}
+
+/// One replica's snapshot counters over every process it ran.
+#[derive(Clone, Copy, Debug, Default)]
+struct Incarnations {
+    /// The sum over the processes that are gone.
+    ended: SnapshotCounts,
+    /// The counters the running process last reported.
+    current: SnapshotCounts,
+    /// Whether `current` may be updated (false from just before a kill or stop until
+    /// the restart).
+    live: bool,
+    /// Bumped whenever the process changes: a scrape begun under an older generation
+    /// may describe a process that is gone, and is dropped.
+    generation: u64,
+}
+
+/// Snapshots built and installed per replica, summed over its processes. The counters
+/// of `/metrics` start at 0 in every process, so the harness scrapes a replica just
+/// before it kills or stops it ([`Harness::kill`], [`Harness::stop`]), keeps what every
+/// other scrape of it saw meanwhile (a crash the harness did not cause loses only what
+/// happened since the last one), and sums.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotTally {
+    replicas: Arc<Mutex<BTreeMap<String, Incarnations>>>,
+}
+
+impl SnapshotTally {
+    fn new(replicas: &[String]) -> Self {
+        let live = Incarnations {
+            live: true,
+            ..Incarnations::default()
+        };
+        SnapshotTally {
+            replicas: Arc::new(Mutex::new(
+                replicas.iter().map(|h| (h.clone(), live)).collect(),
+            )),
+        }
+    }
+
+    /// The generation of `host`'s process, to pass to [`SnapshotTally::observe`].
+    fn generation(&self, host: &str) -> u64 {
+        self.replicas.lock().get(host).map_or(0, |i| i.generation)
+    }
+
+    /// What a scrape begun at `generation` read from `host`.
+    fn observe(&self, host: &str, generation: u64, counts: SnapshotCounts) {
+        if let Some(i) = self.replicas.lock().get_mut(host) {
+            if i.live && i.generation == generation {
+                i.current = counts;
+            }
+        }
+    }
+
+    /// `host`'s process is going (or gone): bank what it reported.
+    fn retire(&self, host: &str) {
+        if let Some(i) = self.replicas.lock().get_mut(host) {
+            i.ended += std::mem::take(&mut i.current);
+            i.live = false;
+            i.generation += 1;
+        }
+    }
+
+    /// A new process of `host` runs, its counters from 0.
+    fn revive(&self, host: &str) {
+        if let Some(i) = self.replicas.lock().get_mut(host) {
+            i.ended += std::mem::take(&mut i.current);
+            i.live = true;
+            i.generation += 1;
+        }
+    }
+
+    /// The sum over every replica and process.
+    pub fn total(&self) -> SnapshotCounts {
+        let mut total = SnapshotCounts::default();
+        for i in self.replicas.lock().values() {
+            total += i.ended;
+            total += i.current;
+        }
+        total
+    }
 }
 
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -162,6 +289,14 @@ impl Harness {
                         "TANVRIT_NODE_TTL",
                         format!("{}ms", settings.node_ttl.as_millis()),
                     ),
+                    (
+                        "TANVRIT_SNAPSHOT_EVERY",
+                        settings.snapshot_every.to_string(),
+                    ),
+                    (
+                        "TANVRIT_SNAPSHOT_LOGS_KEPT",
+                        settings.snapshot_logs_kept.to_string(),
+                    ),
                     ("RUST_LOG", "warn".to_string()),
                 ]
                 .into_iter()
@@ -176,11 +311,13 @@ impl Harness {
             ));
             peer_urls.push(format!("http://{address}:{API_PORT}"));
         }
+        let snapshots = SnapshotTally::new(&replicas);
         let harness = Harness {
             fabric,
             replicas,
             agents,
             urls,
+            snapshots,
         };
         let admin = harness.admin_client();
         let topped = harness
@@ -298,13 +435,50 @@ impl Harness {
 
     /// Term and leadership of one replica, if it answers within a second.
     pub async fn raft_view(&self, host: &str) -> Option<RaftView> {
+        let generation = self.snapshots.generation(host);
         let client = single(self.url(host), Duration::from_secs(1));
         let text = client.metrics_text().await.ok()?;
-        Some(RaftView {
-            term: metric(&text, "tanvrit_raft_term")?,
-            leader: metric(&text, "tanvrit_raft_is_leader")? == 1,
-            applied: metric(&text, "tanvrit_raft_applied_index").unwrap_or(0),
-        })
+        let view = RaftView::parse(&text)?;
+        self.snapshots.observe(host, generation, view.snapshots);
+        Some(view)
+    }
+
+    /// `kill -9` of `host`, its snapshot counters scraped first.
+    pub async fn kill(&mut self, host: &str) -> Result<(), HarnessError> {
+        self.retire(host).await;
+        Ok(self.fabric.kill(host).await?)
+    }
+
+    /// SIGTERM to `host` (a clean stop), its snapshot counters scraped first.
+    pub async fn stop(&mut self, host: &str) -> Result<(), HarnessError> {
+        self.retire(host).await;
+        Ok(self.fabric.stop(host).await?)
+    }
+
+    /// Starts `host` again (killing it first if it runs), counting its snapshots from 0.
+    pub async fn restart(&mut self, host: &str) -> Result<(), HarnessError> {
+        self.retire(host).await;
+        let started = self.fabric.restart(host).await;
+        self.snapshots.revive(host);
+        started?;
+        Ok(())
+    }
+
+    /// Scrapes a running replica's snapshot counters one last time and banks them.
+    async fn retire(&self, host: &str) {
+        if self.fabric.is_running(host) {
+            let _ = self.raft_view(host).await;
+        }
+        self.snapshots.retire(host);
+    }
+
+    /// Snapshots built and installed so far, summed over every replica and every process
+    /// it ran (each running replica scraped now).
+    pub async fn snapshot_counts(&self) -> SnapshotCounts {
+        for host in &self.replicas {
+            let _ = self.raft_view(host).await;
+        }
+        self.snapshots.total()
     }
 
     /// The replica that leads in the highest term any replica reports, polled until
@@ -340,7 +514,7 @@ impl Harness {
     }
 
     /// Watches every replica's `/metrics` until `stop`; the terms in which some replica
-    /// was seen leading.
+    /// was seen leading. Each scrape also updates the snapshot tally.
     pub fn watch_leaders(
         &self,
         stop: watch::Receiver<bool>,
@@ -348,18 +522,22 @@ impl Harness {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let urls = self.urls.clone();
         let record = seen.clone();
+        let snapshots = self.snapshots.clone();
         let task = tokio::spawn(async move {
             let clients: Vec<Client> = urls
                 .iter()
                 .map(|(_, u)| single(u, Duration::from_millis(800)))
                 .collect();
             while !*stop.borrow() {
-                for client in &clients {
-                    if let Ok(text) = client.metrics_text().await {
-                        if metric(&text, "tanvrit_raft_is_leader") == Some(1) {
-                            if let Some(term) = metric(&text, "tanvrit_raft_term") {
-                                record.lock().insert(term);
-                            }
+                for ((host, _), client) in urls.iter().zip(&clients) {
+                    let generation = snapshots.generation(host);
+                    let Ok(text) = client.metrics_text().await else {
+                        continue;
+                    };
+                    if let Some(view) = RaftView::parse(&text) {
+                        snapshots.observe(host, generation, view.snapshots);
+                        if view.leader {
+                            record.lock().insert(view.term);
                         }
                     }
                 }
@@ -486,4 +664,47 @@ async fn read_state(host: &str, url: &str) -> Result<(ReplicaState, bool), Harne
 /// Where a scenario keeps its files.
 pub fn scenario_dir(root: &std::path::Path, scenario: &str) -> PathBuf {
     root.join(scenario)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(built: u64, installed: u64) -> SnapshotCounts {
+        SnapshotCounts { built, installed }
+    }
+
+    #[test]
+    fn metrics_text_gives_the_raft_view_and_the_snapshot_counters() {
+        let text = "# HELP tanvrit_raft_term The term.\n# TYPE tanvrit_raft_term gauge\n\
+                    tanvrit_raft_term 4\ntanvrit_raft_is_leader 1\n\
+                    tanvrit_raft_applied_index 812\n\
+                    tanvrit_raft_last_log_index 814\ntanvrit_raft_purged_index 780\n\
+                    tanvrit_raft_snapshots_built_total 7\n\
+                    tanvrit_raft_snapshots_installed_total 2\n";
+        let view = RaftView::parse(text).unwrap();
+        assert_eq!((view.term, view.leader, view.applied), (4, true, 812));
+        assert_eq!((view.last_log, view.purged), (814, 780));
+        assert_eq!(view.snapshots, counts(7, 2));
+    }
+
+    #[test]
+    fn snapshot_counts_add_up_over_restarts_and_drop_scrapes_of_a_gone_process() {
+        let tally = SnapshotTally::new(&["r1".into(), "r2".into()]);
+        let before_kill = tally.generation("r1");
+        tally.observe("r1", before_kill, counts(3, 0));
+        tally.observe("r2", tally.generation("r2"), counts(2, 1));
+        // r1 is killed: what it reported is banked. A scrape begun before, or one that
+        // reaches it while it is down, says nothing of the next process.
+        tally.retire("r1");
+        tally.observe("r1", before_kill, counts(4, 0));
+        tally.observe("r1", tally.generation("r1"), counts(9, 9));
+        tally.revive("r1");
+        tally.observe("r1", tally.generation("r1"), counts(1, 1));
+        assert_eq!(tally.total(), counts(3 + 2 + 1, 1 + 1));
+        // A replica restarted without a retire (it died on its own) keeps its last report.
+        tally.revive("r2");
+        tally.observe("r2", tally.generation("r2"), counts(1, 0));
+        assert_eq!(tally.total(), counts(7, 2));
+    }
 }

@@ -107,11 +107,31 @@ pub struct Event {
     pub outcome: Outcome,
 }
 
+/// One request of the workload that did not succeed: any attempt of an operation,
+/// whether the operation was then retried to success or not (a 503, a timeout, a
+/// refused connection, a 4xx). Faults make these; a run without faults must have none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRequest {
+    /// The client that sent it.
+    pub client: u32,
+    /// `submit`, `cancel` or `read`.
+    pub op: String,
+    /// When the failure was seen.
+    pub at: Micros,
+    /// The HTTP status, when a server answered.
+    pub status: Option<u16>,
+    /// The error's stable code (`no_leader`, `timeout`, ...).
+    pub code: String,
+}
+
 /// Everything the workload's clients did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     /// The events, in no particular order.
     pub events: Vec<Event>,
+    /// Every request that failed, retried or not, in no particular order.
+    #[serde(default)]
+    pub failed_requests: Vec<FailedRequest>,
 }
 
 /// One attempt of a job as a replica stores it.

@@ -58,6 +58,15 @@ struct Cli {
     /// `TANVRIT_NODE_TTL` of the replicas, in ms.
     #[arg(long, default_value_t = 3000)]
     node_ttl_ms: u64,
+    /// `TANVRIT_SNAPSHOT_EVERY` of the replicas: log entries between snapshots. Small,
+    /// so that a replica a fault held back for even a second catches up by installing a
+    /// snapshot (a short scenario writes some 450-1,500 entries; docs/chaos.md).
+    #[arg(long, default_value_t = 30)]
+    snapshot_every: u64,
+    /// `TANVRIT_SNAPSHOT_LOGS_KEPT` of the replicas: log entries kept behind a snapshot
+    /// (0: everything a snapshot covers is purged, unless being sent to a follower).
+    #[arg(long, default_value_t = 0)]
+    snapshot_logs_kept: u64,
     /// Run in this machine's own network namespace (needs root; adds and removes a
     /// blackhole route for the test subnet there).
     #[arg(long)]
@@ -260,6 +269,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         no_sandbox: cli.no_sandbox,
         job_secs: cli.job_secs,
         node_ttl: Duration::from_millis(cli.node_ttl_ms),
+        snapshot_every: cli.snapshot_every,
+        snapshot_logs_kept: cli.snapshot_logs_kept,
     };
     let mut json = match &cli.json {
         Some(path) => Some(std::fs::File::create(path)?),

@@ -21,6 +21,9 @@ use crate::workload::{self, Recorder, WorkloadConfig};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
+    /// No fault: the baseline. The first leader must keep leading and every request
+    /// succeed.
+    Steady,
     /// `kill -9` of the leader, restarted after a while.
     LeaderKill,
     /// The leader cut off from the majority (clients still reach it).
@@ -31,9 +34,11 @@ pub enum Scenario {
     FlappingPartition,
     /// The leader frozen (SIGSTOP) for 10 s: a zombie leader.
     LeaderPause,
-    /// `kill -9` of every replica, then a restart.
+    /// `kill -9` of a follower, then (once the leader purged its log past it) of the
+    /// other two, then a restart of all.
     KillAll,
-    /// Each replica stopped (SIGTERM) and started again in turn.
+    /// Each replica stopped (SIGTERM) and started again in turn, once the leader purged
+    /// its log past the stopped one's.
     RollingRestart,
     /// A follower, then the leader, killed, its data directory wiped, started again empty.
     EmptyDiskRejoin,
@@ -47,7 +52,8 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
+        Scenario::Steady,
         Scenario::LeaderKill,
         Scenario::LeaderPartition,
         Scenario::MinorityPartition,
@@ -64,6 +70,7 @@ impl Scenario {
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::Steady => "steady",
             Scenario::LeaderKill => "leader-kill",
             Scenario::LeaderPartition => "leader-partition",
             Scenario::MinorityPartition => "minority-partition",
@@ -93,7 +100,7 @@ impl Scenario {
         }
     }
 
-    fn settings(self, node_ttl: Duration) -> ClusterSettings {
+    fn settings(self, options: &RunOptions) -> ClusterSettings {
         ClusterSettings {
             // Tight timings make short runs; far-apart replicas need the default ones
             // (a LAN heartbeat of 100 ms is shorter than the delayed round trip).
@@ -102,7 +109,9 @@ impl Scenario {
             } else {
                 "lan".into()
             },
-            node_ttl,
+            node_ttl: options.node_ttl,
+            snapshot_every: options.snapshot_every,
+            snapshot_logs_kept: options.snapshot_logs_kept,
         }
     }
 }
@@ -136,6 +145,10 @@ pub struct RunOptions {
     pub job_secs: Option<f64>,
     /// `TANVRIT_NODE_TTL` for the replicas.
     pub node_ttl: Duration,
+    /// `TANVRIT_SNAPSHOT_EVERY` for the replicas.
+    pub snapshot_every: u64,
+    /// `TANVRIT_SNAPSHOT_LOGS_KEPT` for the replicas.
+    pub snapshot_logs_kept: u64,
 }
 
 /// What one scenario came to.
@@ -151,6 +164,12 @@ pub struct ScenarioReport {
     pub elections: usize,
     /// Whether the replicas settled at one index before the check.
     pub settled: bool,
+    /// Snapshots built and installed, over every replica and every process it ran.
+    pub snapshots_built: u64,
+    /// Snapshots installed from the leader: how often a replica caught up from one.
+    pub snapshots_installed: u64,
+    /// The highest applied index (log entries) a replica reached at the end.
+    pub applied_index: u64,
     /// What the fault schedule observed on the way.
     pub notes: Vec<String>,
     /// Wall time of the whole scenario, in ms.
@@ -177,8 +196,8 @@ impl ScenarioReport {
         };
         format!(
             "{:<19} {} acked={} lost={} duplicated={} indeterminate={} refused={} \
-             unavailable={}ms elections={} reads[{}] runs={} settled={} violations={} \
-             ({:.1}s)",
+             unavailable={}ms elections={} reads[{}] runs={} settled={} snapshots_built={} \
+             snapshots_installed={} violations={} ({:.1}s)",
             self.scenario,
             if v.ok() { "PASS" } else { "FAIL" },
             v.acked,
@@ -191,6 +210,8 @@ impl ScenarioReport {
             reads.join(" "),
             v.runs_checked,
             self.settled,
+            self.snapshots_built,
+            self.snapshots_installed,
             violations,
             self.wall_ms as f64 / 1000.0,
         )
@@ -218,7 +239,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Result<ScenarioRep
     // On a failed start the fabric is dropped with the harness: its processes die with
     // it (kill_on_drop), the sandbox frees the namespaces, and the Docker fabric removes
     // its containers and networks when dropped.
-    let harness = Harness::start(fabric, &scenario.settings(options.node_ttl)).await?;
+    let harness = Harness::start(fabric, &scenario.settings(options)).await?;
     run_started(scenario, options, harness, &dir, started).await
 }
 
@@ -269,14 +290,24 @@ async fn run_started(
     healed?;
 
     let (finals, settled) = harness.settle_and_collect(Duration::from_secs(60)).await?;
+    let snapshots = harness.snapshot_counts().await;
     let runs = parse_runs(&std::fs::read_to_string(&run_log).unwrap_or_default());
     let history = recorder.history();
-    let verdict = checker::check(&history, &finals, &runs);
+    let mut verdict = checker::check(&history, &finals, &runs);
+    let seen = terms.lock().clone();
+    if scenario == Scenario::Steady {
+        let mut final_terms = Vec::new();
+        for host in &harness.replicas {
+            if let Some(view) = harness.raft_view(host).await {
+                final_terms.push((host.clone(), view.term));
+            }
+        }
+        checker::check_baseline(&mut verdict, &history, &seen, &final_terms);
+    }
     let _ = std::fs::write(
         dir.join("history.json"),
         serde_json::to_vec(&history).unwrap_or_default(),
     );
-    let seen = terms.lock().clone();
     harness.fabric.teardown().await;
     Ok(ScenarioReport {
         scenario: scenario.name(),
@@ -284,6 +315,9 @@ async fn run_started(
         unavailable_ms: longest_write_gap(&history, workload_start, workload_end) / 1000,
         elections: seen.len().saturating_sub(1),
         settled,
+        snapshots_built: snapshots.built,
+        snapshots_installed: snapshots.installed,
+        applied_index: finals.iter().map(|f| f.index).max().unwrap_or(0),
         notes,
         wall_ms: started.elapsed().as_millis(),
     })
@@ -321,7 +355,7 @@ async fn heal_all(harness: &mut Harness) -> Result<(), HarnessError> {
         harness.fabric.set_delay(host, 0, 0).await?;
         harness.fabric.resume(host).await?;
         if !harness.fabric.is_running(host) {
-            harness.fabric.restart(host).await?;
+            harness.restart(host).await?;
         }
     }
     Ok(())
@@ -375,6 +409,31 @@ async fn wait_caught_up(h: &Harness, host: &str, within: Duration) -> Option<Dur
     None
 }
 
+/// Entries a stopped replica's log may have gained after the scrape that read where it
+/// ended (a few milliseconds of writes).
+const LOG_END_MARGIN: u64 = 10;
+
+/// Waits (at most `within`) until the leader has purged its log past `index`: a replica
+/// whose log ends at or before `index` can then catch up only by installing a snapshot.
+/// How long it took; `None` if it did not happen in time.
+async fn wait_purged_past(h: &Harness, index: u64, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Some(leader) = h.leader(secs(1.0)).await {
+            if h.raft_view(&leader).await.is_some_and(|v| v.purged > index) {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(secs(0.1)).await;
+    }
+    None
+}
+
+/// Where `host`'s log ends, with [`LOG_END_MARGIN`]: read just before it is stopped.
+async fn log_end(h: &Harness, host: &str) -> u64 {
+    h.raft_view(host).await.map_or(0, |v| v.last_log) + LOG_END_MARGIN
+}
+
 async fn one_cycle(
     scenario: Scenario,
     options: &RunOptions,
@@ -383,17 +442,22 @@ async fn one_cycle(
     cycle: u32,
 ) -> Result<(), HarnessError> {
     match scenario {
+        Scenario::Steady => {
+            // As long as the other schedules' faults last.
+            tokio::time::sleep(secs(12.0)).await;
+            notes.push(format!("cycle {cycle}: no fault for 12 s"));
+        }
         Scenario::LeaderKill => {
             let old = leader(h).await?;
             let killed = Instant::now();
-            h.fabric.kill(&old).await?;
+            h.kill(&old).await?;
             let new = h.leader(Duration::from_secs(20)).await;
             notes.push(format!(
                 "cycle {cycle}: killed leader {old}; new leader {new:?} seen after {} ms",
                 killed.elapsed().as_millis()
             ));
             tokio::time::sleep(secs(3.0)).await;
-            h.fabric.restart(&old).await?;
+            h.restart(&old).await?;
             tokio::time::sleep(secs(3.0)).await;
         }
         Scenario::LeaderPartition => {
@@ -464,26 +528,54 @@ async fn one_cycle(
             tokio::time::sleep(secs(2.0)).await;
         }
         Scenario::KillAll => {
-            for host in h.replicas.clone() {
-                h.fabric.kill(&host).await?;
+            // A follower dies first; the other two die once the leader purged its log
+            // past the follower's, so after the restart the follower must install a
+            // snapshot.
+            let old = leader(h).await?;
+            let first = h.others(&old)[rand::rng().random_range(0..2)].clone();
+            let end = log_end(h, &first).await;
+            h.kill(&first).await?;
+            let purged = wait_purged_past(h, end, secs(10.0)).await;
+            for host in h.others(&first) {
+                h.kill(&host).await?;
             }
             tokio::time::sleep(secs(1.0)).await;
             let restarted = Instant::now();
             for host in h.replicas.clone() {
-                h.fabric.restart(&host).await?;
+                h.restart(&host).await?;
             }
             let back = h.leader(Duration::from_secs(30)).await;
             notes.push(format!(
-                "cycle {cycle}: killed all; leader {back:?} {} ms after restart",
+                "cycle {cycle}: killed follower {first}, the others {}; leader {back:?} {} ms \
+                 after restart",
+                purged.map_or(
+                    "10 s later (the leader had not purged past it)".into(),
+                    |d| { format!("{} ms later (the leader purged past it)", d.as_millis()) }
+                ),
                 restarted.elapsed().as_millis()
             ));
             tokio::time::sleep(secs(3.0)).await;
         }
         Scenario::RollingRestart => {
+            let mut down = Vec::new();
             for host in h.replicas.clone() {
-                h.fabric.stop(&host).await?;
+                // Down for 0.5 s, and until the leader purged its log past this one's, so
+                // each catches up by installing a snapshot (at most 10 s).
+                let end = log_end(h, &host).await;
+                let stopped = Instant::now();
+                h.stop(&host).await?;
                 tokio::time::sleep(secs(0.5)).await;
-                h.fabric.restart(&host).await?;
+                let purged = wait_purged_past(h, end, secs(9.5)).await;
+                down.push(format!(
+                    "{host} {} ms{}",
+                    stopped.elapsed().as_millis(),
+                    if purged.is_some() {
+                        ""
+                    } else {
+                        " (log not purged past it)"
+                    }
+                ));
+                h.restart(&host).await?;
                 // Next only once this one has a leader again (it serves requests).
                 let deadline = Instant::now() + secs(20.0);
                 while h.raft_view(&host).await.is_none() && Instant::now() < deadline {
@@ -491,17 +583,20 @@ async fn one_cycle(
                 }
                 tokio::time::sleep(secs(1.0)).await;
             }
-            notes.push(format!("cycle {cycle}: restarted r1, r2, r3 in turn"));
+            notes.push(format!(
+                "cycle {cycle}: stopped and restarted in turn, down: {}",
+                down.join(", ")
+            ));
         }
         Scenario::EmptyDiskRejoin => {
             // A follower first, then the leader itself (the others elect a new one).
             let old = leader(h).await?;
             let follower = h.others(&old)[rand::rng().random_range(0..2)].clone();
             for (role, host) in [("follower", follower), ("leader", old)] {
-                h.fabric.kill(&host).await?;
+                h.kill(&host).await?;
                 h.fabric.wipe(&host).await?;
                 tokio::time::sleep(secs(1.0)).await;
-                h.fabric.restart(&host).await?;
+                h.restart(&host).await?;
                 let caught_up = wait_caught_up(h, &host, secs(20.0)).await;
                 notes.push(format!(
                     "cycle {cycle}: wiped {role} {host}; caught up after {}",
@@ -541,9 +636,9 @@ async fn one_cycle(
             h.fabric.set_delay(&far, 40, 120).await?;
             tokio::time::sleep(secs(10.0)).await;
             let old = leader(h).await?;
-            h.fabric.kill(&old).await?;
+            h.kill(&old).await?;
             tokio::time::sleep(secs(4.0)).await;
-            h.fabric.restart(&old).await?;
+            h.restart(&old).await?;
             h.fabric.set_delay(&far, 0, 0).await?;
             notes.push(format!(
                 "cycle {cycle}: {far} 40-120 ms away for 14 s; killed leader {old} meanwhile"

@@ -29,7 +29,7 @@ use tanvrit_api::{
 use tanvrit_client::{Client, ClientConfig, ClientError};
 use tokio::sync::watch;
 
-use crate::history::{Event, History, Micros, Op, Outcome, ReadLevel};
+use crate::history::{Event, FailedRequest, History, Micros, Op, Outcome, ReadLevel};
 
 /// The business every workload job is billed to.
 pub const BUSINESS: &str = "chaos";
@@ -64,6 +64,7 @@ pub struct WorkloadConfig {
 pub struct Recorder {
     start: Instant,
     events: Arc<Mutex<Vec<Event>>>,
+    failed: Arc<Mutex<Vec<FailedRequest>>>,
 }
 
 impl Recorder {
@@ -72,6 +73,7 @@ impl Recorder {
         Recorder {
             start: Instant::now(),
             events: Arc::new(Mutex::new(Vec::new())),
+            failed: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -89,10 +91,23 @@ impl Recorder {
         self.events.lock().push(event);
     }
 
+    /// One request of `client`'s operation `op` failed (it may be retried).
+    fn failed_request(&self, client: u32, op: &str, err: &ClientError) {
+        let failed = FailedRequest {
+            client,
+            op: op.to_string(),
+            at: self.now(),
+            status: err.status(),
+            code: err.code().to_string(),
+        };
+        self.failed.lock().push(failed);
+    }
+
     /// Everything recorded.
     pub fn history(&self) -> History {
         History {
             events: self.events.lock().clone(),
+            failed_requests: self.failed.lock().clone(),
         }
     }
 }
@@ -256,11 +271,13 @@ impl Rotation {
 }
 
 /// Retries `call` (on the next replica each time) until it succeeds, fails definitely,
-/// or the run is over and `grace` has passed.
+/// or the run is over and `grace` has passed. Each failed request is recorded as
+/// `client`'s operation `op`.
 async fn persist<T, F, Fut>(
     rotation: &mut Rotation,
     give_up: &watch::Receiver<bool>,
     grace: Duration,
+    (recorder, client, op): (&Recorder, u32, &str),
     mut call: F,
 ) -> Result<T, Failure>
 where
@@ -272,7 +289,11 @@ where
     // whatever the later attempts answer (a `no_leader` says nothing of an earlier try).
     let mut all_applied_nothing = true;
     loop {
-        let err = match call(rotation.current().clone()).await {
+        let answer = call(rotation.current().clone()).await;
+        if let Err(err) = &answer {
+            recorder.failed_request(client, op, err);
+        }
+        let err = match answer {
             Ok(value) => return Ok(value),
             // A refusal is final, and definite even after attempts of unknown outcome:
             // had one of them taken effect, the key would have replayed its answer.
@@ -345,10 +366,16 @@ async fn write_loop(
                 idempotency_key: Some(key.clone()),
             };
             let invoked = recorder.now();
-            let result = persist(&mut rotation, &stop, grace, |api| {
-                let request = request.clone();
-                async move { api.submit_job(request).await }
-            })
+            let result = persist(
+                &mut rotation,
+                &stop,
+                grace,
+                (&recorder, writer, "submit"),
+                |api| {
+                    let request = request.clone();
+                    async move { api.submit_job(request).await }
+                },
+            )
             .await;
             let outcome = match &result {
                 Ok(response) => {
@@ -387,7 +414,7 @@ async fn cancel(
 ) {
     let idempotency_key = format!("cancel-{key}");
     let invoked = recorder.now();
-    let result = persist(rotation, stop, grace, |api| {
+    let result = persist(rotation, stop, grace, (recorder, writer, "cancel"), |api| {
         let handle = api.with_idempotency_key(idempotency_key.clone());
         let job = job.clone();
         async move {
@@ -463,10 +490,11 @@ async fn read_set(
             }
             // A read changes nothing: definite or not does not matter to the checker.
             Err(err) => {
+                recorder.failed_request(client_id, "read", &err);
                 break Outcome::Failed {
                     definite: is_definite(&err),
                     code: err.code().to_string(),
-                }
+                };
             }
         }
     };
@@ -612,12 +640,67 @@ mod tests {
         let mut rotation = Rotation::new(&config, 0);
         let (_stop, give_up) = watch::channel(true);
         let answers = Mutex::new(first.into_iter());
-        persist(&mut rotation, &give_up, grace, |_| {
-            let next = answers.lock().next().unwrap_or_else(|| rest.clone());
-            async move { Err::<(), _>(next) }
-        })
+        let recorder = Recorder::new();
+        persist(
+            &mut rotation,
+            &give_up,
+            grace,
+            (&recorder, 0, "submit"),
+            |_| {
+                let next = answers.lock().next().unwrap_or_else(|| rest.clone());
+                async move { Err::<(), _>(next) }
+            },
+        )
         .await
         .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn every_failed_request_is_recorded_even_when_a_retry_succeeds() {
+        let config = WorkloadConfig {
+            replicas: vec![("r1".into(), "http://127.0.0.1:9".into())],
+            api_key: "k".into(),
+            writers: 1,
+            write_pause: Duration::ZERO,
+            read_pause: Duration::ZERO,
+            runnable_every: 1,
+            job_secs: 0.0,
+            run_log: PathBuf::new(),
+            request_timeout: Duration::from_secs(1),
+        };
+        let mut rotation = Rotation::new(&config, 0);
+        let (_stop, give_up) = watch::channel(false);
+        let recorder = Recorder::new();
+        let mut answers = vec![
+            Err(ClientError::Api {
+                status: 503,
+                code: "no_leader".into(),
+                message: String::new(),
+                retry_after: None,
+                leader: None,
+            }),
+            Ok(7),
+        ]
+        .into_iter();
+        let answer = persist(
+            &mut rotation,
+            &give_up,
+            Duration::ZERO,
+            (&recorder, 3, "submit"),
+            |_| {
+                let next = answers.next().unwrap();
+                async move { next }
+            },
+        )
+        .await;
+        assert_eq!(answer.unwrap(), 7);
+        let failed = recorder.history().failed_requests;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            (failed[0].client, failed[0].op.as_str(), failed[0].status),
+            (3, "submit", Some(503))
+        );
+        assert_eq!(failed[0].code, "no_leader");
     }
 
     #[tokio::test]
