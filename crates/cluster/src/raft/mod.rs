@@ -14,6 +14,9 @@
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
 //! - `node`: one running replica: writes, reads, membership, RPC handling.
+//! - `dispatch`: answering replica RPC, one `match` over the messages.
+//! - `rejoin`: the vote rule of a replica that started on an empty disk.
+//! - `handoff`: a stopping leader naming its successor.
 //! - `batcher`: the leader packing queued writes into one log entry each.
 //! - `monitor`: leadership watch, failure detector, peer prober, auto-bootstrap.
 //! - [`stats`]: [`RaftStats`] and its latency histograms.
@@ -28,8 +31,11 @@
 
 mod batcher;
 pub mod config;
+mod dispatch;
+mod handoff;
 mod monitor;
 mod node;
+mod rejoin;
 pub mod rpc;
 pub mod server;
 pub mod stats;
@@ -126,11 +132,11 @@ impl RaftCluster {
         if store.raft_is_pristine().map_err(storage)? {
             // Marked before any RPC is served; see `Node::refuse_vote`.
             store
-                .meta_put(node::META_REJOINING, b"1")
+                .meta_put(rejoin::META_REJOINING, b"1")
                 .map_err(storage)?;
         }
         let rejoining = store
-            .meta_get(node::META_REJOINING)
+            .meta_get(rejoin::META_REJOINING)
             .map_err(storage)?
             .is_some();
 

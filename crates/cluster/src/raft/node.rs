@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{ChangeMembers, ServerState};
 use parking_lot::Mutex;
 use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
@@ -18,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::raft::batcher::{Claim, Proposal};
 use crate::raft::config::RaftClusterConfig;
 use crate::raft::rpc::{
-    HandOff, LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
+    LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
 };
 use crate::raft::stats::{Counters, RaftStats};
 use crate::raft::storage::SnapshotCounters;
@@ -89,10 +88,6 @@ pub(crate) struct Node {
     /// Started on an empty disk and not yet caught up (see [`Node::refuse_vote`]).
     pub rejoining: AtomicBool,
 }
-
-/// The meta key present while a replica that started on an empty disk has not caught up
-/// (kept across restarts, so a crash half way through catching up does not end it).
-pub(crate) const META_REJOINING: &str = "rejoining";
 
 pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
     match err {
@@ -276,7 +271,7 @@ impl Node {
     }
 
     /// Waits until the metrics change or a tick passes, but not past `deadline`.
-    async fn pause(&self, deadline: Instant) {
+    pub(super) async fn pause(&self, deadline: Instant) {
         let until = (Instant::now() + self.tick()).min(deadline);
         let mut metrics = self.metrics.clone();
         let _ = tokio::time::timeout_at(until.into(), metrics.changed()).await;
@@ -302,140 +297,6 @@ impl Node {
                 .is_some()
                 || m.last_log_index.is_some(),
         }
-    }
-
-    // ---- replica RPC -------------------------------------------------------------
-
-    /// Answers one replica RPC.
-    pub async fn handle_rpc(&self, from: Option<NodeId>, rpc: Rpc) -> RpcReply {
-        tracing::trace!(?from, kind = ?rpc.kind(), "replica rpc");
-        match rpc {
-            Rpc::AppendEntries(request) => {
-                let result = self.raft.append_entries(request).await;
-                if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                    self.detector.lock().last_leader_contact = Some(Instant::now());
-                }
-                RpcReply::AppendEntries(result)
-            }
-            Rpc::Vote(request) => {
-                if let Some(refusal) = self.refuse_vote(&request) {
-                    return RpcReply::Vote(Ok(refusal));
-                }
-                let result = self.raft.vote(request).await;
-                if matches!(&result, Ok(r) if r.vote_granted) {
-                    self.detector.lock().last_vote_granted = Some(Instant::now());
-                }
-                RpcReply::Vote(result)
-            }
-            Rpc::InstallSnapshot(request) => {
-                let result = self.raft.install_snapshot(request).await;
-                if result.is_ok() {
-                    self.detector.lock().last_leader_contact = Some(Instant::now());
-                }
-                RpcReply::InstallSnapshot(result)
-            }
-            Rpc::ForwardWrite(command) => RpcReply::ForwardWrite(if self.is_closed() {
-                Err(LeaderError::NotLeader { leader: None })
-            } else {
-                match self.propose(command).await {
-                    // Proposed nothing (see `propose`); a follower reads a leader's
-                    // `ShuttingDown` as outcome unknown (`from_leader`), so say so.
-                    Err(LeaderError::Failed {
-                        error: ClusterError::ShuttingDown,
-                    }) => Err(LeaderError::NotLeader { leader: None }),
-                    other => other,
-                }
-            }),
-            Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
-            Rpc::Status => RpcReply::Status(Box::new(self.status())),
-            Rpc::HandOff(hand_off) => {
-                tracing::info!(
-                    leader = hand_off.leader,
-                    successor = hand_off.successor,
-                    "the leader is stopping and named a successor"
-                );
-                self.detector.lock().successor = Some((hand_off.successor, Instant::now()));
-                RpcReply::HandOff
-            }
-            Rpc::Membership(change) => {
-                RpcReply::Membership(self.change_membership_here(change).await)
-            }
-        }
-    }
-
-    // ---- rejoining after an empty start ------------------------------------------
-
-    /// Whether this replica started on an empty disk and has not caught up yet.
-    pub fn is_rejoining(&self) -> bool {
-        self.rejoining.load(Ordering::SeqCst)
-    }
-
-    /// The answer to a vote request while rejoining, or `None` to let openraft decide.
-    ///
-    /// A replica whose disk was wiped forgot its log and its vote, so granting votes
-    /// could elect a leader without entries it had acknowledged (a majority held them
-    /// with its old disk), or elect two leaders in one term. Until it holds a committed
-    /// entry of the current leader's term (so its log is that leader's up to there, which
-    /// has every earlier committed entry) it grants no vote, unless the cluster is still
-    /// forming: every other replica answered and none has committed anything, so no
-    /// acknowledged write can be lost (the first election of a new cluster, or of one
-    /// upgraded from a single node, needs the empty replicas' votes).
-    pub fn refuse_vote(&self, request: &VoteRequest<NodeId>) -> Option<VoteResponse<NodeId>> {
-        if !self.is_rejoining() || self.cluster_is_forming() {
-            return None;
-        }
-        tracing::info!(
-            candidate = %request.vote,
-            "refusing a vote: this replica started on an empty disk and has not caught up"
-        );
-        Some(VoteResponse::new(self.metrics().vote, None, false))
-    }
-
-    /// Every other known replica answered since this one started, in this cluster,
-    /// and none reports a committed entry.
-    fn cluster_is_forming(&self) -> bool {
-        let me = self.config.node_id;
-        self.known_replicas()
-            .into_keys()
-            .filter(|id| *id != me)
-            .all(|id| match self.contacts.get(id).status {
-                Some(status) => {
-                    status.cluster_id == self.config.cluster_id && status.commit_index == 0
-                }
-                None => false,
-            })
-    }
-
-    /// Ends rejoining once this replica applied a committed entry of the current
-    /// leader's term; called on every metrics report.
-    pub fn check_rejoined(&self, m: &RaftMetrics) {
-        if !self.is_rejoining() {
-            return;
-        }
-        let leader_term = m.vote.leader_id().term;
-        let caught_up = m.vote.is_committed()
-            && m.current_leader.is_some_and(|l| l != self.config.node_id)
-            && m.last_applied
-                .is_some_and(|applied| applied.leader_id.term == leader_term);
-        if caught_up {
-            self.end_rejoining("caught up with the leader");
-        }
-    }
-
-    /// Leaves the rejoining state for good: votes and elections as any replica.
-    pub fn end_rejoining(&self, why: &str) {
-        if !self.rejoining.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        if let Err(err) = self.reader.store().meta_delete(META_REJOINING) {
-            // Harmless: the next start rejoins again and catches up at once.
-            tracing::warn!(error = %err, "could not clear the rejoining mark");
-        }
-        self.raft.runtime_config().elect(true);
-        tracing::info!(
-            applied_index = self.reader.applied_index(),
-            "{why}; this replica votes and stands for election again"
-        );
     }
 
     /// Sends a leader-only request to `leader` and sorts the answer.
@@ -744,7 +605,7 @@ impl Node {
     }
 
     /// The read index as this replica, the leader, confirms it.
-    async fn read_index_here(&self) -> Result<Index, LeaderError> {
+    pub(super) async fn read_index_here(&self) -> Result<Index, LeaderError> {
         if !self.is_leader() {
             return Err(LeaderError::NotLeader {
                 leader: self.leader_of(&self.metrics()),
@@ -889,7 +750,7 @@ impl Node {
     }
 
     /// A membership change with this replica as leader.
-    async fn change_membership_here(
+    pub(super) async fn change_membership_here(
         &self,
         change: MembershipChange,
     ) -> Result<MembershipView, LeaderError> {
@@ -1133,71 +994,6 @@ impl Node {
             snapshot_index: s.last_index.load(Ordering::Relaxed),
             purged_index: m.purged.map_or(0, |id| id.index),
         }
-    }
-
-    // ---- stopping ----------------------------------------------------------------
-
-    /// As leader, waits (bounded by the lease) for the most caught-up voter to hold the
-    /// whole log; returns it, to be named successor once Raft is stopped.
-    pub async fn pick_successor(&self) -> Option<NodeId> {
-        let m = self.metrics();
-        if m.state != ServerState::Leader {
-            return None;
-        }
-        let others: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != self.config.node_id)
-            .collect();
-        if others.is_empty() {
-            return None;
-        }
-        let target = m.last_log_index.unwrap_or(0);
-        let deadline = Instant::now() + self.config.election_max;
-        loop {
-            let m = self.metrics();
-            let best = others
-                .iter()
-                .map(|id| {
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).cloned().flatten())
-                        .map_or(0, |log_id| log_id.index);
-                    (matched, std::cmp::Reverse(*id))
-                })
-                .max();
-            if let Some((matched, std::cmp::Reverse(id))) = best {
-                if matched >= target || Instant::now() >= deadline {
-                    return Some(id);
-                }
-            }
-            self.pause(deadline).await;
-        }
-    }
-
-    /// Tells every other voter who should stand first.
-    pub async fn announce_successor(&self, successor: NodeId, voters: Vec<NodeId>, term: u64) {
-        let calls = voters
-            .into_iter()
-            .filter(|id| *id != self.config.node_id)
-            .filter_map(|id| self.node_of(id).map(|n| (id, n.raft_addr)))
-            .map(|(id, addr)| {
-                let rpc = Rpc::HandOff(HandOff {
-                    leader: self.config.node_id,
-                    term,
-                    successor,
-                });
-                let timeout = self.config.heartbeat.max(Duration::from_millis(100));
-                async move {
-                    let _ = self
-                        .transport
-                        .call(self.config.node_id, id, &addr, rpc, timeout)
-                        .await;
-                }
-            });
-        futures::future::join_all(calls).await;
     }
 }
 
