@@ -10,9 +10,8 @@ use std::time::Instant;
 use openraft::raft::AppendEntriesResponse;
 
 use crate::raft::node::Node;
-use crate::raft::rpc::{LeaderError, Rpc, RpcReply};
+use crate::raft::rpc::{Rpc, RpcReply};
 use crate::raft::types::NodeId;
-use crate::ClusterError;
 
 impl Node {
     /// Answers one replica RPC.
@@ -43,18 +42,9 @@ impl Node {
                 }
                 RpcReply::InstallSnapshot(result)
             }
-            Rpc::ForwardWrite(command) => RpcReply::ForwardWrite(if self.is_closed() {
-                Err(LeaderError::NotLeader { leader: None })
-            } else {
-                match self.propose(command).await {
-                    // Proposed nothing (see `propose`); a follower reads a leader's
-                    // `ShuttingDown` as outcome unknown (`from_leader`), so say so.
-                    Err(LeaderError::Failed {
-                        error: ClusterError::ShuttingDown,
-                    }) => Err(LeaderError::NotLeader { leader: None }),
-                    other => other,
-                }
-            }),
+            Rpc::ForwardWrite(command) => {
+                RpcReply::ForwardWrite(self.forwarded_write(command).await)
+            }
             Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
             Rpc::Status => RpcReply::Status(Box::new(self.status())),
             Rpc::HandOff(hand_off) => {

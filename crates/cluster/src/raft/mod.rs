@@ -14,6 +14,9 @@
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
 //! - `node`: one running replica: writes, reads, membership, RPC handling.
+//! - `write`: writes, proposed here when leader, forwarded otherwise.
+//! - `read`: read barriers and the leader's read index.
+//! - `forward`: sending a leader-only request to the leader, and what its answer means.
 //! - `dispatch`: answering replica RPC, one `match` over the messages.
 //! - `rejoin`: the vote rule of a replica that started on an empty disk.
 //! - `handoff`: a stopping leader naming its successor.
@@ -32,9 +35,11 @@
 mod batcher;
 pub mod config;
 mod dispatch;
+mod forward;
 mod handoff;
 mod monitor;
 mod node;
+mod read;
 mod rejoin;
 pub mod rpc;
 pub mod server;
@@ -43,6 +48,7 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 pub mod upgrade;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use parking_lot::Mutex;
-use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
-use tanvrit_state::Command;
-use tokio::sync::{mpsc, oneshot, watch};
+use tanvrit_api::{ReplicaInfo, Role, Topology};
+use tokio::sync::{mpsc, watch};
 
-use crate::raft::batcher::{Claim, Proposal};
+use crate::raft::batcher::Proposal;
 use crate::raft::config::RaftClusterConfig;
+use crate::raft::forward::Forwarded;
 use crate::raft::rpc::{
     LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
 };
@@ -23,7 +23,7 @@ use crate::raft::stats::{Counters, RaftStats};
 use crate::raft::storage::SnapshotCounters;
 use crate::raft::transport::{Contacts, RaftTransport};
 use crate::raft::types::{NodeId, Raft, RaftMetrics, ReplicaNode};
-use crate::{ClusterError, Reader, Receipt};
+use crate::{ClusterError, Reader};
 
 /// What the failure detector and the leadership watch remember between metrics.
 #[derive(Debug, Default)]
@@ -40,31 +40,6 @@ pub(crate) struct Detector {
     pub quorum_ack: Option<(u64, Instant)>,
     /// The last (term, leader) pair seen, to count leader changes.
     pub last_leader: Option<(u64, NodeId)>,
-}
-
-/// How a forwarded call to the leader ended.
-enum Forwarded<T> {
-    Done(T),
-    /// The receiver is not the leader (nothing was done); it named another, or none.
-    NotLeader(Option<NodeId>),
-    /// The request never reached the receiver: safe to retry.
-    NotDelivered,
-    /// The request may have reached the receiver, but no answer came back (timeout,
-    /// broken exchange, or this replica stopped hearing from any leader meanwhile).
-    Lost,
-    /// The receiver answered with a failure.
-    Failed(ClusterError),
-}
-
-/// What a forwarded write's caller is told when the leader answered `Failed(error)`.
-/// Replicas of this version answer a forwarded write with `NoLeader` or `ShuttingDown`
-/// only as `NotLeader` (nothing proposed); an older replica answered them also after
-/// proposing, so from a leader they mean the write may have entered its log.
-fn from_leader(error: ClusterError, unknown: impl FnOnce() -> ClusterError) -> ClusterError {
-    match error {
-        ClusterError::NoLeader { .. } | ClusterError::ShuttingDown => unknown(),
-        other => other,
-    }
 }
 
 /// One running replica.
@@ -152,7 +127,7 @@ impl Node {
 
     /// Whether this replica has heard from no leader (no AppendEntries accepted) for
     /// longer than the lease and a heartbeat.
-    fn leader_silent(&self) -> bool {
+    pub(super) fn leader_silent(&self) -> bool {
         let last = self
             .detector
             .lock()
@@ -296,338 +271,6 @@ impl Node {
                 .next()
                 .is_some()
                 || m.last_log_index.is_some(),
-        }
-    }
-
-    /// Sends a leader-only request to `leader` and sorts the answer.
-    async fn forward<T>(
-        &self,
-        leader: NodeId,
-        rpc: Rpc,
-        timeout: Duration,
-        unpack: impl FnOnce(RpcReply) -> Option<Result<T, LeaderError>>,
-    ) -> Forwarded<T> {
-        let Some(node) = self.node_of(leader) else {
-            return Forwarded::NotDelivered;
-        };
-        let kind = rpc.kind();
-        let call = self
-            .transport
-            .call(self.config.node_id, leader, &node.raft_addr, rpc, timeout);
-        // A follower that stops hearing from any leader gives up at once rather than
-        // waiting out the call's deadline: the leader is gone or this replica is cut off.
-        let silence = async {
-            loop {
-                tokio::time::sleep(self.tick()).await;
-                if self.leader_silent() && !self.is_leader() {
-                    return;
-                }
-            }
-        };
-        let answer = tokio::select! {
-            answer = call => answer,
-            _ = silence => {
-                tracing::debug!(leader, "no leader heard from while forwarding; giving up");
-                return Forwarded::Lost;
-            }
-        };
-        match answer {
-            Ok(reply) => {
-                self.contacts.heard_from(leader);
-                match unpack(reply) {
-                    Some(Ok(value)) => Forwarded::Done(value),
-                    Some(Err(LeaderError::NotLeader { leader })) => Forwarded::NotLeader(leader),
-                    Some(Err(LeaderError::Failed { error })) => Forwarded::Failed(error),
-                    None => Forwarded::Failed(ClusterError::Internal(format!(
-                        "replica {leader} answered a {kind:?} call with another kind"
-                    ))),
-                }
-            }
-            Err(err) if err.not_delivered() => {
-                tracing::debug!(leader, error = %err, "leader not reachable");
-                Forwarded::NotDelivered
-            }
-            Err(err) => {
-                tracing::debug!(leader, error = %err, "forwarded call failed");
-                Forwarded::Lost
-            }
-        }
-    }
-
-    // ---- writes ------------------------------------------------------------------
-
-    /// Submits a write: proposed here when leader, forwarded to the leader otherwise.
-    pub async fn submit_write(&self, command: Command) -> Result<Receipt, ClusterError> {
-        let started = Instant::now();
-        let result = self.write(command).await;
-        match &result {
-            Ok(_) => {
-                self.counters.writes.fetch_add(1, Ordering::Relaxed);
-                self.counters.proposal_latency.observe(started.elapsed());
-            }
-            Err(_) => {
-                self.counters.writes_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        result
-    }
-
-    async fn write(&self, command: Command) -> Result<Receipt, ClusterError> {
-        let deadline = Instant::now() + self.config.no_leader_timeout;
-        let mut hint: Option<NodeId> = None;
-        let mut tries = 0;
-        loop {
-            if self.is_closed() {
-                return Err(ClusterError::ShuttingDown);
-            }
-            let followed_hint = hint.is_some();
-            let target = hint.take().or_else(|| self.usable_leader());
-            match target {
-                Some(id) if id == self.config.node_id => {
-                    match self.propose(command.clone()).await {
-                        Ok(receipt) => return Ok(receipt),
-                        Err(LeaderError::NotLeader { leader }) => {
-                            hint = leader.filter(|l| *l != self.config.node_id)
-                        }
-                        Err(LeaderError::Failed { error }) => return Err(error),
-                    }
-                }
-                Some(id) => {
-                    let timeout = self.config.write_timeout + self.config.rpc_timeout;
-                    let rpc = Rpc::ForwardWrite(command.clone());
-                    match self
-                        .forward(id, rpc, timeout, |reply| match reply {
-                            RpcReply::ForwardWrite(result) => Some(result),
-                            _ => None,
-                        })
-                        .await
-                    {
-                        Forwarded::Done(receipt) => {
-                            self.counters
-                                .writes_forwarded
-                                .fetch_add(1, Ordering::Relaxed);
-                            // Read-your-writes on this replica too (bounded; the write
-                            // succeeded whatever happens here).
-                            let wait = self.config.min_index_wait.min(self.config.rpc_timeout);
-                            let _ = self.reader.wait_applied(receipt.index, wait).await;
-                            return Ok(receipt);
-                        }
-                        Forwarded::NotLeader(leader) => hint = leader.filter(|l| *l != id),
-                        Forwarded::NotDelivered => {}
-                        // It may have reached the leader and joined its log.
-                        Forwarded::Lost => return Err(self.outcome_unknown()),
-                        Forwarded::Failed(error) => {
-                            return Err(from_leader(error, || self.outcome_unknown()))
-                        }
-                    }
-                }
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(self.no_leader());
-            }
-            // A fresh hint is followed at once, but only once in a row.
-            if followed_hint || hint.is_none() {
-                hint = None;
-                self.back_off(deadline, tries, target).await;
-                tries += 1;
-            }
-        }
-    }
-
-    /// Waits before the next try of a write: one tick, doubling with each failed try of
-    /// this request, at most a quarter of the lease, never past `deadline`; and no longer
-    /// than until a usable leader other than `failed` (the one just tried) shows up.
-    ///
-    /// Why not [`Node::pause`]: openraft publishes metrics at every turn of its loop, so
-    /// "until the metrics change" is often at once; under a write flood to a dead
-    /// leader, every queued write would then retry in a tight loop.
-    async fn back_off(&self, deadline: Instant, tries: u32, failed: Option<NodeId>) {
-        let step = self.tick().saturating_mul(1 << tries.min(10));
-        let cap = (self.config.election_max / 4).max(self.tick());
-        let until = (Instant::now() + step.min(cap)).min(deadline);
-        let mut metrics = self.metrics.clone();
-        let other_leader = async {
-            while metrics.changed().await.is_ok() {
-                if self.usable_leader().is_some_and(|l| Some(l) != failed) {
-                    return;
-                }
-            }
-            // The Raft core is gone: only the timer ends the wait.
-            std::future::pending::<()>().await
-        };
-        let _ = tokio::time::timeout_at(until.into(), other_leader).await;
-    }
-
-    /// Proposes a command on this replica as leader; answers once it is applied here.
-    /// The command joins the next log entry the batcher proposes (see `batcher`).
-    ///
-    /// Failures say whether the command may be in the log. `NotLeader` (and
-    /// `ShuttingDown`): it certainly is not, because this replica did not lead, or gave
-    /// up (leadership lost, write deadline passed) before the batcher handed it to
-    /// openraft, which withdraws it. `OutcomeUnknown`: it was handed over and may still
-    /// commit under a new leader; only a repeat under its idempotency key can tell.
-    ///
-    /// Cancellation: dropping this future before the batcher took the command leaves it
-    /// out of every entry; after, it may still commit.
-    pub async fn propose(&self, command: Command) -> Result<Receipt, LeaderError> {
-        if !self.is_leader() {
-            return Err(LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            });
-        }
-        let started = Instant::now();
-        let mut leadership = self.leadership.subscribe();
-        let write_deadline = started + self.config.write_timeout;
-        let (reply, answer) = oneshot::channel();
-        let claim = Arc::new(Claim::default());
-        let queued = async {
-            self.proposals
-                .send(Proposal {
-                    command,
-                    reply,
-                    claim: claim.clone(),
-                })
-                .await
-                .ok()?;
-            answer.await.ok()
-        };
-        let result = tokio::select! {
-            result = queued => result,
-            _ = leadership.wait_for(|leader| !*leader) => return Err(self.give_up(&claim)),
-            _ = tokio::time::sleep_until(write_deadline.into()) => {
-                return Err(self.give_up(&claim));
-            }
-        };
-        match result {
-            Some(Ok(receipt)) => {
-                self.counters.commit_latency.observe(started.elapsed());
-                Ok(receipt)
-            }
-            Some(Err(error)) => Err(error),
-            // The batcher stopped (the replica is shutting down) with the command in an
-            // entry it had handed to openraft.
-            None if claim.taken() => Err(LeaderError::Failed {
-                error: self.outcome_unknown(),
-            }),
-            // The batcher stopped before taking it: nothing was proposed.
-            None => Err(LeaderError::Failed {
-                error: ClusterError::ShuttingDown,
-            }),
-        }
-    }
-
-    /// A proposal's caller stops waiting: withdrawn if the batcher has not handed it to
-    /// openraft yet (then nothing was proposed), else its outcome is unknown.
-    fn give_up(&self, claim: &Claim) -> LeaderError {
-        if claim.withdraw() {
-            LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            }
-        } else {
-            LeaderError::Failed {
-                error: self.outcome_unknown(),
-            }
-        }
-    }
-
-    // ---- reads -------------------------------------------------------------------
-
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<Index, ClusterError> {
-        match consistency {
-            Consistency::Stale => Ok(self.reader.applied_index()),
-            Consistency::MinIndex(index) => {
-                self.reader
-                    .wait_applied(index, self.config.min_index_wait)
-                    .await
-            }
-            // DELIBERATELY BROKEN (chaos suite self-test, off by default): no read index.
-            Consistency::Strict if cfg!(feature = "chaos-broken-strict-reads") => {
-                Ok(self.reader.applied_index())
-            }
-            Consistency::Strict => {
-                let index = self.read_index().await?;
-                self.reader
-                    .wait_applied(index, self.config.min_index_wait)
-                    .await
-            }
-        }
-    }
-
-    /// The leader's read index: confirmed by a quorum, so every write acknowledged
-    /// before this call is at or below it.
-    async fn read_index(&self) -> Result<Index, ClusterError> {
-        let deadline = Instant::now() + self.config.no_leader_timeout;
-        let mut hint: Option<NodeId> = None;
-        loop {
-            if self.is_closed() {
-                return Err(ClusterError::ShuttingDown);
-            }
-            let target = hint.take().or_else(|| self.usable_leader());
-            let outcome =
-                match target {
-                    Some(id) if id == self.config.node_id => match self.read_index_here().await {
-                        Ok(index) => Forwarded::Done(index),
-                        Err(LeaderError::NotLeader { leader }) => Forwarded::NotLeader(leader),
-                        Err(LeaderError::Failed { error }) => Forwarded::Failed(error),
-                    },
-                    Some(id) => {
-                        self.forward(id, Rpc::ReadIndex, self.config.rpc_timeout, |reply| {
-                            match reply {
-                                RpcReply::ReadIndex(result) => Some(result),
-                                _ => None,
-                            }
-                        })
-                        .await
-                    }
-                    None => Forwarded::NotDelivered,
-                };
-            match outcome {
-                Forwarded::Done(index) => return Ok(index),
-                Forwarded::NotLeader(leader) => {
-                    hint = leader.filter(|l| Some(*l) != target);
-                }
-                // A read changes nothing: every failure may be retried until the deadline.
-                Forwarded::Failed(ClusterError::ShuttingDown)
-                    if target == Some(self.config.node_id) =>
-                {
-                    return Err(ClusterError::ShuttingDown)
-                }
-                Forwarded::Failed(_) | Forwarded::NotDelivered | Forwarded::Lost => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(self.no_leader());
-            }
-            if hint.is_none() {
-                self.pause(deadline).await;
-            }
-        }
-    }
-
-    /// The read index as this replica, the leader, confirms it.
-    pub(super) async fn read_index_here(&self) -> Result<Index, LeaderError> {
-        if !self.is_leader() {
-            return Err(LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            });
-        }
-        let confirmed =
-            tokio::time::timeout(self.config.rpc_timeout, self.raft.ensure_linearizable()).await;
-        match confirmed {
-            Ok(Ok(read_log_id)) => Ok(read_log_id
-                .map_or(0, |id| id.index)
-                .max(self.reader.applied_index())),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(LeaderError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
-                Err(LeaderError::Failed {
-                    error: self.no_leader(),
-                })
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(LeaderError::Failed { error: fatal(f) }),
         }
     }
 
@@ -994,29 +637,5 @@ impl Node {
             snapshot_index: s.last_index.load(Ordering::Relaxed),
             purged_index: m.purged.map_or(0, |id| id.index),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_leaders_no_leader_or_shutting_down_answer_to_a_forwarded_write_is_unknown() {
-        let unknown = || ClusterError::OutcomeUnknown {
-            retry_after: Duration::from_secs(1),
-            leader: None,
-        };
-        // What older replicas answered also after proposing.
-        let old = ClusterError::NoLeader {
-            retry_after: Duration::from_secs(1),
-            leader: Some("replica-2".into()),
-        };
-        assert_eq!(from_leader(old, unknown), unknown());
-        assert_eq!(from_leader(ClusterError::ShuttingDown, unknown), unknown());
-        // Failures that already say what they are pass through.
-        assert_eq!(from_leader(unknown(), unknown), unknown());
-        let storage = ClusterError::Storage("disk".into());
-        assert_eq!(from_leader(storage.clone(), unknown), storage);
     }
 }
