@@ -13,11 +13,14 @@
 //! - [`rpc`]: replica-to-replica messages and their wire form.
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
-//! - `node`: one running replica: writes, reads, membership, RPC handling.
+//! - `node`: one running replica (`Node`): its parts, and who leads.
 //! - `write`: writes, proposed here when leader, forwarded otherwise.
 //! - `read`: read barriers and the leader's read index.
 //! - `forward`: sending a leader-only request to the leader, and what its answer means.
 //! - `dispatch`: answering replica RPC, one `match` over the messages.
+//! - `membership`: forming the cluster, adding and removing replicas.
+//! - `peers`: what this replica knows of the others.
+//! - `report`: its status, the topology and the Raft numbers it reports.
 //! - `rejoin`: the vote rule of a replica that started on an empty disk.
 //! - `handoff`: a stopping leader naming its successor.
 //! - `batcher`: the leader packing queued writes into one log entry each.
@@ -37,10 +40,13 @@ pub mod config;
 mod dispatch;
 mod forward;
 mod handoff;
+mod membership;
 mod monitor;
 mod node;
+mod peers;
 mod read;
 mod rejoin;
+mod report;
 pub mod rpc;
 pub mod server;
 pub mod stats;
