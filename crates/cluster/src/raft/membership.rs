@@ -10,9 +10,9 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use crate::raft::forward::Forwarded;
-use crate::raft::node::{fatal, Node};
+use crate::raft::node::Node;
 use crate::raft::rpc::{LeaderError, MembershipChange, MembershipView, Rpc, RpcReply};
-use crate::raft::types::{NodeId, RaftMetrics, ReplicaNode};
+use crate::raft::types::{fatal, NodeId, RaftMetrics, ReplicaNode};
 use crate::ClusterError;
 
 fn membership_view(m: &RaftMetrics) -> MembershipView {

@@ -202,7 +202,12 @@ impl RaftCluster {
         let mut tasks = vec![
             tokio::spawn(monitor::watch_metrics(node.clone(), stop_rx.clone())),
             tokio::spawn(monitor::probe_peers(node.clone(), stop_rx.clone())),
-            tokio::spawn(batcher::run(node.clone(), queue, stop_rx.clone())),
+            tokio::spawn(batcher::run(
+                node.clone(),
+                batcher::Limits::of(&node.config),
+                queue,
+                stop_rx.clone(),
+            )),
         ];
         if node.config.auto_bootstrap {
             tasks.push(tokio::spawn(monitor::auto_bootstrap(

@@ -7,13 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::Fatal;
 use openraft::ServerState;
 use parking_lot::Mutex;
 use tanvrit_api::Role;
 use tokio::sync::{mpsc, watch};
 
-use crate::raft::batcher::Proposal;
+use crate::raft::batcher::{Leader, Proposal};
 use crate::raft::config::RaftClusterConfig;
 use crate::raft::stats::Counters;
 use crate::raft::storage::SnapshotCounters;
@@ -58,14 +57,6 @@ pub(crate) struct Node {
     pub proposals: mpsc::Sender<Proposal>,
     /// Started on an empty disk and not yet caught up (see [`Node::refuse_vote`]).
     pub rejoining: AtomicBool,
-}
-
-pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
-    match err {
-        Fatal::Stopped => ClusterError::ShuttingDown,
-        Fatal::StorageError(e) => ClusterError::Storage(e.to_string()),
-        Fatal::Panicked => ClusterError::Internal("the Raft core panicked".into()),
-    }
 }
 
 impl Node {
@@ -174,5 +165,28 @@ impl Node {
         let until = (Instant::now() + self.tick()).min(deadline);
         let mut metrics = self.metrics.clone();
         let _ = tokio::time::timeout_at(until.into(), metrics.changed()).await;
+    }
+}
+
+/// What the batcher sees of the replica (see `batcher`).
+impl Leader for Node {
+    fn is_leader(&self) -> bool {
+        Node::is_leader(self)
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.leader_of(&self.metrics())
+    }
+
+    fn outcome_unknown(&self) -> ClusterError {
+        Node::outcome_unknown(self)
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
     }
 }

@@ -9,9 +9,9 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tanvrit_api::{Consistency, Index};
 
 use crate::raft::forward::Forwarded;
-use crate::raft::node::{fatal, Node};
+use crate::raft::node::Node;
 use crate::raft::rpc::{LeaderError, Rpc, RpcReply};
-use crate::raft::types::NodeId;
+use crate::raft::types::{fatal, NodeId};
 use crate::ClusterError;
 
 impl Node {
