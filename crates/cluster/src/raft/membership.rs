@@ -1,15 +1,18 @@
-//! Membership: forming the cluster from the configured voters, and adding or removing a
-//! replica on the leader (from whichever replica it is asked on). A new replica joins as
-//! a learner and becomes a voter only once it caught up, so a replica that is still
-//! catching up never counts toward the quorum.
+//! Membership: forming the cluster from the configured voters (by hand, or by the
+//! automatic bootstrap), and adding or removing a replica on the leader (from whichever
+//! replica it is asked on). A new replica joins as a learner and becomes a voter only
+//! once it caught up, so a replica still catching up never counts toward the quorum.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
+use tokio::sync::watch;
 
 use crate::raft::forward::Forwarded;
+use crate::raft::monitor::stopped;
 use crate::raft::node::Node;
 use crate::raft::rpc::{LeaderError, MembershipChange, MembershipView, Rpc, RpcReply};
 use crate::raft::types::{fatal, NodeId, RaftMetrics, ReplicaNode};
@@ -255,6 +258,53 @@ impl Node {
                 });
             }
             self.pause(deadline).await;
+        }
+    }
+}
+
+/// The lowest-id configured voter initializes the cluster once every configured peer
+/// answers and none is initialized; it gives up for good as soon as any is.
+pub(crate) async fn auto_bootstrap(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let me = node.config.node_id;
+    let voters = node.config.voters();
+    if voters.first().map(|p| p.id) != Some(me) {
+        return;
+    }
+    loop {
+        match node.raft.is_initialized().await {
+            Ok(false) => {}
+            _ => return,
+        }
+        let mut ready = true;
+        for peer in voters.iter().filter(|p| p.id != me) {
+            let view = node.contacts.get(peer.id);
+            match view.status.filter(|_| view.probe_ok) {
+                Some(status) if status.initialized => {
+                    tracing::info!(peer = peer.id, "a peer is initialized; not bootstrapping");
+                    return;
+                }
+                Some(status) if status.cluster_id != node.config.cluster_id => {
+                    tracing::warn!(
+                        peer = peer.id,
+                        theirs = %status.cluster_id,
+                        ours = %node.config.cluster_id,
+                        "a peer belongs to another cluster id; not bootstrapping"
+                    );
+                    ready = false;
+                }
+                Some(_) => {}
+                None => ready = false,
+            }
+        }
+        if ready {
+            match node.initialize().await {
+                Ok(_) => return,
+                Err(err) => tracing::warn!(error = %err, "bootstrap failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(node.probe_interval()) => {}
         }
     }
 }

@@ -18,13 +18,13 @@
 //! - `read`: read barriers and the leader's read index.
 //! - `forward`: sending a leader-only request to the leader, and what its answer means.
 //! - `dispatch`: answering replica RPC, one `match` over the messages.
-//! - `membership`: forming the cluster, adding and removing replicas.
-//! - `peers`: what this replica knows of the others.
+//! - `membership`: forming the cluster (auto-bootstrap too), adding and removing replicas.
+//! - `peers`: what this replica knows of the others, and the prober that asks them.
 //! - `report`: its status, the topology and the Raft numbers it reports.
 //! - `rejoin`: the vote rule of a replica that started on an empty disk.
 //! - `handoff`: a stopping leader naming its successor.
 //! - `batcher`: the leader packing queued writes into one log entry each.
-//! - `monitor`: leadership watch, failure detector, peer prober, auto-bootstrap.
+//! - `monitor`: the leadership watch and the failure detector.
 //! - [`stats`]: [`RaftStats`] and its latency histograms.
 //! - [`upgrade`]: turning a single-node data directory into replica 1 of a cluster.
 //!
@@ -77,7 +77,8 @@ pub use storage::{LogStore, SnapshotBuilder, StateMachine};
 pub use transport::{HttpTransport, RaftTransport, TransportError};
 pub use types::{NodeId, ReplicaNode, TypeConfig, WriteOutcome, WriteRequest};
 
-use crate::raft::node::{Detector, Node};
+use crate::raft::monitor::Detector;
+use crate::raft::node::Node;
 use crate::raft::stats::Counters;
 use crate::raft::transport::{Contacts, NetworkFactory};
 use crate::{ClusterError, ClusterService, Reader, Receipt};
@@ -201,7 +202,7 @@ impl RaftCluster {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(monitor::watch_metrics(node.clone(), stop_rx.clone())),
-            tokio::spawn(monitor::probe_peers(node.clone(), stop_rx.clone())),
+            tokio::spawn(peers::probe_peers(node.clone(), stop_rx.clone())),
             tokio::spawn(batcher::run(
                 node.clone(),
                 batcher::Limits::of(&node.config),
@@ -210,7 +211,7 @@ impl RaftCluster {
             )),
         ];
         if node.config.auto_bootstrap {
-            tasks.push(tokio::spawn(monitor::auto_bootstrap(
+            tasks.push(tokio::spawn(membership::auto_bootstrap(
                 node.clone(),
                 stop_rx.clone(),
             )));

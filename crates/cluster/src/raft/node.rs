@@ -14,28 +14,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::raft::batcher::{Leader, Proposal};
 use crate::raft::config::RaftClusterConfig;
+use crate::raft::monitor::{Detector, Watched};
 use crate::raft::stats::Counters;
 use crate::raft::storage::SnapshotCounters;
 use crate::raft::transport::{Contacts, RaftTransport};
 use crate::raft::types::{NodeId, Raft, RaftMetrics, ReplicaNode};
 use crate::{ClusterError, Reader};
-
-/// What the failure detector and the leadership watch remember between metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Detector {
-    /// Last AppendEntries (or snapshot chunk) accepted from a leader.
-    pub last_leader_contact: Option<Instant>,
-    /// Last vote this replica granted.
-    pub last_vote_granted: Option<Instant>,
-    /// Last election the detector called.
-    pub last_trigger: Option<Instant>,
-    /// The successor a stopping leader named, and when.
-    pub successor: Option<(NodeId, Instant)>,
-    /// openraft's `millis_since_quorum_ack` and when it was reported (leader only).
-    pub quorum_ack: Option<(u64, Instant)>,
-    /// The last (term, leader) pair seen, to count leader changes.
-    pub last_leader: Option<(u64, NodeId)>,
-}
 
 /// One running replica.
 pub(crate) struct Node {
@@ -188,5 +172,57 @@ impl Leader for Node {
 
     fn counters(&self) -> &Counters {
         &self.counters
+    }
+}
+
+/// What the leadership watch and the failure detector see of the replica (see
+/// `monitor`).
+impl Watched for Node {
+    fn config(&self) -> &RaftClusterConfig {
+        &self.config
+    }
+
+    fn metrics_watch(&self) -> watch::Receiver<RaftMetrics> {
+        self.metrics.clone()
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn detector(&self) -> &Mutex<Detector> {
+        &self.detector
+    }
+
+    fn leadership(&self) -> &watch::Sender<bool> {
+        &self.leadership
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn contacts(&self) -> &Contacts {
+        &self.contacts
+    }
+
+    fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn tick(&self) -> Duration {
+        Node::tick(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        Node::is_closed(self)
+    }
+
+    fn is_rejoining(&self) -> bool {
+        Node::is_rejoining(self)
+    }
+
+    fn check_rejoined(&self, m: &RaftMetrics) {
+        Node::check_rejoined(self, m)
     }
 }

@@ -1,10 +1,16 @@
 //! What this replica knows of the others: their descriptions (from the membership,
 //! else the configured peers) and their API addresses (from their latest status, else
-//! the membership), for routing, hints to clients, and the topology.
+//! the membership), for routing, hints to clients, and the topology; and the prober
+//! that keeps their status fresh.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use tokio::sync::watch;
+
+use crate::raft::monitor::stopped;
 use crate::raft::node::Node;
+use crate::raft::rpc::{Rpc, RpcReply};
 use crate::raft::types::{NodeId, ReplicaNode};
 
 impl Node {
@@ -74,5 +80,40 @@ impl Node {
             .filter(|s| s.id == id)
             .and_then(|s| known(s.node.api_addr))
             .or_else(|| self.node_of(id).and_then(|n| known(n.api_addr)))
+    }
+}
+
+/// Asks every known replica for its status, every probe interval.
+pub(crate) async fn probe_peers(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let interval = node.probe_interval();
+    let timeout = interval.min(node.config.rpc_timeout);
+    loop {
+        let me = node.config.node_id;
+        let calls = node
+            .known_replicas()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, replica)| {
+                let node = node.clone();
+                async move {
+                    let reply = node
+                        .transport
+                        .call(me, id, &replica.raft_addr, Rpc::Status, timeout)
+                        .await;
+                    let status = match reply {
+                        Ok(RpcReply::Status(status)) => Some(*status),
+                        _ => None,
+                    };
+                    node.contacts.probed(id, status);
+                }
+            });
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = futures::future::join_all(calls) => {}
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
 }
