@@ -32,7 +32,7 @@ use crate::raft::config::RaftClusterConfig;
 use crate::raft::monitor::stopped;
 use crate::raft::rpc::LeaderError;
 use crate::raft::stats::Counters;
-use crate::raft::types::{fatal, NodeId, Raft, WriteRequest};
+use crate::raft::types::{fatal, NodeId, Raft, ReplicaNode, WriteRequest};
 use crate::{ClusterError, Receipt};
 
 /// The replica as the batcher sees it: whether it leads, the Raft handle entries are
@@ -258,7 +258,7 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Receipt, LeaderError>>>, error
 /// What the callers of an entry handed to openraft are told when `client_write` fails.
 fn leader_error(
     node: &dyn Leader,
-    err: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::ReplicaNode>>,
+    err: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>,
 ) -> LeaderError {
     match err {
         // openraft 0.9.25 answers `ForwardToLeader` both to a write it refused up front
