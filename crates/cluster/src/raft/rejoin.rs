@@ -1,5 +1,6 @@
 //! The rejoin vote rule: a replica that started on an empty disk (wiped, or new in a
-//! cluster that exists) grants no vote and calls no election until it has caught up.
+//! cluster that exists) grants no vote (unless the cluster is still forming) and calls
+//! no election until it has caught up.
 //!
 //! Why: it forgot its log and its vote, and voting with neither could elect a leader
 //! that lacks acknowledged writes, or two leaders in one term (see

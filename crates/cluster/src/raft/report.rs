@@ -2,8 +2,8 @@
 //! cluster's topology as it sees it (served by the API), and its Raft numbers (exported
 //! as metrics).
 //!
-//! `stats` lives here rather than in `stats.rs`, which [`Node`] itself uses for its
-//! counters: that file stays below the replica.
+//! `stats` is built here, not in `stats.rs`: [`Node`] holds that file's counters, so
+//! `stats.rs` must not import `Node` back.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
