@@ -28,11 +28,51 @@ use openraft::error::{ClientWriteError, RaftError};
 use tanvrit_state::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::raft::config::RaftClusterConfig;
 use crate::raft::monitor::stopped;
-use crate::raft::node::{fatal, Node};
 use crate::raft::rpc::LeaderError;
-use crate::raft::types::{NodeId, WriteRequest};
+use crate::raft::stats::Counters;
+use crate::raft::types::{fatal, NodeId, Raft, ReplicaNode, WriteRequest};
 use crate::{ClusterError, Receipt};
+
+/// The replica as the batcher sees it: whether it leads, the Raft handle entries are
+/// proposed on, and the counters they are added to. `Node` implements it; the batcher
+/// knows nothing else of the replica, so the replica can hold the batcher's queue
+/// without the two depending on each other.
+pub(crate) trait Leader: Send + Sync {
+    /// Whether this replica leads with a fresh quorum.
+    fn is_leader(&self) -> bool;
+    /// The leader to name to callers whose writes were not proposed.
+    fn leader(&self) -> Option<NodeId>;
+    /// The failure of a write that may be in the log.
+    fn outcome_unknown(&self) -> ClusterError;
+    /// The openraft handle entries are proposed on.
+    fn raft(&self) -> &Raft;
+    /// The replica's counters (entries and their commands are counted here).
+    fn counters(&self) -> &Counters;
+}
+
+/// How much the batcher may take on, from the replica's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Entries in flight at once (`writes_in_flight`).
+    pub in_flight: usize,
+    /// Commands per entry (`write_batch_max_commands`).
+    pub max_commands: usize,
+    /// Bytes of commands per entry (`write_batch_max_bytes`).
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn of(config: &RaftClusterConfig) -> Self {
+        Limits {
+            in_flight: config.writes_in_flight,
+            max_commands: config.write_batch_max_commands,
+            max_bytes: config.write_batch_max_bytes,
+        }
+    }
+}
 
 /// One write waiting for the leader's next entry.
 pub(crate) struct Proposal {
@@ -92,11 +132,12 @@ pub(crate) fn queue_capacity(max_commands: usize) -> usize {
 /// Runs until `stop` (or every sender is gone): takes proposals off `queue` and proposes
 /// them as batch entries, at most `writes_in_flight` at a time.
 pub(crate) async fn run(
-    node: Arc<Node>,
+    node: Arc<dyn Leader>,
+    limits: Limits,
     mut queue: mpsc::Receiver<Proposal>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = node.config.writes_in_flight.max(1);
+    let limit = limits.in_flight.max(1);
     let mut in_flight = FuturesUnordered::new();
     // A proposal that did not fit the previous entry's byte budget opens the next one.
     let mut carry: Option<(Proposal, usize)> = None;
@@ -115,10 +156,10 @@ pub(crate) async fn run(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             first = next, if in_flight.len() < limit => {
                 let Some(first) = first else { return };
-                let (batch, rest) = fill(&node, first, &mut queue);
+                let (batch, rest) = fill(limits, first, &mut queue);
                 carry = rest;
                 if !batch.is_empty() {
-                    in_flight.push(commit(&node, batch));
+                    in_flight.push(commit(&*node, batch));
                 }
             }
         }
@@ -128,12 +169,12 @@ pub(crate) async fn run(
 /// The entry `first` opens: it and whatever else is queued, within the limits. Returns
 /// the proposals to write and the one that would have passed the byte budget.
 fn fill(
-    node: &Node,
+    limits: Limits,
     first: (Proposal, usize),
     queue: &mut mpsc::Receiver<Proposal>,
 ) -> (Vec<Proposal>, Option<(Proposal, usize)>) {
-    let max_commands = node.config.write_batch_max_commands.max(1);
-    let max_bytes = node.config.write_batch_max_bytes;
+    let max_commands = limits.max_commands.max(1);
+    let max_bytes = limits.max_bytes;
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut next = Some(first);
@@ -160,11 +201,11 @@ fn fill(
 }
 
 /// Proposes one entry and answers each of its callers.
-async fn commit(node: &Node, batch: Vec<Proposal>) {
+async fn commit(node: &dyn Leader, batch: Vec<Proposal>) {
     if !node.is_leader() {
         // Leadership was lost while these waited: nothing is proposed, so each caller
         // may try the leader there is now.
-        let leader = node.leader_of(&node.metrics());
+        let leader = node.leader();
         for proposal in batch {
             let _ = proposal.reply.send(Err(LeaderError::NotLeader { leader }));
         }
@@ -181,11 +222,13 @@ async fn commit(node: &Node, batch: Vec<Proposal>) {
         return;
     }
     let count = commands.len();
-    node.counters.write_entries.fetch_add(1, Ordering::Relaxed);
-    node.counters
+    node.counters()
+        .write_entries
+        .fetch_add(1, Ordering::Relaxed);
+    node.counters()
         .write_entry_commands
         .fetch_add(count as u64, Ordering::Relaxed);
-    let result = node.raft.client_write(WriteRequest { commands }).await;
+    let result = node.raft().client_write(WriteRequest { commands }).await;
     match result {
         Ok(response) if response.data.0.len() == count => {
             let index = response.log_id.index;
@@ -214,8 +257,8 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Receipt, LeaderError>>>, error
 
 /// What the callers of an entry handed to openraft are told when `client_write` fails.
 fn leader_error(
-    node: &Node,
-    err: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::ReplicaNode>>,
+    node: &dyn Leader,
+    err: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>,
 ) -> LeaderError {
     match err {
         // openraft 0.9.25 answers `ForwardToLeader` both to a write it refused up front

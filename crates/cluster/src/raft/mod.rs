@@ -13,9 +13,18 @@
 //! - [`rpc`]: replica-to-replica messages and their wire form.
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
-//! - `node`: one running replica: writes, reads, membership, RPC handling.
+//! - `node`: one running replica (`Node`): its parts, and who leads.
+//! - `write`: writes, proposed here when leader, forwarded otherwise.
+//! - `read`: read barriers and the leader's read index.
+//! - `forward`: sending a leader-only request to the leader, and what its answer means.
+//! - `dispatch`: answering replica RPC, one `match` over the messages.
+//! - `membership`: forming the cluster (auto-bootstrap too), adding and removing replicas.
+//! - `peers`: what this replica knows of the others, and the prober that asks them.
+//! - `report`: its status, the topology and the Raft numbers it reports.
+//! - `rejoin`: the vote rule of a replica that started on an empty disk.
+//! - `handoff`: a stopping leader naming its successor.
 //! - `batcher`: the leader packing queued writes into one log entry each.
-//! - `monitor`: leadership watch, failure detector, peer prober, auto-bootstrap.
+//! - `monitor`: the leadership watch and the failure detector.
 //! - [`stats`]: [`RaftStats`] and its latency histograms.
 //! - [`upgrade`]: turning a single-node data directory into replica 1 of a cluster.
 //!
@@ -28,8 +37,16 @@
 
 mod batcher;
 pub mod config;
+mod dispatch;
+mod forward;
+mod handoff;
+mod membership;
 mod monitor;
 mod node;
+mod peers;
+mod read;
+mod rejoin;
+mod report;
 pub mod rpc;
 pub mod server;
 pub mod stats;
@@ -37,6 +54,7 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 pub mod upgrade;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +77,8 @@ pub use storage::{LogStore, SnapshotBuilder, StateMachine};
 pub use transport::{HttpTransport, RaftTransport, TransportError};
 pub use types::{NodeId, ReplicaNode, TypeConfig, WriteOutcome, WriteRequest};
 
-use crate::raft::node::{Detector, Node};
+use crate::raft::monitor::Detector;
+use crate::raft::node::Node;
 use crate::raft::stats::Counters;
 use crate::raft::transport::{Contacts, NetworkFactory};
 use crate::{ClusterError, ClusterService, Reader, Receipt};
@@ -126,11 +145,11 @@ impl RaftCluster {
         if store.raft_is_pristine().map_err(storage)? {
             // Marked before any RPC is served; see `Node::refuse_vote`.
             store
-                .meta_put(node::META_REJOINING, b"1")
+                .meta_put(rejoin::META_REJOINING, b"1")
                 .map_err(storage)?;
         }
         let rejoining = store
-            .meta_get(node::META_REJOINING)
+            .meta_get(rejoin::META_REJOINING)
             .map_err(storage)?
             .is_some();
 
@@ -183,11 +202,16 @@ impl RaftCluster {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(monitor::watch_metrics(node.clone(), stop_rx.clone())),
-            tokio::spawn(monitor::probe_peers(node.clone(), stop_rx.clone())),
-            tokio::spawn(batcher::run(node.clone(), queue, stop_rx.clone())),
+            tokio::spawn(peers::probe_peers(node.clone(), stop_rx.clone())),
+            tokio::spawn(batcher::run(
+                node.clone(),
+                batcher::Limits::of(&node.config),
+                queue,
+                stop_rx.clone(),
+            )),
         ];
         if node.config.auto_bootstrap {
-            tasks.push(tokio::spawn(monitor::auto_bootstrap(
+            tasks.push(tokio::spawn(membership::auto_bootstrap(
                 node.clone(),
                 stop_rx.clone(),
             )));

@@ -1,5 +1,6 @@
-//! The replica's background loops: the leadership watch and failure detector, the peer
-//! prober, and the automatic bootstrap.
+//! The replica's leadership watch and failure detector: one loop over openraft's
+//! metrics. (The other background loops live with their concern: the peer prober in
+//! `peers`, the automatic bootstrap in `membership`, the write batcher in `batcher`.)
 //!
 //! # Leadership
 //! openraft 0.9 keeps an isolated leader in the `Leader` state until it hears of a
@@ -23,11 +24,60 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::raft::node::Node;
-use crate::raft::rpc::{Rpc, RpcReply};
-use crate::raft::types::{NodeId, RaftMetrics};
+use crate::raft::config::RaftClusterConfig;
+use crate::raft::stats::Counters;
+use crate::raft::transport::Contacts;
+use crate::raft::types::{NodeId, Raft, RaftMetrics};
+
+/// What the failure detector and the leadership watch remember between metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Detector {
+    /// Last AppendEntries (or snapshot chunk) accepted from a leader.
+    pub last_leader_contact: Option<Instant>,
+    /// Last vote this replica granted.
+    pub last_vote_granted: Option<Instant>,
+    /// Last election the detector called.
+    pub last_trigger: Option<Instant>,
+    /// The successor a stopping leader named, and when.
+    pub successor: Option<(NodeId, Instant)>,
+    /// openraft's `millis_since_quorum_ack` and when it was reported (leader only).
+    pub quorum_ack: Option<(u64, Instant)>,
+    /// The last (term, leader) pair seen, to count leader changes.
+    pub last_leader: Option<(u64, NodeId)>,
+}
+
+/// The replica as the leadership watch and the failure detector see it. `Node`
+/// implements it; this file knows nothing else of the replica, so the replica can hold
+/// the detector's memory without the two depending on each other.
+pub(crate) trait Watched: Send + Sync {
+    /// Its configuration: its id, the timings, whether the detector runs.
+    fn config(&self) -> &RaftClusterConfig;
+    /// openraft's metrics, as a watch of its own.
+    fn metrics_watch(&self) -> watch::Receiver<RaftMetrics>;
+    /// The openraft handle, to call an election on.
+    fn raft(&self) -> &Raft;
+    /// The detector's memory (replica RPC records contacts and votes in it too).
+    fn detector(&self) -> &Mutex<Detector>;
+    /// The leadership watch this loop keeps.
+    fn leadership(&self) -> &watch::Sender<bool>;
+    /// The replica's counters (leader changes and elections called are counted here).
+    fn counters(&self) -> &Counters;
+    /// What the peer prober last heard from each peer.
+    fn contacts(&self) -> &Contacts;
+    /// When the replica started: the detector's first "contact".
+    fn started(&self) -> Instant;
+    /// How often the loop looks when the metrics do not change.
+    fn tick(&self) -> Duration;
+    /// Whether the replica is stopping.
+    fn is_closed(&self) -> bool;
+    /// Whether the rejoin vote rule keeps the replica out of elections (see `rejoin`).
+    fn is_rejoining(&self) -> bool;
+    /// Ends the rejoin vote rule once `m` shows the replica caught up.
+    fn check_rejoined(&self, m: &RaftMetrics);
+}
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -35,8 +85,8 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Keeps the leadership watch and leader-change count current and runs the detector.
-pub(crate) async fn watch_metrics(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut metrics = node.metrics.clone();
+pub(crate) async fn watch_metrics(node: Arc<dyn Watched>, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.metrics_watch();
     loop {
         let changed = tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -50,23 +100,25 @@ pub(crate) async fn watch_metrics(node: Arc<Node>, mut stop: watch::Receiver<boo
         };
         let m = metrics.borrow_and_update().clone();
         let now = Instant::now();
-        observe(&node, &m, changed, now);
+        observe(&*node, &m, changed, now);
         node.check_rejoined(&m);
-        detect(&node, &m, now).await;
+        detect(&*node, &m, now).await;
     }
 }
 
 /// Records what a metrics report tells, and recomputes leadership.
-fn observe(node: &Node, m: &RaftMetrics, fresh_report: bool, now: Instant) {
-    let lease = node.config.election_max;
-    let mut d = node.detector.lock();
+fn observe(node: &dyn Watched, m: &RaftMetrics, fresh_report: bool, now: Instant) {
+    let lease = node.config().election_max;
+    let mut d = node.detector().lock();
     if fresh_report {
         d.quorum_ack = m.millis_since_quorum_ack.map(|ms| (ms, now));
     }
     if let Some(leader) = m.current_leader {
         if d.last_leader != Some((m.current_term, leader)) {
             d.last_leader = Some((m.current_term, leader));
-            node.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            node.counters()
+                .leader_changes
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(term = m.current_term, leader, "new leader");
         }
     }
@@ -78,7 +130,7 @@ fn observe(node: &Node, m: &RaftMetrics, fresh_report: bool, now: Instant) {
                 Duration::from_millis(ms) + now.duration_since(at) <= lease
             }));
     drop(d);
-    node.leadership.send_if_modified(|current| {
+    node.leadership().send_if_modified(|current| {
         if *current == leading {
             return false;
         }
@@ -91,8 +143,8 @@ fn observe(node: &Node, m: &RaftMetrics, fresh_report: bool, now: Instant) {
 }
 
 /// Calls an election when the leader has been silent for this replica's threshold.
-async fn detect(node: &Node, m: &RaftMetrics, now: Instant) {
-    let config = &node.config;
+async fn detect(node: &dyn Watched, m: &RaftMetrics, now: Instant) {
+    let config = node.config();
     if !config.failure_detector || node.is_closed() || node.is_rejoining() {
         return;
     }
@@ -107,17 +159,17 @@ async fn detect(node: &Node, m: &RaftMetrics, now: Instant) {
     let slack = (config.heartbeat / 5).max(Duration::from_millis(5));
     let stagger = (config.heartbeat / 2).max(Duration::from_millis(20));
     {
-        let mut d = node.detector.lock();
+        let mut d = node.detector().lock();
         let activity = [
             d.last_leader_contact,
             d.last_vote_granted,
             d.last_trigger,
-            Some(node.started),
+            Some(node.started()),
         ]
         .into_iter()
         .flatten()
         .max()
-        .unwrap_or(node.started);
+        .unwrap_or(node.started());
         let mut order: Vec<NodeId> = voters
             .iter()
             .copied()
@@ -138,103 +190,21 @@ async fn detect(node: &Node, m: &RaftMetrics, now: Instant) {
         }
         let reachable = 1 + voters
             .iter()
-            .filter(|id| **id != me && node.contacts.get(**id).probe_ok)
+            .filter(|id| **id != me && node.contacts().get(**id).probe_ok)
             .count();
         if reachable * 2 <= voters.len() {
             return;
         }
         d.last_trigger = Some(now);
     }
-    node.counters
+    node.counters()
         .elections_triggered
         .fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         term = m.current_term,
         "leader silent past the lease; calling an election"
     );
-    if let Err(err) = node.raft.trigger().elect().await {
+    if let Err(err) = node.raft().trigger().elect().await {
         tracing::warn!(error = %err, "could not call an election");
-    }
-}
-
-/// Asks every known replica for its status, every probe interval.
-pub(crate) async fn probe_peers(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let interval = node.probe_interval();
-    let timeout = interval.min(node.config.rpc_timeout);
-    loop {
-        let me = node.config.node_id;
-        let calls = node
-            .known_replicas()
-            .into_iter()
-            .filter(|(id, _)| *id != me)
-            .map(|(id, replica)| {
-                let node = node.clone();
-                async move {
-                    let reply = node
-                        .transport
-                        .call(me, id, &replica.raft_addr, Rpc::Status, timeout)
-                        .await;
-                    let status = match reply {
-                        Ok(RpcReply::Status(status)) => Some(*status),
-                        _ => None,
-                    };
-                    node.contacts.probed(id, status);
-                }
-            });
-        tokio::select! {
-            _ = stopped(&mut stop) => return,
-            _ = futures::future::join_all(calls) => {}
-        }
-        tokio::select! {
-            _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-/// The lowest-id configured voter initializes the cluster once every configured peer
-/// answers and none is initialized; it gives up for good as soon as any is.
-pub(crate) async fn auto_bootstrap(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let me = node.config.node_id;
-    let voters = node.config.voters();
-    if voters.first().map(|p| p.id) != Some(me) {
-        return;
-    }
-    loop {
-        match node.raft.is_initialized().await {
-            Ok(false) => {}
-            _ => return,
-        }
-        let mut ready = true;
-        for peer in voters.iter().filter(|p| p.id != me) {
-            let view = node.contacts.get(peer.id);
-            match view.status.filter(|_| view.probe_ok) {
-                Some(status) if status.initialized => {
-                    tracing::info!(peer = peer.id, "a peer is initialized; not bootstrapping");
-                    return;
-                }
-                Some(status) if status.cluster_id != node.config.cluster_id => {
-                    tracing::warn!(
-                        peer = peer.id,
-                        theirs = %status.cluster_id,
-                        ours = %node.config.cluster_id,
-                        "a peer belongs to another cluster id; not bootstrapping"
-                    );
-                    ready = false;
-                }
-                Some(_) => {}
-                None => ready = false,
-            }
-        }
-        if ready {
-            match node.initialize().await {
-                Ok(_) => return,
-                Err(err) => tracing::warn!(error = %err, "bootstrap failed; will retry"),
-            }
-        }
-        tokio::select! {
-            _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep(node.probe_interval()) => {}
-        }
     }
 }

@@ -1,72 +1,25 @@
-//! [`Node`]: one running replica (the openraft handle, its store and reader, its view of
-//! the peers) and everything it does on request: writes (proposed here when leader,
-//! forwarded otherwise), read barriers, membership changes, and answering replica RPC.
+//! [`Node`]: one running replica (the openraft handle, its store's reader, its view of
+//! the peers, its counters, the batcher's queue) and the questions every concern asks
+//! of it: who leads, how long to wait, which error to answer. What it does lives beside
+//! it, one module per concern (see the layout in `raft`).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ServerState;
 use parking_lot::Mutex;
-use tanvrit_api::{Consistency, Index, ReplicaInfo, Role, Topology};
-use tanvrit_state::Command;
-use tokio::sync::{mpsc, oneshot, watch};
+use tanvrit_api::Role;
+use tokio::sync::{mpsc, watch};
 
-use crate::raft::batcher::{Claim, Proposal};
+use crate::raft::batcher::{Leader, Proposal};
 use crate::raft::config::RaftClusterConfig;
-use crate::raft::rpc::{
-    HandOff, LeaderError, MembershipChange, MembershipView, ReplicaStatus, Rpc, RpcReply,
-};
-use crate::raft::stats::{Counters, RaftStats};
+use crate::raft::monitor::{Detector, Watched};
+use crate::raft::stats::Counters;
 use crate::raft::storage::SnapshotCounters;
 use crate::raft::transport::{Contacts, RaftTransport};
 use crate::raft::types::{NodeId, Raft, RaftMetrics, ReplicaNode};
-use crate::{ClusterError, Reader, Receipt};
-
-/// What the failure detector and the leadership watch remember between metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Detector {
-    /// Last AppendEntries (or snapshot chunk) accepted from a leader.
-    pub last_leader_contact: Option<Instant>,
-    /// Last vote this replica granted.
-    pub last_vote_granted: Option<Instant>,
-    /// Last election the detector called.
-    pub last_trigger: Option<Instant>,
-    /// The successor a stopping leader named, and when.
-    pub successor: Option<(NodeId, Instant)>,
-    /// openraft's `millis_since_quorum_ack` and when it was reported (leader only).
-    pub quorum_ack: Option<(u64, Instant)>,
-    /// The last (term, leader) pair seen, to count leader changes.
-    pub last_leader: Option<(u64, NodeId)>,
-}
-
-/// How a forwarded call to the leader ended.
-enum Forwarded<T> {
-    Done(T),
-    /// The receiver is not the leader (nothing was done); it named another, or none.
-    NotLeader(Option<NodeId>),
-    /// The request never reached the receiver: safe to retry.
-    NotDelivered,
-    /// The request may have reached the receiver, but no answer came back (timeout,
-    /// broken exchange, or this replica stopped hearing from any leader meanwhile).
-    Lost,
-    /// The receiver answered with a failure.
-    Failed(ClusterError),
-}
-
-/// What a forwarded write's caller is told when the leader answered `Failed(error)`.
-/// Replicas of this version answer a forwarded write with `NoLeader` or `ShuttingDown`
-/// only as `NotLeader` (nothing proposed); an older replica answered them also after
-/// proposing, so from a leader they mean the write may have entered its log.
-fn from_leader(error: ClusterError, unknown: impl FnOnce() -> ClusterError) -> ClusterError {
-    match error {
-        ClusterError::NoLeader { .. } | ClusterError::ShuttingDown => unknown(),
-        other => other,
-    }
-}
+use crate::{ClusterError, Reader};
 
 /// One running replica.
 pub(crate) struct Node {
@@ -90,32 +43,16 @@ pub(crate) struct Node {
     pub rejoining: AtomicBool,
 }
 
-/// The meta key present while a replica that started on an empty disk has not caught up
-/// (kept across restarts, so a crash half way through catching up does not end it).
-pub(crate) const META_REJOINING: &str = "rejoining";
-
-pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
-    match err {
-        Fatal::Stopped => ClusterError::ShuttingDown,
-        Fatal::StorageError(e) => ClusterError::Storage(e.to_string()),
-        Fatal::Panicked => ClusterError::Internal("the Raft core panicked".into()),
-    }
-}
-
-fn membership_view(m: &RaftMetrics) -> MembershipView {
-    let membership = m.membership_config.membership();
-    MembershipView {
-        voters: membership.voter_ids().collect(),
-        learners: membership.learner_ids().collect(),
-        index: m.membership_config.log_id().map_or(0, |id| id.index),
-    }
-}
-
 impl Node {
     /// The pause between two tries of a leader-only request, and the detector's tick
     /// (it adds up to one tick to a failover).
     pub fn tick(&self) -> Duration {
         (self.config.heartbeat / 10).max(Duration::from_millis(5))
+    }
+
+    /// The pause between two rounds of the peer prober (see `peers`).
+    pub fn probe_interval(&self) -> Duration {
+        (self.config.heartbeat * 2).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -157,7 +94,7 @@ impl Node {
 
     /// Whether this replica has heard from no leader (no AppendEntries accepted) for
     /// longer than the lease and a heartbeat.
-    fn leader_silent(&self) -> bool {
+    pub(super) fn leader_silent(&self) -> bool {
         let last = self
             .detector
             .lock()
@@ -176,50 +113,6 @@ impl Node {
             // Not (yet) a member: it only receives what a leader sends it.
             _ => Role::Learner,
         }
-    }
-
-    /// What is known of replica `id`: the membership first, then the configured peers.
-    pub fn node_of(&self, id: NodeId) -> Option<ReplicaNode> {
-        if id == self.config.node_id {
-            return Some(self.me.clone());
-        }
-        let m = self.metrics.borrow();
-        if let Some(node) = m.membership_config.membership().get_node(&id) {
-            return Some(node.clone());
-        }
-        drop(m);
-        self.config
-            .peers
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| ReplicaNode {
-                name: p.name.clone(),
-                region: String::new(),
-                raft_addr: p.raft_addr.clone(),
-                api_addr: String::new(),
-            })
-    }
-
-    /// Every replica this one should know about: members and configured voters.
-    pub fn known_replicas(&self) -> BTreeMap<NodeId, ReplicaNode> {
-        let mut all: BTreeMap<NodeId, ReplicaNode> = BTreeMap::new();
-        for peer in self.config.voters() {
-            all.insert(
-                peer.id,
-                ReplicaNode {
-                    name: peer.name,
-                    region: String::new(),
-                    raft_addr: peer.raft_addr,
-                    api_addr: String::new(),
-                },
-            );
-        }
-        let m = self.metrics.borrow();
-        for (id, node) in m.membership_config.membership().nodes() {
-            all.insert(*id, node.clone());
-        }
-        all.insert(self.config.node_id, self.me.clone());
-        all
     }
 
     /// The name of the other replica openraft takes for the leader, if any.
@@ -251,976 +144,85 @@ impl Node {
         }
     }
 
-    /// The API address of the leader [`Node::no_leader`] names (or this replica, when it
-    /// leads): from that replica's latest status, else from the membership.
-    pub fn leader_api_addr(&self) -> Option<String> {
-        let m = self.metrics();
-        let id = self
-            .leader_of(&m)
-            .or(m.current_leader.filter(|id| *id != self.config.node_id))?;
-        self.api_addr_of(id)
-    }
-
-    /// Replica `id`'s API address, when known.
-    fn api_addr_of(&self, id: NodeId) -> Option<String> {
-        let known = |addr: String| Some(addr).filter(|a| !a.is_empty());
-        if id == self.config.node_id {
-            return known(self.me.api_addr.clone());
-        }
-        self.contacts
-            .get(id)
-            .status
-            .filter(|s| s.id == id)
-            .and_then(|s| known(s.node.api_addr))
-            .or_else(|| self.node_of(id).and_then(|n| known(n.api_addr)))
-    }
-
     /// Waits until the metrics change or a tick passes, but not past `deadline`.
-    async fn pause(&self, deadline: Instant) {
+    pub(super) async fn pause(&self, deadline: Instant) {
         let until = (Instant::now() + self.tick()).min(deadline);
         let mut metrics = self.metrics.clone();
         let _ = tokio::time::timeout_at(until.into(), metrics.changed()).await;
     }
+}
 
-    pub fn status(&self) -> ReplicaStatus {
-        let m = self.metrics();
-        ReplicaStatus {
-            id: self.config.node_id,
-            node: self.me.clone(),
-            cluster_id: self.config.cluster_id.clone(),
-            role: self.role_of(&m),
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: self.committed.load(Ordering::Relaxed),
-            applied_index: self.reader.applied_index(),
-            leader: self.leader_of(&m),
-            initialized: m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .next()
-                .is_some()
-                || m.last_log_index.is_some(),
-        }
+/// What the batcher sees of the replica (see `batcher`).
+impl Leader for Node {
+    fn is_leader(&self) -> bool {
+        Node::is_leader(self)
     }
 
-    // ---- replica RPC -------------------------------------------------------------
-
-    /// Answers one replica RPC.
-    pub async fn handle_rpc(&self, from: Option<NodeId>, rpc: Rpc) -> RpcReply {
-        tracing::trace!(?from, kind = ?rpc.kind(), "replica rpc");
-        match rpc {
-            Rpc::AppendEntries(request) => {
-                let result = self.raft.append_entries(request).await;
-                if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                    self.detector.lock().last_leader_contact = Some(Instant::now());
-                }
-                RpcReply::AppendEntries(result)
-            }
-            Rpc::Vote(request) => {
-                if let Some(refusal) = self.refuse_vote(&request) {
-                    return RpcReply::Vote(Ok(refusal));
-                }
-                let result = self.raft.vote(request).await;
-                if matches!(&result, Ok(r) if r.vote_granted) {
-                    self.detector.lock().last_vote_granted = Some(Instant::now());
-                }
-                RpcReply::Vote(result)
-            }
-            Rpc::InstallSnapshot(request) => {
-                let result = self.raft.install_snapshot(request).await;
-                if result.is_ok() {
-                    self.detector.lock().last_leader_contact = Some(Instant::now());
-                }
-                RpcReply::InstallSnapshot(result)
-            }
-            Rpc::ForwardWrite(command) => RpcReply::ForwardWrite(if self.is_closed() {
-                Err(LeaderError::NotLeader { leader: None })
-            } else {
-                match self.propose(command).await {
-                    // Proposed nothing (see `propose`); a follower reads a leader's
-                    // `ShuttingDown` as outcome unknown (`from_leader`), so say so.
-                    Err(LeaderError::Failed {
-                        error: ClusterError::ShuttingDown,
-                    }) => Err(LeaderError::NotLeader { leader: None }),
-                    other => other,
-                }
-            }),
-            Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
-            Rpc::Status => RpcReply::Status(Box::new(self.status())),
-            Rpc::HandOff(hand_off) => {
-                tracing::info!(
-                    leader = hand_off.leader,
-                    successor = hand_off.successor,
-                    "the leader is stopping and named a successor"
-                );
-                self.detector.lock().successor = Some((hand_off.successor, Instant::now()));
-                RpcReply::HandOff
-            }
-            Rpc::Membership(change) => {
-                RpcReply::Membership(self.change_membership_here(change).await)
-            }
-        }
+    fn leader(&self) -> Option<NodeId> {
+        self.leader_of(&self.metrics())
     }
 
-    // ---- rejoining after an empty start ------------------------------------------
-
-    /// Whether this replica started on an empty disk and has not caught up yet.
-    pub fn is_rejoining(&self) -> bool {
-        self.rejoining.load(Ordering::SeqCst)
+    fn outcome_unknown(&self) -> ClusterError {
+        Node::outcome_unknown(self)
     }
 
-    /// The answer to a vote request while rejoining, or `None` to let openraft decide.
-    ///
-    /// A replica whose disk was wiped forgot its log and its vote, so granting votes
-    /// could elect a leader without entries it had acknowledged (a majority held them
-    /// with its old disk), or elect two leaders in one term. Until it holds a committed
-    /// entry of the current leader's term (so its log is that leader's up to there, which
-    /// has every earlier committed entry) it grants no vote, unless the cluster is still
-    /// forming: every other replica answered and none has committed anything, so no
-    /// acknowledged write can be lost (the first election of a new cluster, or of one
-    /// upgraded from a single node, needs the empty replicas' votes).
-    pub fn refuse_vote(&self, request: &VoteRequest<NodeId>) -> Option<VoteResponse<NodeId>> {
-        if !self.is_rejoining() || self.cluster_is_forming() {
-            return None;
-        }
-        tracing::info!(
-            candidate = %request.vote,
-            "refusing a vote: this replica started on an empty disk and has not caught up"
-        );
-        Some(VoteResponse::new(self.metrics().vote, None, false))
+    fn raft(&self) -> &Raft {
+        &self.raft
     }
 
-    /// Every other known replica answered since this one started, in this cluster,
-    /// and none reports a committed entry.
-    fn cluster_is_forming(&self) -> bool {
-        let me = self.config.node_id;
-        self.known_replicas()
-            .into_keys()
-            .filter(|id| *id != me)
-            .all(|id| match self.contacts.get(id).status {
-                Some(status) => {
-                    status.cluster_id == self.config.cluster_id && status.commit_index == 0
-                }
-                None => false,
-            })
-    }
-
-    /// Ends rejoining once this replica applied a committed entry of the current
-    /// leader's term; called on every metrics report.
-    pub fn check_rejoined(&self, m: &RaftMetrics) {
-        if !self.is_rejoining() {
-            return;
-        }
-        let leader_term = m.vote.leader_id().term;
-        let caught_up = m.vote.is_committed()
-            && m.current_leader.is_some_and(|l| l != self.config.node_id)
-            && m.last_applied
-                .is_some_and(|applied| applied.leader_id.term == leader_term);
-        if caught_up {
-            self.end_rejoining("caught up with the leader");
-        }
-    }
-
-    /// Leaves the rejoining state for good: votes and elections as any replica.
-    pub fn end_rejoining(&self, why: &str) {
-        if !self.rejoining.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        if let Err(err) = self.reader.store().meta_delete(META_REJOINING) {
-            // Harmless: the next start rejoins again and catches up at once.
-            tracing::warn!(error = %err, "could not clear the rejoining mark");
-        }
-        self.raft.runtime_config().elect(true);
-        tracing::info!(
-            applied_index = self.reader.applied_index(),
-            "{why}; this replica votes and stands for election again"
-        );
-    }
-
-    /// Sends a leader-only request to `leader` and sorts the answer.
-    async fn forward<T>(
-        &self,
-        leader: NodeId,
-        rpc: Rpc,
-        timeout: Duration,
-        unpack: impl FnOnce(RpcReply) -> Option<Result<T, LeaderError>>,
-    ) -> Forwarded<T> {
-        let Some(node) = self.node_of(leader) else {
-            return Forwarded::NotDelivered;
-        };
-        let kind = rpc.kind();
-        let call = self
-            .transport
-            .call(self.config.node_id, leader, &node.raft_addr, rpc, timeout);
-        // A follower that stops hearing from any leader gives up at once rather than
-        // waiting out the call's deadline: the leader is gone or this replica is cut off.
-        let silence = async {
-            loop {
-                tokio::time::sleep(self.tick()).await;
-                if self.leader_silent() && !self.is_leader() {
-                    return;
-                }
-            }
-        };
-        let answer = tokio::select! {
-            answer = call => answer,
-            _ = silence => {
-                tracing::debug!(leader, "no leader heard from while forwarding; giving up");
-                return Forwarded::Lost;
-            }
-        };
-        match answer {
-            Ok(reply) => {
-                self.contacts.heard_from(leader);
-                match unpack(reply) {
-                    Some(Ok(value)) => Forwarded::Done(value),
-                    Some(Err(LeaderError::NotLeader { leader })) => Forwarded::NotLeader(leader),
-                    Some(Err(LeaderError::Failed { error })) => Forwarded::Failed(error),
-                    None => Forwarded::Failed(ClusterError::Internal(format!(
-                        "replica {leader} answered a {kind:?} call with another kind"
-                    ))),
-                }
-            }
-            Err(err) if err.not_delivered() => {
-                tracing::debug!(leader, error = %err, "leader not reachable");
-                Forwarded::NotDelivered
-            }
-            Err(err) => {
-                tracing::debug!(leader, error = %err, "forwarded call failed");
-                Forwarded::Lost
-            }
-        }
-    }
-
-    // ---- writes ------------------------------------------------------------------
-
-    /// Submits a write: proposed here when leader, forwarded to the leader otherwise.
-    pub async fn submit_write(&self, command: Command) -> Result<Receipt, ClusterError> {
-        let started = Instant::now();
-        let result = self.write(command).await;
-        match &result {
-            Ok(_) => {
-                self.counters.writes.fetch_add(1, Ordering::Relaxed);
-                self.counters.proposal_latency.observe(started.elapsed());
-            }
-            Err(_) => {
-                self.counters.writes_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        result
-    }
-
-    async fn write(&self, command: Command) -> Result<Receipt, ClusterError> {
-        let deadline = Instant::now() + self.config.no_leader_timeout;
-        let mut hint: Option<NodeId> = None;
-        let mut tries = 0;
-        loop {
-            if self.is_closed() {
-                return Err(ClusterError::ShuttingDown);
-            }
-            let followed_hint = hint.is_some();
-            let target = hint.take().or_else(|| self.usable_leader());
-            match target {
-                Some(id) if id == self.config.node_id => {
-                    match self.propose(command.clone()).await {
-                        Ok(receipt) => return Ok(receipt),
-                        Err(LeaderError::NotLeader { leader }) => {
-                            hint = leader.filter(|l| *l != self.config.node_id)
-                        }
-                        Err(LeaderError::Failed { error }) => return Err(error),
-                    }
-                }
-                Some(id) => {
-                    let timeout = self.config.write_timeout + self.config.rpc_timeout;
-                    let rpc = Rpc::ForwardWrite(command.clone());
-                    match self
-                        .forward(id, rpc, timeout, |reply| match reply {
-                            RpcReply::ForwardWrite(result) => Some(result),
-                            _ => None,
-                        })
-                        .await
-                    {
-                        Forwarded::Done(receipt) => {
-                            self.counters
-                                .writes_forwarded
-                                .fetch_add(1, Ordering::Relaxed);
-                            // Read-your-writes on this replica too (bounded; the write
-                            // succeeded whatever happens here).
-                            let wait = self.config.min_index_wait.min(self.config.rpc_timeout);
-                            let _ = self.reader.wait_applied(receipt.index, wait).await;
-                            return Ok(receipt);
-                        }
-                        Forwarded::NotLeader(leader) => hint = leader.filter(|l| *l != id),
-                        Forwarded::NotDelivered => {}
-                        // It may have reached the leader and joined its log.
-                        Forwarded::Lost => return Err(self.outcome_unknown()),
-                        Forwarded::Failed(error) => {
-                            return Err(from_leader(error, || self.outcome_unknown()))
-                        }
-                    }
-                }
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(self.no_leader());
-            }
-            // A fresh hint is followed at once, but only once in a row.
-            if followed_hint || hint.is_none() {
-                hint = None;
-                self.back_off(deadline, tries, target).await;
-                tries += 1;
-            }
-        }
-    }
-
-    /// Waits before the next try of a write: one tick, doubling with each failed try of
-    /// this request, at most a quarter of the lease, never past `deadline`; and no longer
-    /// than until a usable leader other than `failed` (the one just tried) shows up.
-    ///
-    /// Why not [`Node::pause`]: openraft publishes metrics at every turn of its loop, so
-    /// "until the metrics change" is often at once; under a write flood to a dead
-    /// leader, every queued write would then retry in a tight loop.
-    async fn back_off(&self, deadline: Instant, tries: u32, failed: Option<NodeId>) {
-        let step = self.tick().saturating_mul(1 << tries.min(10));
-        let cap = (self.config.election_max / 4).max(self.tick());
-        let until = (Instant::now() + step.min(cap)).min(deadline);
-        let mut metrics = self.metrics.clone();
-        let other_leader = async {
-            while metrics.changed().await.is_ok() {
-                if self.usable_leader().is_some_and(|l| Some(l) != failed) {
-                    return;
-                }
-            }
-            // The Raft core is gone: only the timer ends the wait.
-            std::future::pending::<()>().await
-        };
-        let _ = tokio::time::timeout_at(until.into(), other_leader).await;
-    }
-
-    /// Proposes a command on this replica as leader; answers once it is applied here.
-    /// The command joins the next log entry the batcher proposes (see `batcher`).
-    ///
-    /// Failures say whether the command may be in the log. `NotLeader` (and
-    /// `ShuttingDown`): it certainly is not, because this replica did not lead, or gave
-    /// up (leadership lost, write deadline passed) before the batcher handed it to
-    /// openraft, which withdraws it. `OutcomeUnknown`: it was handed over and may still
-    /// commit under a new leader; only a repeat under its idempotency key can tell.
-    ///
-    /// Cancellation: dropping this future before the batcher took the command leaves it
-    /// out of every entry; after, it may still commit.
-    pub async fn propose(&self, command: Command) -> Result<Receipt, LeaderError> {
-        if !self.is_leader() {
-            return Err(LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            });
-        }
-        let started = Instant::now();
-        let mut leadership = self.leadership.subscribe();
-        let write_deadline = started + self.config.write_timeout;
-        let (reply, answer) = oneshot::channel();
-        let claim = Arc::new(Claim::default());
-        let queued = async {
-            self.proposals
-                .send(Proposal {
-                    command,
-                    reply,
-                    claim: claim.clone(),
-                })
-                .await
-                .ok()?;
-            answer.await.ok()
-        };
-        let result = tokio::select! {
-            result = queued => result,
-            _ = leadership.wait_for(|leader| !*leader) => return Err(self.give_up(&claim)),
-            _ = tokio::time::sleep_until(write_deadline.into()) => {
-                return Err(self.give_up(&claim));
-            }
-        };
-        match result {
-            Some(Ok(receipt)) => {
-                self.counters.commit_latency.observe(started.elapsed());
-                Ok(receipt)
-            }
-            Some(Err(error)) => Err(error),
-            // The batcher stopped (the replica is shutting down) with the command in an
-            // entry it had handed to openraft.
-            None if claim.taken() => Err(LeaderError::Failed {
-                error: self.outcome_unknown(),
-            }),
-            // The batcher stopped before taking it: nothing was proposed.
-            None => Err(LeaderError::Failed {
-                error: ClusterError::ShuttingDown,
-            }),
-        }
-    }
-
-    /// A proposal's caller stops waiting: withdrawn if the batcher has not handed it to
-    /// openraft yet (then nothing was proposed), else its outcome is unknown.
-    fn give_up(&self, claim: &Claim) -> LeaderError {
-        if claim.withdraw() {
-            LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            }
-        } else {
-            LeaderError::Failed {
-                error: self.outcome_unknown(),
-            }
-        }
-    }
-
-    // ---- reads -------------------------------------------------------------------
-
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<Index, ClusterError> {
-        match consistency {
-            Consistency::Stale => Ok(self.reader.applied_index()),
-            Consistency::MinIndex(index) => {
-                self.reader
-                    .wait_applied(index, self.config.min_index_wait)
-                    .await
-            }
-            // DELIBERATELY BROKEN (chaos suite self-test, off by default): no read index.
-            Consistency::Strict if cfg!(feature = "chaos-broken-strict-reads") => {
-                Ok(self.reader.applied_index())
-            }
-            Consistency::Strict => {
-                let index = self.read_index().await?;
-                self.reader
-                    .wait_applied(index, self.config.min_index_wait)
-                    .await
-            }
-        }
-    }
-
-    /// The leader's read index: confirmed by a quorum, so every write acknowledged
-    /// before this call is at or below it.
-    async fn read_index(&self) -> Result<Index, ClusterError> {
-        let deadline = Instant::now() + self.config.no_leader_timeout;
-        let mut hint: Option<NodeId> = None;
-        loop {
-            if self.is_closed() {
-                return Err(ClusterError::ShuttingDown);
-            }
-            let target = hint.take().or_else(|| self.usable_leader());
-            let outcome =
-                match target {
-                    Some(id) if id == self.config.node_id => match self.read_index_here().await {
-                        Ok(index) => Forwarded::Done(index),
-                        Err(LeaderError::NotLeader { leader }) => Forwarded::NotLeader(leader),
-                        Err(LeaderError::Failed { error }) => Forwarded::Failed(error),
-                    },
-                    Some(id) => {
-                        self.forward(id, Rpc::ReadIndex, self.config.rpc_timeout, |reply| {
-                            match reply {
-                                RpcReply::ReadIndex(result) => Some(result),
-                                _ => None,
-                            }
-                        })
-                        .await
-                    }
-                    None => Forwarded::NotDelivered,
-                };
-            match outcome {
-                Forwarded::Done(index) => return Ok(index),
-                Forwarded::NotLeader(leader) => {
-                    hint = leader.filter(|l| Some(*l) != target);
-                }
-                // A read changes nothing: every failure may be retried until the deadline.
-                Forwarded::Failed(ClusterError::ShuttingDown)
-                    if target == Some(self.config.node_id) =>
-                {
-                    return Err(ClusterError::ShuttingDown)
-                }
-                Forwarded::Failed(_) | Forwarded::NotDelivered | Forwarded::Lost => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(self.no_leader());
-            }
-            if hint.is_none() {
-                self.pause(deadline).await;
-            }
-        }
-    }
-
-    /// The read index as this replica, the leader, confirms it.
-    async fn read_index_here(&self) -> Result<Index, LeaderError> {
-        if !self.is_leader() {
-            return Err(LeaderError::NotLeader {
-                leader: self.leader_of(&self.metrics()),
-            });
-        }
-        let confirmed =
-            tokio::time::timeout(self.config.rpc_timeout, self.raft.ensure_linearizable()).await;
-        match confirmed {
-            Ok(Ok(read_log_id)) => Ok(read_log_id
-                .map_or(0, |id| id.index)
-                .max(self.reader.applied_index())),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(LeaderError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
-                Err(LeaderError::Failed {
-                    error: self.no_leader(),
-                })
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(LeaderError::Failed { error: fatal(f) }),
-        }
-    }
-
-    // ---- membership --------------------------------------------------------------
-
-    /// Forms the cluster from the configured voters (see `RaftCluster::initialize`).
-    pub async fn initialize(&self) -> Result<bool, ClusterError> {
-        if !self.raft.is_initialized().await.map_err(fatal)? {
-            let me = self.config.node_id;
-            let formed = self
-                .known_replicas()
-                .into_keys()
-                .any(|id| id != me && self.contacts.get(id).status.is_some_and(|s| s.initialized));
-            if formed {
-                // An empty replica of a cluster that exists (its disk was wiped): forming
-                // a second history here would be wrong; it catches up from the leader.
-                return Ok(false);
-            }
-            // The replica that forms the cluster has nothing to have forgotten.
-            self.end_rejoining("initializing a new cluster");
-        }
-        let mut members = BTreeMap::new();
-        for peer in self.config.voters() {
-            let node = if peer.id == self.config.node_id {
-                self.me.clone()
-            } else {
-                match self.contacts.get(peer.id).status {
-                    Some(status) if status.id == peer.id => ReplicaNode {
-                        raft_addr: peer.raft_addr.clone(),
-                        ..status.node
-                    },
-                    _ => ReplicaNode {
-                        name: peer.name.clone(),
-                        region: String::new(),
-                        raft_addr: peer.raft_addr.clone(),
-                        api_addr: String::new(),
-                    },
-                }
-            };
-            members.insert(peer.id, node);
-        }
-        match self.raft.initialize(members).await {
-            Ok(()) => {
-                tracing::info!("initialized the cluster");
-                Ok(true)
-            }
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
-                Err(ClusterError::Config(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(fatal(f)),
-        }
-    }
-
-    /// Runs a membership change on the leader, from whichever replica it is asked on.
-    pub async fn change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<MembershipView, ClusterError> {
-        let deadline = Instant::now() + self.config.no_leader_timeout;
-        let mut hint: Option<NodeId> = None;
-        loop {
-            if self.is_closed() {
-                return Err(ClusterError::ShuttingDown);
-            }
-            let target = hint.take().or_else(|| self.usable_leader());
-            let outcome =
-                match target {
-                    Some(id) if id == self.config.node_id => {
-                        match self.change_membership_here(change.clone()).await {
-                            Ok(view) => Forwarded::Done(view),
-                            Err(LeaderError::NotLeader { leader }) => Forwarded::NotLeader(leader),
-                            Err(LeaderError::Failed { error }) => Forwarded::Failed(error),
-                        }
-                    }
-                    Some(id) => {
-                        let timeout = self.config.catch_up_timeout + self.config.rpc_timeout;
-                        self.forward(id, Rpc::Membership(change.clone()), timeout, |reply| {
-                            match reply {
-                                RpcReply::Membership(result) => Some(result),
-                                _ => None,
-                            }
-                        })
-                        .await
-                    }
-                    None => Forwarded::NotDelivered,
-                };
-            match outcome {
-                Forwarded::Done(view) => return Ok(view),
-                Forwarded::NotLeader(leader) => hint = leader.filter(|l| Some(*l) != target),
-                Forwarded::NotDelivered => {}
-                // Membership changes are repeatable (adding a voter twice is a no-op).
-                Forwarded::Lost => return Err(self.no_leader()),
-                Forwarded::Failed(error) => return Err(error),
-            }
-            if Instant::now() >= deadline {
-                return Err(self.no_leader());
-            }
-            if hint.is_none() {
-                self.pause(deadline).await;
-            }
-        }
-    }
-
-    fn membership_error(
-        &self,
-        err: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>,
-    ) -> LeaderError {
-        match err {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {
-                leader: f.leader_id,
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                LeaderError::Failed {
-                    error: ClusterError::Membership(e.to_string()),
-                }
-            }
-            RaftError::Fatal(f) => LeaderError::Failed { error: fatal(f) },
-        }
-    }
-
-    /// A membership change with this replica as leader.
-    async fn change_membership_here(
-        &self,
-        change: MembershipChange,
-    ) -> Result<MembershipView, LeaderError> {
-        if self.is_closed() || !self.is_leader() {
-            return Err(LeaderError::NotLeader {
-                leader: if self.is_closed() {
-                    None
-                } else {
-                    self.leader_of(&self.metrics())
-                },
-            });
-        }
-        let m = self.metrics();
-        let membership = m.membership_config.membership().clone();
-        match change {
-            MembershipChange::Add { id, node } => {
-                if membership.voter_ids().any(|v| v == id) {
-                    return Ok(membership_view(&m));
-                }
-                if membership.get_node(&id).is_none() {
-                    let node = self.describe(id, node).await;
-                    let added = self
-                        .raft
-                        .add_learner(id, node, false)
-                        .await
-                        .map_err(|e| self.membership_error(e))?;
-                    tracing::info!(id, index = added.log_id.index, "added a learner");
-                }
-                self.wait_caught_up(id).await?;
-                let changed = self
-                    .raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(|e| self.membership_error(e))?;
-                tracing::info!(
-                    id,
-                    index = changed.log_id.index,
-                    "promoted a learner to voter"
-                );
-            }
-            MembershipChange::Remove { id } => {
-                if membership.get_node(&id).is_none() {
-                    return Ok(membership_view(&m));
-                }
-                let change = if membership.voter_ids().any(|v| v == id) {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                // `retain = false`: a removed voter does not stay on as a learner.
-                let changed = self
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(|e| self.membership_error(e))?;
-                tracing::info!(id, index = changed.log_id.index, "removed a replica");
-            }
-        }
-        Ok(membership_view(&self.metrics()))
-    }
-
-    /// The new replica's own description (region, API address) when it answers, else
-    /// what the caller gave.
-    async fn describe(&self, id: NodeId, given: ReplicaNode) -> ReplicaNode {
-        let reply = self
-            .transport
-            .call(
-                self.config.node_id,
-                id,
-                &given.raft_addr,
-                Rpc::Status,
-                self.config.rpc_timeout,
-            )
-            .await;
-        match reply {
-            Ok(RpcReply::Status(status)) if status.id == id => ReplicaNode {
-                raft_addr: given.raft_addr,
-                ..status.node
-            },
-            _ => given,
-        }
-    }
-
-    /// Waits until learner `id` replicated up to the leader's log end as of now.
-    async fn wait_caught_up(&self, id: NodeId) -> Result<(), LeaderError> {
-        let target = self.metrics().last_log_index.unwrap_or(0);
-        let deadline = Instant::now() + self.config.catch_up_timeout;
-        loop {
-            let m = self.metrics();
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map_or(0, |log_id| log_id.index);
-            if matched >= target {
-                return Ok(());
-            }
-            if m.state != ServerState::Leader {
-                return Err(LeaderError::NotLeader {
-                    leader: m.current_leader,
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(LeaderError::Failed {
-                    error: ClusterError::Membership(format!(
-                        "replica {id} did not catch up (at {matched} of {target}) within {:?}; \
-                         it stays a learner, add it again to retry",
-                        self.config.catch_up_timeout
-                    )),
-                });
-            }
-            self.pause(deadline).await;
-        }
-    }
-
-    // ---- topology and stats ------------------------------------------------------
-
-    pub fn topology(&self) -> Topology {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let leader = self.leader_of(&m);
-        let last_log = m.last_log_index.unwrap_or(0);
-        // The leader's log end, for lag: ours if we lead, else as the leader reported it.
-        let leader_last_log = match leader {
-            Some(id) if id == self.config.node_id => Some(last_log),
-            Some(id) => self.contacts.get(id).status.map(|s| s.last_log_index),
-            None => None,
-        };
-        let probe_window = self.probe_interval() * 3 + self.config.rpc_timeout;
-        let now = Instant::now();
-        let mut replicas = Vec::new();
-        for (id, node) in self.known_replicas() {
-            if id == self.config.node_id {
-                let applied = self.reader.applied_index();
-                replicas.push(ReplicaInfo {
-                    id,
-                    name: node.name,
-                    region: node.region,
-                    address: node.raft_addr,
-                    api_address: Some(node.api_addr).filter(|a| !a.is_empty()),
-                    role: self.role_of(&m),
-                    term: m.current_term,
-                    commit_index: self.committed.load(Ordering::Relaxed),
-                    applied_index: applied,
-                    lag: leader_last_log.map(|end| end.saturating_sub(applied)),
-                    last_contact_ms: Some(0),
-                    reachable: true,
-                });
-                continue;
-            }
-            let view = self.contacts.get(id);
-            let fresh = view
-                .last_ok
-                .is_some_and(|at| now.duration_since(at) <= probe_window);
-            let status = view.status.filter(|s| s.id == id);
-            let role = match &status {
-                Some(s) if fresh => s.role,
-                _ if leader == Some(id) => Role::Leader,
-                _ if voters.contains(&id) => Role::Follower,
-                _ => Role::Learner,
-            };
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map(|log_id| log_id.index);
-            let applied = status.as_ref().map_or(0, |s| s.applied_index);
-            let lag = match (leader == Some(self.config.node_id), matched) {
-                (true, Some(matched)) => Some(last_log.saturating_sub(matched)),
-                (true, None) => Some(last_log),
-                (false, _) if status.is_some() => {
-                    leader_last_log.map(|end| end.saturating_sub(applied))
-                }
-                _ => None,
-            };
-            replicas.push(ReplicaInfo {
-                id,
-                name: status
-                    .as_ref()
-                    .map_or(node.name.clone(), |s| s.node.name.clone()),
-                region: status
-                    .as_ref()
-                    .map(|s| s.node.region.clone())
-                    .filter(|r| !r.is_empty())
-                    .unwrap_or(node.region),
-                api_address: self.api_addr_of(id),
-                address: node.raft_addr,
-                role,
-                term: status.as_ref().map_or(0, |s| s.term),
-                commit_index: status.as_ref().map_or(0, |s| s.commit_index),
-                applied_index: applied,
-                lag,
-                last_contact_ms: view
-                    .last_ok
-                    .map(|at| now.duration_since(at).as_millis() as u64),
-                reachable: fresh && view.probe_ok,
-            });
-        }
-        Topology {
-            cluster_id: self.config.cluster_id.clone(),
-            mode: "raft".into(),
-            this_replica: self.config.replica_name.clone(),
-            leader: leader.and_then(|id| self.node_of(id)).map(|n| n.name),
-            replicas,
-            index: self.reader.applied_index(),
-        }
-    }
-
-    pub fn probe_interval(&self) -> Duration {
-        (self.config.heartbeat * 2).clamp(Duration::from_millis(20), Duration::from_secs(1))
-    }
-
-    pub fn stats(&self) -> RaftStats {
-        let m = self.metrics();
-        let c = &self.counters;
-        let s = &self.snapshots;
-        RaftStats {
-            node_id: self.config.node_id,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: self.committed.load(Ordering::Relaxed),
-            applied_index: self.reader.applied_index(),
-            leader_id: if m.state == ServerState::Leader {
-                self.is_leader().then_some(self.config.node_id)
-            } else {
-                m.current_leader
-            },
-            is_leader: self.is_leader(),
-            leader_changes_total: c.leader_changes.load(Ordering::Relaxed),
-            elections_triggered_total: c.elections_triggered.load(Ordering::Relaxed),
-            writes_total: c.writes.load(Ordering::Relaxed),
-            writes_forwarded_total: c.writes_forwarded.load(Ordering::Relaxed),
-            writes_failed_total: c.writes_failed.load(Ordering::Relaxed),
-            write_entries_total: c.write_entries.load(Ordering::Relaxed),
-            write_entry_commands_total: c.write_entry_commands.load(Ordering::Relaxed),
-            proposal_latency: c.proposal_latency.snapshot(),
-            commit_latency: c.commit_latency.snapshot(),
-            snapshots_built_total: s.built.load(Ordering::Relaxed),
-            snapshots_installed_total: s.installed.load(Ordering::Relaxed),
-            snapshot_index: s.last_index.load(Ordering::Relaxed),
-            purged_index: m.purged.map_or(0, |id| id.index),
-        }
-    }
-
-    // ---- stopping ----------------------------------------------------------------
-
-    /// As leader, waits (bounded by the lease) for the most caught-up voter to hold the
-    /// whole log; returns it, to be named successor once Raft is stopped.
-    pub async fn pick_successor(&self) -> Option<NodeId> {
-        let m = self.metrics();
-        if m.state != ServerState::Leader {
-            return None;
-        }
-        let others: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != self.config.node_id)
-            .collect();
-        if others.is_empty() {
-            return None;
-        }
-        let target = m.last_log_index.unwrap_or(0);
-        let deadline = Instant::now() + self.config.election_max;
-        loop {
-            let m = self.metrics();
-            let best = others
-                .iter()
-                .map(|id| {
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).cloned().flatten())
-                        .map_or(0, |log_id| log_id.index);
-                    (matched, std::cmp::Reverse(*id))
-                })
-                .max();
-            if let Some((matched, std::cmp::Reverse(id))) = best {
-                if matched >= target || Instant::now() >= deadline {
-                    return Some(id);
-                }
-            }
-            self.pause(deadline).await;
-        }
-    }
-
-    /// Tells every other voter who should stand first.
-    pub async fn announce_successor(&self, successor: NodeId, voters: Vec<NodeId>, term: u64) {
-        let calls = voters
-            .into_iter()
-            .filter(|id| *id != self.config.node_id)
-            .filter_map(|id| self.node_of(id).map(|n| (id, n.raft_addr)))
-            .map(|(id, addr)| {
-                let rpc = Rpc::HandOff(HandOff {
-                    leader: self.config.node_id,
-                    term,
-                    successor,
-                });
-                let timeout = self.config.heartbeat.max(Duration::from_millis(100));
-                async move {
-                    let _ = self
-                        .transport
-                        .call(self.config.node_id, id, &addr, rpc, timeout)
-                        .await;
-                }
-            });
-        futures::future::join_all(calls).await;
+    fn counters(&self) -> &Counters {
+        &self.counters
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What the leadership watch and the failure detector see of the replica (see
+/// `monitor`).
+impl Watched for Node {
+    fn config(&self) -> &RaftClusterConfig {
+        &self.config
+    }
 
-    #[test]
-    fn a_leaders_no_leader_or_shutting_down_answer_to_a_forwarded_write_is_unknown() {
-        let unknown = || ClusterError::OutcomeUnknown {
-            retry_after: Duration::from_secs(1),
-            leader: None,
-        };
-        // What older replicas answered also after proposing.
-        let old = ClusterError::NoLeader {
-            retry_after: Duration::from_secs(1),
-            leader: Some("replica-2".into()),
-        };
-        assert_eq!(from_leader(old, unknown), unknown());
-        assert_eq!(from_leader(ClusterError::ShuttingDown, unknown), unknown());
-        // Failures that already say what they are pass through.
-        assert_eq!(from_leader(unknown(), unknown), unknown());
-        let storage = ClusterError::Storage("disk".into());
-        assert_eq!(from_leader(storage.clone(), unknown), storage);
+    fn metrics_watch(&self) -> watch::Receiver<RaftMetrics> {
+        self.metrics.clone()
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn detector(&self) -> &Mutex<Detector> {
+        &self.detector
+    }
+
+    fn leadership(&self) -> &watch::Sender<bool> {
+        &self.leadership
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn contacts(&self) -> &Contacts {
+        &self.contacts
+    }
+
+    fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn tick(&self) -> Duration {
+        Node::tick(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        Node::is_closed(self)
+    }
+
+    fn is_rejoining(&self) -> bool {
+        Node::is_rejoining(self)
+    }
+
+    fn check_rejoined(&self, m: &RaftMetrics) {
+        Node::check_rejoined(self, m)
     }
 }

@@ -2,9 +2,12 @@
 //! applying it answers ([`WriteOutcome`]) and what the membership knows of a replica
 //! ([`ReplicaNode`]).
 
+use openraft::error::Fatal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tanvrit_state::{Command, Outcome};
+
+use crate::ClusterError;
 
 /// A replica's numeric Raft id; stable for the life of its data directory.
 pub type NodeId = u64;
@@ -41,6 +44,15 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, ReplicaNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
 /// openraft's metrics.
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, ReplicaNode>;
+
+/// What a caller is told when the Raft core has stopped (shut down, or failed).
+pub(crate) fn fatal(err: Fatal<NodeId>) -> ClusterError {
+    match err {
+        Fatal::Stopped => ClusterError::ShuttingDown,
+        Fatal::StorageError(e) => ClusterError::Storage(e.to_string()),
+        Fatal::Panicked => ClusterError::Internal("the Raft core panicked".into()),
+    }
+}
 
 /// The payload of a normal log entry: a batch of domain commands, applied in order at
 /// the entry's index. The leader packs every write queued while earlier entries were
