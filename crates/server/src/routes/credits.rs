@@ -323,7 +323,10 @@ pub(crate) fn list_entries(
                 .after_seq
                 .unwrap_or(0)
                 .min(account.entries.len() as u64) as usize;
-            account.entries[start..]
+            // Skipping a persistent vector shares its nodes: O(log n), no copy.
+            account
+                .entries
+                .skip(start)
                 .iter()
                 .filter(|e| request.from.is_none_or(|from| e.at >= from))
                 .filter(|e| request.to.is_none_or(|to| e.at < to))

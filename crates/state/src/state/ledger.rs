@@ -47,7 +47,7 @@ impl State {
             at,
         };
         account.by_key.insert(idempotency_key, seq);
-        account.entries.push(entry.clone());
+        account.entries.push_back(entry.clone());
         entry
     }
 
