@@ -160,25 +160,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored chunk, in key order, read from one consistent view (a snapshot of a
-    /// Raft replica ships them to a replica that installs it).
-    pub fn job_log_chunks(&self) -> Result<Vec<JobLogChunk>, StoreError> {
-        let txn = self.db().begin_read()?;
-        let table = txn.open_table(JOB_LOGS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            let (job, attempt, offset) = k.value();
-            out.push(JobLogChunk {
-                job: JobId::from(job),
-                attempt: AttemptId::from(attempt),
-                offset,
-                data: v.value().to_vec(),
-            });
-        }
-        Ok(out)
-    }
-
     /// Calls `each` with every stored chunk, in key order, from one consistent view (a
     /// read transaction: writers carry on meanwhile), holding one chunk at a time.
     pub fn for_each_job_log_chunk(
@@ -204,43 +185,20 @@ impl Store {
     /// one durable transaction; returns how many jobs lost their output. A snapshot
     /// install uses it to drop output of jobs the installed state no longer has.
     pub fn retain_job_logs(&self, mut keep: impl FnMut(&JobId) -> bool) -> Result<u64, StoreError> {
-        let doomed: Vec<String> = {
+        let doomed: Vec<JobId> = {
             let txn = self.db().begin_read()?;
             let sizes = txn.open_table(JOB_LOG_SIZES)?;
             let mut doomed = Vec::new();
             for item in sizes.iter()? {
                 let (job, _) = item?;
-                let job = job.value();
-                if !keep(&JobId::from(job)) {
-                    doomed.push(job.to_string());
+                let job = JobId::from(job.value());
+                if !keep(&job) {
+                    doomed.push(job);
                 }
             }
             doomed
         };
-        if doomed.is_empty() {
-            return Ok(0);
-        }
-        let txn = self.db().begin_write()?;
-        {
-            let mut chunks = txn.open_table(JOB_LOGS)?;
-            let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
-            for job in &doomed {
-                let mut keys: Vec<(String, u64)> = Vec::new();
-                for item in chunks.range((job.as_str(), "", 0u64)..)? {
-                    let (key, _) = item?;
-                    let (chunk_job, attempt, offset) = key.value();
-                    if chunk_job != job {
-                        break;
-                    }
-                    keys.push((attempt.to_string(), offset));
-                }
-                for (attempt, offset) in &keys {
-                    chunks.remove((job.as_str(), attempt.as_str(), *offset))?;
-                }
-                sizes.remove(job.as_str())?;
-            }
-        }
-        txn.commit()?;
+        self.delete_job_logs(&doomed, true)?;
         Ok(doomed.len() as u64)
     }
 
@@ -444,16 +402,42 @@ mod tests {
             text(&read(&store, "k", "a1", 0, 100)),
             (0, "other job".into())
         );
-        let left: Vec<String> = store
-            .job_log_chunks()
-            .unwrap()
-            .into_iter()
-            .map(|c| c.job.0)
-            .collect();
-        assert_eq!(left, ["j2", "k"]);
+        assert_eq!(jobs_with_output(&store), ["j2", "k"]);
         // Again (a replayed collection): nothing to do, no error.
         store.delete_job_logs(&[JobId::from("j")], true).unwrap();
         store.delete_job_logs(&[], true).unwrap();
+    }
+
+    fn jobs_with_output(store: &Store) -> Vec<String> {
+        let mut jobs = Vec::new();
+        store
+            .for_each_job_log_chunk(|c| {
+                jobs.push(c.job.0);
+                Ok(())
+            })
+            .unwrap();
+        jobs
+    }
+
+    #[test]
+    fn retaining_job_logs_drops_the_output_of_every_job_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_job_log_chunks(
+                &[
+                    chunk("gone", "a1", 0, "x"),
+                    chunk("gone", "a2", 0, "y"),
+                    chunk("kept", "a1", 0, "z"),
+                ],
+                true,
+            )
+            .unwrap();
+        let dropped = store.retain_job_logs(|job| job.as_str() == "kept").unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(jobs_with_output(&store), ["kept"]);
+        assert_eq!(store.job_log_bytes(&JobId::from("gone")).unwrap(), 0);
+        assert_eq!(store.retain_job_logs(|_| true).unwrap(), 0);
     }
 
     #[test]
