@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - this file: the [`ClusterService`] trait, [`Receipt`], [`ClusterError`].
+//! - [`job_output`]: what applying a command writes outside the state (job output),
+//!   shared by both engines.
 //! - [`reader`]: [`Reader`], local read access to a replica's applied state and job logs.
 //! - [`single_node`]: [`SingleNode`], the reference implementation (always leader; the
 //!   redb store is the log).
@@ -16,6 +18,7 @@
 #[cfg(all(feature = "chaos-broken-strict-reads", not(debug_assertions)))]
 compile_error!("`chaos-broken-strict-reads` breaks linearizable reads; debug builds only");
 
+pub mod job_output;
 pub mod raft;
 pub mod reader;
 pub mod single_node;

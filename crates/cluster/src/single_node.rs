@@ -23,12 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
-use tanvrit_state::{Command, Effect, Outcome, State};
+use tanvrit_state::{Command, Outcome, State};
 use tanvrit_store::{
     JobLogChunk, Store, StoreError, StoreOptions, DEFAULT_RETENTION_BYTES_PER_JOB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::job_output::{chunk_of, collected_of};
 use crate::{ClusterError, ClusterService, Reader, Receipt};
 
 /// Most commands committed in one log transaction.
@@ -140,39 +141,6 @@ fn storage(err: StoreError) -> ClusterError {
     ClusterError::Storage(err.to_string())
 }
 
-/// The chunk an accepted, new `LogAppend` carries (duplicates and rejections carry none).
-pub(crate) fn chunk_of(command: &Command, outcome: &Outcome) -> Option<JobLogChunk> {
-    match (command, outcome) {
-        (
-            Command::LogAppend {
-                job,
-                attempt,
-                offset,
-                data,
-                ..
-            },
-            Ok(Effect::LogAppended {
-                duplicate: false, ..
-            }),
-        ) if !data.is_empty() => Some(JobLogChunk {
-            job: job.clone(),
-            attempt: attempt.clone(),
-            offset: *offset,
-            data: data.as_bytes().to_vec(),
-        }),
-        _ => None,
-    }
-}
-
-/// The jobs an accepted `JobsCollect` removed: their output is deleted with them, on
-/// every replica, at the same index.
-pub(crate) fn collected_of(outcome: &Outcome) -> &[JobId] {
-    match outcome {
-        Ok(Effect::JobsCollected { jobs, .. }) => jobs,
-        _ => &[],
-    }
-}
-
 /// Loads the snapshot and replays the log after it. Returns the state and the last
 /// index in the log (which the state has applied).
 pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
@@ -223,10 +191,10 @@ impl SingleNode {
         };
         let store = Store::open_with(&config.data_dir, options).map_err(storage)?;
         if store
-            .meta_get(crate::raft::upgrade::META_MODE)
+            .meta_get(crate::job_output::META_MODE)
             .map_err(storage)?
             .as_deref()
-            == Some(crate::raft::upgrade::MODE_RAFT)
+            == Some(crate::job_output::MODE_RAFT)
         {
             // Its single-node tables stopped being current when it became a replica.
             return Err(ClusterError::Config(format!(

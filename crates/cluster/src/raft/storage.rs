@@ -56,11 +56,11 @@ use tanvrit_store::raft::RAFT_GROUP;
 use tanvrit_store::{JobLogChunk, SnapshotDir, Store, StoreError};
 use tokio::sync::watch;
 
+use crate::job_output::{chunk_of, collected_of};
 use crate::raft::types::{
     Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
     WriteOutcome,
 };
-use crate::single_node::{chunk_of, collected_of};
 use crate::Reader;
 
 const KEY_VOTE: &str = "vote";

@@ -25,10 +25,7 @@ use crate::raft::types::{LogId, NodeId, ReplicaNode, SnapshotMeta, StoredMembers
 use crate::single_node::recover;
 use crate::ClusterError;
 
-/// The meta key naming the mode that owns the data directory.
-pub const META_MODE: &str = "mode";
-/// [`META_MODE`]'s value for a Raft replica.
-pub const MODE_RAFT: &[u8] = b"raft";
+pub use crate::job_output::{META_MODE, MODE_RAFT};
 
 fn storage(err: StoreError) -> ClusterError {
     ClusterError::Storage(err.to_string())
