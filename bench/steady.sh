@@ -15,7 +15,7 @@
 #        bench/steady.sh 90 16 default           (a quick look)
 # Environment: TANVRIT_BIN (default: a release build of this tree), SNAPSHOT_EVERY
 # (10000), RETENTION (the replicas' TANVRIT_RETENTION_JOBS when set), KEEP_WORK=1 keeps
-# the replicas' logs, ETCD=0 skips etcd.
+# the replicas' logs, ETCD=0 skips etcd, TANVRIT=0 runs etcd alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-90}
@@ -154,7 +154,7 @@ etcd_leader() {
 
 etcd_term() {
   ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w json |
-    python3 -c 'import json,sys; print(max(e["Status"]["raft_term"] for e in json.load(sys.stdin)))'
+    python3 -c 'import json,sys; print(max(e["Status"]["raftTerm"] for e in json.load(sys.stdin)))'
 }
 
 # worst_ms NAME DIR...: the largest `ms=` of the log lines whose message contains NAME.
@@ -168,6 +168,7 @@ worst_ms() {
 echo "# $(nproc) cores, $(uname -r); ${seconds}s per level, 1s warm-up; a snapshot every $snapshot_every entries; $(etcd --version | head -1)"
 printf '%-28s %6s %9s %8s %8s %9s %7s %9s %9s %11s %11s\n' run clients "req/s" "p50 ms" "p99 ms" "max ms" errors elections snapshots "append ms" "apply ms"
 for profile in ${profiles//,/ }; do
+  [[ ${TANVRIT:-1} == 0 ]] && break
   for c in ${levels//,/ }; do
     tanvrit_cluster "t-$profile-$c" "$profile"
     before=$(max_term "$addrs")
