@@ -46,9 +46,26 @@ async fn start(root: &Path, logs_kept: &str) -> ProcessCluster {
         ("TANVRIT_SNAPSHOT_EVERY", "50"),
         ("TANVRIT_SNAPSHOT_LOGS_KEPT", logs_kept),
     ];
-    let cluster = ProcessCluster::start(Path::new(BIN), root, 3, &env)
+    let mut attempt = 0;
+    let cluster = loop {
+        // Each try on fresh ports and directories: a port reserved for a replica can be
+        // taken by another process's outgoing connection before the replica binds it.
+        match ProcessCluster::start(
+            Path::new(BIN),
+            &root.join(format!("try-{attempt}")),
+            3,
+            &env,
+        )
         .await
-        .expect("replicas start");
+        {
+            Ok(cluster) => break cluster,
+            Err(err) if attempt < 3 => {
+                eprintln!("replicas did not start ({err}); trying again");
+                attempt += 1;
+            }
+            Err(err) => panic!("replicas start: {err}"),
+        }
+    };
     cluster.leader(PATIENCE).await.expect("a leader");
     let admin = cluster.admin_client(20);
     let deadline = Instant::now() + PATIENCE;
