@@ -227,7 +227,8 @@ impl SnapshotDir {
     }
 
     /// [`SnapshotDir::read_received`], then [`SnapshotDir::make_current`].
-    pub fn adopt<M: DeserializeOwned>(
+    #[cfg(test)]
+    fn adopt<M: DeserializeOwned>(
         &self,
         received: &Path,
         on_chunk: impl FnMut(JobLogChunk) -> Result<(), StoreError>,

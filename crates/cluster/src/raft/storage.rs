@@ -358,13 +358,10 @@ struct Applied {
     membership: StoredMembership,
 }
 
-/// The current snapshot file. Its lock is held while a snapshot is made current, so a
-/// build that finishes after a newer snapshot was installed cannot replace it (the log
-/// is purged up to the newest one).
+/// The current snapshot file and its metadata. Its lock is held while a snapshot is made
+/// current, so a build that finishes after a newer snapshot was installed cannot replace
+/// it (the log is purged up to the newest one).
 struct Saved {
-    /// The current snapshot's last log id.
-    last: Option<LogId>,
-    /// Its file and metadata.
     current: Option<(SnapshotMeta, PathBuf)>,
 }
 
@@ -445,7 +442,6 @@ impl StateMachine {
             None => (Applied::default(), State::new(), None),
         };
         let index = applied.last.map_or(0, |id| id.index);
-        let applied_last = applied.last;
         let counters = Arc::new(SnapshotCounters::default());
         counters.last_index.store(index, Ordering::Relaxed);
         let (applied_index, _) = watch::channel(index);
@@ -457,10 +453,7 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 applied_index,
                 counters,
-                saved: Mutex::new(Saved {
-                    last: applied_last,
-                    current,
-                }),
+                saved: Mutex::new(Saved { current }),
                 receiving: Mutex::new(None),
             }),
         })
@@ -656,7 +649,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let current = shared.snapshots.make_current(&received)?;
             // Output of jobs the installed state no longer knows is not the leader's.
             store.retain_job_logs(|job| state.job(job).is_some())?;
-            saved.last = stored_meta.last_log_id;
             saved.current = Some((stored_meta, current));
             Ok((state, received.bytes))
         })
@@ -742,13 +734,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let mut saved = shared.saved.lock();
             match &saved.current {
                 // A newer snapshot was installed meanwhile; this one is obsolete.
-                Some((_, path)) if saved.last > stored_meta.last_log_id => {
+                Some((current, path)) if current.last_log_id > stored_meta.last_log_id => {
                     return Ok((path.clone(), 0, false))
                 }
                 _ => {}
             }
             let (path, bytes) = writer.finish()?;
-            saved.last = stored_meta.last_log_id;
             saved.current = Some((stored_meta, path.clone()));
             Ok((path, bytes, true))
         })
