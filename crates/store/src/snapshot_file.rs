@@ -192,7 +192,8 @@ impl SnapshotDir {
     }
 
     /// A new empty file for a snapshot arriving from a peer, opened for reading and
-    /// writing; [`SnapshotDir::adopt`] makes it current once complete.
+    /// writing; [`SnapshotDir::read_received`] checks it, [`SnapshotDir::make_current`]
+    /// makes it current.
     pub fn receive(&self) -> Result<(PathBuf, File), StoreError> {
         let tmp = self.temporary("incoming");
         let file = OpenOptions::new()
