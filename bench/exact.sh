@@ -11,6 +11,7 @@
 # Usage: bench/exact.sh [seconds-per-level] [schedules] [fire-seconds] [all|ledger|schedules]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 seconds=${1:-10}
 schedules=${2:-1000}
 fire_seconds=${3:-60}
@@ -23,24 +24,7 @@ bin=${TANVRIT_BENCH_BIN:-$PWD/target/release/tanvrit}
 work=$(mktemp -d)
 key=bench-admin-key-0123456789
 secret=bench-cluster-secret-0123456789
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
 trap 'stop_all; rm -rf "$work"' EXIT
-
-# Free loopback ports.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # start NAME REPLICAS: a single-node server (REPLICAS=0) or a Raft cluster; sets $addrs
 # and waits until an admin request works (a leader wrote the admin key).

@@ -16,34 +16,14 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 kills=${2:-10}
 
-if ! command -v etcd >/dev/null; then
-  echo "== installing etcd (Debian etcd-server, etcd-client)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
+source bench/lib.sh
+ensure_etcd
 cargo build --release -p tanvrit >/dev/null
 bin=$PWD/target/release/tanvrit
 work=$(mktemp -d)
 key=bench-admin-key-0123456789
 secret=bench-cluster-secret-0123456789
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
 trap 'stop_all; rm -rf "$work"' EXIT
-
-# Free loopback ports, one per argument slot.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # Waits until the API at $1 takes an admin request (a leader wrote the admin key).
 wait_ready() {
@@ -80,33 +60,6 @@ tanvrit_cluster() {
     addrs+="${addrs:+,}http://127.0.0.1:${ports[$i]}"
   done
   wait_ready "$addrs"
-}
-
-# etcd_cluster NAME MEMBERS: starts the members, sets $endpoints.
-etcd_cluster() {
-  local name=$1 n=$2 i
-  read -r -a ports <<<"$(free_ports $((2 * n)))"
-  local initial=""
-  for ((i = 0; i < n; i++)); do
-    initial+="${initial:+,}e$((i + 1))=http://127.0.0.1:${ports[$((n + i))]}"
-  done
-  endpoints=""
-  for ((i = 0; i < n; i++)); do
-    local client=http://127.0.0.1:${ports[$i]} peer=http://127.0.0.1:${ports[$((n + i))]}
-    etcd --name "e$((i + 1))" --data-dir "$work/$name/e$((i + 1))" \
-      --listen-client-urls "$client" --advertise-client-urls "$client" \
-      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-      --initial-cluster "$initial" --initial-cluster-state new \
-      --initial-cluster-token "$name" --log-level error >"$work/$name-e$((i + 1)).log" 2>&1 &
-    pids+=($!)
-    endpoints+="${endpoints:+,}$client"
-  done
-  for _ in $(seq 300); do
-    ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "etcd not healthy: $endpoints" >&2
-  return 1
 }
 
 echo "# $(nproc) cores, $(uname -r); ${seconds}s per level after 1s warm-up; $(etcd --version | head -1)"

@@ -23,11 +23,8 @@ levels=${2:-16,64}
 profiles=${3:-default}
 snapshot_every=${SNAPSHOT_EVERY:-10000}
 
-if ! command -v etcd >/dev/null; then
-  echo "== installing etcd (Debian etcd-server, etcd-client)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
+source bench/lib.sh
+ensure_etcd
 if [[ -z ${TANVRIT_BIN:-} ]]; then
   cargo build --release -p tanvrit >/dev/null
   bin=$PWD/target/release/tanvrit
@@ -37,27 +34,11 @@ fi
 work=$(mktemp -d)
 key=bench-admin-key-0123456789
 secret=bench-cluster-secret-0123456789
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
 cleanup() {
   stop_all
   if [[ ${KEEP_WORK:-0} == 1 ]]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # metric ADDR NAME: one unlabelled gauge/counter from /metrics.
 metric() {
@@ -120,33 +101,6 @@ tanvrit_cluster() {
   return 1
 }
 
-etcd_cluster() {
-  local name=$1 n=3 i
-  read -r -a ports <<<"$(free_ports $((2 * n)))"
-  local initial=""
-  for ((i = 0; i < n; i++)); do
-    initial+="${initial:+,}e$((i + 1))=http://127.0.0.1:${ports[$((n + i))]}"
-  done
-  endpoints=""
-  for ((i = 0; i < n; i++)); do
-    local client=http://127.0.0.1:${ports[$i]} peer=http://127.0.0.1:${ports[$((n + i))]}
-    etcd --name "e$((i + 1))" --data-dir "$work/$name/e$((i + 1))" \
-      --listen-client-urls "$client" --advertise-client-urls "$client" \
-      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-      --initial-cluster "$initial" --initial-cluster-state new \
-      --heartbeat-interval 500 --election-timeout 2500 --snapshot-count 10000 \
-      --initial-cluster-token "$name" --log-level error >"$work/$name-e$((i + 1)).log" 2>&1 &
-    pids+=($!)
-    endpoints+="${endpoints:+,}$client"
-  done
-  for _ in $(seq 300); do
-    ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "etcd not healthy: $endpoints" >&2
-  return 1
-}
-
 etcd_leader() {
   ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w json |
     python3 -c 'import json,sys; s=json.load(sys.stdin); print([e["Endpoint"] for e in s if e["Status"]["leader"]==e["Status"]["header"]["member_id"]][0])'
@@ -192,7 +146,8 @@ print("%-28s %6d %9.0f %8.2f %8.2f %9.1f %7d %9s %9s %11s %11s" % (
 done
 [[ ${ETCD:-1} == 0 ]] && exit 0
 for c in ${levels//,/ }; do
-  etcd_cluster "etcd-$c"
+  etcd_cluster "etcd-$c" 3 --heartbeat-interval 500 --election-timeout 2500 \
+    --snapshot-count 10000
   lead=$(etcd_leader)
   before=$(etcd_term)
   report=$($bin --json bench etcd-put --endpoints "$lead" --concurrency "$c" \
