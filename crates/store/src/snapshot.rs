@@ -98,7 +98,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use tanvrit_api::{BusinessId, EntryId, EntryKind, KeyId, NodeId, Resources};
@@ -135,7 +135,9 @@ mod tests {
         ]
     }
 
-    fn applied() -> (Vec<(u64, Command)>, State) {
+    /// Three commands applied at indexes 1-3 (a node, a top-up, a refused revoke), and
+    /// the state they leave: the small state the store's snapshot tests write.
+    pub(crate) fn applied() -> (Vec<(u64, Command)>, State) {
         let entries: Vec<(u64, Command)> = commands()
             .into_iter()
             .enumerate()

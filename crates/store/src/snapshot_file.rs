@@ -494,42 +494,15 @@ impl SnapshotWriter {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::io::Write;
 
-    use tanvrit_api::{BusinessId, EntryId, EntryKind, JobId, NodeId, Resources};
-    use tanvrit_state::{Command, State};
+    use tanvrit_api::{JobId, NodeId};
+    use tanvrit_state::State;
 
     use super::*;
 
     fn state() -> State {
-        let mut state = State::new();
-        let commands = [
-            Command::NodeRegister {
-                node: NodeId::from("node-1"),
-                name: "n1".into(),
-                resources: Resources {
-                    cpu_millis: 4000,
-                    memory_mb: 8192,
-                    gpus: 0,
-                },
-                labels: BTreeMap::new(),
-                at: 10,
-            },
-            Command::LedgerEntryCreate {
-                entry: EntryId::from("ent-1"),
-                business: BusinessId::from("biz"),
-                kind: EntryKind::TopUp,
-                amount: 5_000_000,
-                idempotency_key: "top-1".into(),
-                note: None,
-                at: 11,
-            },
-        ];
-        for (i, command) in commands.iter().enumerate() {
-            let _ = state.apply(i as u64 + 1, command);
-        }
-        state
+        crate::snapshot::tests::applied().1
     }
 
     fn chunk(n: u64) -> JobLogChunk {
