@@ -3,16 +3,17 @@
 //!
 //! One writer thread owns the write path. It takes every queued command (up to
 //! [`MAX_BATCH`]), appends them to the log in one durable redb transaction (one fsync
-//! for the whole group), then applies each under the state's write lock, stores the
-//! output chunks of accepted `LogAppend`s (and deletes the output of jobs a `JobsCollect`
-//! removed), publishes the applied index and answers the callers. A read therefore never sees a write that is not durable, and a crash at any
-//! point loses no acknowledged write: on open, the last snapshot is loaded and the log
-//! after it is replayed through the same `apply`.
+//! for the whole group), then applies each under the state's write lock and writes what
+//! they changed to the state tables (rows, output chunks of accepted `LogAppend`s,
+//! deletion of collected jobs' output) in one transaction that is not fsynced: the next
+//! durable commit makes it durable, and until then the log holds the batch. Only then
+//! does it publish the applied index and answer the callers. A read therefore never
+//! sees a write that is not durable, and a crash loses no acknowledged write: on open,
+//! the tables are loaded and the log after their applied index is re-applied through
+//! the same `apply`; history is never replayed.
 //!
-//! Every `snapshot_every` group commits the writer clones the state (a read lock, so readers
-//! carry on) and a helper thread streams it to a snapshot file (holding no database
-//! lock, so log appends go on), then purges the log it covers in a durable
-//! transaction that also makes earlier non-durable job-log writes durable.
+//! Every `snapshot_every` group commits the writer purges the log through the applied
+//! index, in a durable transaction that first makes the tables' writes durable.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,11 +22,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
 use tanvrit_state::{Command, Outcome, State};
+use tanvrit_store::state_tables::encode_rows;
 use tanvrit_store::{
-    JobLogChunk, Store, StoreError, StoreOptions, DEFAULT_RETENTION_BYTES_PER_JOB,
+    JobLogChunk, StateWrite, Store, StoreError, StoreOptions, TableArchive,
+    DEFAULT_RETENTION_BYTES_PER_JOB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -54,7 +57,7 @@ pub struct SingleNodeConfig {
     pub cluster_id: String,
     /// The address shown in the topology (the public API address).
     pub address: String,
-    /// Take a snapshot (and purge the log) every this many group commits (each carries
+    /// Purge the log (the tables hold the state) every this many group commits (each carries
     /// one or more writes, as a Raft entry carries a batch). Default 10,000.
     pub snapshot_every: u64,
     /// Longest wait of a `min_index` read before `NotCaughtUp`. Default 5 s.
@@ -93,10 +96,10 @@ pub struct WriteStats {
     pub writes: u64,
     /// Log transactions committed (one per group of writes).
     pub batches: u64,
-    /// Durable (fsynced) commits: one per batch plus one per snapshot.
+    /// Durable (fsynced) commits: one per batch plus one per log purge.
     pub fsyncs: u64,
-    /// Snapshots saved.
-    pub snapshots: u64,
+    /// Log purges (every `snapshot_every` group commits: the tables hold the state).
+    pub log_purges: u64,
 }
 
 #[derive(Default)]
@@ -104,7 +107,7 @@ struct Counters {
     writes: AtomicU64,
     batches: AtomicU64,
     fsyncs: AtomicU64,
-    snapshots: AtomicU64,
+    log_purges: AtomicU64,
 }
 
 impl Counters {
@@ -113,7 +116,7 @@ impl Counters {
             writes: self.writes.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
-            snapshots: self.snapshots.load(Ordering::Relaxed),
+            log_purges: self.log_purges.load(Ordering::Relaxed),
         }
     }
 }
@@ -141,23 +144,31 @@ fn storage(err: StoreError) -> ClusterError {
     ClusterError::Storage(err.to_string())
 }
 
-/// Loads the snapshot and replays the log after it. Returns the state and the last
-/// index in the log (which the state has applied).
+/// The group of the single-node engine's state tables.
+pub(crate) const GROUP: &str = tanvrit_store::snapshot::SINGLE_NODE_GROUP;
+
+/// Loads the state tables (converting a snapshot of an earlier version into them first)
+/// and re-applies the log after their applied index. Returns the state, the index the
+/// tables held, and the last index in the log (which the state has applied).
 pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterError> {
-    let (snapshot_index, mut state) = store
-        .load_snapshot()
+    if !store.has_state(GROUP).map_err(storage)? {
+        migrate_snapshot(store)?;
+    }
+    let mut state = store
+        .load_working_set(GROUP)
         .map_err(storage)?
-        .unwrap_or_else(|| (0, State::new()));
-    state.set_applied_index(snapshot_index);
+        .unwrap_or_default();
+    state.set_archive(Arc::new(TableArchive::new(store.clone(), GROUP)));
+    let tables_index = state.applied_index();
     let last = store.last_log_index().map_err(storage)?;
-    let mut next = snapshot_index + 1;
+    let mut next = tables_index + 1;
     while next <= last {
         let page = store
             .read_log(next, (next + REPLAY_PAGE).min(last + 1))
             .map_err(storage)?;
         if page.is_empty() {
             return Err(ClusterError::Storage(format!(
-                "log entry {next} is missing (snapshot at {snapshot_index}, log ends at {last})"
+                "log entry {next} is missing (tables at {tables_index}, log ends at {last})"
             )));
         }
         let mut chunks = Vec::new();
@@ -173,18 +184,49 @@ pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterErr
             collected.extend_from_slice(collected_of(&outcome));
             next += 1;
         }
-        // Re-creates chunks a crash may have lost (their writes are not fsynced), and
+        // Re-creates the rows and chunks a crash lost (their writes are not fsynced), and
         // deletes again the output of collected jobs a crash may have brought back.
-        store
-            .write_job_log_chunks(&chunks, false)
-            .map_err(storage)?;
-        store.delete_job_logs(&collected, false).map_err(storage)?;
+        if let Some(fault) = state.take_archive_fault() {
+            return Err(ClusterError::Storage(fault.to_string()));
+        }
+        let changes = state.take_changes();
+        let rows = encode_rows(&state.changed_rows(&changes)).map_err(storage)?;
+        let write = StateWrite {
+            rows,
+            chunks: &chunks,
+            collected: &collected,
+            ..StateWrite::default()
+        };
+        store.write_state(GROUP, &write, false).map_err(storage)?;
+        state.evict_settled(&changes);
     }
-    Ok((state, snapshot_index, last.max(snapshot_index)))
+    Ok((state, tables_index, last.max(tables_index)))
+}
+
+/// A directory written before the state lived in tables: its snapshot and log make the
+/// state, which is written into the tables (durably) before the snapshot is removed.
+fn migrate_snapshot(store: &Store) -> Result<(), ClusterError> {
+    let Some((snapshot_index, mut state)) = store.load_snapshot().map_err(storage)? else {
+        if store.last_log_index().map_err(storage)? > 0 {
+            // Only a log: the tables start empty at index 0 and the replay does the rest.
+            store
+                .replace_state(GROUP, &State::new(), &[])
+                .map_err(storage)?;
+        }
+        return Ok(());
+    };
+    state.set_applied_index(snapshot_index);
+    store.replace_state(GROUP, &state, &[]).map_err(storage)?;
+    store.delete_snapshot().map_err(storage)?;
+    tracing::info!(
+        index = snapshot_index,
+        "moved the single-node snapshot of an earlier version into the state tables"
+    );
+    Ok(())
 }
 
 impl SingleNode {
-    /// Opens the data directory, recovers (snapshot + log replay), and starts the writer.
+    /// Opens the data directory, recovers (tables + the log after them), and starts the writer.
     pub fn open(config: SingleNodeConfig) -> Result<Arc<SingleNode>, ClusterError> {
         let options = StoreOptions {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
@@ -213,14 +255,10 @@ impl SingleNode {
             ),
             Some(_) => {}
         }
-        store
-            .snapshot_dir(tanvrit_store::snapshot::SINGLE_NODE_GROUP)
-            .and_then(|dir| dir.sweep_unfinished())
-            .map_err(storage)?;
-        let (state, snapshot_index, last) = recover(&store)?;
+        let (state, tables_index, last) = recover(&store)?;
         tracing::info!(
             data_dir = %config.data_dir.display(),
-            snapshot_index,
+            tables_index,
             applied_index = last,
             "single node recovered"
         );
@@ -234,10 +272,8 @@ impl SingleNode {
             applied: applied_tx,
             counters: counters.clone(),
             next_index: last + 1,
-            snapshot_every: config.snapshot_every.max(1),
-            since_snapshot: last - snapshot_index,
-            snapshot_task: None,
-            snapshots_blocked: false,
+            purge_every: config.snapshot_every.max(1),
+            since_purge: 0,
             poisoned: None,
         };
         let handle = std::thread::Builder::new()
@@ -385,15 +421,12 @@ struct Writer {
     applied: watch::Sender<Index>,
     counters: Arc<Counters>,
     next_index: Index,
-    snapshot_every: u64,
-    /// Group commits since the last snapshot.
-    since_snapshot: u64,
-    snapshot_task: Option<JoinHandle<()>>,
-    /// Set when job-log chunks could not be stored: the log entries that carry them
-    /// must not be purged, so no snapshot is taken until a restart replays them.
-    snapshots_blocked: bool,
-    /// Set when a failed commit left the log in an unknown state: the applied state may
-    /// no longer match the log, so every later write fails until a restart recovers.
+    /// Purge the log every this many group commits.
+    purge_every: u64,
+    /// Group commits since the last purge.
+    since_purge: u64,
+    /// Set when a failed commit left the log or the tables behind the applied state:
+    /// every later write fails until a restart recovers (tables + log replay).
     poisoned: Option<String>,
 }
 
@@ -409,9 +442,6 @@ impl Writer {
                 }
             }
             self.commit(std::mem::take(&mut batch));
-        }
-        if let Some(task) = self.snapshot_task.take() {
-            let _ = task.join();
         }
         tracing::debug!("writer stopped");
     }
@@ -457,35 +487,64 @@ impl Writer {
         self.counters.writes.fetch_add(count, Ordering::Relaxed);
         self.next_index = base + count;
 
-        // 2. Then apply, all under one write lock.
-        let outcomes: Vec<Outcome> = {
+        // 2. Then apply, all under one write lock, and encode the rows it changed under
+        // the read lock it becomes (readers go on while the rows are encoded).
+        let (outcomes, changes, rows) = {
             let mut state = self.state.write();
-            entries
+            let outcomes: Vec<Outcome> = entries
                 .iter()
                 .map(|(index, command)| state.apply(*index, command))
-                .collect()
+                .collect();
+            let fault = state.take_archive_fault();
+            let changes = state.take_changes();
+            let state = RwLockWriteGuard::downgrade(state);
+            let rows = match fault {
+                // An apply could not read a finished job: its outcome cannot be trusted.
+                Some(fault) => Err(StoreError::Io(fault.to_string())),
+                None => encode_rows(&state.changed_rows(&changes)),
+            };
+            (outcomes, changes, rows)
         };
 
-        // 3. Materialise log chunks before the index is published, so a reader that
-        // waits for the index also finds the bytes.
+        // 3. Write the rows, the output chunks and the collected jobs' deletions in one
+        // transaction before the index is published, so a reader that waits for the
+        // index finds them. Not fsynced: the log holds the batch, and the next durable
+        // commit makes the tables durable too.
         let chunks: Vec<JobLogChunk> = entries
             .iter()
             .zip(&outcomes)
             .filter_map(|((_, command), outcome)| chunk_of(command, outcome))
             .collect();
-        if let Err(err) = self.store.write_job_log_chunks(&chunks, false) {
-            tracing::error!(error = %err, "storing job-log chunks failed; snapshots paused until restart");
-            self.snapshots_blocked = true;
-        }
-        // Retention: collected jobs' output goes with them (after this batch's chunks,
-        // which may belong to a job collected later in the batch).
         let collected: Vec<JobId> = outcomes
             .iter()
             .flat_map(|outcome| collected_of(outcome).iter().cloned())
             .collect();
-        if let Err(err) = self.store.delete_job_logs(&collected, false) {
-            tracing::error!(error = %err, "deleting collected jobs' output failed; snapshots paused until restart");
-            self.snapshots_blocked = true;
+        let written = rows.and_then(|rows| {
+            let write = StateWrite {
+                rows,
+                chunks: &chunks,
+                collected: &collected,
+                ..StateWrite::default()
+            };
+            self.store.write_state(GROUP, &write, false)
+        });
+        match written {
+            // Settled jobs leave memory once the tables hold them.
+            Ok(()) => {
+                self.state.write().evict_settled(&changes);
+            }
+            Err(err) => {
+                // The batch is in the durable log: a restart re-applies it after the
+                // tables' index. Until then nothing more is written nor the log purged,
+                // and the batch's callers learn that its outcome is not known.
+                tracing::error!(error = %err, "writing the state tables failed; restart to recover");
+                let reason = format!("the state tables could not be written ({err}); restart");
+                self.poisoned = Some(reason.clone());
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::Storage(reason.clone())));
+                }
+                return;
+            }
         }
 
         // 4. Publish, then answer.
@@ -498,46 +557,25 @@ impl Writer {
             }));
         }
 
-        // A group commit is this engine's log entry, as a batch is a Raft replica's: under
-        // load one commit carries many writes, and counting writes instead made a busy
-        // single node copy its whole state ten times as often as a Raft replica did.
-        self.since_snapshot += 1;
-        self.maybe_snapshot(last);
+        // A group commit is this engine's log entry, as a batch is a Raft replica's.
+        self.since_purge += 1;
+        if self.since_purge >= self.purge_every && self.poisoned.is_none() {
+            self.purge_log(last);
+        }
     }
 
-    /// Starts a background snapshot at `index` when one is due and none is running.
-    fn maybe_snapshot(&mut self, index: Index) {
-        if self.since_snapshot < self.snapshot_every || self.snapshots_blocked {
-            return;
-        }
-        if let Some(task) = &self.snapshot_task {
-            if !task.is_finished() {
-                return;
+    /// Drops the log through `index`: the tables hold its effect, and this durable
+    /// transaction makes their non-durable writes durable first.
+    fn purge_log(&mut self, index: Index) {
+        self.since_purge = 0;
+        match self.store.purge_log_through(index) {
+            Ok(()) => {
+                self.counters.log_purges.fetch_add(1, Ordering::Relaxed);
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(index, "log purged");
             }
-        }
-        if let Some(task) = self.snapshot_task.take() {
-            let _ = task.join();
-        }
-        // Cloning takes a read lock only; readers go on, and the writer alone mutates, so
-        // the copy is exactly the state at `index`. Serializing happens off this thread.
-        let copy = self.state.read().image();
-        self.since_snapshot = 0;
-        let store = self.store.clone();
-        let counters = self.counters.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tanvrit-snapshot".into())
-            .spawn(move || match store.save_snapshot(index, &copy) {
-                Ok(()) => {
-                    counters.snapshots.fetch_add(1, Ordering::Relaxed);
-                    counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(index, "snapshot saved");
-                }
-                // The log is kept, so nothing is lost; the next one is tried later.
-                Err(err) => tracing::warn!(index, error = %err, "snapshot failed"),
-            });
-        match spawned {
-            Ok(task) => self.snapshot_task = Some(task),
-            Err(err) => tracing::warn!(error = %err, "cannot start the snapshot thread"),
+            // The log is kept, so nothing is lost; the next purge tries again.
+            Err(err) => tracing::warn!(index, error = %err, "log purge failed"),
         }
     }
 }

@@ -10,7 +10,7 @@ use tanvrit_api::{
     NodeId, Rates, Resources, Role,
 };
 use tanvrit_cluster::{ClusterError, ClusterService, SingleNode, SingleNodeConfig};
-use tanvrit_state::{Command, Effect, FinishKind, Placement, Rejection, State};
+use tanvrit_state::{Command, Effect, FinishKind, JobFilter, Placement, Rejection, State};
 use tanvrit_store::Store;
 
 fn config(dir: &tempfile::TempDir) -> SingleNodeConfig {
@@ -127,8 +127,13 @@ async fn submit_all(node: &SingleNode, commands: Vec<Command>) -> Vec<(u64, Comm
     applied
 }
 
+/// The whole state the node holds: its tables (memory keeps only the work in flight).
 fn state_of(node: &SingleNode) -> State {
-    node.reader().read(|s| s.clone())
+    node.reader()
+        .store()
+        .load_state("single")
+        .unwrap()
+        .unwrap_or_default()
 }
 
 /// Compares the replicated data. `State`'s derived `PartialEq` also compares its
@@ -196,36 +201,61 @@ async fn writes_survive_reopen_with_an_identical_state() {
 }
 
 #[tokio::test]
-async fn snapshot_and_replay_equal_a_straight_apply() {
+async fn the_tables_hold_the_state_and_the_log_is_purged_behind_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir);
     cfg.snapshot_every = 5;
     let node = SingleNode::open(cfg.clone()).unwrap();
     let entries = submit_all(&node, workload()).await;
-    eventually("a snapshot", || node.stats().snapshots >= 1).await;
+    eventually("a log purge", || node.stats().log_purges >= 1).await;
     let straight = straight_apply(&entries);
     assert_eq!(state_of(&node), straight);
-    // Shutdown joins any snapshot still being written, so the files are settled.
     close(node).await;
     {
         let store = Store::open(dir.path()).unwrap();
-        let (snapshot_index, snapshot) = store.load_snapshot().unwrap().unwrap();
-        assert!(snapshot_index >= 5, "snapshot at {snapshot_index}");
-        assert_eq!(store.last_purged_log_index().unwrap(), snapshot_index);
+        let tables = store.load_state("single").unwrap().unwrap();
+        assert_same_state(&tables, &straight);
+        assert_eq!(tables.applied_index(), entries.len() as u64);
+        let purged = store.last_purged_log_index().unwrap();
+        assert!(purged >= 5, "purged through {purged}");
         let rest = store.read_log(0, u64::MAX).unwrap();
-        assert_eq!(rest, entries[snapshot_index as usize..].to_vec());
-        assert_same_state(
-            &snapshot,
-            &straight_apply(&entries[..snapshot_index as usize]),
-        );
+        assert_eq!(rest, entries[purged as usize..].to_vec());
     }
 
-    // Reopen: snapshot + the log after it must give the same state and logs.
+    // Reopen: the tables alone give the same state and logs.
     let node = SingleNode::open(cfg).unwrap();
     assert_same_state(&state_of(&node), &straight);
     assert_eq!(log_text(&node, "job-1", "att-1"), "hello world\n");
     assert_eq!(log_text(&node, "job-2", "att-2"), "hello world\n");
     close(node).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_of_an_earlier_version_moves_into_the_tables_with_the_log_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<(u64, Command)> = workload()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (i as u64 + 1, c))
+        .collect();
+    let half = entries.len() / 2;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append_log(&entries).unwrap();
+        store
+            .save_snapshot(half as u64, &straight_apply(&entries[..half]))
+            .unwrap();
+    }
+    let node = SingleNode::open(config(&dir)).unwrap();
+    let straight = straight_apply(&entries);
+    assert_same_state(&state_of(&node), &straight);
+    close(node).await;
+    let store = Store::open(dir.path()).unwrap();
+    assert!(
+        store.load_snapshot().unwrap().is_none(),
+        "the snapshot is gone"
+    );
+    assert_same_state(&store.load_state("single").unwrap().unwrap(), &straight);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,5 +575,41 @@ async fn a_failed_log_commit_fails_the_batch_and_applies_nothing() {
         .reader()
         .read(|s| s.account(&business()).unwrap().available);
     assert_eq!(balance, 2_000_000);
+    close(node).await;
+}
+
+#[tokio::test]
+async fn jobs_are_listed_from_the_tables_newest_first_by_business_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = SingleNode::open(config(&dir)).unwrap();
+    let entries = submit_all(&node, workload()).await;
+    let expected = straight_apply(&entries);
+    let (memory, _) = expected.jobs(&JobFilter {
+        limit: 100,
+        ..JobFilter::default()
+    });
+    let memory: Vec<_> = memory.into_iter().cloned().collect();
+    let (listed, next) = node
+        .reader()
+        .read(|s| {
+            s.list_jobs(&JobFilter {
+                limit: 100,
+                ..JobFilter::default()
+            })
+        })
+        .unwrap();
+    assert_eq!(listed, memory);
+    assert_eq!(next, None);
+    let (by_business, _) = node
+        .reader()
+        .read(|s| {
+            s.list_jobs(&JobFilter {
+                business: Some(business()),
+                limit: 1,
+                ..JobFilter::default()
+            })
+        })
+        .unwrap();
+    assert_eq!(by_business, memory[..1].to_vec());
     close(node).await;
 }

@@ -117,7 +117,7 @@ async fn a_retry_through_a_follower_or_a_new_leader_gets_the_first_response() {
     let entries = cluster
         .node(new_leader)
         .reader()
-        .read(|state| state.account(&"acme".into()).map_or(0, |a| a.entries.len()));
+        .read(|state| state.account(&"acme".into()).map_or(0, |a| a.entry_count()));
     assert_eq!(entries, 1, "credited once");
     cluster.shutdown().await;
 }
@@ -174,7 +174,7 @@ async fn a_write_its_leader_was_cut_off_under_is_503_write_outcome_unknown_until
         let entries = cluster
             .node(id)
             .reader()
-            .read(|state| state.account(&"acme".into()).map_or(0, |a| a.entries.len()));
+            .read(|state| state.account(&"acme".into()).map_or(0, |a| a.entry_count()));
         assert_eq!(entries, 2, "replica {id}: the warm-up and pay-2, once");
     }
     cluster.shutdown().await;

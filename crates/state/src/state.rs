@@ -18,6 +18,9 @@
 //! - `retention`: `Command::JobsCollect`, which removes old terminal jobs.
 //! - `indexes`: rebuilding and maintaining the derived indexes.
 //! - `queries`: the public read accessors.
+//! - `rows`: the state as table rows: what changed, loading from rows.
+//! - `archive`: finished jobs out of memory, loaded back when a command names them.
+//! - `memory_tables`: the state tables in memory (the reference storage, for tests).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,22 +33,32 @@ use tanvrit_api::{
 
 use crate::{Command, Effect, Outcome};
 
+mod archive;
 mod idempotency;
 mod indexes;
 mod jobs;
 mod keys;
 mod ledger;
+mod memory_tables;
 mod nodes;
 mod queries;
 mod retention;
+mod rows;
 mod schedules;
 
+pub use archive::{ArchiveError, JobArchive};
 pub use idempotency::{
     IdempotencyRecord, IDEMPOTENCY_PRUNE_BATCH, MAX_FINGERPRINT_BYTES, MAX_SCOPE_BYTES,
 };
 pub use jobs::{MAX_LOG_CHUNK_BYTES, RETRY_BACKOFF_BASE_MS, RETRY_BACKOFF_MAX_MS};
+pub use memory_tables::MemoryTables;
 pub use nodes::labels_match;
 pub use retention::MAX_COLLECT_BATCH;
+pub use rows::{
+    business_job_key, finished_key, idempotency_key, job_count_key, ledger_key, ledger_key_key,
+    split_finished_key, split_idempotency_key, AccountTotals, Changes, LoadError, Row, RowValue,
+    RowWrite, StateLoader, Table, META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
+};
 
 /// A key as stored: public data plus the hash of its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +76,25 @@ pub struct Account {
     pub available: MicroCredits,
     /// Held for jobs: holds minus releases.
     pub held: MicroCredits,
-    /// Every entry, oldest first (`seq` = position + 1).
+    /// The entries still in memory, oldest first: every entry, unless an archive took
+    /// the first `evicted` ones (`seq` = `evicted` + position + 1).
     pub entries: imbl::Vector<LedgerEntry>,
-    /// Idempotency key -> seq.
+    /// Idempotency key -> seq, of the entries in memory.
     pub by_key: imbl::OrdMap<String, u64>,
+    /// Entries moved to the archive (see `archive`); left out of the encoding while 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub evicted: u64,
+}
+
+impl Account {
+    /// How many entries the ledger holds (in memory and in the archive).
+    pub fn entry_count(&self) -> u64 {
+        self.evicted + self.entries.len() as u64
+    }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Filters for [`State::jobs`].
@@ -127,8 +155,11 @@ struct Indexes {
     /// pruning takes from the front.
     idempotency_expiry: BTreeSet<(Millis, String, String)>,
     /// Jobs retention may collect, by (finish time, id), oldest first: terminal, with no
-    /// attempt still stopping and nothing held (see `retention`).
+    /// attempt still stopping and nothing held (see `retention`). Evicted jobs keep
+    /// their entry here.
     finished: BTreeSet<(Millis, JobId)>,
+    /// Jobs per state that left memory for the archive.
+    evicted_counts: BTreeMap<JobState, u64>,
 }
 
 /// The replicated part of a [`State`] without its derived indexes: what a snapshot
@@ -142,6 +173,14 @@ pub struct StateImage(StateData);
 pub struct State {
     data: StateData,
     idx: Indexes,
+    /// What apply touched since the storage engine last took it (see `rows`).
+    changes: Changes,
+    /// Where settled jobs go when they leave memory (see `archive`); `None`: they stay.
+    archive: Option<std::sync::Arc<dyn JobArchive>>,
+    /// Jobs loaded from the archive since the last eviction.
+    faulted: BTreeSet<JobId>,
+    /// The archive's failure during an apply, for the engine to take.
+    archive_fault: Option<ArchiveError>,
 }
 
 /// Two states are equal when their replicated data is: indexes are derived (and may keep
@@ -165,7 +204,7 @@ impl<'de> Deserialize<'de> for State {
         let data = StateData::deserialize(deserializer)?;
         let mut state = State {
             data,
-            idx: Indexes::default(),
+            ..State::default()
         };
         state.rebuild_indexes();
         Ok(state)
@@ -201,6 +240,8 @@ impl State {
     }
 
     fn dispatch(&mut self, index: Index, command: &Command) -> Outcome {
+        self.fault_in_named_jobs(command);
+        self.mark_named_rows(command);
         match command {
             Command::JobSubmit {
                 job,

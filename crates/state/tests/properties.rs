@@ -494,6 +494,8 @@ struct Runner {
     previous: Option<Command>,
     last_keyed: Option<(Keyed, Op)>,
     outcomes: Vec<tanvrit_state::Outcome>,
+    /// Every command applied after the first, with its index.
+    applied: Vec<(u64, Command)>,
 }
 
 impl Runner {
@@ -505,6 +507,7 @@ impl Runner {
             previous: None,
             last_keyed: None,
             outcomes: Vec::new(),
+            applied: Vec::new(),
         }
     }
 
@@ -618,6 +621,7 @@ impl Runner {
             )));
         }
         self.outcomes.push(outcome);
+        self.applied.push((index, command.clone()));
         self.previous = Some(command);
         Ok(())
     }
@@ -652,5 +656,112 @@ proptest! {
         let loaded: State = serde_json::from_str(&json).unwrap();
         prop_assert!(loaded.indexes_consistent());
         prop_assert_eq!(&loaded, &a.state);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A replica whose settled jobs leave memory after every batch (loading them back
+    /// when a command names them) answers every command as a replica that keeps them,
+    /// and its tables hold the same state; a restart from its working set goes on the
+    /// same way.
+    #[test]
+    fn a_replica_that_evicts_settled_jobs_answers_and_stores_the_same(
+        steps in proptest::collection::vec(step(), 1..120),
+        batch in 1usize..6,
+        restart_at in 0usize..120,
+    ) {
+        let mut reference = Runner::new();
+        for (i, step) in steps.iter().enumerate() {
+            reference.step(step, i as u64 + 2)?;
+        }
+        let mut tables = std::sync::Arc::new(tanvrit_state::MemoryTables::new());
+        let mut replica = State::new();
+        replica.set_archive(tables.clone());
+        replica.apply(1, &schedule()).unwrap();
+        for (n, ((index, command), expected)) in
+            reference.applied.iter().zip(&reference.outcomes).enumerate()
+        {
+            let outcome = replica.apply(*index, command);
+            prop_assert_eq!(&outcome, expected, "{} at {}", command.name(), index);
+            prop_assert!(replica.take_archive_fault().is_none());
+            if n % batch == 0 {
+                tables.write_batch(&mut replica);
+            }
+            if n == restart_at {
+                tables.write_batch(&mut replica);
+                let rows = tables.snapshot();
+                tables = std::sync::Arc::new(tanvrit_state::MemoryTables::new());
+                let writes: Vec<_> = rows.iter().map(|((table, key), row)| (table, key, row)).collect();
+                let mut whole = tanvrit_state::StateLoader::new();
+                for (_, _, row) in &writes {
+                    whole.add((*row).clone());
+                }
+                // Copy the rows into fresh tables and restart from their working set.
+                let copy = whole.finish().unwrap();
+                tables.write(&copy.all_rows().collect::<Vec<_>>());
+                replica = tables.load_working_set().unwrap();
+                replica.set_archive(tables.clone());
+                prop_assert_eq!(replica.job_counts(), copy.job_counts());
+            }
+        }
+        tables.write_batch(&mut replica);
+        prop_assert_eq!(&tables.load().unwrap(), &reference.state);
+        prop_assert_eq!(replica.job_counts(), reference.state.job_counts());
+    }
+}
+
+/// Applies a state's changed rows to a table held in a map, as a storage engine would.
+fn write_changes(
+    state: &mut State,
+    tables: &mut BTreeMap<(tanvrit_state::Table, String), tanvrit_state::Row>,
+) {
+    let changes = state.take_changes();
+    for write in state.changed_rows(&changes) {
+        let key = (write.table, write.key.clone());
+        match write.to_row() {
+            Some(row) => tables.insert(key, row),
+            None => tables.remove(&key),
+        };
+    }
+}
+
+fn load(tables: &BTreeMap<(tanvrit_state::Table, String), tanvrit_state::Row>) -> State {
+    let mut loader = tanvrit_state::StateLoader::new();
+    for row in tables.values() {
+        loader.add(row.clone());
+    }
+    loader.finish().expect("stored rows load")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The storage engines write only what apply marked, after each batch of commands:
+    /// the tables must then hold exactly the state, whatever the batches were.
+    #[test]
+    fn the_rows_written_after_each_batch_load_back_as_the_state(
+        steps in proptest::collection::vec(step(), 1..120),
+        batch in 1usize..8,
+    ) {
+        let mut runner = Runner::new();
+        let mut tables = BTreeMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            runner.step(step, i as u64 + 2)?;
+            if i % batch == 0 {
+                write_changes(&mut runner.state, &mut tables);
+            }
+        }
+        write_changes(&mut runner.state, &mut tables);
+        let loaded = load(&tables);
+        prop_assert!(loaded.indexes_consistent());
+        prop_assert_eq!(&loaded, &runner.state);
+        // Writing every row into empty tables gives the same tables.
+        let mut whole = BTreeMap::new();
+        for write in runner.state.all_rows() {
+            whole.insert((write.table, write.key.clone()), write.to_row().unwrap());
+        }
+        prop_assert_eq!(whole, tables);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use tanvrit_api::{AttemptId, JobId};
 
 use crate::{Store, StoreError, JOB_LOGS, JOB_LOG_SIZES};
@@ -67,7 +67,7 @@ fn enforce_retention(
 }
 
 /// Deletes every chunk of each of `jobs`, and its size, inside `txn`.
-fn delete_job_logs_in(txn: &WriteTransaction, jobs: &[JobId]) -> Result<(), StoreError> {
+pub(crate) fn delete_job_logs_in(txn: &WriteTransaction, jobs: &[JobId]) -> Result<(), StoreError> {
     let mut table = txn.open_table(JOB_LOGS)?;
     let mut sizes = txn.open_table(JOB_LOG_SIZES)?;
     for job in jobs {
@@ -120,6 +120,25 @@ pub(crate) fn write_chunks_in(
     Ok(())
 }
 
+/// Calls `each` with every chunk `txn` sees, in key order, one at a time.
+pub(crate) fn for_each_chunk_in(
+    txn: &ReadTransaction,
+    mut each: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let table = txn.open_table(JOB_LOGS)?;
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let (job, attempt, offset) = k.value();
+        each(JobLogChunk {
+            job: JobId::from(job),
+            attempt: AttemptId::from(attempt),
+            offset,
+            data: v.value().to_vec(),
+        })?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Stores chunks in one transaction. Idempotent: a chunk at an existing key replaces
     /// the bytes there. Empty chunks are skipped. With `durable = false` the commit is
@@ -164,21 +183,9 @@ impl Store {
     /// read transaction: writers carry on meanwhile), holding one chunk at a time.
     pub fn for_each_job_log_chunk(
         &self,
-        mut each: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
+        each: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let txn = self.db().begin_read()?;
-        let table = txn.open_table(JOB_LOGS)?;
-        for item in table.iter()? {
-            let (k, v) = item?;
-            let (job, attempt, offset) = k.value();
-            each(JobLogChunk {
-                job: JobId::from(job),
-                attempt: AttemptId::from(attempt),
-                offset,
-                data: v.value().to_vec(),
-            })?;
-        }
-        Ok(())
+        for_each_chunk_in(&self.db().begin_read()?, each)
     }
 
     /// Deletes the chunks (and size) of every job for which `keep` answers false, in

@@ -8,8 +8,13 @@
 //! - [`log`]: the replicated log (`index -> command`): append, read, purge, truncate.
 //! - [`snapshot`]: the single-node snapshot record of earlier versions (read to migrate).
 //! - [`snapshot_file`]: snapshots as files beside the database, streamed in and out.
+//! - [`snapshot_records`]: a snapshot file's records and their encodings.
 //! - [`job_log`]: attempts' output, keyed `(job, attempt, offset)`, bounded per job.
 //! - [`meta`]: small named values (cluster id, ...).
+//! - [`state_tables`]: the state machine as tables per group, written with each applied
+//!   batch, loaded at start, streamed into snapshots.
+//! - [`archive`]: [`TableArchive`], settled jobs read back from the state tables, and
+//!   job pages listed from them.
 //! - [`raft`]: the Raft replica's log, vote/committed/purged values and snapshot, over
 //!   caller-chosen serde types (openraft's traits live in `tanvrit-cluster`).
 //!
@@ -25,12 +30,15 @@
 //! | `raft_meta` | `&str` (`vote`, `committed`, `purged`) | versioned JSON `{"v":1,"value":...}` |
 //! | `raft_snapshot` | `"current"` | versioned JSON `{"v":1,"meta":...,"state":...}` |
 //!
+//! | `<group>.<table>` | text key | [`state_tables`]: version byte + MessagePack state rows |
+//!
 //! `log` and `snapshot` belong to the single-node mode; a Raft replica uses the `raft_*`
 //! tables and shares `job_logs`, `job_log_sizes` and `meta`.
 //!
 //! Every write is one redb transaction: it commits whole or not at all, and unless a
 //! method says otherwise it is durable (fsynced) before the method returns.
 
+pub mod archive;
 pub mod encoding;
 pub mod error;
 pub mod job_log;
@@ -39,6 +47,8 @@ pub mod meta;
 pub mod raft;
 pub mod snapshot;
 pub mod snapshot_file;
+pub mod snapshot_records;
+pub mod state_tables;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,9 +58,12 @@ use std::sync::Arc;
 use redb::ReadableDatabase;
 use redb::{Database, ReadableTable, TableDefinition};
 
+pub use archive::TableArchive;
 pub use error::StoreError;
 pub use job_log::{JobLogChunk, JobLogRead};
 pub use snapshot_file::{SnapshotDir, SnapshotFile, SnapshotWriter};
+pub use snapshot_records::SnapshotItem;
+pub use state_tables::{StateView, StateWrite};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE_NAME: &str = "tanvrit.redb";
@@ -111,7 +124,31 @@ impl fmt::Debug for Store {
     }
 }
 
+/// A handle that does not keep the database open (see [`Store::downgrade`]).
+#[derive(Clone, Debug)]
+pub struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    /// The store, while some [`Store`] still holds it open.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner").field("path", &self.path).finish()
+    }
+}
+
 impl Store {
+    /// A handle that does not keep the database open: something that only reads
+    /// through the store (a state's archive) must not hold its file after the engine
+    /// that owns it closed.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
+    }
+
     /// Opens (or creates) `<data_dir>/tanvrit.redb` with default options.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         Self::open_with(data_dir, StoreOptions::default())

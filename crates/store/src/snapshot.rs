@@ -1,12 +1,8 @@
-//! The single-node engine's snapshot of the applied [`State`] at a log index: a file in
-//! `<data_dir>/snapshots/single/` ([`crate::snapshot_file`]), written as a stream while
-//! log appends go on. Saving it then purges the log it covers; a crash between the two
-//! leaves a snapshot and a log that overlaps it, and recovery replays only what follows
-//! the snapshot, so the pair is always a complete history.
-//!
-//! Data directories of earlier versions kept the snapshot as one JSON record in the
-//! `snapshot` table; it is still read while no snapshot file exists, and the first file
-//! snapshot deletes it.
+//! The single-node engine's snapshots of earlier versions, read once to move them into
+//! the state tables ([`crate::state_tables`]), then deleted: a file in
+//! `<data_dir>/snapshots/single/` ([`crate::snapshot_file`]) or, older still, one JSON
+//! record in the `snapshot` table. [`Store::save_snapshot`] writes the file layout, so
+//! tests can make such directories.
 
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
@@ -77,6 +73,19 @@ impl Store {
         purge_in(&txn, index)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Deletes the single-node snapshot record and files (their state is in the tables).
+    pub fn delete_snapshot(&self) -> Result<(), StoreError> {
+        let txn = self.db().begin_write()?;
+        {
+            let mut table = txn.open_table(SNAPSHOT)?;
+            table.remove(CURRENT)?;
+        }
+        txn.commit()?;
+        let dir = self.snapshot_dir(SINGLE_NODE_GROUP)?;
+        std::fs::remove_dir_all(dir.path())
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.path().display())))
     }
 
     /// The latest snapshot and its index, if one was saved: the newest snapshot file, or

@@ -4,9 +4,10 @@
 //! whatever the snapshot's size.
 //!
 //! A file is [`MAGIC`], a 4-byte big-endian header length, the header (JSON: version,
-//! index, body encoding and the caller's metadata), then the body: a stream of JSON
-//! records, the state first, then every job-log chunk, closed by an `end` record that
-//! counts the records before it, so a truncated file is refused rather than half-loaded.
+//! index, body encoding and the caller's metadata), then the body
+//! ([`crate::snapshot_records`]): the state's rows as they are stored, then every
+//! job-log chunk, closed by an `end` record that counts the records before it, so a
+//! truncated file is refused rather than half-loaded.
 //!
 //! A snapshot is written to a `.tmp` file, fsynced, then renamed to `<index>-<name>.snap`
 //! (and the directory fsynced): a crash leaves either the old snapshot or the new one,
@@ -20,17 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tanvrit_api::{AttemptId, JobId};
-use tanvrit_state::State;
+use tanvrit_state::{State, StateLoader, Table};
 
+use crate::snapshot_records::{
+    write_record, BodyReader, ChunkRef, RecordRef, RowRef, SnapshotItem, ENCODING_JSON,
+    ENCODING_MSGPACK,
+};
+use crate::state_tables::decode_row;
 use crate::{JobLogChunk, StoreError};
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"TNVSNAP\x01";
 /// The header version this binary writes and reads.
 pub const SNAPSHOT_FILE_VERSION: u64 = 1;
-/// The body encoding this binary writes.
-const ENCODING_JSON: &str = "json-stream";
 const SUFFIX: &str = "snap";
 const TMP_SUFFIX: &str = "tmp";
 /// Buffer of a snapshot reader or writer: what a stream holds in memory.
@@ -57,38 +60,6 @@ struct Header<M> {
     index: u64,
     encoding: String,
     meta: M,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-enum RecordRef<'a, S> {
-    State(&'a S),
-    Chunk(ChunkRef<'a>),
-    End { records: u64 },
-}
-
-#[derive(Serialize)]
-struct ChunkRef<'a> {
-    job: &'a str,
-    attempt: &'a str,
-    offset: u64,
-    data: &'a str,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Record {
-    State(Box<State>),
-    Chunk(ChunkWire),
-    End { records: u64 },
-}
-
-#[derive(Deserialize)]
-struct ChunkWire {
-    job: JobId,
-    attempt: AttemptId,
-    offset: u64,
-    data: String,
 }
 
 /// One group's snapshot directory (`single` for the single-node engine, `raft` for a
@@ -206,19 +177,19 @@ impl SnapshotDir {
     }
 
     /// Checks a received file end to end (header, every record, the end marker) and
-    /// makes it durable, without making it current. Each job-log chunk it holds is
-    /// handed to `on_chunk` on the way (a replica installs them).
+    /// makes it durable, without making it current. Each item it holds is handed to
+    /// `on_item` on the way (a replica installs them).
     pub fn read_received<M: DeserializeOwned>(
         &self,
         received: &Path,
-        on_chunk: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
-    ) -> Result<(SnapshotFile<M>, State), StoreError> {
+        mut on_item: impl FnMut(SnapshotItem) -> Result<(), StoreError>,
+    ) -> Result<SnapshotFile<M>, StoreError> {
         let header: SnapshotFile<M> = read_header(received)?;
-        let state = read_body(received, true, on_chunk)?;
+        body_of(received)?.for_each(|item| on_item(item).map(|()| true))?;
         File::open(received)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error(received, e))?;
-        Ok((header, state))
+        Ok(header)
     }
 
     /// Makes a file checked by [`SnapshotDir::read_received`] the current snapshot and
@@ -232,11 +203,11 @@ impl SnapshotDir {
     fn adopt<M: DeserializeOwned>(
         &self,
         received: &Path,
-        on_chunk: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
-    ) -> Result<(SnapshotFile<M>, State), StoreError> {
-        let (header, state) = self.read_received::<M>(received, on_chunk)?;
+        on_item: impl FnMut(SnapshotItem) -> Result<(), StoreError>,
+    ) -> Result<SnapshotFile<M>, StoreError> {
+        let header = self.read_received::<M>(received, on_item)?;
         let path = self.make_current(&header)?;
-        Ok((SnapshotFile { path, ..header }, state))
+        Ok(SnapshotFile { path, ..header })
     }
 
     /// Renames a finished file into place, fsyncs the directory and deletes the rest.
@@ -255,10 +226,42 @@ impl SnapshotDir {
         Ok(path)
     }
 
-    /// Reads the state a snapshot file holds (its job-log chunks are skipped: a replica
-    /// keeps them in its database).
+    /// Reads the state a snapshot file holds, from its rows or (files of earlier
+    /// versions) its state record; reading stops before the job-log chunks.
     pub fn read_state<M>(&self, snapshot: &SnapshotFile<M>) -> Result<State, StoreError> {
-        read_body(&snapshot.path, false, |_| Ok(()))
+        read_state_of(&snapshot.path)
+    }
+}
+
+/// Hands every item of the snapshot file at `path` to `on_item`, in order (the file is
+/// checked as it is read: a bad record or a wrong count is an error).
+pub fn read_items_of(
+    path: &Path,
+    mut on_item: impl FnMut(SnapshotItem) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    body_of(path)?.for_each(|item| on_item(item).map(|()| true))
+}
+
+/// The state a snapshot file at `path` holds.
+pub fn read_state_of(path: &Path) -> Result<State, StoreError> {
+    let mut whole = None;
+    let mut loader = StateLoader::new();
+    body_of(path)?.for_each(|item| match item {
+        SnapshotItem::State(state) => {
+            whole = Some(*state);
+            Ok(false)
+        }
+        SnapshotItem::Row(table, key, value) => {
+            if let Some(row) = decode_row(table, &key, &value)? {
+                loader.add(row);
+            }
+            Ok(true)
+        }
+        SnapshotItem::Chunk(_) => Ok(false),
+    })?;
+    match whole {
+        Some(state) => Ok(state),
+        None => loader.finish().map_err(|e| corrupt(e.to_string())),
     }
 }
 
@@ -322,7 +325,7 @@ fn header_of<M: DeserializeOwned>(file: &mut File) -> Result<(Header<M>, u64), H
     }
     let header: Header<M> = serde_json::from_slice(&bytes)
         .map_err(|e| HeaderError::Store(corrupt(format!("header: {e}"))))?;
-    if header.encoding != ENCODING_JSON {
+    if header.encoding != ENCODING_JSON && header.encoding != ENCODING_MSGPACK {
         return Err(HeaderError::Store(corrupt(format!(
             "unknown body encoding `{}`",
             header.encoding
@@ -331,55 +334,17 @@ fn header_of<M: DeserializeOwned>(file: &mut File) -> Result<(Header<M>, u64), H
     Ok((header, 12 + u64::from(len)))
 }
 
-/// Streams the body: the state, then the chunks (to `on_chunk` when `chunks` is true;
-/// without it, reading stops after the state).
-fn read_body(
-    path: &Path,
-    chunks: bool,
-    mut on_chunk: impl FnMut(JobLogChunk) -> Result<(), StoreError>,
-) -> Result<State, StoreError> {
+/// A reader of the body of the file at `path`.
+fn body_of(path: &Path) -> Result<BodyReader, StoreError> {
     let mut file = File::open(path).map_err(|e| io_error(path, e))?;
-    header_of::<serde::de::IgnoredAny>(&mut file).map_err(|e| match e {
+    let (header, _) = header_of::<serde::de::IgnoredAny>(&mut file).map_err(|e| match e {
         HeaderError::Io(err) => io_error(path, err),
         HeaderError::Store(err) => err,
     })?;
-    let reader = BufReader::with_capacity(BUFFER_BYTES, file);
-    let mut records = serde_json::Deserializer::from_reader(reader).into_iter::<Record>();
-    let mut next = || -> Result<Record, StoreError> {
-        match records.next() {
-            Some(Ok(record)) => Ok(record),
-            Some(Err(err)) => Err(corrupt(err.to_string())),
-            None => Err(corrupt("ends before its end record")),
-        }
-    };
-    let state = match next()? {
-        Record::State(state) => *state,
-        _ => return Err(corrupt("the first record is not the state")),
-    };
-    if !chunks {
-        return Ok(state);
-    }
-    let mut seen = 1u64;
-    loop {
-        match next()? {
-            Record::Chunk(chunk) => {
-                seen += 1;
-                on_chunk(JobLogChunk {
-                    job: chunk.job,
-                    attempt: chunk.attempt,
-                    offset: chunk.offset,
-                    data: chunk.data.into_bytes(),
-                })?;
-            }
-            Record::End { records } if records == seen => return Ok(state),
-            Record::End { records } => {
-                return Err(corrupt(format!(
-                    "the end record counts {records} records, the file holds {seen}"
-                )))
-            }
-            Record::State(_) => return Err(corrupt("a second state record")),
-        }
-    }
+    BodyReader::new(
+        &header.encoding,
+        BufReader::with_capacity(BUFFER_BYTES, file),
+    )
 }
 
 /// Bytes written between two `fdatasync`s of a snapshot being written: the disk takes
@@ -428,7 +393,7 @@ impl SnapshotWriter {
         let header = serde_json::to_vec(&Header {
             v: SNAPSHOT_FILE_VERSION,
             index: self.index,
-            encoding: ENCODING_JSON.to_string(),
+            encoding: ENCODING_MSGPACK.to_string(),
             meta,
         })
         .map_err(|e| StoreError::Encode {
@@ -451,19 +416,21 @@ impl SnapshotWriter {
     }
 
     fn record<S: Serialize>(&mut self, record: &RecordRef<'_, S>) -> Result<(), StoreError> {
-        serde_json::to_writer(&mut self.out, record).map_err(|e| StoreError::Encode {
-            what: WHAT,
-            detail: e.to_string(),
-        })?;
-        self.out.write_all(b"\n").map_err(|e| self.io(e))?;
+        write_record(&mut self.out, record)?;
         self.records += 1;
         Ok(())
     }
 
-    /// Writes the state: the first record, exactly once. `state` is a [`State`] or
-    /// anything that encodes like one (a [`tanvrit_state::StateImage`]).
+    /// Writes a whole state as the first record, instead of rows (the layout of
+    /// earlier versions, which a single-node directory is imported from). `state` is a
+    /// [`State`] or anything that encodes like one (a [`tanvrit_state::StateImage`]).
     pub fn write_state<S: Serialize>(&mut self, state: &S) -> Result<(), StoreError> {
         self.record(&RecordRef::State(state))
+    }
+
+    /// Writes one stored state row (all rows come before the chunks).
+    pub fn write_row(&mut self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.record::<()>(&RecordRef::Row(RowRef::new(table, key, value)))
     }
 
     /// Writes one job-log chunk (after the state).
@@ -496,7 +463,7 @@ impl SnapshotWriter {
 mod tests {
     use std::io::Write;
 
-    use tanvrit_api::{JobId, NodeId};
+    use tanvrit_api::{AttemptId, JobId, NodeId};
     use tanvrit_state::State;
 
     use super::*;
@@ -532,6 +499,25 @@ mod tests {
         let current = dir.current::<String>().unwrap().unwrap();
         assert_eq!((current.index, current.meta.as_str()), (7, "meta-7"));
         assert_eq!(dir.read_state(&current).unwrap(), state());
+    }
+
+    #[test]
+    fn a_state_written_as_rows_reads_back_as_the_state_with_its_indexes() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(data.path(), "raft").unwrap();
+        let mut writer = dir.create(3, &()).unwrap();
+        let state = state();
+        for row in state.all_rows() {
+            let value = crate::state_tables::encode_row_value(&row.value.unwrap()).unwrap();
+            writer.write_row(row.table, &row.key, &value).unwrap();
+        }
+        writer.write_chunk(&chunk(1)).unwrap();
+        writer.finish().unwrap();
+        let read = dir
+            .read_state(&dir.current::<()>().unwrap().unwrap())
+            .unwrap();
+        assert_eq!(read, state);
+        assert!(read.indexes_consistent());
     }
 
     #[test]
@@ -573,9 +559,11 @@ mod tests {
         let (tmp, mut file) = dir.receive().unwrap();
         file.write_all(&fs::read(path).unwrap()).unwrap();
         let mut seen = 0;
-        dir.adopt::<()>(&tmp, |c| {
-            assert_eq!(c.data.len(), 1 << 20);
-            seen += 1;
+        dir.adopt::<()>(&tmp, |item| {
+            if let SnapshotItem::Chunk(c) = item {
+                assert_eq!(c.data.len(), 1 << 20);
+                seen += 1;
+            }
             Ok(())
         })
         .unwrap();
@@ -618,14 +606,16 @@ mod tests {
         let (tmp, mut file) = dir.receive().unwrap();
         file.write_all(&fs::read(&sent).unwrap()).unwrap();
         let mut chunks = Vec::new();
-        let (adopted, state_read) = dir
-            .adopt::<String>(&tmp, |c| {
-                chunks.push(c);
+        let adopted = dir
+            .adopt::<String>(&tmp, |item| {
+                if let SnapshotItem::Chunk(c) = item {
+                    chunks.push(c);
+                }
                 Ok(())
             })
             .unwrap();
         assert_eq!(adopted.index, 40);
-        assert_eq!(state_read, state());
+        assert_eq!(dir.read_state(&adopted).unwrap(), state());
         assert_eq!(chunks, (0..5).map(chunk).collect::<Vec<_>>());
         assert!(!tmp.exists());
         assert_eq!(dir.current::<String>().unwrap().unwrap().path, adopted.path);

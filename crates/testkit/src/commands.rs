@@ -28,14 +28,18 @@ pub fn top_up(n: u64) -> Command {
 
 /// How many ledger entries the test business has in `state`.
 pub fn ledger_len(state: &State) -> usize {
-    state.account(&business()).map_or(0, |a| a.entries.len())
+    state
+        .account(&business())
+        .map_or(0, |a| a.entry_count() as usize)
 }
 
 /// Whether the top-up `n` is in `state`.
 pub fn has_top_up(state: &State, n: u64) -> bool {
+    let key = format!("top-up-{n}");
+    // The ledger's entries leave memory once written: read them as the API does.
     state
-        .account(&business())
-        .is_some_and(|a| a.by_key.contains_key(&format!("top-up-{n}")))
+        .ledger_page(&business(), 0, usize::MAX, |e| e.idempotency_key == key)
+        .is_ok_and(|found| !found.is_empty())
 }
 
 /// A node with room for many small jobs.
@@ -110,5 +114,34 @@ pub fn job_with_output(job: &str, attempt: &str, node: &str, output: &str) -> Ve
 /// The replicated data of `state` as JSON, for comparing replicas (derived indexes
 /// are left out).
 pub fn state_json(state: &State) -> serde_json::Value {
-    serde_json::to_value(state).expect("a state serializes")
+    let mut value = serde_json::to_value(state).expect("a state serializes");
+    // Settled jobs and written ledger entries live in the tables, not in memory: add
+    // them as the API reads them, so two replicas compare on everything they hold.
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = tanvrit_state::JobFilter {
+            after: after.clone(),
+            limit: 1_000,
+            ..tanvrit_state::JobFilter::default()
+        };
+        let (page, next) = state.list_jobs(&filter).expect("the job archive reads");
+        jobs.extend(page);
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let ledgers: serde_json::Map<String, serde_json::Value> = state
+        .accounts()
+        .map(|(business, _)| {
+            let entries = state
+                .ledger_page(business, 0, usize::MAX, |_| true)
+                .expect("the ledger archive reads");
+            (business.to_string(), serde_json::to_value(entries).unwrap())
+        })
+        .collect();
+    value["all_jobs"] = serde_json::to_value(jobs).unwrap();
+    value["all_ledgers"] = serde_json::Value::Object(ledgers);
+    value
 }

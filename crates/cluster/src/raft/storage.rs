@@ -9,29 +9,30 @@
 //!   only means a restart re-applies fewer entries at once (the leader re-sends the
 //!   commit index). openraft awaits `save_committed` before every apply, so a
 //!   transaction of its own would sit on every write's path;
-//! - the state machine lives in memory and is persisted as snapshot files; at start
-//!   openraft re-applies the committed entries after the last snapshot
-//!   (`read_committed`).
+//! - the state machine's tables (`raft.*`, see `tanvrit_store::state_tables`) are
+//!   written by every `apply` with the rows it changed, its job-log chunks and the
+//!   applied log id, in one transaction that is not fsynced: the next durable commit
+//!   (an append, or the sync before a snapshot becomes current) makes it durable, and a
+//!   crash before that leaves the tables at an earlier applied id, from which openraft
+//!   re-applies the log. A restart loads the tables; history is never replayed.
 //!
-//! Job-log chunks of accepted `LogAppend` commands are written to the job-log table on
-//! apply without fsync; a later durable commit (the next append, or the sync before a
-//! snapshot becomes current) makes them durable before a snapshot covers the entries
-//! that carry them, and a crash before that is repaired by re-applying those entries.
-//!
-//! Snapshots never touch the database's single writer, which every log append needs
-//! (openraft's core awaits each append, so a long write transaction there would hold
-//! up heartbeats and every answer to the leader): a build streams the state and a read
-//! transaction's job-log chunks into a file; a transfer streams that file a chunk at a
-//! time; an install streams the received file into bounded job-log transactions, then
-//! renames it into place. Memory holds a buffer and one chunk, besides the state itself.
+//! Snapshots never touch the database's single writer for long, which every log append
+//! needs (openraft's core awaits each append, so a long write transaction there would
+//! hold up heartbeats and every answer to the leader): a build streams the rows and
+//! job-log chunks of a read transaction (taken between two applies, so it is exactly
+//! the applied state) into a file; a transfer streams that file a chunk at a time; an
+//! install checks the received file, then streams it into the tables in bounded
+//! transactions behind an `installing` mark (a crash half-way leaves the mark, and the
+//! next start rebuilds the tables from the current snapshot file), then renames it into
+//! place. Memory holds a buffer and one batch of rows, besides the state itself.
 //!
 //! The last [`RECENT_ENTRIES`] appended entries are also kept decoded in memory: openraft
 //! reads each entry back to apply it and once per follower to replicate it, and serving
 //! those reads from memory spares a redb read and a JSON decode each (and a blocking
 //! hop on openraft's core loop).
 //!
-//! `apply` takes the state's write lock once and writes the job-log chunks of all the
-//! entries it is given in one redb transaction, however many entries and commands that is.
+//! `apply` takes the state's write lock once and writes the rows and job-log chunks of
+//! all the entries it is given in one redb transaction, however many entries that is.
 //!
 //! Every redb call blocks, so it runs under `spawn_blocking`.
 
@@ -49,11 +50,14 @@ use openraft::{
     AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
     StorageIOError,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use tanvrit_api::Index;
-use tanvrit_state::{State, StateImage};
+use tanvrit_state::State;
 use tanvrit_store::raft::RAFT_GROUP;
-use tanvrit_store::{JobLogChunk, SnapshotDir, Store, StoreError};
+use tanvrit_store::state_tables::{encode_rows, EncodedRow, ENGINE_META_PREFIX};
+use tanvrit_store::{
+    JobLogChunk, SnapshotDir, SnapshotItem, StateView, StateWrite, Store, StoreError, TableArchive,
+};
 use tokio::sync::watch;
 
 use crate::job_output::{chunk_of, collected_of};
@@ -393,9 +397,80 @@ fn file_identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
     Ok((metadata.dev(), metadata.ino()))
 }
 
-/// Job-log bytes written per transaction while a snapshot is installed: memory for the
-/// install stays bounded whatever the snapshot holds.
+/// Bytes (rows and job-log chunks) written per transaction while a snapshot is
+/// installed: memory for the install stays bounded whatever the snapshot holds.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// Streams a checked snapshot file into the state tables and loads the state they then
+/// hold. The tables are emptied and marked `installing` first; the mark goes in the
+/// durable commit that ends the install, so a crash half-way is seen at the next start.
+fn install_into_tables(
+    store: &Store,
+    path: &std::path::Path,
+    applied: &Applied,
+) -> Result<State, StoreError> {
+    let marked = StateWrite {
+        engine_meta: vec![engine_value(META_INSTALLING, &true)?],
+        ..StateWrite::default()
+    };
+    store.clear_state(RAFT_GROUP)?;
+    store.write_state(RAFT_GROUP, &marked, false)?;
+    let mut rows: Vec<EncodedRow> = Vec::new();
+    let mut chunks: Vec<JobLogChunk> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut whole = None;
+    let flush = |rows: &mut Vec<EncodedRow>, chunks: &mut Vec<JobLogChunk>| {
+        store.put_raw_rows(RAFT_GROUP, rows)?;
+        store.write_job_log_chunks(chunks, false)?;
+        rows.clear();
+        chunks.clear();
+        Ok::<(), StoreError>(())
+    };
+    tanvrit_store::snapshot_file::read_items_of(path, |item| {
+        match item {
+            SnapshotItem::Row(table, key, value) => {
+                batch_bytes += key.len() + value.len();
+                rows.push((table, key, Some(value)));
+            }
+            SnapshotItem::Chunk(chunk) => {
+                batch_bytes += chunk.data.len();
+                chunks.push(chunk);
+            }
+            // A file of an earlier version holds the whole state in one record.
+            SnapshotItem::State(state) => whole = Some(*state),
+        }
+        if batch_bytes >= INSTALL_BATCH_BYTES {
+            flush(&mut rows, &mut chunks)?;
+            batch_bytes = 0;
+        }
+        Ok(())
+    })?;
+    flush(&mut rows, &mut chunks)?;
+    let meta = engine_meta(applied)?;
+    match whole {
+        Some(state) => store.replace_state(RAFT_GROUP, &state, &meta)?,
+        None => {
+            let done = StateWrite {
+                rows: vec![(
+                    tanvrit_state::Table::Meta,
+                    META_INSTALLING.to_string(),
+                    None,
+                )],
+                engine_meta: meta,
+                ..StateWrite::default()
+            };
+            store.write_state(RAFT_GROUP, &done, true)?;
+        }
+    }
+    load_working_set(store)
+}
+
+/// The state the tables hold, settled jobs left on disk behind the tables' archive.
+fn load_working_set(store: &Store) -> Result<State, StoreError> {
+    let mut state = store.load_working_set(RAFT_GROUP)?.unwrap_or_default();
+    state.set_archive(Arc::new(TableArchive::new(store.clone(), RAFT_GROUP)));
+    Ok(state)
+}
 
 /// Writes `state` and every stored job-log chunk to a new snapshot file (not yet
 /// current): a read transaction gives the chunks, so appends and applies carry on.
@@ -414,9 +489,50 @@ pub(crate) fn write_snapshot(
     Ok(writer)
 }
 
+/// Engine meta rows in the state tables: the applied log id and membership, and the
+/// mark of an install in progress.
+const META_APPLIED: &str = "engine.raft_applied";
+const META_MEMBERSHIP: &str = "engine.raft_membership";
+const META_INSTALLING: &str = "engine.raft_installing";
+
+fn engine_value<T: serde::Serialize>(
+    name: &str,
+    value: &T,
+) -> Result<(String, Vec<u8>), StoreError> {
+    debug_assert!(name.starts_with(ENGINE_META_PREFIX));
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        what: "raft meta",
+        detail: e.to_string(),
+    })?;
+    Ok((name.to_string(), bytes))
+}
+
+fn engine_meta(applied: &Applied) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    Ok(vec![
+        engine_value(META_APPLIED, &applied.last)?,
+        engine_value(META_MEMBERSHIP, &applied.membership)?,
+    ])
+}
+
+fn read_engine<T: serde::de::DeserializeOwned>(
+    view: &StateView,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
+    view.meta_raw(name)?
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: "raft meta",
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
 impl StateMachine {
-    /// Loads the last snapshot of `store` (or starts empty). A snapshot record left by an
-    /// earlier version in the database is converted to a snapshot file first.
+    /// Loads the state tables of `store` (or starts empty). Tables that hold no state,
+    /// or that an install left half-written, are rebuilt from the current snapshot file
+    /// first; a snapshot record left by an earlier version in the database is converted
+    /// to a snapshot file before that.
     pub fn open(store: Store) -> Result<StateMachine, StoreError> {
         let snapshots = store.snapshot_dir(RAFT_GROUP)?;
         snapshots.sweep_unfinished()?;
@@ -430,20 +546,43 @@ impl StateMachine {
                 );
             }
         }
-        let (applied, state, current) = match snapshots.current::<SnapshotMeta>()? {
-            Some(file) => {
-                let state = snapshots.read_state(&file)?;
-                let applied = Applied {
-                    last: file.meta.last_log_id,
-                    membership: file.meta.last_membership.clone(),
-                };
-                (applied, state, Some((file.meta, file.path)))
+        let current = snapshots.current::<SnapshotMeta>()?;
+        let installing = store
+            .state_view(RAFT_GROUP)?
+            .meta_raw(META_INSTALLING)?
+            .is_some();
+        if installing || !store.has_state(RAFT_GROUP)? {
+            let (state, applied) = match &current {
+                Some(file) => (
+                    snapshots.read_state(file)?,
+                    Applied {
+                        last: file.meta.last_log_id,
+                        membership: file.meta.last_membership.clone(),
+                    },
+                ),
+                None => (State::new(), Applied::default()),
+            };
+            if installing || current.is_some() {
+                store.replace_state(RAFT_GROUP, &state, &engine_meta(&applied)?)?;
+                tracing::info!(
+                    index = state.applied_index(),
+                    installing,
+                    "rebuilt the state tables from the snapshot file"
+                );
             }
-            None => (Applied::default(), State::new(), None),
+        }
+        let view = store.state_view(RAFT_GROUP)?;
+        let applied = Applied {
+            last: read_engine(&view, META_APPLIED)?.flatten(),
+            membership: read_engine(&view, META_MEMBERSHIP)?.unwrap_or_default(),
         };
+        drop(view);
+        let state = load_working_set(&store)?;
         let index = applied.last.map_or(0, |id| id.index);
         let counters = Arc::new(SnapshotCounters::default());
-        counters.last_index.store(index, Ordering::Relaxed);
+        counters
+            .last_index
+            .store(current.as_ref().map_or(0, |f| f.index), Ordering::Relaxed);
         let (applied_index, _) = watch::channel(index);
         Ok(StateMachine {
             shared: Arc::new(Shared {
@@ -453,7 +592,9 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 applied_index,
                 counters,
-                saved: Mutex::new(Saved { current }),
+                saved: Mutex::new(Saved {
+                    current: current.map(|file| (file.meta, file.path)),
+                }),
                 receiving: Mutex::new(None),
             }),
         })
@@ -496,7 +637,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut collected = Vec::new();
         let mut last = None;
         let mut membership = None;
-        {
+        let (changes, rows) = {
             // One write lock for the batch; nothing in here awaits.
             let mut state = self.shared.state.write();
             for entry in entries {
@@ -528,43 +669,57 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 last = Some(entry.log_id);
             }
-        }
+            // Encoded under the read lock the write lock becomes: readers go on.
+            let fault = state.take_archive_fault();
+            let changes = state.take_changes();
+            let state = RwLockWriteGuard::downgrade(state);
+            let rows = match fault {
+                // An apply could not read a finished job: its outcome cannot be trusted,
+                // and this replica must stop rather than diverge.
+                Some(fault) => Err(StoreError::Io(fault.to_string())),
+                None => encode_rows(&state.changed_rows(&changes)),
+            };
+            (changes, rows)
+        };
         let Some(last) = last else {
             return Ok(replies);
         };
-        if !chunks.is_empty() || !collected.is_empty() {
-            // Before the index is published, so a reader waiting for it finds the bytes
-            // (and no longer finds a collected job's, deleted after the batch's chunks).
-            let store = self.shared.store.clone();
-            blocking(move || {
-                store.write_job_log_chunks(&chunks, false)?;
-                store.delete_job_logs(&collected, false)
-            })
-            .await
-            .map_err(|e| StorageIOError::apply(last, e))?;
-        }
-        {
+        let applied = {
             let mut applied = self.shared.applied.lock();
             applied.last = Some(last);
             if let Some(m) = membership {
                 applied.membership = m;
             }
-        }
+            applied.clone()
+        };
+        // Before the index is published, so a reader waiting for it finds the output
+        // (and no longer finds a collected job's, deleted after the batch's chunks).
+        let store = self.shared.store.clone();
+        blocking(move || {
+            let write = StateWrite {
+                rows: rows?,
+                engine_meta: engine_meta(&applied)?,
+                chunks: &chunks,
+                collected: &collected,
+            };
+            store.write_state(RAFT_GROUP, &write, false)
+        })
+        .await
+        .map_err(|e| StorageIOError::apply(last, e))?;
+        // Settled jobs leave memory once the tables hold them.
+        self.shared.state.write().evict_settled(&changes);
         self.shared.applied_index.send_replace(last.index);
         slow("slow apply", started, replies.len());
         Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Called between two applies: the clone is exactly the state at `applied.last`.
-        // It takes a read lock only, so readers carry on; writing the file happens later,
-        // in the builder's own task, while apply continues.
-        let started = Instant::now();
-        let state = self.shared.state.read().image();
-        slow("slow snapshot copy", started, 1);
+        // Called between two applies: a read transaction now sees exactly the tables at
+        // `applied.last`; the file is written later, in the builder's own task, while
+        // apply continues.
         SnapshotBuilder {
             shared: self.shared.clone(),
-            state,
+            view: Some(self.shared.store.state_view(RAFT_GROUP)),
             applied: self.applied(),
         }
     }
@@ -613,26 +768,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             drop(file);
-            let mut saved = shared.saved.lock();
-            // Chunks are written as they stream by, a bounded batch at a time; a chunk
-            // at an existing key is rewritten with the same bytes, so a crash half-way
-            // leaves the old snapshot with a superset of its output.
-            let mut batch: Vec<JobLogChunk> = Vec::new();
-            let mut batch_bytes = 0usize;
-            let store = shared.store.clone();
-            let (received, state) =
-                shared
-                    .snapshots
-                    .read_received::<SnapshotMeta>(&path, |chunk| {
-                        batch_bytes += chunk.data.len();
-                        batch.push(chunk);
-                        if batch_bytes >= INSTALL_BATCH_BYTES {
-                            store.write_job_log_chunks(&batch, false)?;
-                            batch.clear();
-                            batch_bytes = 0;
-                        }
-                        Ok(())
-                    })?;
+            // Checked end to end (and made durable) before the tables are touched.
+            let received = shared
+                .snapshots
+                .read_received::<SnapshotMeta>(&path, |_| Ok(()))?;
             if received.meta.last_log_id != stored_meta.last_log_id {
                 return Err(StoreError::Corrupt {
                     what: "snapshot file",
@@ -642,13 +781,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ),
                 });
             }
-            // The chunks must be durable before the snapshot is current (and the log that
-            // produced them is purged).
-            store.write_job_log_chunks(&batch, false)?;
-            store.sync()?;
+            let mut saved = shared.saved.lock();
+            let applied = Applied {
+                last: stored_meta.last_log_id,
+                membership: stored_meta.last_membership.clone(),
+            };
+            let state = install_into_tables(&shared.store, &received.path, &applied)?;
             let current = shared.snapshots.make_current(&received)?;
             // Output of jobs the installed state no longer knows is not the leader's.
-            store.retain_job_logs(|job| state.job(job).is_some())?;
+            shared
+                .store
+                .retain_job_logs(|job| matches!(state.find_job(job), Ok(Some(_))))?;
             saved.current = Some((stored_meta, current));
             Ok((state, received.bytes))
         })
@@ -700,11 +843,30 @@ fn slow(what: &'static str, started: Instant, items: usize) {
 /// A storage step slower than this is logged (a fifth of the LAN profile's heartbeat).
 const SLOW_MS: u64 = 20;
 
-/// Builds a snapshot from a copy of the state taken between two applies.
+/// Builds a snapshot from a read transaction taken between two applies.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    state: StateImage,
+    view: Option<Result<StateView, StoreError>>,
     applied: Applied,
+}
+
+/// Writes the rows and job-log chunks `view` sees to a new snapshot file (not current).
+fn write_snapshot_from(
+    snapshots: &SnapshotDir,
+    meta: &SnapshotMeta,
+    view: &StateView,
+) -> Result<tanvrit_store::SnapshotWriter, StoreError> {
+    let index = meta.last_log_id.map_or(0, |id| id.index);
+    let mut writer = snapshots.create(index, meta)?;
+    view.for_each_row(|table, key, value| {
+        // The engine's own meta travels in the file's header.
+        if key.starts_with(ENGINE_META_PREFIX) {
+            return Ok(());
+        }
+        writer.write_row(table, key, value)
+    })?;
+    view.for_each_job_log_chunk(|chunk| writer.write_chunk(&chunk))?;
+    Ok(writer)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -723,12 +885,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             ),
         };
         let shared = self.shared.clone();
-        let state = std::mem::take(&mut self.state);
+        let view = self
+            .view
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Io("the snapshot view was used already".into())));
         let stored_meta = meta.clone();
         let started = Instant::now();
         let (path, bytes, saved) = blocking(move || {
-            let writer = write_snapshot(&shared.store, &shared.snapshots, &stored_meta, &state)?;
-            drop(state);
+            let view = view?;
+            let writer = write_snapshot_from(&shared.snapshots, &stored_meta, &view)?;
+            drop(view);
             // The job-log chunks of the entries it covers become durable first.
             shared.store.sync()?;
             let mut saved = shared.saved.lock();

@@ -41,10 +41,15 @@ pub(crate) fn prepare(
     if !store.raft_is_pristine().map_err(storage)? {
         return Ok(None);
     }
-    let (state, _, last) = recover(store)?;
+    let (_, _, last) = recover(store)?;
     if last == 0 {
         return Ok(None);
     }
+    // Recovery leaves settled jobs in the tables; the snapshot carries all of them.
+    let state = store
+        .load_state(crate::single_node::GROUP)
+        .map_err(storage)?
+        .unwrap_or_default();
     let log_id = LogId::new(CommittedLeaderId::new(0, config.node_id), last);
     let mut members: BTreeMap<NodeId, ReplicaNode> = BTreeMap::new();
     for peer in config.voters() {

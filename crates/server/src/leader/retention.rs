@@ -156,8 +156,11 @@ mod tests {
         let pass = collect(&context, HOUR, now).await;
         assert!(matches!(pass, Ok(false)), "one batch took all that was due");
         cluster.reader().read(|state| {
-            assert!(state.job(&JobId::from("job-old")).is_none());
-            assert!(state.job(&JobId::from("job-recent")).is_some());
+            assert!(state.find_job(&JobId::from("job-old")).unwrap().is_none());
+            assert!(state
+                .find_job(&JobId::from("job-recent"))
+                .unwrap()
+                .is_some());
             assert_eq!(state.jobs_collected_before(), now - HOUR_MS);
         });
         assert_eq!(context.metrics.jobs_collected.get(), 1);

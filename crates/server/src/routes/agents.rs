@@ -383,8 +383,9 @@ pub(crate) fn report_time(
     reported: Option<Millis>,
     now: Millis,
 ) -> Millis {
-    let earliest = state
-        .job(job)
+    let found = state.find_job(job).ok().flatten();
+    let earliest = found
+        .as_ref()
         .and_then(|job| job.attempts.iter().find(|a| &a.id == attempt))
         .map(|attempt| attempt.started_at.unwrap_or(attempt.assigned_at));
     let at = reported.unwrap_or(now).min(now);
@@ -397,7 +398,9 @@ pub(crate) fn report_time(
 /// The stored output length of an attempt.
 fn stored_log_bytes(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option<u64> {
     state
-        .job(job)?
+        .find_job(job)
+        .ok()
+        .flatten()?
         .attempts
         .iter()
         .find(|a| &a.id == attempt)

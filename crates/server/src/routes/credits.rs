@@ -19,6 +19,7 @@ use crate::app::{new_id, now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, IdempotencyKey};
+use crate::routes::jobs::archive_failed;
 
 const LEDGER_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
 /// Entries per page when none is asked for.
@@ -161,7 +162,7 @@ pub(crate) async fn handle_export_credit_entries(
     app.barrier(request.consistency).await?;
     // Copy the rows out under the read lock; encoding them happens without it.
     let entries =
-        app.read(|state| export_entries(state, &request.business, request.from, request.to));
+        app.read(|state| export_entries(state, &request.business, request.from, request.to))?;
     let csv = ledger_csv(&entries)?;
     let disposition = format!("attachment; filename=\"ledger-{}.csv\"", request.business);
     let mut response = csv.into_response();
@@ -185,19 +186,12 @@ pub(crate) fn export_entries(
     business: &BusinessId,
     from: Option<Millis>,
     to: Option<Millis>,
-) -> Vec<LedgerEntry> {
+) -> Result<Vec<LedgerEntry>, ApiError> {
     state
-        .account(business)
-        .map(|account| {
-            account
-                .entries
-                .iter()
-                .filter(|e| from.is_none_or(|from| e.at >= from))
-                .filter(|e| to.is_none_or(|to| e.at < to))
-                .cloned()
-                .collect()
+        .ledger_page(business, 0, usize::MAX, |e| {
+            from.is_none_or(|from| e.at >= from) && to.is_none_or(|to| e.at < to)
         })
-        .unwrap_or_default()
+        .map_err(archive_failed)
 }
 
 /// The CSV text of `entries` under the [`EXPORT_COLUMNS`] header.
@@ -297,7 +291,7 @@ pub(crate) fn balance(state: &DomainState, business: BusinessId) -> CreditBalanc
     CreditBalanceResponse {
         available: account.map_or(0, |a| a.available),
         held: account.map_or(0, |a| a.held),
-        entries: account.map_or(0, |a| a.entries.len() as u64),
+        entries: account.map_or(0, |a| a.entry_count()),
         business,
         index: state.applied_index(),
     }
@@ -315,26 +309,17 @@ pub(crate) fn list_entries(
             "`limit` must be between 1 and {MAX_ENTRIES_LIMIT}"
         )));
     }
-    let entries: Vec<LedgerEntry> = state
-        .account(&business)
-        .map(|account| {
-            // `seq` is the position + 1, so `after_seq` is where the page starts.
-            let start = request
-                .after_seq
-                .unwrap_or(0)
-                .min(account.entries.len() as u64) as usize;
-            // Skipping a persistent vector shares its nodes: O(log n), no copy.
-            account
-                .entries
-                .skip(start)
-                .iter()
-                .filter(|e| request.from.is_none_or(|from| e.at >= from))
-                .filter(|e| request.to.is_none_or(|to| e.at < to))
-                .take(limit as usize)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let entries = state
+        .ledger_page(
+            &business,
+            request.after_seq.unwrap_or(0),
+            limit as usize,
+            |e| {
+                request.from.is_none_or(|from| e.at >= from)
+                    && request.to.is_none_or(|to| e.at < to)
+            },
+        )
+        .map_err(archive_failed)?;
     Ok(CreditEntriesResponse {
         business,
         entries,
@@ -475,7 +460,7 @@ mod tests {
         state
             .apply(5, &entry_command(tricky, None, 5000).unwrap())
             .unwrap();
-        let entries = export_entries(&state, &BusinessId::from("acme"), Some(2000), None);
+        let entries = export_entries(&state, &BusinessId::from("acme"), Some(2000), None).unwrap();
         assert_eq!(
             entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![2, 3, 4, 5]
@@ -502,7 +487,7 @@ mod tests {
             "{csv}"
         );
         assert_eq!(
-            export_entries(&state, &BusinessId::from("globex"), None, None),
+            export_entries(&state, &BusinessId::from("globex"), None, None).unwrap(),
             Vec::<LedgerEntry>::new()
         );
         assert_eq!(

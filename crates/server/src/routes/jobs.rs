@@ -1,6 +1,7 @@
 //! `jobs/submit`, `jobs/list`, `jobs/{id}/get`, `jobs/{id}/cancel`, `jobs/{id}/retry`,
 //! `jobs/{id}/logs` (with long polling).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -10,8 +11,10 @@ use tanvrit_api::{
     JobLogsRequest, JobLogsResponse, JobResponse, JobSubmitRequest, Millis, Rates, ReadRequest,
     Scope, IDEMPOTENCY_HEADER,
 };
-use tanvrit_cluster::LogWindow;
-use tanvrit_state::{validate, Command, Effect, JobFilter, Rejection, State as DomainState};
+use tanvrit_cluster::{ClusterError, LogWindow};
+use tanvrit_state::{
+    validate, ArchiveError, Command, Effect, JobFilter, Rejection, State as DomainState,
+};
 use tokio::time::Instant;
 
 use super::{ApiErrors, IdempotencyHeader};
@@ -116,7 +119,7 @@ pub(crate) async fn handle_get_job(
     principal.require(JOB_READ_SCOPES)?;
     app.barrier(request.consistency).await?;
     app.read(|state| {
-        let job = visible_job(state, &principal, &JobId(id))?.clone();
+        let job = visible_job(state, &principal, &JobId(id))?.into_owned();
         Ok(Json(JobResponse {
             job,
             index: state.applied_index(),
@@ -357,17 +360,26 @@ pub(crate) fn effect_job(effect: Effect) -> Result<Job, ApiError> {
 }
 
 fn owner(state: &DomainState, job: &JobId) -> Option<BusinessId> {
-    state.job(job).map(|job| job.business.clone())
+    // An archive that cannot answer hides the job; the read that follows reports it.
+    match state.find_job(job) {
+        Ok(found) => found.map(|job| job.business.clone()),
+        Err(_) => None,
+    }
 }
 
-/// A job this principal may see; 404 if there is none (or it is another business's),
-/// 410 if retention collected it.
+/// The error for a failed read of the job archive (the replica's disk).
+pub(crate) fn archive_failed(err: ArchiveError) -> ApiError {
+    ApiError::Cluster(ClusterError::Storage(err.to_string()))
+}
+
+/// A job this principal may see, from memory or the archive; 404 if there is none (or
+/// it is another business's), 410 if retention collected it.
 pub(crate) fn visible_job<'s>(
     state: &'s DomainState,
     principal: &Principal,
     id: &JobId,
-) -> Result<&'s Job, ApiError> {
-    match state.job(id) {
+) -> Result<Cow<'s, Job>, ApiError> {
+    match state.find_job(id).map_err(archive_failed)? {
         Some(job) if principal.reads_job_of(&job.business) => Ok(job),
         Some(_) => Err(ApiError::not_found("job", id)),
         None => Err(missing_job(state, id)),
@@ -404,9 +416,9 @@ pub(crate) fn list_jobs(
         after: request.after.clone(),
         limit: limit as usize,
     };
-    let (jobs, next) = state.jobs(&filter);
+    let (jobs, next) = state.list_jobs(&filter).map_err(archive_failed)?;
     Ok(JobListResponse {
-        jobs: jobs.into_iter().cloned().collect(),
+        jobs,
         next,
         index: state.applied_index(),
     })

@@ -149,6 +149,7 @@ impl State {
     }
 
     fn remove_idempotency(&mut self, scope: &str, key: &str) {
+        self.mark_idempotency(scope, key);
         if let Some(keys) = self.data.idempotency.get_mut(scope) {
             keys.remove(key);
             // No empty scopes left behind: the data stays canonical, so states that saw
@@ -160,6 +161,7 @@ impl State {
     }
 
     fn record_idempotency(&mut self, scope: &str, key: &str, record: IdempotencyRecord) {
+        self.mark_idempotency(scope, key);
         // An expired record under the same key that was not pruned yet is replaced.
         if let Some(old) = self.idempotency_record(scope, key) {
             let stale = (old.expires_at, scope.to_string(), key.to_string());

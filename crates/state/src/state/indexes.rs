@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use tanvrit_api::{Index, Job, JobId, JobState, Resources};
+use tanvrit_api::{Index, Job, JobId, JobState, Millis, Resources};
 
 use super::retention::finish_time;
 use super::{Indexes, State};
@@ -92,6 +92,39 @@ impl State {
 
     /// Runs `change` on a job with its indexes kept in step. `change` must not fail
     /// after mutating (check first, then mutate).
+    /// Drops an evicted job from the indexes, except its retention entry, and counts it.
+    pub(super) fn unindex_evicted(&mut self, job: &Job) {
+        self.index_job(job, false);
+        if let Some(finished) = finish_time(job) {
+            self.idx.finished.insert((finished, job.id.clone()));
+        }
+        *self.idx.evicted_counts.entry(job.state).or_default() += 1;
+    }
+
+    /// Gives the jobs a loader kept out of memory their retention entries, and counts
+    /// them: the stored totals per state, less the jobs in memory.
+    pub(super) fn evicted_on_load(
+        &mut self,
+        finished: Vec<(Millis, JobId)>,
+        totals: &BTreeMap<JobState, u64>,
+    ) {
+        self.idx.finished.extend(finished);
+        for (state, total) in totals {
+            let in_memory = self.idx.by_state.get(state).map_or(0, |s| s.len() as u64);
+            let evicted = total.saturating_sub(in_memory);
+            if evicted > 0 {
+                self.idx.evicted_counts.insert(*state, evicted);
+            }
+        }
+    }
+
+    /// Uncounts an evicted job loaded back into memory.
+    pub(super) fn forget_evicted(&mut self, job: &Job) {
+        if let Some(count) = self.idx.evicted_counts.get_mut(&job.state) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
     pub(super) fn mutate_job<R>(
         &mut self,
         id: &JobId,
@@ -103,6 +136,7 @@ impl State {
             .jobs
             .remove(id)
             .expect("mutate_job on a missing job");
+        self.mark_job_before(&job);
         self.index_job(&job, false);
         let result = change(&mut job);
         job.modify_index = index;

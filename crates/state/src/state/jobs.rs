@@ -115,10 +115,12 @@ impl State {
             );
         }
         if let Some(key) = idempotency_key {
-            self.data
-                .job_idempotency
-                .insert(job_key(business, key), id.clone());
+            let key = job_key(business, key);
+            self.mark_job_key(&key);
+            self.data.job_idempotency.insert(key, id.clone());
         }
+        self.mark_job(id);
+        self.mark_listed(business, id, true);
         self.index_job(&job, true);
         self.data.jobs.insert(id.clone(), job.clone());
         job
@@ -608,6 +610,7 @@ impl State {
             });
         }
         // Log chunks do not bump modify_index: they are not job state changes clients wait on.
+        self.mark_job(job);
         let entry = self.data.jobs.get_mut(job).expect("checked");
         if let Some(a) = entry.attempts.iter_mut().find(|a| &a.id == attempt) {
             a.log_bytes += len;

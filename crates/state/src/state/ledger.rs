@@ -33,7 +33,7 @@ impl State {
         if matches!(kind, EntryKind::Hold | EntryKind::Release) {
             account.held -= amount;
         }
-        let seq = account.entries.len() as u64 + 1;
+        let seq = account.entry_count() + 1;
         let entry = LedgerEntry {
             id: entry_id.unwrap_or_else(|| EntryId(format!("ent-{business}-{seq}"))),
             seq,
@@ -48,6 +48,7 @@ impl State {
         };
         account.by_key.insert(idempotency_key, seq);
         account.entries.push_back(entry.clone());
+        self.mark_ledger(business, seq);
         entry
     }
 
@@ -86,12 +87,11 @@ impl State {
         if note.as_ref().is_some_and(|n| n.len() > 4096) {
             return Err(Rejection::invalid("notes are at most 4096 bytes"));
         }
-        if let Some(account) = self.data.accounts.get(business) {
-            if let Some(&seq) = account.by_key.get(idempotency_key) {
-                let existing = &account.entries[seq as usize - 1];
+        if let Some(existing) = self.ledger_entry_by_key(business, idempotency_key) {
+            {
                 return if existing.kind == kind && existing.amount == amount {
                     Ok(Effect::Entry {
-                        entry: Box::new(existing.clone()),
+                        entry: Box::new(existing),
                         duplicate: true,
                     })
                 } else {

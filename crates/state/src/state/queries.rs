@@ -10,7 +10,8 @@ use tanvrit_api::{
 use super::{Account, JobFilter, State, StoredKey};
 
 impl State {
-    /// One job.
+    /// One job in memory: every job, unless an archive takes the settled ones (then
+    /// see [`State::find_job`]).
     pub fn job(&self, id: &JobId) -> Option<&Job> {
         self.data.jobs.get(id)
     }
@@ -57,17 +58,24 @@ impl State {
     }
 
     /// Number of jobs per state.
+    /// Number of jobs per state (in memory and evicted to the archive).
     pub fn job_counts(&self) -> BTreeMap<JobState, u64> {
-        self.idx
+        let mut counts: BTreeMap<JobState, u64> = self
+            .idx
             .by_state
             .iter()
             .map(|(state, set)| (*state, set.len() as u64))
-            .collect()
+            .collect();
+        for (state, evicted) in &self.idx.evicted_counts {
+            *counts.entry(*state).or_default() += evicted;
+        }
+        counts.retain(|_, count| *count > 0);
+        counts
     }
 
-    /// Total jobs.
+    /// Total jobs (in memory and evicted to the archive).
     pub fn job_total(&self) -> usize {
-        self.data.jobs.len()
+        self.data.jobs.len() + self.idx.evicted_counts.values().sum::<u64>() as usize
     }
 
     /// One node.

@@ -40,17 +40,21 @@ impl State {
                 "a collection's cutoff must not be after its time",
             ));
         }
-        let doomed: Vec<JobId> = self
+        let doomed: Vec<(Millis, JobId)> = self
             .idx
             .finished
             .iter()
             .take_while(|(finished, _)| *finished < cutoff)
             .take(limit as usize)
-            .map(|(_, id)| id.clone())
+            .cloned()
             .collect();
-        for id in &doomed {
+        for (finished, id) in &doomed {
+            self.fault_in_for_collection(id);
             self.remove_job(id);
+            // An evicted job the archive no longer had leaves no entry behind either.
+            self.idx.finished.remove(&(*finished, id.clone()));
         }
+        let doomed: Vec<JobId> = doomed.into_iter().map(|(_, id)| id).collect();
         let records = self.prune_idempotency(at, limit as usize);
         let more = self.collection_due(cutoff, at);
         self.data.jobs_collected_before = self.data.jobs_collected_before.max(cutoff);
@@ -66,10 +70,13 @@ impl State {
         let Some(job) = self.data.jobs.remove(id) else {
             return;
         };
+        self.mark_job_before(&job);
+        self.mark_listed(&job.business, id, false);
         self.index_job(&job, false);
         if let Some(key) = &job.idempotency_key {
             let key = job_key(&job.business, key);
             if self.data.job_idempotency.get(&key) == Some(id) {
+                self.mark_job_key(&key);
                 self.data.job_idempotency.remove(&key);
             }
         }

@@ -1,0 +1,741 @@
+//! The state as rows: what changed since the last [`State::take_changes`], every row of
+//! the state, and [`StateLoader`], which assembles a state from rows again.
+//!
+//! A storage engine keeps one table per kind of row (see [`Table`]) and, after each
+//! applied batch, writes the rows [`State::changed_rows`] names in the transaction that
+//! records the applied index; a restart loads those tables instead of replaying history.
+//! Marking is coarse on purpose: a handler marks what it may have touched, and a marked
+//! row is written with its current value (or deleted when it is gone), so marking too
+//! much costs a write and marking too little is the only way to be wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tanvrit_api::{
+    BusinessId, Index, Job, JobId, JobState, KeyId, LedgerEntry, MicroCredits, Millis, Node,
+    NodeId, Schedule, ScheduleId,
+};
+
+use super::retention::finish_time;
+use super::{Account, IdempotencyRecord, State, StateData, StoredKey};
+use crate::Command;
+
+/// The meta row holding the applied index.
+pub const META_APPLIED_INDEX: &str = "applied_index";
+/// The meta row holding the latest collection cutoff.
+pub const META_JOBS_COLLECTED_BEFORE: &str = "jobs_collected_before";
+
+/// The tables a state is stored in, one per kind of row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Job id -> [`Job`] (with its attempts).
+    Jobs,
+    /// Node id -> [`Node`].
+    Nodes,
+    /// Key id -> [`StoredKey`].
+    Keys,
+    /// Business -> [`AccountTotals`].
+    Accounts,
+    /// `business/seq` (seq zero-padded to 20 digits) -> [`LedgerEntry`].
+    Ledger,
+    /// Schedule id -> [`Schedule`].
+    Schedules,
+    /// `business/idempotency key` -> the job submitted under it.
+    JobKeys,
+    /// `scope NUL key` -> [`IdempotencyRecord`].
+    Idempotency,
+    /// Name -> number (applied index, collection cutoff, jobs per state).
+    Meta,
+    /// Job id -> nothing: the jobs in flight (not settled), which a restart loads.
+    LiveJobs,
+    /// `finish time/job id` (time zero-padded to 20 digits) -> nothing: settled jobs by
+    /// when they finished, for retention.
+    FinishedJobs,
+    /// `business/job id` -> nothing: a business's jobs, for listing them in id order.
+    JobsByBusiness,
+    /// `business/idempotency key` -> the seq of the ledger entry posted under it.
+    LedgerKeys,
+}
+
+impl Table {
+    /// Every table, in the order a snapshot streams them.
+    pub const ALL: [Table; 13] = [
+        Table::LedgerKeys,
+        Table::Meta,
+        Table::LiveJobs,
+        Table::FinishedJobs,
+        Table::JobsByBusiness,
+        Table::Keys,
+        Table::Nodes,
+        Table::Accounts,
+        Table::Ledger,
+        Table::Schedules,
+        Table::Jobs,
+        Table::JobKeys,
+        Table::Idempotency,
+    ];
+
+    /// The table's name (the storage engine prefixes its group).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Jobs => "jobs",
+            Table::Nodes => "nodes",
+            Table::Keys => "keys",
+            Table::Accounts => "accounts",
+            Table::Ledger => "ledger",
+            Table::Schedules => "schedules",
+            Table::JobKeys => "job_keys",
+            Table::Idempotency => "idempotency",
+            Table::Meta => "meta",
+            Table::LiveJobs => "live_jobs",
+            Table::FinishedJobs => "finished_jobs",
+            Table::JobsByBusiness => "jobs_by_business",
+            Table::LedgerKeys => "ledger_keys",
+        }
+    }
+
+    /// The table of a name returned by [`Table::name`].
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// An account's balances and how many ledger entries it has (its entries are rows of
+/// [`Table::Ledger`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountTotals {
+    /// Spendable credits.
+    pub available: MicroCredits,
+    /// Credits held for jobs.
+    pub held: MicroCredits,
+    /// Ledger entries (the last entry's seq).
+    pub entries: u64,
+}
+
+/// A row's value, borrowed from the state.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(untagged)]
+pub enum RowValue<'a> {
+    /// In [`Table::Jobs`].
+    Job(&'a Job),
+    /// In [`Table::Nodes`].
+    Node(&'a Node),
+    /// In [`Table::Keys`].
+    Key(&'a StoredKey),
+    /// In [`Table::Accounts`].
+    Account(AccountTotals),
+    /// In [`Table::Ledger`].
+    Entry(&'a LedgerEntry),
+    /// In [`Table::Schedules`].
+    Schedule(&'a Schedule),
+    /// In [`Table::JobKeys`].
+    JobKey(&'a JobId),
+    /// In [`Table::Idempotency`].
+    Idempotency(&'a IdempotencyRecord),
+    /// In [`Table::Meta`].
+    Meta(u64),
+    /// In the index tables: the key is all there is.
+    Marker,
+    /// In [`Table::LedgerKeys`].
+    Seq(u64),
+}
+
+/// One row to write: its table, its key, and its value (`None`: delete the row).
+#[derive(Clone, Debug)]
+pub struct RowWrite<'a> {
+    /// The table.
+    pub table: Table,
+    /// The key (see [`Table`] for each table's key).
+    pub key: String,
+    /// The new value, or `None` when the row is gone.
+    pub value: Option<RowValue<'a>>,
+}
+
+impl RowWrite<'_> {
+    /// The row this write stores, owned (`None` for a delete); the key gives what the
+    /// value does not hold.
+    pub fn to_row(&self) -> Option<Row> {
+        let value = self.value?;
+        Some(match value {
+            RowValue::Job(job) => Row::Job(job.clone()),
+            RowValue::Node(node) => Row::Node(node.clone()),
+            RowValue::Key(key) => Row::Key(key.clone()),
+            RowValue::Account(totals) => Row::Account(BusinessId(self.key.clone()), totals),
+            RowValue::Entry(entry) => Row::Entry(entry.clone()),
+            RowValue::Schedule(schedule) => Row::Schedule(schedule.clone()),
+            RowValue::JobKey(job) => Row::JobKey(self.key.clone(), job.clone()),
+            RowValue::Idempotency(record) => {
+                let (scope, key) = split_idempotency_key(&self.key)?;
+                Row::Idempotency(scope.to_string(), key.to_string(), record.clone())
+            }
+            RowValue::Meta(value) => Row::Meta(self.key.clone(), value),
+            RowValue::Marker => Row::Marker(self.table, self.key.clone()),
+            RowValue::Seq(seq) => Row::Seq(self.table, self.key.clone(), seq),
+        })
+    }
+}
+
+/// The (scope, key) of an [`idempotency_key`].
+pub fn split_idempotency_key(stored: &str) -> Option<(&str, &str)> {
+    stored.split_once('\0')
+}
+
+/// The key of ledger entry `seq` of `business`: ordered by business, then seq.
+pub fn ledger_key(business: &BusinessId, seq: u64) -> String {
+    format!("{business}/{seq:020}")
+}
+
+/// The key of a settled job in [`Table::FinishedJobs`].
+pub fn finished_key(finished: Millis, job: &JobId) -> String {
+    format!("{:020}/{job}", finished.max(0))
+}
+
+/// The (finish time, job) of a [`finished_key`].
+pub fn split_finished_key(key: &str) -> Option<(Millis, JobId)> {
+    let (time, job) = key.split_once('/')?;
+    Some((time.parse().ok()?, JobId::from(job)))
+}
+
+/// The key of an entry's idempotency key in [`Table::LedgerKeys`].
+pub fn ledger_key_key(business: &BusinessId, key: &str) -> String {
+    format!("{business}/{key}")
+}
+
+/// The key of a job in [`Table::JobsByBusiness`].
+pub fn business_job_key(business: &BusinessId, job: &JobId) -> String {
+    format!("{business}/{job}")
+}
+
+/// The meta row counting the jobs in `state`.
+pub fn job_count_key(state: JobState) -> String {
+    format!("jobs.{}", state.as_str())
+}
+
+/// The key of idempotency record (`scope`, `key`).
+pub fn idempotency_key(scope: &str, key: &str) -> String {
+    format!("{scope}\0{key}")
+}
+
+/// What apply touched since the last [`State::take_changes`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub(super) jobs: BTreeSet<JobId>,
+    pub(super) nodes: BTreeSet<NodeId>,
+    pub(super) keys: BTreeSet<KeyId>,
+    /// Business -> the first seq appended since (`u64::MAX`: balances only).
+    pub(super) accounts: BTreeMap<BusinessId, u64>,
+    pub(super) schedules: BTreeSet<ScheduleId>,
+    pub(super) job_keys: BTreeSet<String>,
+    pub(super) idempotency: BTreeSet<(String, String)>,
+    /// Retention entries of jobs that changed or went: their old finish keys.
+    pub(super) finished_removed: BTreeSet<(Millis, JobId)>,
+    /// Jobs that joined (`true`) or left (`false`) their business's listing.
+    pub(super) by_business: BTreeMap<(BusinessId, JobId), bool>,
+}
+
+impl Changes {
+    /// Whether nothing was touched.
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    /// How many rows were marked (a ledger append counts its account once).
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+            + self.nodes.len()
+            + self.keys.len()
+            + self.accounts.len()
+            + self.schedules.len()
+            + self.job_keys.len()
+            + self.idempotency.len()
+            + self.finished_removed.len()
+            + self.by_business.len()
+    }
+
+    /// The jobs that changed (or went) since the changes were taken.
+    pub fn jobs(&self) -> impl Iterator<Item = &JobId> + '_ {
+        self.jobs.iter()
+    }
+}
+
+fn put<'a>(table: Table, key: String, value: RowValue<'a>) -> RowWrite<'a> {
+    RowWrite {
+        table,
+        key,
+        value: Some(value),
+    }
+}
+
+fn put_or_delete<'a, T>(
+    table: Table,
+    key: String,
+    value: Option<&'a T>,
+    wrap: impl FnOnce(&'a T) -> RowValue<'a>,
+) -> RowWrite<'a> {
+    RowWrite {
+        table,
+        key,
+        value: value.map(wrap),
+    }
+}
+
+fn delete<'a>(table: Table, key: String) -> RowWrite<'a> {
+    RowWrite {
+        table,
+        key,
+        value: None,
+    }
+}
+
+/// The live and finished rows of a job as it is now (`None`: gone).
+fn job_index_rows<'a>(id: &JobId, job: Option<&Job>) -> Vec<RowWrite<'a>> {
+    match job.map(|job| (job, finish_time(job))) {
+        None => vec![delete(Table::LiveJobs, id.to_string())],
+        Some((_, Some(finished))) => vec![
+            delete(Table::LiveJobs, id.to_string()),
+            put(
+                Table::FinishedJobs,
+                finished_key(finished, id),
+                RowValue::Marker,
+            ),
+        ],
+        Some((_, None)) => vec![put(Table::LiveJobs, id.to_string(), RowValue::Marker)],
+    }
+}
+
+fn totals(account: &Account) -> AccountTotals {
+    AccountTotals {
+        available: account.available,
+        held: account.held,
+        entries: account.entry_count(),
+    }
+}
+
+/// A ledger entry's row and its idempotency key's.
+fn entry_rows<'a>(business: &BusinessId, entry: &'a LedgerEntry) -> [RowWrite<'a>; 2] {
+    [
+        put(
+            Table::Ledger,
+            ledger_key(business, entry.seq),
+            RowValue::Entry(entry),
+        ),
+        put(
+            Table::LedgerKeys,
+            ledger_key_key(business, &entry.idempotency_key),
+            RowValue::Seq(entry.seq),
+        ),
+    ]
+}
+
+impl State {
+    /// Marks the nodes, keys and schedules a command names: their handlers change no
+    /// other row of those tables.
+    pub(super) fn mark_named_rows(&mut self, command: &Command) {
+        let changes = &mut self.changes;
+        match command {
+            Command::NodeRegister { node, .. }
+            | Command::NodeDrain { node, .. }
+            | Command::NodeDelete { node, .. }
+            | Command::NodeLost { node, .. }
+            | Command::NodeEvict { node, .. } => {
+                changes.nodes.insert(node.clone());
+            }
+            Command::KeyCreate { key, .. } | Command::KeyRevoke { key, .. } => {
+                changes.keys.insert(key.clone());
+            }
+            Command::ScheduleCreate { schedule, .. }
+            | Command::ScheduleUpdate { schedule, .. }
+            | Command::ScheduleDelete { schedule, .. }
+            | Command::ScheduleFire { schedule, .. } => {
+                changes.schedules.insert(schedule.clone());
+            }
+            Command::SchedulesFire { fires, .. } => {
+                changes
+                    .schedules
+                    .extend(fires.iter().map(|fire| fire.schedule.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn mark_job(&mut self, id: &JobId) {
+        self.changes.jobs.insert(id.clone());
+    }
+
+    /// Notes what a job was before it changes or goes: its retention entry, if it had
+    /// one, leaves the finished table.
+    pub(super) fn mark_job_before(&mut self, job: &Job) {
+        self.changes.jobs.insert(job.id.clone());
+        if let Some(finished) = finish_time(job) {
+            self.changes
+                .finished_removed
+                .insert((finished, job.id.clone()));
+        }
+    }
+
+    pub(super) fn mark_listed(&mut self, business: &BusinessId, job: &JobId, listed: bool) {
+        self.changes
+            .by_business
+            .insert((business.clone(), job.clone()), listed);
+    }
+
+    pub(super) fn mark_job_key(&mut self, key: &str) {
+        self.changes.job_keys.insert(key.to_string());
+    }
+
+    pub(super) fn mark_ledger(&mut self, business: &BusinessId, seq: u64) {
+        let first = self.changes.accounts.entry(business.clone()).or_insert(seq);
+        *first = (*first).min(seq);
+    }
+
+    pub(super) fn mark_idempotency(&mut self, scope: &str, key: &str) {
+        self.changes
+            .idempotency
+            .insert((scope.to_string(), key.to_string()));
+    }
+
+    /// What apply touched since the last call, and starts counting afresh.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The rows to write for `changes`, then the meta rows; each written row carries its
+    /// current value, a row that is gone is deleted.
+    pub fn changed_rows<'a>(&'a self, changes: &Changes) -> Vec<RowWrite<'a>> {
+        let data = &self.data;
+        let mut rows = Vec::with_capacity(changes.len() + 2);
+        for id in &changes.jobs {
+            rows.push(put_or_delete(
+                Table::Jobs,
+                id.to_string(),
+                data.jobs.get(id),
+                RowValue::Job,
+            ));
+        }
+        // Old retention entries go before new ones are written (a job may finish again
+        // at the same time).
+        for (finished, id) in &changes.finished_removed {
+            rows.push(delete(Table::FinishedJobs, finished_key(*finished, id)));
+        }
+        for id in &changes.jobs {
+            let job = data.jobs.get(id);
+            rows.extend(job_index_rows(id, job));
+        }
+        for ((business, id), listed) in &changes.by_business {
+            let key = business_job_key(business, id);
+            rows.push(if *listed {
+                put(Table::JobsByBusiness, key, RowValue::Marker)
+            } else {
+                delete(Table::JobsByBusiness, key)
+            });
+        }
+        for id in &changes.nodes {
+            rows.push(put_or_delete(
+                Table::Nodes,
+                id.to_string(),
+                data.nodes.get(id),
+                RowValue::Node,
+            ));
+        }
+        for id in &changes.keys {
+            rows.push(put_or_delete(
+                Table::Keys,
+                id.to_string(),
+                data.keys.get(id),
+                RowValue::Key,
+            ));
+        }
+        for (business, from) in &changes.accounts {
+            // Accounts are never removed.
+            let Some(account) = data.accounts.get(business) else {
+                continue;
+            };
+            rows.push(put(
+                Table::Accounts,
+                business.to_string(),
+                RowValue::Account(totals(account)),
+            ));
+            for entry in account.entries.iter().filter(|e| e.seq >= *from) {
+                rows.extend(entry_rows(business, entry));
+            }
+        }
+        for id in &changes.schedules {
+            rows.push(put_or_delete(
+                Table::Schedules,
+                id.to_string(),
+                data.schedules.get(id),
+                RowValue::Schedule,
+            ));
+        }
+        for key in &changes.job_keys {
+            rows.push(put_or_delete(
+                Table::JobKeys,
+                key.clone(),
+                data.job_idempotency.get(key),
+                RowValue::JobKey,
+            ));
+        }
+        for (scope, key) in &changes.idempotency {
+            rows.push(put_or_delete(
+                Table::Idempotency,
+                idempotency_key(scope, key),
+                self.idempotency_record(scope, key),
+                RowValue::Idempotency,
+            ));
+        }
+        self.meta_rows(&mut rows);
+        rows
+    }
+
+    fn meta_rows<'a>(&'a self, rows: &mut Vec<RowWrite<'a>>) {
+        rows.push(put(
+            Table::Meta,
+            META_APPLIED_INDEX.to_string(),
+            RowValue::Meta(self.data.applied_index),
+        ));
+        rows.push(put(
+            Table::Meta,
+            META_JOBS_COLLECTED_BEFORE.to_string(),
+            RowValue::Meta(self.data.jobs_collected_before.max(0) as u64),
+        ));
+        let counts = self.job_counts();
+        for state in JobState::ALL {
+            let count = counts.get(&state).copied().unwrap_or(0);
+            rows.push(put(
+                Table::Meta,
+                job_count_key(state),
+                RowValue::Meta(count),
+            ));
+        }
+    }
+
+    /// Every row of the state (to write a state into empty tables).
+    pub fn all_rows(&self) -> impl Iterator<Item = RowWrite<'_>> + '_ {
+        let data = &self.data;
+        let mut meta = Vec::new();
+        self.meta_rows(&mut meta);
+        let keys = data
+            .keys
+            .iter()
+            .map(|(id, key)| put(Table::Keys, id.to_string(), RowValue::Key(key)));
+        let nodes = data
+            .nodes
+            .iter()
+            .map(|(id, node)| put(Table::Nodes, id.to_string(), RowValue::Node(node)));
+        let accounts = data.accounts.iter().flat_map(|(business, account)| {
+            std::iter::once(put(
+                Table::Accounts,
+                business.to_string(),
+                RowValue::Account(totals(account)),
+            ))
+            .chain(
+                account
+                    .entries
+                    .iter()
+                    .flat_map(move |entry| entry_rows(business, entry)),
+            )
+        });
+        let schedules = data
+            .schedules
+            .iter()
+            .map(|(id, s)| put(Table::Schedules, id.to_string(), RowValue::Schedule(s)));
+        let jobs = data.jobs.iter().flat_map(|(id, job)| {
+            std::iter::once(put(Table::Jobs, id.to_string(), RowValue::Job(job)))
+                .chain(
+                    job_index_rows(id, Some(job))
+                        .into_iter()
+                        .filter(|row| row.value.is_some()),
+                )
+                .chain(std::iter::once(put(
+                    Table::JobsByBusiness,
+                    business_job_key(&job.business, id),
+                    RowValue::Marker,
+                )))
+        });
+        let job_keys = data
+            .job_idempotency
+            .iter()
+            .map(|(key, job)| put(Table::JobKeys, key.clone(), RowValue::JobKey(job)));
+        let records = self.idempotency_records().map(|(scope, key, record)| {
+            put(
+                Table::Idempotency,
+                idempotency_key(scope, key),
+                RowValue::Idempotency(record),
+            )
+        });
+        meta.into_iter()
+            .chain(keys)
+            .chain(nodes)
+            .chain(accounts)
+            .chain(schedules)
+            .chain(jobs)
+            .chain(job_keys)
+            .chain(records)
+    }
+}
+
+/// A row read back from storage, owned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Row {
+    /// From [`Table::Jobs`].
+    Job(Job),
+    /// From [`Table::Nodes`].
+    Node(Node),
+    /// From [`Table::Keys`].
+    Key(StoredKey),
+    /// From [`Table::Accounts`].
+    Account(BusinessId, AccountTotals),
+    /// From [`Table::Ledger`].
+    Entry(LedgerEntry),
+    /// From [`Table::Schedules`].
+    Schedule(Schedule),
+    /// From [`Table::JobKeys`]: (business/key, job).
+    JobKey(String, JobId),
+    /// From [`Table::Idempotency`]: (scope, key, record).
+    Idempotency(String, String, IdempotencyRecord),
+    /// From [`Table::Meta`]: (name, value).
+    Meta(String, u64),
+    /// From an index table: its key.
+    Marker(Table, String),
+    /// From [`Table::LedgerKeys`]: its key and seq.
+    Seq(Table, String, u64),
+}
+
+/// Why rows do not make a state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stored rows are inconsistent: {0}")]
+pub struct LoadError(pub String);
+
+/// Assembles a [`State`] from rows in any order.
+#[derive(Debug, Default)]
+pub struct StateLoader {
+    data: StateData,
+    totals: BTreeMap<BusinessId, AccountTotals>,
+    entries: BTreeMap<BusinessId, BTreeMap<u64, LedgerEntry>>,
+    /// Settled jobs stay out of memory (their archive is the tables read from).
+    evicting: bool,
+    evicted: Vec<(Millis, JobId)>,
+    counts: BTreeMap<JobState, u64>,
+}
+
+impl StateLoader {
+    /// An empty loader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty loader that keeps settled jobs out of memory: the state it makes must be
+    /// given the archive the rows came from ([`State::set_archive`]).
+    pub fn evicting() -> Self {
+        Self {
+            evicting: true,
+            ..Self::default()
+        }
+    }
+
+    /// Takes one row.
+    pub fn add(&mut self, row: Row) {
+        let data = &mut self.data;
+        match row {
+            // Evicting, only the jobs in flight come as `Job` rows; the settled ones come
+            // as their retention entries.
+            Row::Marker(Table::FinishedJobs, key) if self.evicting => {
+                if let Some(entry) = split_finished_key(&key) {
+                    self.evicted.push(entry);
+                }
+            }
+            Row::Marker(..) | Row::Seq(..) => {}
+            // Evicting, entries stay in the archive; the account counts them.
+            Row::Entry(_) if self.evicting => {}
+            Row::Job(job) => {
+                data.jobs.insert(job.id.clone(), job);
+            }
+            Row::Node(node) => {
+                data.nodes.insert(node.id.clone(), node);
+            }
+            Row::Key(key) => {
+                data.keys.insert(key.info.id.clone(), key);
+            }
+            Row::Account(business, totals) => {
+                self.totals.insert(business, totals);
+            }
+            Row::Entry(entry) => {
+                self.entries
+                    .entry(entry.business.clone())
+                    .or_default()
+                    .insert(entry.seq, entry);
+            }
+            Row::Schedule(schedule) => {
+                data.schedules.insert(schedule.id.clone(), schedule);
+            }
+            Row::JobKey(key, job) => {
+                data.job_idempotency.insert(key, job);
+            }
+            Row::Idempotency(scope, key, record) => {
+                data.idempotency
+                    .entry(scope)
+                    .or_default()
+                    .insert(key, record);
+            }
+            Row::Meta(name, value) => match name.as_str() {
+                META_APPLIED_INDEX => data.applied_index = value as Index,
+                META_JOBS_COLLECTED_BEFORE => data.jobs_collected_before = value as Millis,
+                counted if counted.starts_with("jobs.") => {
+                    if let Some(state) = JobState::ALL
+                        .into_iter()
+                        .find(|s| job_count_key(*s) == counted)
+                    {
+                        self.counts.insert(state, value);
+                    }
+                }
+                // Meta rows of the storage engine (Raft's applied log id, ...).
+                _ => {}
+            },
+        }
+    }
+
+    /// The state the rows make, with its indexes built.
+    pub fn finish(mut self) -> Result<State, LoadError> {
+        for (business, totals) in std::mem::take(&mut self.totals) {
+            let entries = self.entries.remove(&business).unwrap_or_default();
+            let mut account = Account {
+                available: totals.available,
+                held: totals.held,
+                ..Account::default()
+            };
+            for (expected, (seq, entry)) in (1..).zip(entries) {
+                if seq != expected {
+                    return Err(LoadError(format!(
+                        "ledger of `{business}` has entry {seq} where {expected} belongs"
+                    )));
+                }
+                account.by_key.insert(entry.idempotency_key.clone(), seq);
+                account.entries.push_back(entry);
+            }
+            if self.evicting {
+                account.evicted = totals.entries;
+            } else if account.entries.len() as u64 != totals.entries {
+                return Err(LoadError(format!(
+                    "account `{business}` counts {} entries, {} are stored",
+                    totals.entries,
+                    account.entries.len()
+                )));
+            }
+            self.data.accounts.insert(business, account);
+        }
+        if let Some(business) = self.entries.keys().next() {
+            return Err(LoadError(format!(
+                "ledger entries of `{business}` without its account"
+            )));
+        }
+        let mut state = State {
+            data: self.data,
+            ..State::default()
+        };
+        state.rebuild_indexes();
+        if self.evicting {
+            state.evicted_on_load(self.evicted, &self.counts);
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,222 @@
+//! [`TableArchive`]: the [`JobArchive`] of a group's state tables, where settled jobs
+//! live once they leave memory, and the listing of jobs from disk: each page reads a
+//! fresh read transaction with a cursor over the job table (newest id first) or over a
+//! business's listing, so a page costs the same at ten jobs or ten million, and no
+//! reader holds anything a writer waits for.
+
+use redb::{ReadTransaction, ReadableDatabase, TableDefinition};
+use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry};
+use tanvrit_state::{
+    business_job_key, ledger_key, ledger_key_key, ArchiveError, JobArchive, JobFilter, Table,
+};
+
+use crate::state_tables::{decode_row_value, table_name};
+use crate::{Store, StoreError, WeakStore};
+
+/// Rows a page may look at per job it returns before it answers with what it has (and
+/// a cursor to go on from): a filter that matches rarely still answers promptly.
+const SCAN_PER_RESULT: usize = 20;
+
+/// The job archive of `group`'s tables in `store` (which it does not keep open).
+#[derive(Clone, Debug)]
+pub struct TableArchive {
+    store: WeakStore,
+    group: String,
+}
+
+fn archive_error(err: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError(err.to_string())
+}
+
+impl TableArchive {
+    /// The archive of `group` (`single`, `raft`).
+    pub fn new(store: Store, group: &str) -> Self {
+        Self {
+            store: store.downgrade(),
+            group: group.to_string(),
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        let store = self
+            .store
+            .upgrade()
+            .ok_or_else(|| StoreError::Io("the store was closed".into()))?;
+        let txn = store.db().begin_read()?;
+        Ok(txn)
+    }
+
+    fn job_in(&self, txn: &ReadTransaction, id: &str) -> Result<Option<Job>, StoreError> {
+        let name = table_name(&self.group, Table::Jobs);
+        let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let value = table.get(id)?;
+        value.map(|v| decode_row_value(v.value())).transpose()
+    }
+
+    fn row_in(
+        &self,
+        txn: &ReadTransaction,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = table_name(&self.group, table);
+        let open = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+            Ok(open) => open,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let value = open.get(key)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn page(&self, filter: &JobFilter) -> Result<(Vec<Job>, Option<JobId>), StoreError> {
+        let txn = self.read()?;
+        let limit = filter.limit.max(1);
+        let budget = limit.saturating_mul(SCAN_PER_RESULT);
+        let mut out: Vec<Job> = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_seen: Option<JobId> = None;
+        let mut more = false;
+        let consider = |job: Job, out: &mut Vec<Job>| -> bool {
+            // true: the page is full (one more matched beyond it).
+            if filter.state.is_some_and(|state| job.state != state) {
+                return false;
+            }
+            if out.len() == limit {
+                return true;
+            }
+            out.push(job);
+            false
+        };
+        match &filter.business {
+            Some(business) => {
+                let name = table_name(&self.group, Table::JobsByBusiness);
+                let index = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                    Ok(index) => index,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+                    Err(err) => return Err(err.into()),
+                };
+                let start = business_job_key(business, &JobId::default());
+                let end = match &filter.after {
+                    Some(after) => business_job_key(business, after),
+                    None => format!("{business}0"),
+                };
+                for item in index.range(start.as_str()..end.as_str())?.rev() {
+                    let (key, _) = item?;
+                    let id = &key.value()[business_prefix(business).len()..];
+                    scanned += 1;
+                    if let Some(job) = self.job_in(&txn, id)? {
+                        if consider(job, &mut out) {
+                            more = true;
+                            break;
+                        }
+                    }
+                    last_seen = Some(JobId::from(id));
+                    if scanned >= budget {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            None => {
+                let name = table_name(&self.group, Table::Jobs);
+                let jobs = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                    Ok(jobs) => jobs,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+                    Err(err) => return Err(err.into()),
+                };
+                let range = match &filter.after {
+                    Some(after) => jobs.range(..after.as_str())?,
+                    None => jobs.range::<&str>(..)?,
+                };
+                for item in range.rev() {
+                    let (key, value) = item?;
+                    scanned += 1;
+                    let job: Job = decode_row_value(value.value())?;
+                    if consider(job, &mut out) {
+                        more = true;
+                        break;
+                    }
+                    last_seen = Some(JobId::from(key.value()));
+                    if scanned >= budget {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+        }
+        // Continue after the last job returned, or, when the scan budget ran out first,
+        // after the last row looked at.
+        let next = match (more, out.len() == limit) {
+            (false, _) => None,
+            (true, true) => out.last().map(|job| job.id.clone()),
+            (true, false) => last_seen,
+        };
+        Ok((out, next))
+    }
+}
+
+/// A business's keys in [`Table::JobsByBusiness`] start with this.
+fn business_prefix(business: &BusinessId) -> String {
+    format!("{business}/")
+}
+
+impl JobArchive for TableArchive {
+    fn job(&self, id: &JobId) -> Result<Option<Job>, ArchiveError> {
+        let txn = self.read().map_err(archive_error)?;
+        self.job_in(&txn, id.as_str()).map_err(archive_error)
+    }
+
+    fn jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, Option<JobId>), ArchiveError> {
+        self.page(filter).map_err(archive_error)
+    }
+
+    fn ledger_entry_by_key(
+        &self,
+        business: &BusinessId,
+        key: &str,
+    ) -> Result<Option<LedgerEntry>, ArchiveError> {
+        let found = || -> Result<Option<LedgerEntry>, StoreError> {
+            let txn = self.read()?;
+            let Some(seq) = self.row_in(&txn, Table::LedgerKeys, &ledger_key_key(business, key))?
+            else {
+                return Ok(None);
+            };
+            let seq: u64 = decode_row_value(&seq)?;
+            self.row_in(&txn, Table::Ledger, &ledger_key(business, seq))?
+                .map(|bytes| decode_row_value(&bytes))
+                .transpose()
+        };
+        found().map_err(archive_error)
+    }
+
+    fn ledger_entries(
+        &self,
+        business: &BusinessId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, ArchiveError> {
+        let read = || -> Result<Vec<LedgerEntry>, StoreError> {
+            let txn = self.read()?;
+            let name = table_name(&self.group, Table::Ledger);
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(err) => return Err(err.into()),
+            };
+            let from = ledger_key(business, after + 1);
+            let end = format!("{business}0");
+            let mut out = Vec::new();
+            for item in table.range(from.as_str()..end.as_str())?.take(limit) {
+                let (_, value) = item?;
+                out.push(decode_row_value(value.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(archive_error)
+    }
+}
