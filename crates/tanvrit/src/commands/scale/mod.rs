@@ -226,7 +226,7 @@ async fn one_run(
             run.snapshots.push(SnapshotReport {
                 replica: replica.name.clone(),
                 index: step.index,
-                mib: step.bytes as f64 / MIB,
+                mib: (step.bytes > 0).then(|| step.bytes as f64 / MIB),
                 build_ms: step.ms,
                 finished_at_s: end_us as f64 / 1e6,
                 slice: slice_ends_us.partition_point(|&e| e < end_us) + 1,

@@ -138,9 +138,11 @@ pub async fn add_learner(replicas: &mut Replicas) -> anyhow::Result<LearnerRepor
         }
         if call_result.is_none() && call.is_finished() {
             call_result = (&mut call).await.ok();
-            if matches!(call_result, Some((_, Err(_)))) {
-                break;
-            }
+        }
+        // A refused add leaves nothing to follow; one that timed out on the leader's
+        // catch-up wait leaves a learner that still catches up.
+        if matches!(call_result, Some((_, Err(_)))) && applied.unwrap_or(0.0) == 0.0 {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

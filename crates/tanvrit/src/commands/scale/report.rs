@@ -89,8 +89,8 @@ pub struct SnapshotReport {
     pub replica: String,
     /// The log index it covers.
     pub index: u64,
-    /// Its size, MiB (0 when the replica does not log it).
-    pub mib: f64,
+    /// Its size, MiB (none when the replica does not log it: the single node).
+    pub mib: Option<f64>,
     /// Build time, ms (from the replica's log).
     pub build_ms: u64,
     /// Seconds since the load started, at the end of the build.
@@ -235,7 +235,8 @@ pub fn targets(run: &RunReport) -> Vec<TargetReport> {
     out
 }
 
-fn ms(v: Option<f64>) -> String {
+/// An optional figure, rounded (`-` when missing).
+fn whole(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
@@ -253,10 +254,10 @@ pub fn progress_line(s: &SliceReport) -> String {
         s.submit_p99_ms,
         s.worst_write_ms,
         s.errors,
-        list(s.rss_mib.iter().map(|r| ms(*r))),
+        list(s.rss_mib.iter().map(|r| whole(*r))),
         list(s.data_dir_mib.iter().map(|d| format!("{d:.0}"))),
         s.snapshots,
-        ms(s.snapshot_build_max_ms),
+        whole(s.snapshot_build_max_ms),
     )
 }
 
@@ -281,10 +282,10 @@ pub fn slices_table(run: &RunReport) -> Table {
             format!("{:.1}", s.submit_p99_ms),
             format!("{:.0}", s.worst_write_ms),
             s.errors.to_string(),
-            list(s.rss_mib.iter().map(|r| ms(*r))),
+            list(s.rss_mib.iter().map(|r| whole(*r))),
             list(s.data_dir_mib.iter().map(|d| format!("{d:.0}"))),
             s.snapshots.to_string(),
-            ms(s.snapshot_build_max_ms),
+            whole(s.snapshot_build_max_ms),
         ]);
     }
     table
@@ -307,7 +308,7 @@ pub fn snapshots_table(run: &RunReport) -> Table {
             s.index.to_string(),
             s.slice.to_string(),
             format!("{:.0}", s.finished_at_s),
-            format!("{:.0}", s.mib),
+            whole(s.mib),
             s.build_ms.to_string(),
             format!("{:.0}", s.worst_write_ms),
         ]);
@@ -351,14 +352,14 @@ pub fn render(run: &RunReport) -> String {
     }
     out.push_str(&format!(
         "peak RSS (VmHWM) MiB: {}; data directory {:.2} KiB per job\n",
-        list(run.peak_rss_mib.iter().map(|p| ms(*p))),
+        list(run.peak_rss_mib.iter().map(|p| whole(*p))),
         run.data_dir_bytes_per_job / 1024.0
     ));
     if let Some(r) = &run.restart {
         out.push_str(&format!(
             "restart (kill -9 of every replica, start again): first read {} ms, first write {} ms\n",
-            ms(r.first_read_ms),
-            ms(r.first_write_ms)
+            whole(r.first_read_ms),
+            whole(r.first_write_ms)
         ));
     }
     if let Some(l) = &run.learner {
@@ -366,10 +367,10 @@ pub fn render(run: &RunReport) -> String {
             "learner: caught up to index {} in {} ms (add call {} ms, {}), peak RSS {} MiB, \
              installed {}\n",
             l.target_index,
-            ms(l.caught_up_ms),
-            ms(l.add_call_ms),
+            whole(l.caught_up_ms),
+            whole(l.add_call_ms),
             l.add_outcome,
-            ms(l.peak_rss_mib),
+            whole(l.peak_rss_mib),
             if l.installs.is_empty() {
                 "no snapshot".to_string()
             } else {
