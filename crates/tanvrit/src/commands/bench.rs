@@ -4,7 +4,9 @@
 //! and times leader kills ([`super::failover`]); `placement` times the scheduler's
 //! planning and apply on a synthetic queue in process; `ledger` counts ledger entries/s
 //! ([`super::ledger_bench`]); `schedules` measures the fire lag of many active
-//! schedules ([`super::schedule_bench`]).
+//! schedules ([`super::schedule_bench`]); `scale` writes a million jobs into replicas it
+//! starts and watches memory, disk, speed, snapshots, restart and a learner
+//! ([`super::scale`]).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -135,6 +137,11 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-cron")]
         business: String,
     },
+    /// Growth with history: start a single node, then 3 Raft replicas, write `--jobs`
+    /// terminal jobs into each, and report per tenth jobs/s, RSS, data directory, submit
+    /// p99 and snapshots; then restart to serving and an empty learner's catch-up, with
+    /// the targets of the issue "Steady for a year" beside the figures.
+    Scale(super::scale::ScaleArgs),
     /// Scheduler placements/s: a queue of pending jobs over simulated nodes, in process.
     Placement {
         /// Pending jobs.
@@ -209,7 +216,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-fn bench_job(business: &str, worker: usize, n: u64) -> JobSubmitRequest {
+pub(crate) fn bench_job(business: &str, worker: usize, n: u64) -> JobSubmitRequest {
     JobSubmitRequest {
         business: Some(business.into()),
         spec: JobSpec {
@@ -738,6 +745,7 @@ impl BenchCommand {
                     table
                 })
             }
+            BenchCommand::Scale(args) => super::scale::run(args, out).await,
             BenchCommand::Placement {
                 jobs,
                 nodes,

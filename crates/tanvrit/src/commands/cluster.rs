@@ -71,7 +71,7 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 /// answers with something other than a transport failure or a 503. Every membership
 /// call may be repeated: forming a formed cluster, adding a voter twice or removing a
 /// removed replica changes nothing.
-async fn membership_call<B: Serialize, T: DeserializeOwned>(
+pub(crate) async fn membership_call<B: Serialize, T: DeserializeOwned>(
     client: &Client,
     cluster_secret: Option<&str>,
     path: &str,

@@ -10,7 +10,6 @@
 //! `/health`), the same way `bench etcd-put` drives it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,10 +19,11 @@ use tanvrit_api::{
     BusinessId, CreditEntryCreateRequest, EntryKind, JobSpec, JobSubmitRequest, Role,
 };
 use tanvrit_client::{Client, ClientConfig};
-use tokio::process::{Child, Command};
+
+use super::bench_process::{free_ports, work_dir_for, Member};
 
 /// The admin key of the clusters this benchmark starts.
-const BENCH_ADMIN_KEY: &str = "tvk-bench-admin-0123456789abcdef";
+pub(crate) const BENCH_ADMIN_KEY: &str = "tvk-bench-admin-0123456789abcdef";
 /// Probing writers per survivor after a kill.
 const PROBERS: usize = 8;
 /// Start offset between a survivor's probers.
@@ -56,58 +56,6 @@ pub struct FailoverReport {
     pub median_ms: f64,
     /// Slowest round.
     pub max_ms: f64,
-}
-
-/// Free loopback ports (bound together, then released).
-fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
-}
-
-/// One member: how to start it, its client URL, and the running process.
-struct Member {
-    command: Vec<String>,
-    env: Vec<(String, String)>,
-    url: String,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(&self.command[0]);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("TANVRIT_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .args(&self.command[1..])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        self.child = Some(
-            command
-                .spawn()
-                .with_context(|| format!("cannot start {}", self.command[0]))?,
-        );
-        Ok(())
-    }
-
-    /// SIGKILL, and wait until the process is reaped.
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
 }
 
 /// A cluster under test: its members and how to talk to it.
@@ -151,6 +99,7 @@ impl Cluster {
                     ("TANVRIT_RAFT_PROFILE".into(), profile.into()),
                 ],
                 url: format!("http://127.0.0.1:{}", ports[i]),
+                log: None,
                 child: None,
             })
             .collect();
@@ -211,6 +160,7 @@ impl Cluster {
                     ],
                     env: Vec::new(),
                     url: client,
+                    log: None,
                     child: None,
                 }
             })
@@ -380,7 +330,7 @@ pub async fn run(
     etcd_timing: (u64, u64),
     work_dir: Option<PathBuf>,
 ) -> anyhow::Result<FailoverReport> {
-    let dir = tempfile_dir(work_dir)?;
+    let dir = work_dir_for("failover", work_dir)?;
     let (mut cluster, profile) = match target {
         FailoverTarget::Tanvrit => (Cluster::tanvrit(&dir, profile)?, profile.to_string()),
         FailoverTarget::Etcd => (
@@ -447,19 +397,4 @@ pub async fn run(
         median_ms: median,
         rounds_ms: rounds,
     })
-}
-
-/// A new directory for the members' data.
-fn tempfile_dir(base: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let base = base.unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!(
-        "tanvrit-failover-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

@@ -1,6 +1,7 @@
 //! The client commands, one file per resource; each talks to the API through the SDK.
 
 pub mod bench;
+pub mod bench_process;
 pub mod cluster;
 pub mod credit;
 pub mod failover;
@@ -8,6 +9,7 @@ pub mod job;
 pub mod key;
 pub mod ledger_bench;
 pub mod node;
+pub mod scale;
 pub mod schedule;
 pub mod schedule_bench;
 
