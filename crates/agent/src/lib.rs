@@ -15,6 +15,8 @@
 //!   output and result, with backoff.
 //! - [`process`]: spawning a job (argv or `/bin/sh -c`, env, working dir, process group),
 //!   timeouts, SIGTERM/SIGKILL stops, exit classification.
+//! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
+//!   OOM kills.
 //! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
 //!   the control plane's stored output.
 //! - [`config`]: [`AgentConfig`], machine resources, the stable node id.
@@ -45,6 +47,7 @@
 pub mod agent;
 mod attempt;
 pub mod backoff;
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod lease;
