@@ -17,6 +17,7 @@
 //!   timeouts, SIGTERM/SIGKILL stops, exit classification.
 //! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
 //!   OOM kills.
+//! - [`uids`]: the range of uids attempts run as, shared out between the host's agents.
 //! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
 //!   the control plane's stored output.
 //! - [`config`]: [`AgentConfig`], machine resources, the stable node id.
@@ -53,6 +54,7 @@ pub mod error;
 pub mod lease;
 pub mod process;
 pub mod spool;
+pub mod uids;
 pub mod utf8;
 
 pub use agent::Agent;
