@@ -1,16 +1,20 @@
-//! Running one attempt's process: spawned in its own process group with the job's argv
-//! (or `/bin/sh -c`), environment and working directory; stdout and stderr share one
-//! pipe so their interleaving is kept; output decoded and spooled as it arrives; stopped
-//! with SIGTERM to the whole group, then SIGKILL after the grace period, on a timeout, a
-//! cancel or an agent shutdown.
+//! Running one attempt's process: spawned in its own process group (and, with
+//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]) with
+//! the job's argv (or `/bin/sh -c`), a clean environment (the job's variables plus the
+//! documented `TANVRIT_*` ones) and working directory; stdout and stderr share one pipe
+//! so their interleaving is kept; output decoded and spooled as it arrives; stopped with
+//! SIGTERM to the whole group, then SIGKILL (to the whole cgroup too) after the grace
+//! period, on a timeout, a cancel or an agent shutdown.
 //!
 //! The job ends when its main process exits: anything it left running in its process
-//! group is killed then, and output still arriving from processes outside the group is
-//! read for at most [`DRAIN_AFTER_EXIT`].
+//! group (or cgroup) is killed then, and output still arriving from processes outside the
+//! group is read for at most [`DRAIN_AFTER_EXIT`]. A job the kernel killed for going over
+//! its memory ends `failed` with a reason starting [`REASON_OOM_KILLED`].
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tanvrit_client::api::{AttemptFinishedRequest, AttemptId, AttemptOutcome, JobId, JobSpec};
@@ -18,6 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::cgroup::Usage;
+use crate::isolation::{safe_name, Isolation, Sandbox};
 use crate::spool::Spool;
 use crate::utf8::Utf8Stream;
 
@@ -28,6 +34,17 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 pub const ENV_JOB_ID: &str = "TANVRIT_JOB_ID";
 /// Environment variable naming the attempt, set for every process.
 pub const ENV_ATTEMPT_ID: &str = "TANVRIT_ATTEMPT_ID";
+/// Environment variable: the CPU the attempt was given, in millicores.
+pub const ENV_CPU_MILLIS: &str = "TANVRIT_CPU_MILLIS";
+/// Environment variable: the memory the attempt was given, in MB.
+pub const ENV_MEMORY_MB: &str = "TANVRIT_MEMORY_MB";
+/// Environment variable: the GPUs the attempt was given.
+pub const ENV_GPUS: &str = "TANVRIT_GPUS";
+/// `PATH` of a job that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How the reason of an attempt the kernel killed for memory begins (the outcome is
+/// `failed`); programs may match on it.
+pub const REASON_OOM_KILLED: &str = "oom_killed";
 /// Reason recorded for an attempt stopped because the agent's lease ran out.
 pub const REASON_LEASE_EXPIRED: &str = "the agent lost contact with the control plane for \
      nearly the node TTL (its lease ran out) and stopped the process, as the control plane \
@@ -75,6 +92,8 @@ pub struct RunSpec {
     pub scratch_dir: PathBuf,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How the process is kept apart (cgroup, uid, private directory), or not.
+    pub isolation: Arc<Isolation>,
 }
 
 /// Why the process ended early.
@@ -92,13 +111,25 @@ pub async fn run(
     notify: &Notify,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> AttemptFinishedRequest {
-    let result = match spawn(run) {
-        Ok(spawned) => supervise(run, spawned, spool, notify, &mut stop).await,
+    let sandbox = run
+        .isolation
+        .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir);
+    let result = match sandbox {
         Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
+        Ok(sandbox) => {
+            let result = match spawn(run, sandbox.as_ref()) {
+                Ok(spawned) => {
+                    supervise(run, spawned, sandbox.as_ref(), spool, notify, &mut stop).await
+                }
+                Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
+            };
+            if let Some(sandbox) = sandbox {
+                sandbox.release().await;
+            }
+            result
+        }
     };
-    if run.spec.working_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&run.scratch_dir);
-    }
+    let _ = std::fs::remove_dir_all(&run.scratch_dir);
     spool.finish(&run.attempt, result.clone());
     notify.notify_one();
     result
@@ -110,25 +141,27 @@ struct Spawned {
     output: tokio::net::unix::pipe::Receiver,
 }
 
-fn spawn(run: &RunSpec) -> Result<Spawned, String> {
+fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
     let spec = &run.spec;
     let (program, args): (&str, Vec<&str>) = match (&spec.shell, spec.command.split_first()) {
         (Some(shell), _) => ("/bin/sh", vec!["-c", shell.as_str()]),
         (None, Some((first, rest))) => (first.as_str(), rest.iter().map(String::as_str).collect()),
         (None, None) => return Err("the job has neither a command nor a shell string".into()),
     };
+    if sandbox.is_none() {
+        // With a sandbox, the private directory was made for the attempt's uid.
+        std::fs::create_dir_all(&run.scratch_dir).map_err(|e| {
+            format!(
+                "cannot create the working directory {}: {e}",
+                run.scratch_dir.display()
+            )
+        })?;
+    }
     let dir: PathBuf = match &spec.working_dir {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            std::fs::create_dir_all(&run.scratch_dir).map_err(|e| {
-                format!(
-                    "cannot create the working directory {}: {e}",
-                    run.scratch_dir.display()
-                )
-            })?;
-            run.scratch_dir.clone()
-        }
+        None => run.scratch_dir.clone(),
     };
+    let resources = sandbox.map(Sandbox::limits);
     let pipe_error = |e: std::io::Error| format!("cannot create the output pipe: {e}");
     let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
     let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
@@ -137,15 +170,28 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
     let mut command = tokio::process::Command::new(program);
     command
         .args(&args)
+        // Nothing of the agent's environment (its key above all) reaches the job: only
+        // a PATH and HOME it may replace, its own variables, and the documented ones.
         .env_clear()
-        // The agent's own settings (its API key above all) are not the job's business.
-        .envs(
-            std::env::vars_os().filter(|(name, _)| !name.to_string_lossy().starts_with("TANVRIT_")),
-        )
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &run.scratch_dir)
+        .env("TMPDIR", &run.scratch_dir)
+        .envs(&spec.env)
         .env(ENV_JOB_ID, run.job.as_str())
         .env(ENV_ATTEMPT_ID, run.attempt.as_str())
-        .envs(&spec.env)
-        .current_dir(&dir)
+        .env(
+            ENV_CPU_MILLIS,
+            resources
+                .map_or(spec.resources.cpu_millis, |l| l.cpu_millis)
+                .to_string(),
+        )
+        .env(
+            ENV_MEMORY_MB,
+            resources
+                .map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024))
+                .to_string(),
+        )
+        .env(ENV_GPUS, spec.resources.gpus.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -153,23 +199,14 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
         // aimed at the agent does not reach it.
         .process_group(0)
         .kill_on_drop(false);
-    #[cfg(target_os = "linux")]
-    // SAFETY: runs in the forked child before exec; prctl and getppid are
-    // async-signal-safe and touch no memory of the parent.
-    unsafe {
-        let agent = libc::getpid();
-        command.pre_exec(move || {
-            // If the agent dies (even by SIGKILL) the job is killed too, rather than left
-            // running unsupervised while the control plane retries it elsewhere.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != agent {
-                // The agent died between fork and prctl.
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    if let Some(sandbox) = sandbox {
+        // SAFETY: the hook makes only async-signal-safe calls (see `Sandbox::install`).
+        unsafe { sandbox.install(&mut command, &dir)? };
+    } else {
+        command.current_dir(&dir);
+        // SAFETY: runs in the forked child before exec; prctl and getppid are
+        // async-signal-safe and touch no memory of the parent.
+        unsafe { die_with_the_agent(&mut command) };
     }
     let child = command
         .spawn()
@@ -184,9 +221,33 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
     })
 }
 
+/// Without a sandbox: the job is killed when the agent dies.
+///
+/// # Safety
+/// Installs a `pre_exec` hook that makes only async-signal-safe calls.
+unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let agent = libc::getpid();
+        command.pre_exec(move || {
+            // If the agent dies (even by SIGKILL) the job is killed too, rather than left
+            // running unsupervised while the control plane retries it elsewhere.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                // The agent died between fork and prctl.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 async fn supervise(
     run: &RunSpec,
     spawned: Spawned,
+    sandbox: Option<&Sandbox>,
     spool: &Spool,
     notify: &Notify,
     stop: &mut watch::Receiver<Option<StopReason>>,
@@ -230,8 +291,12 @@ async fn supervise(
             },
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited);
-                // Whatever the main process left behind in its group goes with it.
+                // Whatever the main process left behind in its group (or cgroup) goes
+                // with it.
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(sandbox) = sandbox {
+                    sandbox.kill_all();
+                }
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = tokio::time::sleep_until(deadline), if cause.is_none() && status.is_none() => {
@@ -260,6 +325,9 @@ async fn supervise(
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(sandbox) = sandbox {
+                    sandbox.kill_all();
+                }
                 kill_at = None;
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -283,12 +351,47 @@ async fn supervise(
         }
         None => unreachable!("the loop ends only after the process exited"),
     };
-    classify(cause, status, run.spec.timeout_secs)
+    let usage = sandbox.map(Sandbox::usage);
+    if let (Some(usage), Some(sandbox)) = (usage, sandbox) {
+        tracing::info!(
+            attempt = %run.attempt,
+            uid = sandbox.uid(),
+            cpu_ms = usage.cpu_ns.map(|ns| ns / 1_000_000),
+            peak_memory_mb = usage.peak_memory_bytes.map(|b| b / (1024 * 1024)),
+            oom_kills = usage.oom_kills,
+            "usage measured by the attempt's cgroup"
+        );
+    }
+    let memory_mb = sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024));
+    classify(cause, status, run.spec.timeout_secs, usage, memory_mb)
 }
 
-/// The result for how the process ended and why the agent ended it, if it did.
-fn classify(cause: Option<Cause>, status: ExitStatus, timeout_secs: u64) -> AttemptFinishedRequest {
+/// The result for how the process ended, why the agent ended it (if it did), and
+/// whether the kernel killed part of it for memory.
+fn classify(
+    cause: Option<Cause>,
+    status: ExitStatus,
+    timeout_secs: u64,
+    usage: Option<Usage>,
+    memory_mb: u64,
+) -> AttemptFinishedRequest {
     let code = status.code();
+    let oom_kills = usage.map_or(0, |u| u.oom_kills);
+    if cause.is_none() && !status.success() && oom_kills > 0 {
+        return finished(
+            AttemptOutcome::Failed,
+            code,
+            Some(format!(
+                "{REASON_OOM_KILLED}: the kernel killed {} for going over the {memory_mb} MB \
+                 memory limit",
+                if oom_kills == 1 {
+                    "a process".to_string()
+                } else {
+                    format!("{oom_kills} processes")
+                }
+            )),
+        );
+    }
     match cause {
         Some(Cause::Timeout) => finished(
             AttemptOutcome::TimedOut,
@@ -386,18 +489,7 @@ pub fn now_ms() -> i64 {
 
 /// The scratch directory of an attempt under `work_root`.
 pub fn scratch_dir(work_root: &Path, attempt: &AttemptId) -> PathBuf {
-    let safe: String = attempt
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    work_root.join(safe)
+    work_root.join(safe_name(attempt))
 }
 
 #[cfg(test)]
@@ -434,6 +526,7 @@ mod tests {
                 attempt,
                 spec,
                 stop_grace: Duration::from_millis(500),
+                isolation: Arc::new(Isolation::none(self.root.join("work"))),
             }
         }
 
@@ -539,7 +632,8 @@ mod tests {
         assert_eq!(
             f.output(),
             format!(
-                "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_JOB_ID=job-1\n{}\n",
+                "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_CPU_MILLIS=0\nTANVRIT_GPUS=0\n\
+                 TANVRIT_JOB_ID=job-1\nTANVRIT_MEMORY_MB=0\n{}\n",
                 scratch.display()
             )
         );
