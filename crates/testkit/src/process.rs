@@ -237,7 +237,8 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `bin agent --server <servers> --key <key> --data-dir <data_dir> <args...>`
+    /// Starts `bin agent --server <servers> --data-dir <data_dir> <args...>` with the key
+    /// in `TANVRIT_AGENT_KEY` (not in its argv, which every user of the host can read),
     /// and waits until it has registered its node (so the servers must be up).
     pub async fn start(
         bin: &Path,
@@ -270,8 +271,7 @@ impl AgentProcess {
             .arg("agent")
             .arg("--server")
             .arg(&self.servers)
-            .arg("--key")
-            .arg(&self.key)
+            .env("TANVRIT_AGENT_KEY", &self.key)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
