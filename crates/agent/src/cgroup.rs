@@ -233,9 +233,12 @@ impl Cgroup {
         }
         names.sort();
         names.dedup();
-        names
+        // Every child is tried, even after one fails.
+        let failed = names
             .iter()
-            .fold(true, |ok, name| self.child(name).kill_and_remove() && ok)
+            .filter(|name| !self.child(name).kill_and_remove())
+            .count();
+        failed == 0
     }
 }
 
