@@ -287,6 +287,9 @@ impl LocalAgent {
             Duration::from_secs(5),
         )
         .map_err(|e| e.to_string())?;
+        // The replica's files (every business's jobs, the keys) are not the jobs' to read:
+        // the local agent runs them on this machine.
+        tanvrit_agent::isolation::secure_data_dir(&info.data_dir).map_err(|e| e.to_string())?;
         let config = AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR));
         let agent = match Agent::new(client.clone(), config.clone()) {
             Err(e @ tanvrit_agent::AgentError::Isolation(_)) => {
