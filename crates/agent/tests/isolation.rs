@@ -4,6 +4,8 @@
 //! commands, cannot read another tenant's directory, files, or environment, the agent's
 //! data directory or environment, or `/etc/shadow`, and cannot signal the agent or
 //! another job — each beside a check the job *can* do, so a denial is not an accident.
+//! A process that left the job's process group still ends with the attempt, and an
+//! agent restarted after a crash kills what its last run left in its cgroups.
 //!
 //! These need root and usable cgroups (CI runs as root). Elsewhere they fail, saying so;
 //! set `TANVRIT_SKIP_ISOLATION_TESTS=1` to skip them knowingly.
@@ -506,4 +508,77 @@ async fn an_agent_refuses_to_start_when_it_cannot_isolate_unless_told_none() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+}
+
+#[tokio::test]
+async fn a_process_that_left_the_process_group_ends_with_its_attempt() {
+    if skipped() {
+        return;
+    }
+    let node = node(64);
+    // `setsid` takes the sleep out of the job's process group (and session): signals to
+    // the group miss it, its cgroup does not.
+    let escaper = node.start(
+        "escaper",
+        shell("setsid sleep 300 & echo \"pid $!\"; sleep 0.2", 500, 32),
+    );
+    let lines = finish_ok(&node, escaper).await;
+    let pid: i32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pid ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let deadline = Instant::now() + PATIENCE;
+    while alive_not_zombie(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} outlived its attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_restarted_after_a_crash_kills_what_its_last_run_left_in_its_cgroups() {
+    if skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = IsolationConfig {
+        work_root: Some(dir.path().join("work")),
+        ..IsolationConfig::default()
+    };
+    let id = NodeId(format!("test-{}", uuid::Uuid::now_v7()));
+    let data = dir.path().join("agent");
+    let first = Isolation::prepare(&config, &id, &data).expect("isolation");
+    let cgroup = first
+        .attempt_cgroup(&AttemptId::from("att-orphan"))
+        .unwrap();
+    cgroup
+        .create(&tanvrit_agent::isolation::limits(&Resources::default(), 16))
+        .unwrap();
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    for dir in cgroup.dirs() {
+        std::fs::write(dir.join("cgroup.procs"), orphan.id().to_string()).unwrap();
+    }
+    // A crash: nothing of the first run is cleaned up.
+    std::mem::forget(first);
+
+    let second = Isolation::prepare(&config, &id, &data).expect("isolation");
+    let status = orphan.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(!cgroup.memory.exists(), "the old attempt's cgroup is gone");
+    drop(second);
+}
+
+/// True while `pid` is a live (not zombie) process.
+fn alive_not_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
