@@ -733,12 +733,17 @@ async fn a_job_cannot_read_the_agents_key_and_one_over_its_memory_ends_oom_kille
     let plane = plane().await;
     let agent = plane.agent("isolated", &[]).await;
     let data = agent.data_dir().display().to_string();
+    // Placed only on a node that says it isolates: the scheduler can require it.
+    let isolated = |spec: JobSpec| JobSpec {
+        labels: [("tanvrit.isolation".to_string(), "cgroup".to_string())].into(),
+        ..spec
+    };
     let snoop = plane
-        .submit(shell(&format!(
+        .submit(isolated(shell(&format!(
             "cat /proc/$PPID/environ; echo \"environ=$?\"; tr '\\0' ' ' < /proc/$PPID/cmdline; \
              echo; ls {data}; echo \"data_dir=$?\"; cat {data}/node-id; echo \"node_id=$?\"; \
              echo \"uid=$(id -u)\""
-        )))
+        ))))
         .await;
     plane.wait_state(&snoop, JobState::Succeeded).await;
     let text = plane.logs(&snoop, None).await;
