@@ -1,27 +1,26 @@
 //! Keeping attempts apart from each other and from the agent: [`IsolationConfig`]
-//! (the `--isolation` choice and its settings), [`Isolation`] (what this node enforces,
-//! found once at start), and [`Sandbox`] (one attempt's cgroup, uid and private
-//! working directory, and the code that puts its process into them between fork and
-//! exec).
+//! (the `--isolation` choice and its settings) and [`Isolation`] (what this node
+//! enforces, found once at start, and the maker of each attempt's
+//! [`crate::sandbox::Sandbox`]).
 //!
 //! With `cgroup` isolation (the default) each attempt runs in its own cgroup under the
 //! agent's (memory = `memory_mb` with no swap beyond it, CPU quota = `cpu_millis`, a pids
 //! limit), as a uid of its own from [`IsolationConfig::job_uids`] with a private group
-//! and no supplementary groups, with `no_new_privs`, in a directory only it can enter.
+//! and no supplementary groups, with `no_new_privs`, in a directory only it can enter,
+//! which is also its `/tmp`, `/var/tmp` and `/dev/shm` (a mount namespace of its own).
 //! An agent whose host cannot give that refuses to start; `none` runs jobs as the agent's
 //! own user with no limits, and says so.
 
-use std::ffi::CString;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use tanvrit_client::api::{AttemptId, NodeId, Resources};
 
-use crate::cgroup::{self, Cgroup, CgroupVersion, Limits, Usage};
-use crate::uids::{UidLease, UidPool, UidRange, DEFAULT_JOB_UIDS, DEFAULT_UID_LOCK_FILE};
+use crate::cgroup::{self, Cgroup, CgroupVersion, Limits};
+use crate::sandbox::Sandbox;
+use crate::uids::{UidPool, UidRange, DEFAULT_JOB_UIDS, DEFAULT_UID_LOCK_FILE};
 use crate::AgentError;
 
 /// Memory an attempt gets when its job names none, in MB (the CLI's default).
@@ -84,8 +83,9 @@ pub struct IsolationConfig {
     /// Processes and threads per attempt. Default [`DEFAULT_PIDS_MAX`].
     pub pids_max: u64,
     /// The parent of the attempts' private directories. Default: under `cgroup`,
-    /// `/var/lib/tanvrit/work/<node id>` (every parent must be traversable by others:
-    /// jobs run as other users); under `none`, `<data_dir>/work`.
+    /// `/var/lib/tanvrit/work/<node id>` (every parent must be traversable by others, as
+    /// jobs run as other users, and none may be `/tmp`, `/var/tmp` or `/dev/shm`, which
+    /// each job sees replaced by its own directory); under `none`, `<data_dir>/work`.
     pub work_root: Option<PathBuf>,
 }
 
@@ -245,18 +245,14 @@ impl Isolation {
             cgroup.kill_and_remove();
             return Err(format!("cannot make the attempt's cgroup: {e}"));
         }
-        if let Err(e) = private_dir(dir, lease.uid()) {
+        if let Err(e) = crate::sandbox::private_dir(dir, lease.uid()) {
             cgroup.kill_and_remove();
             return Err(format!(
                 "cannot make the working directory {}: {e}",
                 dir.display()
             ));
         }
-        Ok(Some(Sandbox {
-            cgroup,
-            limits,
-            lease: Some(lease),
-        }))
+        Ok(Some(Sandbox::new(cgroup, limits, lease)))
     }
 }
 
@@ -285,107 +281,6 @@ impl Drop for Isolation {
             enforced.node.remove_children();
             enforced.node.kill_and_remove();
         }
-    }
-}
-
-/// One attempt's cgroup and uid. [`Sandbox::release`] gives them back.
-#[derive(Debug)]
-pub struct Sandbox {
-    cgroup: Cgroup,
-    limits: Limits,
-    lease: Option<UidLease>,
-}
-
-impl Sandbox {
-    /// The uid (and private group) the attempt runs as.
-    pub fn uid(&self) -> u32 {
-        self.lease.as_ref().map_or(u32::MAX, UidLease::uid)
-    }
-
-    /// The attempt's limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// What the attempt used so far, and whether the kernel killed any of it for memory.
-    pub fn usage(&self) -> Usage {
-        self.cgroup.usage()
-    }
-
-    /// SIGKILLs every process of the attempt, wherever it moved in its process tree.
-    pub fn kill_all(&self) {
-        self.cgroup.kill_all();
-    }
-
-    /// Kills what is left, removes the cgroup, and gives the uid back — unless a
-    /// process survived: then the uid stays taken (and the cgroup is left) for as long
-    /// as this agent runs, so it is never handed to another attempt.
-    pub async fn release(mut self) {
-        let cgroup = self.cgroup.clone();
-        let removed = tokio::task::spawn_blocking(move || cgroup.kill_and_remove())
-            .await
-            .unwrap_or(false);
-        if !removed {
-            tracing::error!(
-                cgroup = %self.cgroup.memory.display(),
-                uid = self.uid(),
-                "the attempt's cgroup cannot be emptied; keeping its uid out of use"
-            );
-            std::mem::forget(self.lease.take());
-        }
-    }
-
-    /// What the child runs between fork and exec: join the cgroup (before anything can
-    /// fork), drop to the attempt's uid and private group, forbid gaining privileges,
-    /// die with the agent, and enter `dir` as that user.
-    ///
-    /// # Safety
-    /// Installs a `pre_exec` hook; see [`std::os::unix::process::CommandExt::pre_exec`].
-    /// The hook only makes async-signal-safe calls on data prepared here.
-    pub unsafe fn install(
-        &self,
-        command: &mut tokio::process::Command,
-        dir: &Path,
-    ) -> Result<(), String> {
-        let procs = self.cgroup.procs_files();
-        let cwd = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| format!("{} holds a NUL byte", dir.display()))?;
-        let uid = self.uid();
-        let agent = libc::getpid();
-        command.pre_exec(move || {
-            let check = |rc: libc::c_int| {
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            };
-            for path in &procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if written != 1 {
-                    return Err(err);
-                }
-            }
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setgid(uid))?;
-            check(libc::setuid(uid))?;
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            // After setuid, which clears it. If the agent dies (even by SIGKILL) the job
-            // is killed too, rather than left running while the control plane retries it.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-            if libc::getppid() != agent {
-                // The agent died before the death signal was armed.
-                libc::_exit(1);
-            }
-            check(libc::chdir(cwd.as_ptr()))
-        });
-        Ok(())
     }
 }
 
@@ -444,8 +339,12 @@ fn v2_node_cgroup(own: &Cgroup, name: &str) -> Result<Cgroup, String> {
     Ok(node)
 }
 
+/// The directories each job gets its private directory mounted over.
+const PRIVATE_SCRATCH: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
 /// Makes the work root (mode 0711: jobs reach their own directory by name but cannot
-/// list the others), empties it, and checks that every parent lets others through.
+/// list the others), empties it, and checks that jobs can reach it: every parent lets
+/// others through, and it is not inside a directory jobs see their own copy of.
 fn prepare_work_root(root: &Path) -> Result<(), String> {
     let io = |e: std::io::Error| format!("work directory {}: {e}", root.display());
     std::fs::create_dir_all(root).map_err(io)?;
@@ -454,12 +353,31 @@ fn prepare_work_root(root: &Path) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(entry.path());
     }
     let canonical = root.canonicalize().map_err(io)?;
-    for dir in canonical.ancestors().skip(1) {
-        let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+    check_reachable(&canonical, &|dir| {
+        Ok(std::fs::metadata(dir)?.permissions().mode())
+    })
+    .map_err(|e| format!("{e}; choose another work directory (`--work-dir`)"))
+}
+
+/// Whether jobs running as other users reach `root` (canonical) by its path: each
+/// parent's mode (from `mode_of`) lets others through, and no parent is one of
+/// [`PRIVATE_SCRATCH`], which jobs see replaced by their own directory.
+fn check_reachable(
+    root: &Path,
+    mode_of: &dyn Fn(&Path) -> std::io::Result<u32>,
+) -> Result<(), String> {
+    for dir in root.ancestors().skip(1) {
+        if PRIVATE_SCRATCH.iter().any(|p| Path::new(p) == dir) {
+            return Err(format!(
+                "{} is inside {}, which each job sees replaced by its own directory",
+                root.display(),
+                dir.display()
+            ));
+        }
+        let mode = mode_of(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if mode & 0o001 == 0 {
             return Err(format!(
-                "jobs run as other users cannot reach {}: its parent {} is mode {:o}; \
-                 choose a work directory (`--work-dir`) whose parents others may traverse",
+                "jobs run as other users cannot reach {}: its parent {} is mode {:o}",
                 root.display(),
                 dir.display(),
                 mode & 0o777
@@ -467,16 +385,6 @@ fn prepare_work_root(root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Makes `dir` (mode 0700) owned by `uid` and its private group.
-fn private_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
 }
 
 /// Makes the agent's data directory readable by the agent's user only.
@@ -543,16 +451,25 @@ mod tests {
     }
 
     #[test]
-    fn a_work_root_behind_a_private_parent_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let err = prepare_work_root(&dir.path().join("work")).unwrap_err();
-        assert!(err.contains("cannot reach"), "{err}");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(dir.path().join("work/left-over")).unwrap();
-        prepare_work_root(&dir.path().join("work")).unwrap();
-        let root = std::fs::metadata(dir.path().join("work")).unwrap();
-        assert_eq!(root.permissions().mode() & 0o777, 0o711);
-        assert!(!dir.path().join("work/left-over").exists());
+    fn a_work_root_behind_a_private_parent_or_in_tmp_is_refused() {
+        let modes = |private: &'static str| {
+            move |dir: &Path| {
+                Ok(if dir == Path::new(private) {
+                    0o700
+                } else {
+                    0o755
+                })
+            }
+        };
+        let root = Path::new("/srv/tanvrit/work");
+        assert_eq!(check_reachable(root, &modes("/nowhere")), Ok(()));
+        let err = check_reachable(root, &modes("/srv")).unwrap_err();
+        assert!(
+            err.contains("cannot reach") && err.contains("/srv is mode 700"),
+            "{err}"
+        );
+        let err = check_reachable(Path::new("/tmp/x/work"), &modes("/nowhere")).unwrap_err();
+        assert!(err.contains("inside /tmp"), "{err}");
+        assert!(check_reachable(Path::new("/dev/shm/w"), &modes("/nowhere")).is_err());
     }
 }

@@ -17,8 +17,9 @@
 //! - [`process`]: spawning a job (argv or `/bin/sh -c`, env, working dir, process group),
 //!   timeouts, SIGTERM/SIGKILL stops, exit classification.
 //! - [`isolation`]: `--isolation cgroup|none`, what the node enforces, and each
-//!   attempt's [`isolation::Sandbox`]: cgroup limits, a uid of its own, a private
-//!   directory.
+//!   attempt's sandbox.
+//! - [`sandbox`]: one attempt's cgroup, uid and private directory (also its `/tmp`), and
+//!   the code run between fork and exec that puts its process in them.
 //! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
 //!   OOM kills.
 //! - [`uids`]: the range of uids attempts run as, shared out between the host's agents.
@@ -58,6 +59,7 @@ pub mod error;
 pub mod isolation;
 pub mod lease;
 pub mod process;
+pub mod sandbox;
 pub mod spool;
 pub mod uids;
 pub mod utf8;

@@ -23,7 +23,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::cgroup::Usage;
-use crate::isolation::{safe_name, Isolation, Sandbox};
+use crate::isolation::{safe_name, Isolation};
+use crate::sandbox::Sandbox;
 use crate::spool::Spool;
 use crate::utf8::Utf8Stream;
 
@@ -201,7 +202,7 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
         .kill_on_drop(false);
     if let Some(sandbox) = sandbox {
         // SAFETY: the hook makes only async-signal-safe calls (see `Sandbox::install`).
-        unsafe { sandbox.install(&mut command, &dir)? };
+        unsafe { sandbox.install(&mut command, &dir, &run.scratch_dir)? };
     } else {
         command.current_dir(&dir);
         // SAFETY: runs in the forked child before exec; prctl and getppid are
