@@ -39,6 +39,7 @@ fn skipped() -> bool {
 /// An agent's isolation with its own node cgroup, data directory and work root.
 struct Node {
     _dir: tempfile::TempDir,
+    _work: tempfile::TempDir,
     data_dir: PathBuf,
     spool: Arc<Spool>,
     isolation: Arc<Isolation>,
@@ -51,15 +52,24 @@ struct Running {
     task: JoinHandle<AttemptFinishedRequest>,
 }
 
+/// A directory for a work root: jobs run as other users and must get through to it,
+/// and not under `/tmp`, which each job sees replaced by its own directory.
+fn work_parent() -> tempfile::TempDir {
+    let parent = std::path::Path::new("/var/lib/tanvrit/test-work");
+    std::fs::create_dir_all(parent).unwrap();
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 fn node(pids_max: u64) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    // Jobs run as other users: they must get through to the work root.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = work_parent();
     let data_dir = dir.path().join("agent");
     secure_data_dir(&data_dir).unwrap();
     std::fs::write(data_dir.join("node-id"), "node-secret-id\n").unwrap();
     let config = IsolationConfig {
-        work_root: Some(dir.path().join("work")),
+        work_root: Some(work.path().join("work")),
         pids_max,
         ..IsolationConfig::default()
     };
@@ -76,6 +86,7 @@ fn node(pids_max: u64) -> Node {
     let (spool, _) = Spool::open(&dir.path().join("spool"), 1 << 30).unwrap();
     Node {
         _dir: dir,
+        _work: work,
         data_dir,
         spool: Arc::new(spool),
         isolation: Arc::new(isolation),
@@ -484,7 +495,7 @@ async fn an_agent_refuses_to_start_when_it_cannot_isolate_unless_told_none() {
     if skipped() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = work_parent();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let client = tanvrit_client::Client::new(tanvrit_client::ClientConfig {
         endpoints: vec!["http://127.0.0.1:9".into()],
@@ -539,8 +550,7 @@ async fn an_agent_restarted_after_a_crash_kills_what_its_last_run_left_in_its_cg
     if skipped() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = work_parent();
     let config = IsolationConfig {
         work_root: Some(dir.path().join("work")),
         ..IsolationConfig::default()
@@ -581,4 +591,48 @@ fn alive_not_zombie(pid: i32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z")
     })
+}
+
+#[tokio::test]
+async fn a_file_a_job_leaves_in_tmp_is_seen_by_no_other_job_nor_the_host() {
+    if skipped() {
+        return;
+    }
+    let node = node(64);
+    let name = format!("tanvrit-test-{}", uuid::Uuid::now_v7());
+    let writer = node.start(
+        "tmp-writer",
+        shell(
+            &format!(
+                "echo tmp-secret > /tmp/{name}; echo shm-secret > /dev/shm/{name}; \
+                 echo ready; while :; do sleep 0.05; done"
+            ),
+            500,
+            32,
+        ),
+    );
+    node.wait_output(&writer, &mut String::new(), |t| t.contains("ready"))
+        .await;
+    assert!(
+        !std::path::Path::new("/tmp").join(&name).exists(),
+        "on the host's /tmp"
+    );
+    assert!(!std::path::Path::new("/dev/shm").join(&name).exists());
+    let lines = finish_ok(
+        &node,
+        node.start(
+            "tmp-reader",
+            shell(
+                &format!(
+                    "cat /tmp/{name} /dev/shm/{name} 2>/dev/null; echo \"cat $?\"; \
+                     echo mine > /tmp/own; cat /tmp/own"
+                ),
+                500,
+                32,
+            ),
+        ),
+    )
+    .await;
+    cancel(writer).await;
+    assert_eq!(lines, vec!["cat 1".to_string(), "mine".to_string()]);
 }
