@@ -48,8 +48,11 @@ async fn plane() -> Plane {
 }
 
 async fn plane_with_ttl(node_ttl: &str) -> Plane {
-    let dir = tempfile::tempdir().unwrap();
-    // Jobs run as uids of their own: they must get through to files tests leave here.
+    // Jobs run as uids of their own, each seeing its own /tmp: files tests leave for them
+    // go in a directory others may traverse, outside /tmp.
+    let parent = Path::new("/var/lib/tanvrit/test-work");
+    std::fs::create_dir_all(parent).unwrap();
+    let dir = tempfile::tempdir_in(parent).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let server = ServerProcess::start(
         Path::new(BIN),
