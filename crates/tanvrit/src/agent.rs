@@ -56,8 +56,9 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = tanvrit_agent::isolation::DEFAULT_PIDS_MAX)]
     pub pids_max: u64,
     /// The parent of the attempts' private working directories; every parent must be
-    /// traversable by others [default: /var/lib/tanvrit/work/<node id>; with
-    /// `--isolation none`, <data-dir>/work].
+    /// traversable by others, and none may be /tmp, /var/tmp or /dev/shm (each job has
+    /// its own) [default: /var/lib/tanvrit/work/<node id>; with `--isolation none`,
+    /// <data-dir>/work].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Where the node id, the spool of undelivered output and results, and the jobs'
