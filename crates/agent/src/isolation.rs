@@ -114,6 +114,9 @@ struct Enforced {
     node: Cgroup,
     uids: UidPool,
     pids_max: u64,
+    /// Whether each attempt gets a `/proc` of its own that shows only its uid's processes
+    /// (`hidepid`, per mount only since Linux 5.8: before, it would change the host's).
+    private_proc: bool,
 }
 
 impl Isolation {
@@ -169,12 +172,22 @@ impl Isolation {
         if !node_cgroup.remove_children() {
             tracing::warn!("an earlier run's attempt cgroup could not be removed");
         }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let private_proc = kernel_at_least(&release, 5, 8);
+        if !private_proc {
+            tracing::warn!(
+                kernel = release.trim(),
+                "before Linux 5.8 a job cannot have a /proc of its own: jobs can see every \
+                 process's command line"
+            );
+        }
         Ok(Self {
             work_root,
             enforced: Some(Enforced {
                 node: node_cgroup,
                 uids,
                 pids_max: config.pids_max,
+                private_proc,
             }),
         })
     }
@@ -252,7 +265,24 @@ impl Isolation {
                 dir.display()
             ));
         }
-        Ok(Some(Sandbox::new(cgroup, limits, lease)))
+        Ok(Some(Sandbox::new(
+            cgroup,
+            limits,
+            lease,
+            enforced.private_proc,
+        )))
+    }
+}
+
+/// Whether the kernel `release` (`6.1.0-13-amd64`) is at least `major.minor`.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -429,6 +459,15 @@ mod tests {
         );
         assert_eq!(named.memory_bytes, 32 * 1024 * 1024);
         assert_eq!(named.cpu_millis, 500);
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert!(kernel_at_least("6.18.44-fc-v1300\n", 5, 8));
+        assert!(kernel_at_least("5.8.0", 5, 8));
+        assert!(!kernel_at_least("5.4.0-150-generic", 5, 8));
+        assert!(!kernel_at_least("4.19.0", 5, 8));
+        assert!(!kernel_at_least("", 5, 8));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Sandbox`]: one attempt's cgroup, uid and private directory, and the code that puts
 //! its process into them between fork and exec (cgroup, mount namespace with a private
-//! `/tmp`, uid and group, `no_new_privs`, death with the agent, working directory).
+//! `/tmp` and a `/proc` listing only its own processes, uid and group, `no_new_privs`,
+//! death with the agent, working directory).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -16,16 +17,19 @@ pub struct Sandbox {
     cgroup: Cgroup,
     limits: Limits,
     lease: Option<UidLease>,
+    private_proc: bool,
 }
 
 impl Sandbox {
     /// The sandbox of an attempt whose cgroup (with `limits`) and private directory were
-    /// made for the uid `lease` holds.
-    pub(crate) fn new(cgroup: Cgroup, limits: Limits, lease: UidLease) -> Self {
+    /// made for the uid `lease` holds; with `private_proc`, it gets a `/proc` showing only
+    /// its own processes.
+    pub(crate) fn new(cgroup: Cgroup, limits: Limits, lease: UidLease, private_proc: bool) -> Self {
         Self {
             cgroup,
             limits,
             lease: Some(lease),
+            private_proc,
         }
     }
 
@@ -69,9 +73,10 @@ impl Sandbox {
 
     /// What the child runs between fork and exec: join the cgroup (before anything can
     /// fork), take a mount namespace of its own in which the private directory `private`
-    /// is also `/tmp`, `/var/tmp` and `/dev/shm` (so jobs share no scratch space), drop to
-    /// the attempt's uid and private group, forbid gaining privileges, die with the
-    /// agent, and enter `dir` as that user.
+    /// is also `/tmp`, `/var/tmp` and `/dev/shm` (so jobs share no scratch space) and
+    /// `/proc` lists only the processes of the job's uid, drop to the attempt's uid and
+    /// private group, forbid gaining privileges, die with the agent, and enter `dir` as
+    /// that user.
     ///
     /// # Safety
     /// Installs a `pre_exec` hook; see [`std::os::unix::process::CommandExt::pre_exec`].
@@ -91,6 +96,7 @@ impl Sandbox {
         let cwd = (dir != private).then(|| c_path(dir)).transpose()?;
         let private = c_path(private)?;
         let uid = self.uid();
+        let private_proc = self.private_proc;
         let agent = libc::getpid();
         command.pre_exec(move || {
             let check = |rc: libc::c_int| {
@@ -147,6 +153,17 @@ impl Sandbox {
                         return Err(err);
                     }
                 }
+            }
+            if private_proc {
+                // Other users' processes (the agent's, other jobs') are not even listed:
+                // their command lines, like the agent's if given `--key`, stay unread.
+                check(libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"hidepid=2".as_ptr().cast(),
+                ))?;
             }
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(uid))?;
