@@ -441,13 +441,16 @@ async fn a_job_cannot_reach_another_tenant_the_agents_data_or_secrets_or_signal_
                  else echo \"$name denied\"; fi; }}
          check own_dir ls .
          check own_signal kill -0 $$
+         check own_cmdline cat /proc/$$/cmdline
          check other_dir ls {a_dir}
          check other_file cat {a_dir}/secret
          check other_environ cat /proc/{a_pid}/environ
+         check other_cmdline cat /proc/{a_pid}/cmdline
          check other_signal kill -0 {a_pid}
          check data_dir ls {data}
          check node_id cat {data}/node-id
          check agent_environ cat /proc/{agent}/environ
+         check agent_cmdline cat /proc/{agent}/cmdline
          check agent_signal kill -0 {agent}
          check shadow cat /etc/shadow
          cat {a_dir}/secret /proc/{a_pid}/environ {data}/node-id 2>/dev/null; true",
@@ -466,14 +469,17 @@ async fn a_job_cannot_reach_another_tenant_the_agents_data_or_secrets_or_signal_
     };
     assert_eq!(verdict("own_dir"), "ok");
     assert_eq!(verdict("own_signal"), "ok");
+    assert_eq!(verdict("own_cmdline"), "ok");
     for name in [
         "other_dir",
         "other_file",
         "other_environ",
+        "other_cmdline",
         "other_signal",
         "data_dir",
         "node_id",
         "agent_environ",
+        "agent_cmdline",
         "agent_signal",
         "shadow",
     ] {
