@@ -314,9 +314,14 @@ impl Drop for Isolation {
     }
 }
 
+/// The name of the node's cgroup inside the agent's own: `tanvrit-<node id>`.
+pub fn node_cgroup_name(node: &NodeId) -> String {
+    format!("tanvrit-{}", node.as_str())
+}
+
 /// The node's cgroup inside `own`, made and checked usable.
 fn node_cgroup(own: &Cgroup, node: &NodeId) -> Result<Cgroup, String> {
-    let name = format!("tanvrit-{}", node.as_str());
+    let name = node_cgroup_name(node);
     if own.version == CgroupVersion::V2 {
         return v2_node_cgroup(own, &name);
     }
