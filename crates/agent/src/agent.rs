@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::attempt::{self, result_without_process, Work};
 use crate::backoff::Backoff;
 use crate::config::{load_or_create_node_id, AgentConfig};
+use crate::isolation::{secure_data_dir, Isolation, IsolationMode};
 use crate::lease::Lease;
 use crate::process::{scratch_dir, RunSpec, StopReason, DRAIN_AFTER_EXIT};
 use crate::spool::Spool;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub spool: Spool,
     /// Renewed by acknowledged heartbeats, revoked when the node must register again.
     pub lease: watch::Sender<Lease>,
+    /// How attempts are kept apart.
+    pub isolation: Arc<Isolation>,
 }
 
 /// What the control-plane loops tell the main loop.
@@ -71,20 +74,39 @@ pub struct Agent {
     client: Client,
     config: AgentConfig,
     node: NodeId,
+    isolation: Arc<Isolation>,
 }
 
 impl Agent {
-    /// Prepares an agent: checks the configuration and reads (or creates) the node id in
-    /// `config.data_dir`. The client carries the endpoints and the agent key; give it at
+    /// Prepares an agent: checks the configuration, reads (or creates) the node id in
+    /// `config.data_dir` (made mode 0700), and sets up the isolation asked for — failing
+    /// with [`AgentError::Isolation`] when the host cannot give it. The node's labels
+    /// gain [`crate::isolation::LABEL_ISOLATION`] (and `LABEL_CGROUP`) so jobs can
+    /// require isolation. The client carries the endpoints and the agent key; give it at
     /// least one retry so a follower's 503 moves heartbeats on to another endpoint.
-    pub fn new(client: Client, config: AgentConfig) -> Result<Self, AgentError> {
+    pub fn new(client: Client, mut config: AgentConfig) -> Result<Self, AgentError> {
         config.check()?;
+        secure_data_dir(&config.data_dir)?;
         let node = load_or_create_node_id(&config.data_dir)?;
+        let isolation = Isolation::prepare(&config.isolation, &node, &config.data_dir)?;
+        if config.isolation.mode == IsolationMode::None {
+            tracing::warn!(
+                "isolation is off (--isolation none): jobs run as the agent's own user, with \
+                 no memory, CPU or process limits, and can read the agent's data directory"
+            );
+        }
+        config.labels.extend(isolation.labels());
         Ok(Self {
             client,
             config,
             node,
+            isolation: Arc::new(isolation),
         })
+    }
+
+    /// How this agent isolates jobs: `cgroup v1`, `cgroup v2` or `none`.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// The node id this agent registers.
@@ -124,6 +146,7 @@ impl Agent {
             node: self.node,
             spool,
             lease: watch::Sender::new(Lease::default()),
+            isolation: self.isolation,
         });
         let mut main = MainLoop::new(shared.clone());
         for found in recovered {
@@ -295,11 +318,12 @@ impl MainLoop {
             .spool
             .create(&assignment.job, &assignment.attempt, assignment.log_offset);
         let run = RunSpec {
-            scratch_dir: scratch_dir(&config.work_dir(), &assignment.attempt),
+            scratch_dir: scratch_dir(self.shared.isolation.work_root(), &assignment.attempt),
             job: assignment.job,
             attempt: assignment.attempt.clone(),
             spec: assignment.spec,
             stop_grace: config.stop_grace,
+            isolation: self.shared.isolation.clone(),
         };
         self.spawn(assignment.attempt, Work::Run(Box::new(run)));
     }
@@ -614,6 +638,7 @@ mod tests {
             node: NodeId::from("node-test"),
             spool,
             lease: watch::Sender::new(Lease::default()),
+            isolation: Arc::new(Isolation::none(root.join("work"))),
         });
         let main = MainLoop::new(shared.clone());
         Rig {

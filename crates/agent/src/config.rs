@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tanvrit_client::api::{NodeId, Resources};
 
+use crate::isolation::IsolationConfig;
 use crate::AgentError;
 
 /// The file, inside the data directory, that holds the node id.
@@ -16,7 +17,8 @@ pub const NODE_ID_FILE: &str = "node-id";
 /// How an agent behaves. [`AgentConfig::new`] fills in the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// Holds `node-id`, the spool (`spool/`) and the attempts' scratch directories
+    /// Holds `node-id` and the spool (`spool/`); made readable by the agent's user only
+    /// (mode 0700). Without isolation it also holds the attempts' scratch directories
     /// (`work/<attempt>`).
     pub data_dir: PathBuf,
     /// The node's name for people. Default: the host name.
@@ -49,6 +51,8 @@ pub struct AgentConfig {
     /// deliver what is left before exiting; the rest stays in the spool for the next
     /// start. Default 5 s.
     pub shutdown_delivery: Duration,
+    /// How attempts are kept apart. Default: cgroups and a uid per attempt.
+    pub isolation: IsolationConfig,
 }
 
 impl AgentConfig {
@@ -67,17 +71,13 @@ impl AgentConfig {
             log_chunk_bytes: 64 * 1024,
             log_flush_interval: Duration::from_millis(100),
             shutdown_delivery: Duration::from_secs(5),
+            isolation: IsolationConfig::default(),
         }
     }
 
     /// The spool directory.
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
-    }
-
-    /// The parent of the attempts' scratch directories.
-    pub fn work_dir(&self) -> PathBuf {
-        self.data_dir.join("work")
     }
 
     pub(crate) fn check(&self) -> Result<(), AgentError> {

@@ -21,6 +21,9 @@ pub enum AgentError {
     /// The control plane refused the agent for good (e.g. its key lacks the agent scope).
     #[error("the control plane refused the agent: {0}")]
     Refused(ClientError),
+    /// The isolation asked for (`--isolation cgroup`) cannot be had on this host.
+    #[error("cannot isolate jobs: {0}")]
+    Isolation(String),
 }
 
 impl AgentError {
@@ -30,6 +33,7 @@ impl AgentError {
             AgentError::Io { .. } => "agent_io",
             AgentError::Config(_) => "agent_config",
             AgentError::Refused(_) => "agent_refused",
+            AgentError::Isolation(_) => "agent_isolation_unavailable",
         }
     }
 

@@ -1,5 +1,6 @@
 //! The Tanvrit Compute worker agent: registers its node, heartbeats, long-polls the
-//! node's work, runs each attempt as a child process in its own process group, ships
+//! node's work, runs each attempt as a child process in its own process group (and,
+//! unless started with `--isolation none`, its own cgroup, uid and private directory), ships
 //! the output as ordered log chunks, reports starts and results, and keeps all of that
 //! in an on-disk spool while the control plane cannot be reached. Its processes run only
 //! while it holds a lease that acknowledged heartbeats renew: cut off from the control
@@ -15,6 +16,13 @@
 //!   output and result, with backoff.
 //! - [`process`]: spawning a job (argv or `/bin/sh -c`, env, working dir, process group),
 //!   timeouts, SIGTERM/SIGKILL stops, exit classification.
+//! - [`isolation`]: `--isolation cgroup|none`, what the node enforces, and each
+//!   attempt's sandbox.
+//! - [`sandbox`]: one attempt's cgroup, uid and private directory (also its `/tmp`), and
+//!   the code run between fork and exec that puts its process in them.
+//! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
+//!   OOM kills.
+//! - [`uids`]: the range of uids attempts run as, shared out between the host's agents.
 //! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
 //!   the control plane's stored output.
 //! - [`config`]: [`AgentConfig`], machine resources, the stable node id.
@@ -45,13 +53,18 @@
 pub mod agent;
 mod attempt;
 pub mod backoff;
+pub mod cgroup;
 pub mod config;
 pub mod error;
+pub mod isolation;
 pub mod lease;
 pub mod process;
+pub mod sandbox;
 pub mod spool;
+pub mod uids;
 pub mod utf8;
 
 pub use agent::Agent;
 pub use config::{AgentConfig, NODE_ID_FILE};
 pub use error::AgentError;
+pub use isolation::{IsolationConfig, IsolationMode};

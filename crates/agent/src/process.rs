@@ -1,16 +1,20 @@
-//! Running one attempt's process: spawned in its own process group with the job's argv
-//! (or `/bin/sh -c`), environment and working directory; stdout and stderr share one
-//! pipe so their interleaving is kept; output decoded and spooled as it arrives; stopped
-//! with SIGTERM to the whole group, then SIGKILL after the grace period, on a timeout, a
-//! cancel or an agent shutdown.
+//! Running one attempt's process: spawned in its own process group (and, with
+//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]) with
+//! the job's argv (or `/bin/sh -c`), a clean environment (the job's variables plus the
+//! documented `TANVRIT_*` ones) and working directory; stdout and stderr share one pipe
+//! so their interleaving is kept; output decoded and spooled as it arrives; stopped with
+//! SIGTERM to the whole group, then SIGKILL (to the whole cgroup too) after the grace
+//! period, on a timeout, a cancel or an agent shutdown.
 //!
 //! The job ends when its main process exits: anything it left running in its process
-//! group is killed then, and output still arriving from processes outside the group is
-//! read for at most [`DRAIN_AFTER_EXIT`].
+//! group (or cgroup) is killed then, and output still arriving from processes outside the
+//! group is read for at most [`DRAIN_AFTER_EXIT`]. A job the kernel killed for going over
+//! its memory ends `failed` with a reason starting [`REASON_OOM_KILLED`].
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tanvrit_client::api::{AttemptFinishedRequest, AttemptId, AttemptOutcome, JobId, JobSpec};
@@ -18,6 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::cgroup::Usage;
+use crate::isolation::{safe_name, Isolation};
+use crate::sandbox::Sandbox;
 use crate::spool::Spool;
 use crate::utf8::Utf8Stream;
 
@@ -28,6 +35,17 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 pub const ENV_JOB_ID: &str = "TANVRIT_JOB_ID";
 /// Environment variable naming the attempt, set for every process.
 pub const ENV_ATTEMPT_ID: &str = "TANVRIT_ATTEMPT_ID";
+/// Environment variable: the CPU the attempt was given, in millicores.
+pub const ENV_CPU_MILLIS: &str = "TANVRIT_CPU_MILLIS";
+/// Environment variable: the memory the attempt was given, in MB.
+pub const ENV_MEMORY_MB: &str = "TANVRIT_MEMORY_MB";
+/// Environment variable: the GPUs the attempt was given.
+pub const ENV_GPUS: &str = "TANVRIT_GPUS";
+/// `PATH` of a job that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How the reason of an attempt the kernel killed for memory begins (the outcome is
+/// `failed`); programs may match on it.
+pub const REASON_OOM_KILLED: &str = "oom_killed";
 /// Reason recorded for an attempt stopped because the agent's lease ran out.
 pub const REASON_LEASE_EXPIRED: &str = "the agent lost contact with the control plane for \
      nearly the node TTL (its lease ran out) and stopped the process, as the control plane \
@@ -75,6 +93,8 @@ pub struct RunSpec {
     pub scratch_dir: PathBuf,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How the process is kept apart (cgroup, uid, private directory), or not.
+    pub isolation: Arc<Isolation>,
 }
 
 /// Why the process ended early.
@@ -92,13 +112,25 @@ pub async fn run(
     notify: &Notify,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> AttemptFinishedRequest {
-    let result = match spawn(run) {
-        Ok(spawned) => supervise(run, spawned, spool, notify, &mut stop).await,
+    let sandbox = run
+        .isolation
+        .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir);
+    let result = match sandbox {
         Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
+        Ok(sandbox) => {
+            let result = match spawn(run, sandbox.as_ref()) {
+                Ok(spawned) => {
+                    supervise(run, spawned, sandbox.as_ref(), spool, notify, &mut stop).await
+                }
+                Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
+            };
+            if let Some(sandbox) = sandbox {
+                sandbox.release().await;
+            }
+            result
+        }
     };
-    if run.spec.working_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&run.scratch_dir);
-    }
+    let _ = std::fs::remove_dir_all(&run.scratch_dir);
     spool.finish(&run.attempt, result.clone());
     notify.notify_one();
     result
@@ -110,25 +142,27 @@ struct Spawned {
     output: tokio::net::unix::pipe::Receiver,
 }
 
-fn spawn(run: &RunSpec) -> Result<Spawned, String> {
+fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
     let spec = &run.spec;
     let (program, args): (&str, Vec<&str>) = match (&spec.shell, spec.command.split_first()) {
         (Some(shell), _) => ("/bin/sh", vec!["-c", shell.as_str()]),
         (None, Some((first, rest))) => (first.as_str(), rest.iter().map(String::as_str).collect()),
         (None, None) => return Err("the job has neither a command nor a shell string".into()),
     };
+    if sandbox.is_none() {
+        // With a sandbox, the private directory was made for the attempt's uid.
+        std::fs::create_dir_all(&run.scratch_dir).map_err(|e| {
+            format!(
+                "cannot create the working directory {}: {e}",
+                run.scratch_dir.display()
+            )
+        })?;
+    }
     let dir: PathBuf = match &spec.working_dir {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            std::fs::create_dir_all(&run.scratch_dir).map_err(|e| {
-                format!(
-                    "cannot create the working directory {}: {e}",
-                    run.scratch_dir.display()
-                )
-            })?;
-            run.scratch_dir.clone()
-        }
+        None => run.scratch_dir.clone(),
     };
+    let resources = sandbox.map(Sandbox::limits);
     let pipe_error = |e: std::io::Error| format!("cannot create the output pipe: {e}");
     let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
     let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
@@ -137,15 +171,28 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
     let mut command = tokio::process::Command::new(program);
     command
         .args(&args)
+        // Nothing of the agent's environment (its key above all) reaches the job: only
+        // a PATH and HOME it may replace, its own variables, and the documented ones.
         .env_clear()
-        // The agent's own settings (its API key above all) are not the job's business.
-        .envs(
-            std::env::vars_os().filter(|(name, _)| !name.to_string_lossy().starts_with("TANVRIT_")),
-        )
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &run.scratch_dir)
+        .env("TMPDIR", &run.scratch_dir)
+        .envs(&spec.env)
         .env(ENV_JOB_ID, run.job.as_str())
         .env(ENV_ATTEMPT_ID, run.attempt.as_str())
-        .envs(&spec.env)
-        .current_dir(&dir)
+        .env(
+            ENV_CPU_MILLIS,
+            resources
+                .map_or(spec.resources.cpu_millis, |l| l.cpu_millis)
+                .to_string(),
+        )
+        .env(
+            ENV_MEMORY_MB,
+            resources
+                .map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024))
+                .to_string(),
+        )
+        .env(ENV_GPUS, spec.resources.gpus.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -153,23 +200,14 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
         // aimed at the agent does not reach it.
         .process_group(0)
         .kill_on_drop(false);
-    #[cfg(target_os = "linux")]
-    // SAFETY: runs in the forked child before exec; prctl and getppid are
-    // async-signal-safe and touch no memory of the parent.
-    unsafe {
-        let agent = libc::getpid();
-        command.pre_exec(move || {
-            // If the agent dies (even by SIGKILL) the job is killed too, rather than left
-            // running unsupervised while the control plane retries it elsewhere.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != agent {
-                // The agent died between fork and prctl.
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    if let Some(sandbox) = sandbox {
+        // SAFETY: the hook makes only async-signal-safe calls (see `Sandbox::install`).
+        unsafe { sandbox.install(&mut command, &dir, &run.scratch_dir)? };
+    } else {
+        command.current_dir(&dir);
+        // SAFETY: runs in the forked child before exec; prctl and getppid are
+        // async-signal-safe and touch no memory of the parent.
+        unsafe { die_with_the_agent(&mut command) };
     }
     let child = command
         .spawn()
@@ -184,9 +222,33 @@ fn spawn(run: &RunSpec) -> Result<Spawned, String> {
     })
 }
 
+/// Without a sandbox: the job is killed when the agent dies.
+///
+/// # Safety
+/// Installs a `pre_exec` hook that makes only async-signal-safe calls.
+unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let agent = libc::getpid();
+        command.pre_exec(move || {
+            // If the agent dies (even by SIGKILL) the job is killed too, rather than left
+            // running unsupervised while the control plane retries it elsewhere.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                // The agent died between fork and prctl.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 async fn supervise(
     run: &RunSpec,
     spawned: Spawned,
+    sandbox: Option<&Sandbox>,
     spool: &Spool,
     notify: &Notify,
     stop: &mut watch::Receiver<Option<StopReason>>,
@@ -230,8 +292,12 @@ async fn supervise(
             },
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited);
-                // Whatever the main process left behind in its group goes with it.
+                // Whatever the main process left behind in its group (or cgroup) goes
+                // with it.
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(sandbox) = sandbox {
+                    sandbox.kill_all();
+                }
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
             _ = tokio::time::sleep_until(deadline), if cause.is_none() && status.is_none() => {
@@ -260,6 +326,9 @@ async fn supervise(
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(sandbox) = sandbox {
+                    sandbox.kill_all();
+                }
                 kill_at = None;
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -283,12 +352,47 @@ async fn supervise(
         }
         None => unreachable!("the loop ends only after the process exited"),
     };
-    classify(cause, status, run.spec.timeout_secs)
+    let usage = sandbox.map(Sandbox::usage);
+    if let (Some(usage), Some(sandbox)) = (usage, sandbox) {
+        tracing::info!(
+            attempt = %run.attempt,
+            uid = sandbox.uid(),
+            cpu_ms = usage.cpu_ns.map(|ns| ns / 1_000_000),
+            peak_memory_mb = usage.peak_memory_bytes.map(|b| b / (1024 * 1024)),
+            oom_kills = usage.oom_kills,
+            "usage measured by the attempt's cgroup"
+        );
+    }
+    let memory_mb = sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024));
+    classify(cause, status, run.spec.timeout_secs, usage, memory_mb)
 }
 
-/// The result for how the process ended and why the agent ended it, if it did.
-fn classify(cause: Option<Cause>, status: ExitStatus, timeout_secs: u64) -> AttemptFinishedRequest {
+/// The result for how the process ended, why the agent ended it (if it did), and
+/// whether the kernel killed part of it for memory.
+fn classify(
+    cause: Option<Cause>,
+    status: ExitStatus,
+    timeout_secs: u64,
+    usage: Option<Usage>,
+    memory_mb: u64,
+) -> AttemptFinishedRequest {
     let code = status.code();
+    let oom_kills = usage.map_or(0, |u| u.oom_kills);
+    if cause.is_none() && !status.success() && oom_kills > 0 {
+        return finished(
+            AttemptOutcome::Failed,
+            code,
+            Some(format!(
+                "{REASON_OOM_KILLED}: the kernel killed {} for going over the {memory_mb} MB \
+                 memory limit",
+                if oom_kills == 1 {
+                    "a process".to_string()
+                } else {
+                    format!("{oom_kills} processes")
+                }
+            )),
+        );
+    }
     match cause {
         Some(Cause::Timeout) => finished(
             AttemptOutcome::TimedOut,
@@ -386,300 +490,8 @@ pub fn now_ms() -> i64 {
 
 /// The scratch directory of an attempt under `work_root`.
 pub fn scratch_dir(work_root: &Path, attempt: &AttemptId) -> PathBuf {
-    let safe: String = attempt
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    work_root.join(safe)
+    work_root.join(safe_name(attempt))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spool::Next;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        root: PathBuf,
-        spool: Spool,
-        notify: Notify,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (spool, _) = Spool::open(&root.join("spool"), 1 << 30).unwrap();
-        Fixture {
-            _dir: dir,
-            root,
-            spool,
-            notify: Notify::new(),
-        }
-    }
-
-    impl Fixture {
-        fn run_spec(&self, spec: JobSpec) -> RunSpec {
-            let attempt = AttemptId::from("att-1");
-            self.spool.create(&JobId::from("job-1"), &attempt, 0);
-            RunSpec {
-                job: JobId::from("job-1"),
-                scratch_dir: scratch_dir(&self.root.join("work"), &attempt),
-                attempt,
-                spec,
-                stop_grace: Duration::from_millis(500),
-            }
-        }
-
-        /// Everything spooled so far, as the server would store it.
-        fn output(&self) -> String {
-            let attempt = AttemptId::from("att-1");
-            let mut out = String::new();
-            loop {
-                match self.spool.next(&attempt, 1 << 20) {
-                    Next::Started(_) => self.spool.started_delivered(&attempt),
-                    Next::Chunk(chunk) => {
-                        out.push_str(&chunk.data);
-                        self.spool.acked(&attempt, &chunk, out.len() as u64);
-                    }
-                    _ => return out,
-                }
-            }
-        }
-    }
-
-    fn shell(script: &str) -> JobSpec {
-        JobSpec {
-            shell: Some(script.into()),
-            ..JobSpec::default()
-        }
-    }
-
-    async fn run_to_end(f: &Fixture, spec: JobSpec) -> AttemptFinishedRequest {
-        let run_spec = f.run_spec(spec);
-        let (_tx, rx) = watch::channel(None);
-        run(&run_spec, &f.spool, &f.notify, rx).await
-    }
-
-    fn alive(pid: i32) -> bool {
-        // SAFETY: signal 0 only checks that the process exists.
-        unsafe { libc::kill(pid, 0) == 0 }
-    }
-
-    #[tokio::test]
-    async fn stdout_and_stderr_arrive_interleaved_as_written_and_exit_zero_succeeds() {
-        let f = fixture();
-        let result = run_to_end(&f, shell("echo one; echo two >&2; echo three")).await;
-        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
-        assert_eq!(result.exit_code, Some(0));
-        assert!(result.finished_at.is_some());
-        assert_eq!(f.output(), "one\ntwo\nthree\n");
-        assert!(f.spool.is_finished(&AttemptId::from("att-1")));
-    }
-
-    #[tokio::test]
-    async fn a_non_zero_exit_fails_with_its_code() {
-        let f = fixture();
-        let result = run_to_end(&f, shell("exit 3")).await;
-        assert_eq!(result.outcome, AttemptOutcome::Failed);
-        assert_eq!(result.exit_code, Some(3));
-    }
-
-    #[tokio::test]
-    async fn death_by_a_signal_fails_and_names_it() {
-        let f = fixture();
-        let result = run_to_end(&f, shell("kill -9 $$")).await;
-        assert_eq!(result.outcome, AttemptOutcome::Failed);
-        assert_eq!(result.exit_code, None);
-        assert!(result.reason.unwrap().contains("SIGKILL"));
-    }
-
-    #[tokio::test]
-    async fn a_command_that_cannot_start_fails_without_starting() {
-        let f = fixture();
-        let result = run_to_end(
-            &f,
-            JobSpec {
-                command: vec!["/nonexistent/program".into()],
-                ..JobSpec::default()
-            },
-        )
-        .await;
-        assert_eq!(result.outcome, AttemptOutcome::Failed);
-        assert!(result.reason.unwrap().contains("cannot start"));
-        match f.spool.next(&AttemptId::from("att-1"), 100) {
-            Next::Finished(_) => {}
-            other => panic!("no start should be reported, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn argv_env_and_the_scratch_directory_are_the_jobs() {
-        let f = fixture();
-        let spec = JobSpec {
-            command: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "echo \"$1 $FOO\"; env | grep ^TANVRIT_ | sort; pwd".into(),
-                "sh".into(),
-                "arg-one".into(),
-            ],
-            env: [("FOO".to_string(), "bar".to_string())].into(),
-            ..JobSpec::default()
-        };
-        let result = run_to_end(&f, spec).await;
-        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
-        let scratch = scratch_dir(&f.root.join("work"), &AttemptId::from("att-1"));
-        assert_eq!(
-            f.output(),
-            format!(
-                "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_JOB_ID=job-1\n{}\n",
-                scratch.display()
-            )
-        );
-        assert!(
-            !scratch.exists(),
-            "the scratch directory is removed at the end"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_timeout_stops_the_process_as_timed_out() {
-        let f = fixture();
-        let started = Instant::now();
-        let result = run_to_end(
-            &f,
-            JobSpec {
-                timeout_secs: 1,
-                ..shell("sleep 30")
-            },
-        )
-        .await;
-        assert_eq!(result.outcome, AttemptOutcome::TimedOut);
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    #[tokio::test]
-    async fn a_stop_terminates_the_whole_process_group() {
-        let f = fixture();
-        let run_spec = f.run_spec(shell("sleep 300 & echo $!; echo $$; wait"));
-        let (tx, rx) = watch::channel(None);
-        let runner = run(&run_spec, &f.spool, &f.notify, rx);
-        tokio::pin!(runner);
-        // Wait until both pids were printed.
-        let mut text = String::new();
-        while text.lines().count() < 2 {
-            tokio::select! {
-                _ = &mut runner => panic!("ended before it was stopped"),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
-            }
-        }
-        let pids: Vec<i32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
-        assert!(pids.iter().all(|pid| alive(*pid)));
-        tx.send(Some(StopReason::Cancelled)).unwrap();
-        let result = runner.await;
-        assert_eq!(result.outcome, AttemptOutcome::Cancelled);
-        for pid in pids {
-            // Reaped by now, or about to be (the background sleep's parent is gone).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while alive(pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert!(!alive(pid), "pid {pid} survived the stop");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_process_that_ignores_sigterm_is_killed_after_the_grace_period() {
-        let f = fixture();
-        let run_spec = f.run_spec(shell(
-            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
-        ));
-        let (tx, rx) = watch::channel(None);
-        let runner = run(&run_spec, &f.spool, &f.notify, rx);
-        tokio::pin!(runner);
-        let mut text = String::new();
-        while !text.contains("ready") {
-            tokio::select! {
-                _ = &mut runner => panic!("ended before it was stopped"),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
-            }
-        }
-        let stopped = Instant::now();
-        tx.send(Some(StopReason::AgentStopped)).unwrap();
-        let result = runner.await;
-        assert!(
-            stopped.elapsed() >= run_spec.stop_grace,
-            "SIGKILL only after the grace"
-        );
-        assert_eq!(result.outcome, AttemptOutcome::Failed);
-        assert!(result.reason.unwrap().starts_with("agent stopped"));
-    }
-
-    /// Runs a job that ignores SIGTERM until it printed `ready`; returns its runner.
-    async fn wait_ready<'a>(
-        f: &'a Fixture,
-        run_spec: &'a RunSpec,
-        rx: watch::Receiver<Option<StopReason>>,
-    ) -> std::pin::Pin<Box<impl std::future::Future<Output = AttemptFinishedRequest> + 'a>> {
-        let mut runner = Box::pin(run(run_spec, &f.spool, &f.notify, rx));
-        let mut text = String::new();
-        while !text.contains("ready") {
-            tokio::select! {
-                _ = &mut runner => panic!("ended before it was stopped"),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => text.push_str(&f.output()),
-            }
-        }
-        runner
-    }
-
-    const IGNORES_SIGTERM: &str = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
-
-    #[tokio::test]
-    async fn a_lease_stop_kills_after_its_own_grace_and_reports_the_lease() {
-        let f = fixture();
-        let mut run_spec = f.run_spec(shell(IGNORES_SIGTERM));
-        run_spec.stop_grace = Duration::from_secs(600);
-        let (tx, rx) = watch::channel(None);
-        let runner = wait_ready(&f, &run_spec, rx).await;
-        let grace = Duration::from_millis(100);
-        tx.send(Some(StopReason::LeaseExpired { grace })).unwrap();
-        // Bounded far below the configured grace: only the lease's grace ends it in time.
-        let result = tokio::time::timeout(Duration::from_secs(60), runner)
-            .await
-            .expect("killed after the lease's grace, not the configured 600 s");
-        assert_eq!(result.outcome, AttemptOutcome::Failed);
-        assert_eq!(result.reason.as_deref(), Some(REASON_LEASE_EXPIRED));
-    }
-
-    #[tokio::test]
-    async fn a_lease_stop_cuts_short_the_grace_of_a_stop_already_under_way() {
-        let f = fixture();
-        let mut run_spec = f.run_spec(shell(IGNORES_SIGTERM));
-        run_spec.stop_grace = Duration::from_secs(600);
-        let (tx, rx) = watch::channel(None);
-        let mut runner = wait_ready(&f, &run_spec, rx).await;
-        tx.send(Some(StopReason::Cancelled)).unwrap();
-        // The cancel's SIGTERM is ignored; the process runs on into its 600 s grace.
-        let still_running = tokio::time::timeout(Duration::from_millis(300), &mut runner).await;
-        assert!(still_running.is_err(), "ended before its grace");
-        tx.send(Some(StopReason::LeaseExpired {
-            grace: Duration::from_millis(100),
-        }))
-        .unwrap();
-        let result = tokio::time::timeout(Duration::from_secs(60), runner)
-            .await
-            .expect("the lease's grace replaced the cancel's");
-        assert_eq!(
-            result.outcome,
-            AttemptOutcome::Cancelled,
-            "reported for the first cause"
-        );
-    }
-}
+mod tests;

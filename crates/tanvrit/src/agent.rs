@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use tanvrit_agent::{Agent, AgentConfig};
+use tanvrit_agent::uids::UidRange;
+use tanvrit_agent::{Agent, AgentConfig, IsolationMode};
 use tanvrit_api::{KeyCreateRequest, Node, Scope};
 use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError};
 
@@ -24,9 +25,42 @@ pub struct AgentArgs {
     /// Server URL(s), comma-separated [default: --addr / TANVRIT_ADDR].
     #[arg(long, value_name = "URL[,URL...]")]
     pub server: Option<String>,
-    /// The agent key (scope `agent`) [default: --api-key / TANVRIT_API_KEY].
-    #[arg(long, hide_env_values = true)]
+    /// The agent key (scope `agent`). Prefer the environment variable or --key-file: a
+    /// flag's value is visible to every user of the host in /proc/<pid>/cmdline
+    /// [default: --key-file, then --api-key / TANVRIT_API_KEY].
+    #[arg(long, env = "TANVRIT_AGENT_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// A file holding the agent key (keep it mode 0600, outside the jobs' reach).
+    #[arg(long, env = "TANVRIT_AGENT_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// How jobs are kept apart. `cgroup`: each attempt in its own cgroup (memory, CPU
+    /// quota and pids limits from its resources), as a uid of its own, in a private
+    /// directory, with a clean environment; the agent refuses to start where it cannot.
+    /// `none`: jobs run as the agent's own user with no limits.
+    #[arg(
+        long,
+        env = "TANVRIT_AGENT_ISOLATION",
+        value_name = "cgroup|none",
+        default_value = "cgroup"
+    )]
+    pub isolation: IsolationMode,
+    /// The uids jobs run as (one per running attempt, with a private group of the same
+    /// number). Agents of one host share a range safely.
+    #[arg(
+        long,
+        value_name = "FIRST-LAST",
+        default_value = "2000000000-2000065535"
+    )]
+    pub job_uids: UidRange,
+    /// Processes and threads one attempt may have at once.
+    #[arg(long, default_value_t = tanvrit_agent::isolation::DEFAULT_PIDS_MAX)]
+    pub pids_max: u64,
+    /// The parent of the attempts' private working directories; every parent must be
+    /// traversable by others, and none may be /tmp, /var/tmp or /dev/shm (each job has
+    /// its own) [default: /var/lib/tanvrit/work/<node id>; with `--isolation none`,
+    /// <data-dir>/work].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
     /// Where the node id, the spool of undelivered output and results, and the jobs'
     /// scratch directories live.
     #[arg(long, value_name = "DIR", default_value = "./tanvrit-agent-data")]
@@ -77,19 +111,38 @@ impl AgentArgs {
         config.stop_grace = self.stop_grace;
         config.backoff_max = self.backoff_max;
         config.spool_limit_bytes = self.spool_limit_mib.saturating_mul(1024 * 1024);
+        config.isolation.mode = self.isolation;
+        config.isolation.job_uids = self.job_uids;
+        config.isolation.pids_max = self.pids_max;
+        config.isolation.work_root = self.work_dir.clone();
         config
     }
 
     /// The SDK client the agent talks through.
     pub fn client(&self, global: &GlobalArgs) -> Result<Client, ClientError> {
         let addr = self.server.as_deref().unwrap_or(&global.addr);
+        let from_file = match &self.key_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ClientError::Config(format!(
+                    "cannot read the agent key file {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
         let key = self
             .key
             .clone()
+            .or(from_file)
             .or_else(|| global.api_key.clone())
+            .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
-                ClientError::Config("the agent needs an agent key: --key or TANVRIT_API_KEY".into())
+                ClientError::Config(
+                    "the agent needs an agent key: TANVRIT_AGENT_KEY, --key-file \
+                     (TANVRIT_AGENT_KEY_FILE), --key or TANVRIT_API_KEY"
+                        .into(),
+                )
             })?;
         agent_client(
             split_endpoints(addr),
@@ -122,14 +175,28 @@ pub fn agent_client(
 
 /// Runs `tanvrit agent` until Ctrl-C or SIGTERM.
 pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--key" || a.starts_with("--key=")) {
+        tracing::warn!(
+            "the agent key was given with --key: every user of this host can read it in \
+             /proc/<pid>/cmdline; use TANVRIT_AGENT_KEY or --key-file instead"
+        );
+    }
     let client = args.client(global)?;
     let servers = client.config().endpoints.join(",");
+    if args.isolation == IsolationMode::None {
+        eprintln!(
+            "WARNING: --isolation none: jobs run as this agent's own user with no memory, CPU \
+             or process limits, and can read its data directory and signal it; use it only \
+             where every job is trusted"
+        );
+    }
     let agent = Agent::new(client, args.agent_config())?;
+    let isolation = agent.isolation().describe();
     agent
         .run(crate::server::shutdown_signal(), |node| {
-            // Tests and scripts wait for this exact line.
+            // Tests and scripts wait for this line's start.
             println!(
-                "registered node {} ({}) with {servers}",
+                "registered node {} ({}) with {servers}; isolation: {isolation}",
                 node.id,
                 describe(node)
             );

@@ -350,6 +350,48 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_key_comes_from_a_file_and_isolation_from_its_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, "file-key\n").unwrap();
+        let cli = parse(&[
+            "agent",
+            "--server",
+            "a:1",
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--isolation",
+            "none",
+            "--job-uids",
+            "5000-5009",
+            "--pids-max",
+            "64",
+            "--work-dir",
+            "/srv/jobs",
+        ])
+        .unwrap();
+        let Command::Agent(args) = &cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        let global = GlobalArgs {
+            api_key: None,
+            ..cli.global
+        };
+        let client = args.client(&global).unwrap();
+        assert_eq!(client.config().api_key.as_deref(), Some("file-key"));
+        let isolation = args.agent_config().isolation;
+        assert_eq!(isolation.mode, tanvrit_agent::IsolationMode::None);
+        assert_eq!(isolation.job_uids.to_string(), "5000-5009");
+        assert_eq!(isolation.pids_max, 64);
+        assert_eq!(
+            isolation.work_root,
+            Some(std::path::PathBuf::from("/srv/jobs"))
+        );
+        assert!(parse(&["agent", "--isolation", "chroot"]).is_err());
+        assert!(parse(&["agent", "--job-uids", "0-10"]).is_err());
+    }
+
+    #[test]
     fn an_agent_without_a_key_is_a_usage_error() {
         let cli = parse(&["agent", "--server", "a:1"]).unwrap();
         let Command::Agent(args) = &cli.command else {

@@ -255,6 +255,8 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 struct LocalAgent {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tanvrit_agent::AgentError>>,
+    /// `cgroup v1`, `cgroup v2` or `none`.
+    isolation: String,
 }
 
 impl LocalAgent {
@@ -285,8 +287,23 @@ impl LocalAgent {
             Duration::from_secs(5),
         )
         .map_err(|e| e.to_string())?;
-        let agent = Agent::new(client, AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR)))
-            .map_err(|e| e.to_string())?;
+        // The replica's files (every business's jobs, the keys) are not the jobs' to read:
+        // the local agent runs them on this machine.
+        tanvrit_agent::isolation::secure_data_dir(&info.data_dir).map_err(|e| e.to_string())?;
+        let config = AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR));
+        let agent = match Agent::new(client.clone(), config.clone()) {
+            Err(e @ tanvrit_agent::AgentError::Isolation(_)) => {
+                // Development may do without (a non-root developer): say so loudly.
+                tracing::warn!(error = %e, "the local agent runs jobs WITHOUT isolation");
+                println!("  WARNING: jobs run without isolation (as this user, no limits): {e}");
+                let mut config = config;
+                config.isolation.mode = tanvrit_agent::IsolationMode::None;
+                Agent::new(client, config)
+            }
+            other => other,
+        }
+        .map_err(|e| e.to_string())?;
+        let isolation = agent.isolation().describe();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(agent.run(
             async move {
@@ -294,7 +311,11 @@ impl LocalAgent {
             },
             |node| tracing::info!(node = %node.id, "the local agent registered"),
         ));
-        Ok(Self { stop, task })
+        Ok(Self {
+            stop,
+            task,
+            isolation,
+        })
     }
 
     /// Stops the agent (and its jobs) and waits for it.
@@ -349,10 +370,12 @@ async fn local_agent(info: &ReadyInfo, admin_secret: Option<&str>) -> Option<Loc
         Ok(agent) => {
             let config = AgentConfig::new(info.data_dir.join(DEV_AGENT_DIR));
             println!(
-                "  local agent: {} millicores, {} MB, in {} (jobs run on this machine)",
+                "  local agent: {} millicores, {} MB, in {} (jobs run on this machine; \
+                 isolation: {})",
                 config.resources.cpu_millis,
                 config.resources.memory_mb,
-                config.data_dir.display()
+                config.data_dir.display(),
+                agent.isolation
             );
             Some(agent)
         }

@@ -3,12 +3,15 @@
 //! labels and resources, queueing, an agent killed mid-job (retried elsewhere after the
 //! node TTL), a control plane killed and restarted while a job runs, and the agent's
 //! lease: cut off from the control plane (server frozen with SIGSTOP, or heartbeat
-//! answers dropped by a proxy), it kills its jobs before the node TTL and starts none.
+//! answers dropped by a proxy), it kills its jobs before the node TTL and starts none;
+//! and isolation: a job cannot read the agent's key, environment or data directory, and
+//! one over its memory ends `failed` / `oom_killed` while the agent runs on.
 //!
 //! Every wait polls for a condition with a deadline; the only fixed waits are the outage
 //! itself ([`OUTAGE`]) and the bounded windows that check a job is *not* placed (or not
 //! started).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,7 +48,12 @@ async fn plane() -> Plane {
 }
 
 async fn plane_with_ttl(node_ttl: &str) -> Plane {
-    let dir = tempfile::tempdir().unwrap();
+    // Jobs run as uids of their own, each seeing its own /tmp: files tests leave for them
+    // go in a directory others may traverse, outside /tmp.
+    let parent = Path::new("/var/lib/tanvrit/test-work");
+    std::fs::create_dir_all(parent).unwrap();
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let server = ServerProcess::start(
         Path::new(BIN),
         &dir.path().join("server"),
@@ -721,4 +729,55 @@ async fn an_agent_whose_heartbeats_go_unanswered_stops_its_job_and_starts_none_u
     let job = plane.wait_state(&second, JobState::Succeeded).await;
     assert_eq!(job.attempts.len(), 1);
     assert_eq!(plane.logs(&second, None).await, "second\n");
+}
+
+#[tokio::test]
+async fn a_job_cannot_read_the_agents_key_and_one_over_its_memory_ends_oom_killed() {
+    let plane = plane().await;
+    let agent = plane.agent("isolated", &[]).await;
+    let data = agent.data_dir().display().to_string();
+    // Placed only on a node that says it isolates: the scheduler can require it.
+    let isolated = |spec: JobSpec| JobSpec {
+        labels: [("tanvrit.isolation".to_string(), "cgroup".to_string())].into(),
+        ..spec
+    };
+    let snoop = plane
+        .submit(isolated(shell(&format!(
+            "cat /proc/$PPID/environ; echo \"environ=$?\"; cat /proc/$PPID/cmdline; \
+             echo \"cmdline=$?\"; ls {data}; echo \"data_dir=$?\"; cat {data}/node-id; \
+             echo \"node_id=$?\"; echo \"uid=$(id -u)\""
+        ))))
+        .await;
+    plane.wait_state(&snoop, JobState::Succeeded).await;
+    let text = plane.logs(&snoop, None).await;
+    assert!(
+        !text.contains(&plane.agent_key),
+        "the agent key leaked: {text}"
+    );
+    assert!(text.contains("environ=1"), "{text}");
+    assert!(text.contains("cmdline=1"), "not even listed: {text}");
+    assert!(text.contains("data_dir=2"), "{text}");
+    assert!(text.contains("node_id=1"), "{text}");
+    assert!(!text.contains("uid=0"), "{text}");
+
+    let hog = plane
+        .submit(JobSpec {
+            command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+                .map(String::from)
+                .to_vec(),
+            resources: Resources {
+                cpu_millis: 500,
+                memory_mb: 16,
+                gpus: 0,
+            },
+            ..JobSpec::default()
+        })
+        .await;
+    let job = plane.wait_state(&hog, JobState::Failed).await;
+    let reason = job.current_attempt().unwrap().reason.clone().unwrap();
+    assert!(reason.starts_with("oom_killed"), "{reason}");
+
+    let after = plane.submit(shell("echo still here")).await;
+    let job = plane.wait_state(&after, JobState::Succeeded).await;
+    assert_eq!(node_of(&job), agent.node_id(), "the same agent runs on");
 }

@@ -116,6 +116,12 @@ async fn client_json(url: &str, key: &str, args: &[&str]) -> Value {
 #[tokio::test]
 async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     let data = tempfile::tempdir().unwrap();
+    // As a directory made with the usual umask would be: dev makes it private.
+    std::fs::set_permissions(
+        data.path(),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
     let dev = start("dev", data.path(), &[]).await;
     let key = dev.exported("TANVRIT_API_KEY");
     assert_eq!(dev.exported("TANVRIT_ADDR"), dev.url);
@@ -124,6 +130,10 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
         "{:?}",
         dev.lines
     );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.path()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the jobs it runs cannot read its data");
 
     let (code, stdout, stderr) =
         client(&dev.url, &key, &["job", "submit", "--", "echo", "hello"]).await;

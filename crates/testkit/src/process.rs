@@ -236,8 +236,32 @@ pub struct AgentProcess {
     node_id: String,
 }
 
+impl Drop for AgentProcess {
+    /// Kills the agent and removes what an agent killed that way leaves on the host: its
+    /// node's cgroup (and any attempt's in it) and its default work directory.
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        if self.node_id.is_empty() {
+            return;
+        }
+        let node = tanvrit_api::NodeId(self.node_id.clone());
+        if let Ok(own) = tanvrit_agent::cgroup::own_cgroup() {
+            let cgroup = own.child(&tanvrit_agent::isolation::node_cgroup_name(&node));
+            if cgroup.dirs().iter().any(|dir| dir.exists()) {
+                cgroup.remove_children();
+                cgroup.kill_and_remove();
+            }
+        }
+        let work = Path::new(tanvrit_agent::isolation::DEFAULT_WORK_ROOT).join(&self.node_id);
+        let _ = std::fs::remove_dir_all(work);
+    }
+}
+
 impl AgentProcess {
-    /// Starts `bin agent --server <servers> --key <key> --data-dir <data_dir> <args...>`
+    /// Starts `bin agent --server <servers> --data-dir <data_dir> <args...>` with the key
+    /// in `TANVRIT_AGENT_KEY` (not in its argv, which every user of the host can read),
     /// and waits until it has registered its node (so the servers must be up).
     pub async fn start(
         bin: &Path,
@@ -270,8 +294,7 @@ impl AgentProcess {
             .arg("agent")
             .arg("--server")
             .arg(&self.servers)
-            .arg("--key")
-            .arg(&self.key)
+            .env("TANVRIT_AGENT_KEY", &self.key)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
