@@ -43,6 +43,11 @@ impl TableArchive {
             .upgrade()
             .ok_or_else(|| StoreError::Io("the store was closed".into()))?;
         let txn = store.db().begin_read()?;
+        // Checked after the transaction began: one that began before a rewrite sees the
+        // whole state as it was; one that begins during it is refused.
+        if store.is_rewriting(&self.group) {
+            return Err(StoreError::Rewriting(self.group.clone()));
+        }
         Ok(txn)
     }
 
@@ -173,6 +178,16 @@ impl JobArchive for TableArchive {
 
     fn jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, Option<JobId>), ArchiveError> {
         self.page(filter).map_err(archive_error)
+    }
+
+    fn job_for_key(&self, key: &str) -> Result<Option<JobId>, ArchiveError> {
+        let found = || -> Result<Option<JobId>, StoreError> {
+            let txn = self.read()?;
+            self.row_in(&txn, Table::JobKeys, key)?
+                .map(|bytes| decode_row_value(&bytes))
+                .transpose()
+        };
+        found().map_err(archive_error)
     }
 
     fn ledger_entry_by_key(

@@ -106,6 +106,8 @@ struct Inner {
     db: Database,
     path: PathBuf,
     options: StoreOptions,
+    /// Groups whose state tables are being rewritten (a snapshot install).
+    rewriting: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// One replica's database. Cheap to clone (an `Arc` inside); the file stays open (and
@@ -191,8 +193,37 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store {
-            inner: Arc::new(Inner { db, path, options }),
+            inner: Arc::new(Inner {
+                db,
+                path,
+                options,
+                rewriting: Default::default(),
+            }),
         })
+    }
+
+    /// Marks `group`'s state tables as being rewritten (or done): readers of them
+    /// ([`TableArchive`]) are refused meanwhile instead of seeing half a state.
+    pub fn set_rewriting(&self, group: &str, rewriting: bool) {
+        let mut groups = self
+            .inner
+            .rewriting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if rewriting {
+            groups.insert(group.to_string());
+        } else {
+            groups.remove(group);
+        }
+    }
+
+    /// Whether `group`'s state tables are being rewritten.
+    pub fn is_rewriting(&self, group: &str) -> bool {
+        self.inner
+            .rewriting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(group)
     }
 
     /// The database file's path.

@@ -243,7 +243,12 @@ impl Store {
         let mut loader = StateLoader::evicting();
         let tables: Vec<Table> = Table::ALL
             .into_iter()
-            .filter(|t| !matches!(t, Table::Jobs | Table::Ledger | Table::LedgerKeys))
+            .filter(|t| {
+                !matches!(
+                    t,
+                    Table::Jobs | Table::Ledger | Table::LedgerKeys | Table::JobKeys
+                )
+            })
             .collect();
         view.for_each_row_of(&tables, |table, key, bytes| {
             if table == Table::LiveJobs {

@@ -751,7 +751,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut file = snapshot.into_std().await;
         let receiving = self.shared.receiving.lock().take();
         let started = Instant::now();
-        let (state, bytes) = blocking(move || {
+        let bytes = blocking(move || {
             let io = |e: std::io::Error| StoreError::Io(e.to_string());
             // The data openraft hands over is the file the transfer wrote, unless it came
             // from elsewhere (a test, a local copy): then it is copied in first.
@@ -786,6 +786,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last: stored_meta.last_log_id,
                 membership: stored_meta.last_membership.clone(),
             };
+            // While the tables are rewritten, reads of them are refused (retry) rather
+            // than served from half a state; reads of memory go on.
+            shared.store.set_rewriting(RAFT_GROUP, true);
+            // A failure leaves the tables marked `installing` and refused to readers;
+            // openraft stops the replica, and its next start rebuilds them.
             let state = install_into_tables(&shared.store, &received.path, &applied)?;
             let current = shared.snapshots.make_current(&received)?;
             // Output of jobs the installed state no longer knows is not the leader's.
@@ -793,11 +798,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .store
                 .retain_job_logs(|job| matches!(state.find_job(job), Ok(Some(_))))?;
             saved.current = Some((stored_meta, current));
-            Ok((state, received.bytes))
+            *shared.state.write() = state;
+            shared.store.set_rewriting(RAFT_GROUP, false);
+            Ok(received.bytes)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(signature, e))?;
-        *self.shared.state.write() = state;
         {
             let mut applied = self.shared.applied.lock();
             applied.last = meta.last_log_id;

@@ -33,6 +33,9 @@ pub trait JobArchive: Send + Sync + fmt::Debug {
     /// to continue after).
     fn jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, Option<JobId>), ArchiveError>;
 
+    /// The job submitted under `key` (`business/idempotency key`).
+    fn job_for_key(&self, key: &str) -> Result<Option<JobId>, ArchiveError>;
+
     /// The ledger entry of `business` posted under idempotency key `key`.
     fn ledger_entry_by_key(
         &self,
@@ -190,8 +193,9 @@ impl State {
             } => {
                 self.fault_in(job);
                 if let Some(key) = idempotency_key {
-                    let existing = self.data.job_idempotency.get(&job_key(business, key));
-                    if let Some(existing) = existing.cloned() {
+                    let key = job_key(business, key);
+                    self.fault_in_job_key(&key);
+                    if let Some(existing) = self.data.job_idempotency.get(&key).cloned() {
                         self.fault_in(&existing);
                     }
                 }
@@ -217,6 +221,24 @@ impl State {
         }
     }
 
+    /// Loads the job an idempotency key names (`business/key`) into memory, unless
+    /// memory has it or this batch removed it.
+    pub(super) fn fault_in_job_key(&mut self, key: &str) {
+        let Some(archive) = &self.archive else {
+            return;
+        };
+        if self.data.job_idempotency.contains_key(key) || self.changes.job_keys.contains(key) {
+            return;
+        }
+        match archive.job_for_key(key) {
+            Ok(Some(job)) => {
+                self.data.job_idempotency.insert(key.to_string(), job);
+            }
+            Ok(None) => {}
+            Err(err) => self.archive_fault = Some(err),
+        }
+    }
+
     /// Loads a job retention is about to remove.
     pub(super) fn fault_in_for_collection(&mut self, id: &JobId) {
         self.fault_in(id);
@@ -228,6 +250,8 @@ impl State {
         if self.archive.is_none() {
             return 0;
         }
+        // Idempotency keys are in the tables now; memory asks the archive for them.
+        self.data.job_idempotency.clear();
         // Ledger entries the batch posted are in the tables now.
         for business in changes.accounts.keys() {
             if let Some(account) = self.data.accounts.get_mut(business) {

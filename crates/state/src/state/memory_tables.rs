@@ -72,7 +72,7 @@ impl MemoryTables {
         let mut loader = StateLoader::evicting();
         for ((table, key), row) in rows.iter() {
             match table {
-                Table::Jobs | Table::Ledger | Table::LedgerKeys => {}
+                Table::Jobs | Table::Ledger | Table::LedgerKeys | Table::JobKeys => {}
                 Table::LiveJobs => {
                     if let Some(job) = rows.get(&(Table::Jobs, key.clone())) {
                         loader.add(job.clone());
@@ -112,6 +112,13 @@ impl JobArchive for MemoryTables {
             out.push(job.clone());
         }
         Ok((out, None))
+    }
+
+    fn job_for_key(&self, key: &str) -> Result<Option<JobId>, ArchiveError> {
+        Ok(match self.rows().get(&(Table::JobKeys, key.to_string())) {
+            Some(Row::JobKey(_, job)) => Some(job.clone()),
+            _ => None,
+        })
     }
 
     fn ledger_entry_by_key(

@@ -75,6 +75,7 @@ impl State {
         self.index_job(&job, false);
         if let Some(key) = &job.idempotency_key {
             let key = job_key(&job.business, key);
+            self.fault_in_job_key(&key);
             if self.data.job_idempotency.get(&key) == Some(id) {
                 self.mark_job_key(&key);
                 self.data.job_idempotency.remove(&key);

@@ -645,6 +645,8 @@ impl StateLoader {
                 }
             }
             Row::Marker(..) | Row::Seq(..) => {}
+            // Evicting, idempotency keys stay in the archive too.
+            Row::JobKey(..) if self.evicting => {}
             // Evicting, entries stay in the archive; the account counts them.
             Row::Entry(_) if self.evicting => {}
             Row::Job(job) => {
