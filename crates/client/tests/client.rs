@@ -817,6 +817,7 @@ async fn a_keyed_handle_sends_its_key_with_every_write_and_nothing_else() {
                 name: None,
                 scope: Scope::Agent,
                 business: None,
+                node: None,
             })
             .await
             .map(drop),

@@ -128,6 +128,7 @@ async fn create_admin(
             scope: Scope::Admin,
             business: None,
             secret_hash,
+            node: None,
             at: now_ms(),
         })
         .await?;

@@ -391,6 +391,7 @@ mod tests {
                     key: tanvrit_api::KeyId::from("key-a"),
                     scope: Scope::Admin,
                     business: None,
+                    node: None,
                 };
                 let bound = keyed.bind(&principal, &serde_json::json!({"reason": "r"}));
                 Json(serde_json::json!({
@@ -489,6 +490,7 @@ mod tests {
             key: KeyId::from(key),
             scope,
             business: business.map(BusinessId::from),
+            node: None,
         };
         assert_eq!(
             idempotency_scope(&principal("key-1", Scope::User, Some("acme"))),

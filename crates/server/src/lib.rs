@@ -16,6 +16,7 @@
 //!   `Command::Idempotent` envelope scoped to its tenant and fingerprinted by method,
 //!   path and canonical body, so a retry is answered with the first response.
 //! - [`auth`] holds key secrets and hashes, [`Principal`] and its scope checks.
+//! - `identity`: node-bound agent keys (which node a request may act for; enrollment).
 //! - [`cron`] checks cron expressions and time zones and computes next due times.
 //! - [`bootstrap`] creates the first admin key.
 //! - [`leader`]: the leader-only loops (scheduler, node liveness and drain deadlines,
@@ -33,6 +34,7 @@ pub mod config;
 pub mod cron;
 pub mod error;
 pub mod extract;
+mod identity;
 pub mod leader;
 mod metrics;
 mod routes;

@@ -12,6 +12,7 @@ use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError}
 
 use crate::cli::GlobalArgs;
 use crate::parse;
+use tanvrit_server::auth::SECRET_PREFIX;
 
 /// The file in a dev data directory holding the local agent's key.
 pub const DEV_AGENT_KEY_FILE: &str = "agent.key";
@@ -24,9 +25,20 @@ pub struct AgentArgs {
     /// Server URL(s), comma-separated [default: --addr / TANVRIT_ADDR].
     #[arg(long, value_name = "URL[,URL...]")]
     pub server: Option<String>,
-    /// The agent key (scope `agent`) [default: --api-key / TANVRIT_API_KEY].
+    /// The agent key (scope `agent`) [default: --api-key / TANVRIT_API_KEY]. Every
+    /// process on the machine can read it from the command line: prefer `--key-file` or
+    /// `TANVRIT_API_KEY`.
     #[arg(long, hide_env_values = true)]
     pub key: Option<String>,
+    /// A file holding the agent key (its first line), e.g. mode 0600 beside the data
+    /// directory: keeps the secret out of the process list.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TANVRIT_API_KEY_FILE",
+        conflicts_with = "key"
+    )]
+    pub key_file: Option<PathBuf>,
     /// Where the node id, the spool of undelivered output and results, and the jobs'
     /// scratch directories live.
     #[arg(long, value_name = "DIR", default_value = "./tanvrit-agent-data")]
@@ -83,13 +95,26 @@ impl AgentArgs {
     /// The SDK client the agent talks through.
     pub fn client(&self, global: &GlobalArgs) -> Result<Client, ClientError> {
         let addr = self.server.as_deref().unwrap_or(&global.addr);
-        let key = self
-            .key
-            .clone()
+        let from_file = match &self.key_file {
+            Some(path) => Some(crate::server::read_secret(path).ok_or_else(|| {
+                ClientError::Config(format!("cannot read an agent key from {}", path.display()))
+            })?),
+            None => None,
+        };
+        if self.key.is_some() {
+            tracing::warn!(
+                "--key puts the agent key in the process list, readable by every user of this \
+                 machine; use --key-file or TANVRIT_API_KEY instead"
+            );
+        }
+        let key = from_file
+            .or_else(|| self.key.clone())
             .or_else(|| global.api_key.clone())
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
-                ClientError::Config("the agent needs an agent key: --key or TANVRIT_API_KEY".into())
+                ClientError::Config(
+                    "the agent needs an agent key: --key-file, TANVRIT_API_KEY or --key".into(),
+                )
             })?;
         agent_client(
             split_endpoints(addr),
@@ -155,15 +180,21 @@ pub fn describe(node: &Node) -> String {
     text
 }
 
-/// The dev agent's key: the one kept in `<data_dir>/agent.key` while the server still
-/// lists it as a live agent key, else a new one (created with `admin`, then kept).
+/// The dev agent's key, bound to the dev agent's node (`<data_dir>/agent/node-id`): the
+/// one kept in `<data_dir>/agent.key` while the server still lists it as a live agent
+/// key for that node (or for none yet), else a new one (created with `admin`, then kept).
 pub async fn dev_agent_key(admin: &Client, data_dir: &Path) -> Result<String, ClientError> {
+    let node = tanvrit_agent::config::load_or_create_node_id(&data_dir.join(DEV_AGENT_DIR))
+        .map_err(|e| ClientError::Config(e.to_string()))?;
     let path = data_dir.join(DEV_AGENT_KEY_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let secret = text.trim().to_string();
         let keys = admin.list_keys().await?;
         let live = keys.keys.iter().any(|k| {
-            k.scope == Scope::Agent && k.revoked_at.is_none() && secret.starts_with(k.id.as_str())
+            k.scope == Scope::Agent
+                && k.revoked_at.is_none()
+                && k.node.as_ref().is_none_or(|bound| *bound == node)
+                && secret.starts_with(&format!("{SECRET_PREFIX}{}_", k.id))
         });
         if live && !secret.is_empty() {
             return Ok(secret);
@@ -174,6 +205,7 @@ pub async fn dev_agent_key(admin: &Client, data_dir: &Path) -> Result<String, Cl
             name: Some("tanvrit dev local agent".into()),
             scope: Scope::Agent,
             business: None,
+            node: Some(node),
         })
         .await?;
     if let Err(e) = write_private(&path, &created.secret) {

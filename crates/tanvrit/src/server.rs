@@ -376,7 +376,7 @@ fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
     read_secret(&path).map(|secret| (secret, format!("from {}", path.display())))
 }
 
-fn read_secret(path: &Path) -> Option<String> {
+pub(crate) fn read_secret(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let secret = text.trim();
     (!secret.is_empty()).then(|| secret.to_string())

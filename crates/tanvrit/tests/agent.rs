@@ -32,12 +32,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const NOT_PLACED_WINDOW: Duration = Duration::from_secs(1);
 const BUSINESS: &str = "acme";
 
-/// One server, its admin client and an agent key.
+/// One server and its admin client (each agent gets a key of its own).
 struct Plane {
     dir: tempfile::TempDir,
     server: ServerProcess,
     admin: Client,
-    agent_key: String,
 }
 
 async fn plane() -> Plane {
@@ -64,13 +63,7 @@ async fn plane_with_ttl(node_ttl: &str) -> Plane {
         })
         .await
         .unwrap();
-    let agent_key = server.agent_key().await;
-    Plane {
-        dir,
-        server,
-        admin,
-        agent_key,
-    }
+    Plane { dir, server, admin }
 }
 
 impl Plane {
@@ -90,10 +83,12 @@ impl Plane {
             "2s",
         ];
         args.extend_from_slice(flags);
+        // A key of its own: an agent key acts for the one node it registers first.
+        let key = self.server.agent_key().await;
         AgentProcess::start(
             Path::new(BIN),
             servers,
-            &self.agent_key,
+            &key,
             &self.dir.path().join(name),
             &args,
         )

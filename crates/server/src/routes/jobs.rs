@@ -22,8 +22,6 @@ use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 /// Scopes that may use the job routes.
 const JOB_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
-/// Scopes that may read one job: agents too, to see what they run.
-const JOB_READ_SCOPES: &[Scope] = &[Scope::Admin, Scope::User, Scope::Agent];
 /// Page size of `jobs/list` when none is asked for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Largest page of `jobs/list`.
@@ -113,7 +111,7 @@ pub(crate) async fn handle_get_job(
     ApiPath(id): ApiPath,
     ApiJson(request): ApiJson<ReadRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    principal.require(JOB_READ_SCOPES)?;
+    principal.require(JOB_SCOPES)?;
     app.barrier(request.consistency).await?;
     app.read(|state| {
         let job = visible_job(state, &principal, &JobId(id))?.clone();
@@ -368,7 +366,7 @@ pub(crate) fn visible_job<'s>(
     id: &JobId,
 ) -> Result<&'s Job, ApiError> {
     match state.job(id) {
-        Some(job) if principal.reads_job_of(&job.business) => Ok(job),
+        Some(job) if principal.sees(&job.business) => Ok(job),
         Some(_) => Err(ApiError::not_found("job", id)),
         None => Err(missing_job(state, id)),
     }
@@ -516,6 +514,7 @@ mod tests {
             key: KeyId::from("key-u"),
             scope: Scope::User,
             business: Some(BusinessId::from(business)),
+            node: None,
         }
     }
 
@@ -524,6 +523,7 @@ mod tests {
             key: KeyId::from("key-a"),
             scope: Scope::Admin,
             business: None,
+            node: None,
         }
     }
 

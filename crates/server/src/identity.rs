@@ -1,0 +1,88 @@
+//! Node-bound agent identity on the request path: which node an agent key acts for, and
+//! enrollment (the first registration of an unbound agent key binds it to that node).
+//!
+//! The rules, each a 403 `forbidden` that writes nothing:
+//! - an agent key bound to node A polls, heartbeats and registers node A only;
+//! - it reports (started, finished, log chunks) only attempts placed on node A;
+//! - an unbound agent key (made before keys were bound, or without `node`) does nothing
+//!   but register a node; that registration binds it (`Command::KeyBind`), unless
+//!   another active key is already bound to that node;
+//! - agent keys read no job through the user API (`jobs/{id}/get` is admin and user).
+//!
+//! Admin keys act for every node. `apply` keeps the binding race-safe: two unbound keys
+//! enrolling one node at once cannot both be bound to it.
+
+use tanvrit_api::{AttemptId, Consistency, JobId, NodeId, Scope};
+use tanvrit_state::{validate, Command, State as DomainState};
+
+use crate::app::{now_ms, AppState};
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// The node an attempt of `job` was placed on, if this replica holds it.
+fn attempt_node(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option<NodeId> {
+    state
+        .job(job)?
+        .attempts
+        .iter()
+        .find(|a| &a.id == attempt)
+        .map(|a| a.node.clone())
+}
+
+/// Refuses with 403 an agent's report of an attempt placed on another node. An attempt
+/// this replica does not hold yet (placed through the leader, not applied here) is looked
+/// up again after a strict barrier; one still unknown is left to `apply` (404 or 409
+/// `stale_attempt`), which refuses it whoever sends it.
+pub(crate) async fn ensure_own_attempt(
+    app: &AppState,
+    principal: &Principal,
+    job: &JobId,
+    attempt: &AttemptId,
+) -> Result<(), ApiError> {
+    if principal.scope != Scope::Agent {
+        return Ok(());
+    }
+    let own = principal.bound_node()?;
+    let mut node = app.read(|state| attempt_node(state, job, attempt));
+    if node.is_none() {
+        app.barrier(Consistency::Strict).await?;
+        node = app.read(|state| attempt_node(state, job, attempt));
+    }
+    match node {
+        Some(node) if node != *own => Err(ApiError::Forbidden(format!(
+            "attempt `{}` runs on another node than agent key `{}` acts for",
+            validate::short(attempt.as_str()),
+            principal.key
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Before an agent registers `node`: a bound key must name its own node; an unbound
+/// key is bound to `node` first (enrollment), unless another active key already is
+/// (403). Admin keys register any node.
+pub(crate) async fn enroll(
+    app: &AppState,
+    principal: &Principal,
+    node: &NodeId,
+) -> Result<(), ApiError> {
+    match (principal.scope, &principal.node) {
+        (Scope::Agent, None) => {}
+        _ => return principal.require_node(node),
+    }
+    let taken = app.read(|state| state.node_key(node).map(|key| key.info.id.clone()));
+    if let Some(other) = taken {
+        return Err(ApiError::Forbidden(format!(
+            "node `{node}` is enrolled with another agent key (`{other}`); register it with \
+             that key, or revoke it first"
+        )));
+    }
+    let command = Command::KeyBind {
+        key: principal.key.clone(),
+        node: node.clone(),
+        at: now_ms(),
+    };
+    app.write(command).await?;
+    tracing::info!(key = %principal.key, node = %node, "agent key enrolled its node");
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! What issue 16 asks of the API without TLS: node-bound agent keys, nothing written
+//! for a write the state already refuses, abuse limits. Driven in process through
+//! `router` (and over TCP through `serve` where the connection itself matters), against
+//! a real `SingleNode` in a temporary directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tanvrit_api::{AttemptId, JobId, NodeId, Rates};
+use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
+use tanvrit_server::{ensure_bootstrap_admin, router, ServerConfig};
+use tanvrit_state::{Command, Placement};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+const ADMIN_SECRET: &str = "test-admin-secret-0001";
+
+struct Api {
+    cluster: Arc<SingleNode>,
+    router: Router,
+    _dir: TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        rates: Rates {
+            cpu_second: 10,
+            memory_gb_second: 0,
+            gpu_second: 0,
+        },
+        min_index_wait: Duration::from_millis(200),
+        ..ServerConfig::default()
+    }
+}
+
+async fn start(config: ServerConfig) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = SingleNode::open(SingleNodeConfig::new(dir.path().join("data"))).unwrap();
+    ensure_bootstrap_admin(cluster.as_ref(), dir.path(), Some(ADMIN_SECRET))
+        .await
+        .unwrap();
+    let router = router(config, cluster.clone());
+    Api {
+        cluster,
+        router,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn post(&self, path: &str, key: Option<&str>, body: Value) -> Reply {
+        let mut request = Request::post(format!("/api/compute/{path}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn admin(&self, path: &str, body: Value) -> Reply {
+        self.post(path, Some(ADMIN_SECRET), body).await
+    }
+
+    /// Creates a key and returns its secret.
+    async fn key(&self, body: Value) -> String {
+        let reply = self.admin("keys/create", body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["secret"].as_str().unwrap().to_string()
+    }
+
+    async fn write(&self, command: Command) {
+        let receipt = self.cluster.submit_write(command).await.unwrap();
+        assert!(receipt.outcome.is_ok(), "{:?}", receipt.outcome);
+    }
+
+    fn applied(&self) -> u64 {
+        self.cluster.reader().applied_index()
+    }
+
+    /// The whole replicated state, to show a refused request changed nothing.
+    fn state(&self) -> String {
+        self.cluster
+            .reader()
+            .read(|state| serde_json::to_string(state).unwrap())
+    }
+}
+
+fn register_body(node: &str, cpu_millis: u64) -> Value {
+    json!({
+        "id": node,
+        "name": format!("{node}.local"),
+        "resources": { "cpu_millis": cpu_millis, "memory_mb": 1024, "gpus": 0 },
+    })
+}
+
+fn job_spec(business: &str) -> Value {
+    json!({
+        "business": business,
+        "command": ["echo", "hi"],
+        "resources": { "cpu_millis": 1000 },
+        "timeout_secs": 10,
+    })
+}
+
+/// Asserts 403 `forbidden` and that nothing was written.
+fn assert_forbidden_and_unchanged(reply: &Reply, api: &Api, before: (u64, &str), what: &str) {
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{what}: {}",
+        reply.body
+    );
+    assert_eq!(api.applied(), before.0, "{what} wrote to the log");
+    assert_eq!(api.state(), before.1, "{what} changed the state");
+}
+
+// ---- node-bound agent keys ------------------------------------------------------------
+
+/// Node A registered with a key bound to it, node B with its own key (bound by its first
+/// registration), and a job of acme placed on node B.
+async fn two_nodes_and_a_job_on_b() -> (Api, String, JobId, AttemptId) {
+    let api = start(config()).await;
+    let key_a = api.key(json!({ "scope": "agent", "node": "node-a" })).await;
+    let key_b = api.key(json!({ "scope": "agent" })).await;
+    for (node, key) in [("node-a", &key_a), ("node-b", &key_b)] {
+        let reply = api
+            .post("nodes/register", Some(key), register_body(node, 2000))
+            .await;
+        assert_eq!(reply.status, 200, "{node}: {}", reply.body);
+    }
+    api.admin(
+        "credits/entries/create",
+        json!({ "business": "acme", "kind": "top_up", "amount": 1_000_000 }),
+    )
+    .await;
+    let submitted = api.admin("jobs/submit", job_spec("acme")).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    let job = JobId::from(submitted.body["job"]["id"].as_str().unwrap());
+    let attempt = AttemptId::from("att-b");
+    api.write(Command::JobsAssign {
+        placements: vec![Placement {
+            job: job.clone(),
+            attempt: attempt.clone(),
+            node: NodeId::from("node-b"),
+        }],
+        at: 2,
+    })
+    .await;
+    (api, key_a, job, attempt)
+}
+
+#[tokio::test]
+async fn an_agent_key_bound_to_node_a_cannot_touch_node_b_or_read_jobs() {
+    let (api, key_a, job, attempt) = two_nodes_and_a_job_on_b().await;
+    let state = api.state();
+    let before = (api.applied(), state.as_str());
+    let key = Some(key_a.as_str());
+
+    let poll = api.post("nodes/node-b/work", key, json!({})).await;
+    assert_forbidden_and_unchanged(&poll, &api, before, "polling node B's work");
+    let heartbeat = api
+        .post("nodes/node-b/heartbeat", key, json!({ "running": [] }))
+        .await;
+    assert_forbidden_and_unchanged(&heartbeat, &api, before, "heartbeating node B");
+    let attempt_path = format!("jobs/{job}/attempts/{attempt}");
+    let started = api
+        .post(&format!("{attempt_path}/started"), key, json!({}))
+        .await;
+    assert_forbidden_and_unchanged(&started, &api, before, "reporting B's attempt started");
+    let finished = api
+        .post(
+            &format!("{attempt_path}/finished"),
+            key,
+            json!({ "outcome": "succeeded", "exit_code": 0 }),
+        )
+        .await;
+    assert_forbidden_and_unchanged(&finished, &api, before, "reporting B's attempt finished");
+    let logs = api
+        .post(
+            &format!("{attempt_path}/logs"),
+            key,
+            json!({ "offset": 0, "data": "injected\n" }),
+        )
+        .await;
+    assert_forbidden_and_unchanged(&logs, &api, before, "appending to B's attempt's log");
+    let register = api
+        .post("nodes/register", key, register_body("node-b", 999_999))
+        .await;
+    assert_forbidden_and_unchanged(&register, &api, before, "re-registering node B");
+    let read = api.post(&format!("jobs/{job}/get"), key, json!({})).await;
+    assert_forbidden_and_unchanged(&read, &api, before, "reading a job");
+
+    // Its own node is served as before.
+    let own = api.post("nodes/node-a/work", key, json!({})).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let again = api
+        .post("nodes/register", key, register_body("node-a", 2000))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+}
+
+#[tokio::test]
+async fn an_unbound_agent_key_is_bound_by_its_first_registration_and_only_then() {
+    let api = start(config()).await;
+    let unbound = api.key(json!({ "scope": "agent" })).await;
+    let other = api.key(json!({ "scope": "agent" })).await;
+    let key = Some(unbound.as_str());
+
+    // Before it registers a node it acts for none.
+    let state = api.state();
+    let poll = api.post("nodes/node-x/work", key, json!({})).await;
+    assert_forbidden_and_unchanged(&poll, &api, (api.applied(), &state), "an unbound poll");
+
+    let enrolled = api
+        .post("nodes/register", key, register_body("node-x", 2000))
+        .await;
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    let keys = api.admin("keys/list", json!({})).await;
+    let bound: Vec<&Value> = keys.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["node"] == "node-x")
+        .collect();
+    assert_eq!(bound.len(), 1, "{}", keys.body);
+
+    // Node X now belongs to that key: another unbound key cannot take it over, and the
+    // bound key cannot enroll a second node.
+    let state = api.state();
+    let before = (api.applied(), state.as_str());
+    let takeover = api
+        .post(
+            "nodes/register",
+            Some(&other),
+            register_body("node-x", 999_999),
+        )
+        .await;
+    assert_forbidden_and_unchanged(&takeover, &api, before, "taking over an enrolled node");
+    let second = api
+        .post("nodes/register", key, register_body("node-y", 2000))
+        .await;
+    assert_forbidden_and_unchanged(&second, &api, before, "enrolling a second node");
+    assert_eq!(
+        api.post("nodes/node-x/work", key, json!({})).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn keys_other_than_agent_keys_cannot_be_bound_to_a_node() {
+    let api = start(config()).await;
+    let reply = api
+        .admin("keys/create", json!({ "scope": "admin", "node": "node-a" }))
+        .await;
+    assert_eq!((reply.status.as_u16(), reply.code()), (422, "invalid"));
+}
