@@ -26,6 +26,7 @@ use crate::error::{ApiError, ServerError};
 use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
 use crate::metrics::Metrics;
+use crate::precheck;
 use crate::routes;
 
 /// What an accepted write gave a handler to answer with.
@@ -158,6 +159,7 @@ impl AppState {
             },
             None => command,
         };
+        self.refuse_early(&command).await?;
         let name = command.payload().name();
         let keyed = matches!(command, Command::Idempotent { .. });
         let receipt = self.cluster().submit_write(command).await?;
@@ -180,6 +182,28 @@ impl AppState {
                 replayed: false,
             },
         })
+    }
+
+    /// Answers a write this replica's state certainly refuses without proposing it
+    /// (see [`precheck`]). A refusal seen on local state is checked again after a strict
+    /// barrier, so a write the client saw acknowledged elsewhere is never missed.
+    async fn refuse_early(&self, command: &Command) -> Result<(), ApiError> {
+        if self
+            .read(|state| precheck::refusal(state, command))
+            .is_none()
+        {
+            return Ok(());
+        }
+        self.barrier(Consistency::Strict).await?;
+        match self.read(|state| precheck::refusal(state, command)) {
+            Some(refusal) => {
+                self.metrics()
+                    .abuse()
+                    .refused_early(command.payload().name());
+                Err(refusal)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Answers 404 unless `principal` may see the resource `owner_of` finds. Admin keys

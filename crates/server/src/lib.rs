@@ -26,6 +26,7 @@
 //!   `keys`, `credits`, `schedules`, `cluster`, `cluster_admin` (membership), `probes`),
 //!   each handler named `handle_<verb>_<noun>`.
 //! - `metrics`: the Prometheus registry behind `GET /metrics`.
+//! - `precheck`: writes the state certainly refuses are answered without a proposal.
 
 mod app;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod extract;
 mod identity;
 pub mod leader;
 mod metrics;
+mod precheck;
 mod routes;
 
 use std::future::Future;

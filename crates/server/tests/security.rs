@@ -106,6 +106,15 @@ impl Api {
         self.cluster.reader().applied_index()
     }
 
+    async fn metrics(&self) -> String {
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     /// The whole replicated state, to show a refused request changed nothing.
     fn state(&self) -> String {
         self.cluster
@@ -282,4 +291,70 @@ async fn keys_other_than_agent_keys_cannot_be_bound_to_a_node() {
         .admin("keys/create", json!({ "scope": "admin", "node": "node-a" }))
         .await;
     assert_eq!((reply.status.as_u16(), reply.code()), (422, "invalid"));
+}
+
+// ---- nothing written for a write that is certainly refused ----------------------------
+
+#[tokio::test]
+async fn submissions_refused_for_credits_leave_the_log_unchanged() {
+    let api = start(config()).await;
+    let user = api
+        .key(json!({ "scope": "user", "business": "acme" }))
+        .await;
+    let state = api.state();
+    let before = api.applied();
+    for i in 0..20 {
+        let mut spec = job_spec("acme");
+        if i % 2 == 0 {
+            // With a job idempotency key of its own each time: no way around the check.
+            spec["idempotency_key"] = json!(format!("try-{i}"));
+        }
+        let refused = api.post("jobs/submit", Some(&user), spec).await;
+        assert_eq!(
+            (refused.status.as_u16(), refused.code()),
+            (402, "insufficient_credits"),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(api.applied(), before, "refused submissions entered the log");
+    assert_eq!(api.state(), state);
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("tanvrit_writes_refused_early_total{command=\"job_submit\"} 20"),
+        "{metrics}"
+    );
+
+    // Once the balance covers it, the same submission is proposed and accepted.
+    api.admin(
+        "credits/entries/create",
+        json!({ "business": "acme", "kind": "top_up", "amount": 1_000_000 }),
+    )
+    .await;
+    let accepted = api.post("jobs/submit", Some(&user), job_spec("acme")).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+}
+
+#[tokio::test]
+async fn writes_to_missing_or_ended_objects_leave_the_log_unchanged() {
+    let api = start(config()).await;
+    let state = api.state();
+    let before = api.applied();
+    for (path, status, code) in [
+        ("jobs/job-nope/cancel", 404, "not_found"),
+        ("jobs/job-nope/retry", 404, "not_found"),
+        ("nodes/node-nope/drain", 404, "not_found"),
+        ("nodes/node-nope/delete", 404, "not_found"),
+        ("keys/key-nope/revoke", 404, "not_found"),
+    ] {
+        let refused = api.admin(path, json!({})).await;
+        assert_eq!(
+            (refused.status.as_u16(), refused.code()),
+            (status, code),
+            "{path}: {}",
+            refused.body
+        );
+    }
+    assert_eq!(api.applied(), before);
+    assert_eq!(api.state(), state);
 }

@@ -18,6 +18,7 @@
 //! - `retention`: `Command::JobsCollect`, which removes old terminal jobs.
 //! - `indexes`: rebuilding and maintaining the derived indexes.
 //! - `queries`: the public read accessors.
+//! - `lookups`: accessors for the server's checks before it proposes a write.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,6 +36,7 @@ mod indexes;
 mod jobs;
 mod keys;
 mod ledger;
+mod lookups;
 mod nodes;
 mod queries;
 mod retention;
