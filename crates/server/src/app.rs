@@ -10,7 +10,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tanvrit_api::{BusinessId, Consistency, Index, JobId, Millis};
 use tanvrit_cluster::{ClusterError, ClusterService, Reader};
@@ -25,6 +24,8 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, ServerError};
 use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
+use crate::limits::RateLimiter;
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::precheck;
 use crate::routes;
@@ -55,6 +56,8 @@ struct Inner {
     liveness: Liveness,
     /// True while this replica leads (heartbeats are answered by the leader only).
     leadership: watch::Receiver<bool>,
+    /// Per-key token buckets (`config.rate_limits`).
+    limiter: RateLimiter,
     /// Flips to true when graceful shutdown starts, so long polls answer at once
     /// instead of holding the shutdown for up to `long_poll_max`.
     shutdown: watch::Sender<bool>,
@@ -79,6 +82,20 @@ impl AppState {
 
     pub(crate) fn openapi_json(&self) -> &str {
         &self.inner.openapi_json
+    }
+
+    /// Takes a request from `principal`'s rate limit: 429 `rate_limited` when it has
+    /// none left.
+    pub(crate) fn rate_limit(&self, principal: &Principal) -> Result<(), ApiError> {
+        self.inner
+            .limiter
+            .take(&principal.key, principal.scope, Instant::now())
+            .map_err(|retry_after| {
+                self.metrics()
+                    .abuse()
+                    .rate_limited(principal.scope.as_str());
+                ApiError::RateLimited { retry_after }
+            })
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {
@@ -282,8 +299,10 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
     });
     let (shutdown, _) = watch::channel(false);
     let leadership = cluster.leadership();
+    let limiter = RateLimiter::new(config.rate_limits);
     let app = AppState {
         inner: Arc::new(Inner {
+            limiter,
             config,
             cluster,
             metrics: Metrics::new(),
@@ -428,6 +447,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let limits = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        header_limit_bytes: config.header_limit_bytes,
+    };
     let (router, app) = build(config, cluster);
     let loops = app.spawn_leader_loops();
     let signal = async move {
@@ -436,15 +459,7 @@ pub(crate) async fn serve(
         loops.stop().await;
         app.inner.shutdown.send_replace(true);
     };
-    // API calls are small request/answer pairs: no Nagle delay on the answers (axum 0.8
-    // leaves TCP_NODELAY off).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on an API connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
+    listener::serve(listener, router, limits, signal)
         .await
         .map_err(ServerError::Serve)
 }

@@ -10,7 +10,9 @@
 //! With it an agent reaches only its own node's work and attempts; `docs/security.md`
 //! tells the whole model.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts, HeaderValue};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -63,20 +65,53 @@ pub struct Principal {
     pub node: Option<NodeId>,
 }
 
+/// Why a request could not be authenticated (the `reason` label of
+/// `tanvrit_auth_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// No `Authorization: Bearer` header, or a malformed one.
+    Missing,
+    /// No key has this secret.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+}
+
+impl AuthFailure {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
+}
+
 /// Finds the active key for an `Authorization: Bearer <secret>` header.
 pub fn authenticate(
     state: &State,
     authorization: Option<&HeaderValue>,
 ) -> Result<Principal, ApiError> {
-    let secret = bearer(authorization)?;
-    let stored = state
-        .key_by_hash(&hash_secret(secret))
-        .ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
+    identify(state, authorization).map_err(|(_, error)| error)
+}
+
+/// [`authenticate`], saying why it failed.
+pub(crate) fn identify(
+    state: &State,
+    authorization: Option<&HeaderValue>,
+) -> Result<Principal, (AuthFailure, ApiError)> {
+    let secret = bearer(authorization).map_err(|e| (AuthFailure::Missing, e))?;
+    let stored = state.key_by_hash(&hash_secret(secret)).ok_or_else(|| {
+        (
+            AuthFailure::Unknown,
+            ApiError::Unauthorized("unknown API key".into()),
+        )
+    })?;
     if stored.info.revoked_at.is_some() {
-        return Err(ApiError::Unauthorized(format!(
-            "API key `{}` was revoked",
-            stored.info.id
-        )));
+        return Err((
+            AuthFailure::Revoked,
+            ApiError::Unauthorized(format!("API key `{}` was revoked", stored.info.id)),
+        ));
     }
     Ok(Principal {
         key: stored.info.id.clone(),
@@ -192,8 +227,28 @@ impl FromRequestParts<AppState> for Principal {
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let authorization = parts.headers.get(header::AUTHORIZATION);
-        app.reader()
-            .read(|state| authenticate(state, authorization))
+        let identified = app.reader().read(|state| identify(state, authorization));
+        match identified {
+            Ok(principal) => {
+                app.rate_limit(&principal)?;
+                Ok(principal)
+            }
+            Err((failure, error)) => {
+                let source = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.to_string());
+                // Never the secret: the reason, where it came from, and where to.
+                tracing::warn!(
+                    reason = failure.as_str(),
+                    source = source.as_deref().unwrap_or("unknown"),
+                    path = parts.uri.path(),
+                    "authentication failed"
+                );
+                app.metrics().abuse().auth_failed(failure.as_str());
+                Err(error)
+            }
+        }
     }
 }
 

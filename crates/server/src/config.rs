@@ -7,6 +7,8 @@ use std::time::Duration;
 use tanvrit_api::Rates;
 use tanvrit_state::scheduler::Strategy;
 
+use crate::limits::RateLimits;
+
 /// How the API server and its leader loops behave. Every field has a default
 /// ([`ServerConfig::default`]); build one with `..ServerConfig::default()` so new knobs
 /// do not break callers.
@@ -59,6 +61,16 @@ pub struct ServerConfig {
     /// membership routes like an admin key (before a cluster is formed no key exists).
     /// Default `None`: only admin keys do.
     pub cluster_secret: Option<ClusterSecret>,
+    /// Requests a second (and bursts) each key may make, by scope; over it a request is
+    /// answered 429 `rate_limited` with `Retry-After`. Default: admin unlimited, user
+    /// 100/s (bursts of 200), agent 1000/s (bursts of 2000).
+    pub rate_limits: RateLimits,
+    /// A connection that has not sent a request's whole header block this long after it
+    /// started is closed (slow-loris). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; a larger one is
+    /// answered 431 and the connection closed. Default 64 KiB (at least 8 KiB).
+    pub header_limit_bytes: usize,
 }
 
 /// A secret that never shows in `Debug` output.
@@ -87,6 +99,9 @@ impl Default for ServerConfig {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             retention_interval: Duration::from_secs(30),
             cluster_secret: None,
+            rate_limits: RateLimits::default(),
+            header_read_timeout: Duration::from_secs(10),
+            header_limit_bytes: 64 * 1024,
         }
     }
 }

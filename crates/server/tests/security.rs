@@ -12,9 +12,11 @@ use axum::Router;
 use serde_json::{json, Value};
 use tanvrit_api::{AttemptId, JobId, NodeId, Rates};
 use tanvrit_cluster::{ClusterService, SingleNode, SingleNodeConfig};
-use tanvrit_server::{ensure_bootstrap_admin, router, ServerConfig};
+use tanvrit_server::{ensure_bootstrap_admin, router, serve, RateLimit, RateLimits, ServerConfig};
 use tanvrit_state::{Command, Placement};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 const ADMIN_SECRET: &str = "test-admin-secret-0001";
@@ -357,4 +359,146 @@ async fn writes_to_missing_or_ended_objects_leave_the_log_unchanged() {
     }
     assert_eq!(api.applied(), before);
     assert_eq!(api.state(), state);
+}
+
+// ---- abuse limits -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_key_over_its_rate_limit_gets_429_while_another_key_is_served() {
+    // Three requests at once, then one an hour: no refill can happen during the test.
+    let config = ServerConfig {
+        rate_limits: RateLimits {
+            user: RateLimit {
+                refill: Duration::from_secs(3600),
+                burst: 3,
+            },
+            ..RateLimits::unlimited()
+        },
+        ..config()
+    };
+    let api = start(config).await;
+    let busy = api
+        .key(json!({ "scope": "user", "business": "acme" }))
+        .await;
+    let quiet = api
+        .key(json!({ "scope": "user", "business": "globex" }))
+        .await;
+    for _ in 0..3 {
+        let reply = api.post("jobs/list", Some(&busy), json!({})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let limited = api.post("jobs/list", Some(&busy), json!({})).await;
+    assert_eq!(
+        (limited.status.as_u16(), limited.code()),
+        (429, "rate_limited"),
+        "{}",
+        limited.body
+    );
+    let retry_after: u64 = limited.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    let served = api.post("jobs/list", Some(&quiet), json!({})).await;
+    assert_eq!(served.status, 200, "another key has a bucket of its own");
+    assert_eq!(
+        api.admin("jobs/list", json!({})).await.status,
+        200,
+        "admin keys are unlimited here"
+    );
+    assert!(api
+        .metrics()
+        .await
+        .contains("tanvrit_rate_limited_total{scope=\"user\"} 1"));
+}
+
+#[tokio::test]
+async fn failed_authentications_are_counted_by_reason() {
+    let api = start(config()).await;
+    api.post("jobs/list", None, json!({})).await;
+    for _ in 0..2 {
+        let reply = api
+            .post("jobs/list", Some("tvk_key-x_0000"), json!({}))
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("tanvrit_auth_failures_total{reason=\"unknown\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tanvrit_auth_failures_total{reason=\"missing\"} 1"));
+    assert!(!metrics.contains("tvk_key-x"), "never the presented secret");
+}
+
+/// Serves the API over TCP on a free port; returns its address and the task.
+async fn serve_tcp(config: ServerConfig) -> (Api, std::net::SocketAddr) {
+    let api = start(config.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let cluster = api.cluster.clone();
+    tokio::spawn(serve(config, cluster, listener, std::future::pending()));
+    (api, address)
+}
+
+#[tokio::test]
+async fn a_connection_sending_headers_slower_than_the_limit_is_closed() {
+    let config = ServerConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (_api, address) = serve_tcp(config).await;
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"POST /api/compute/jobs/list HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // One header byte every 100 ms, until the server hangs up (EOF or a reset).
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                read = slow.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 before the close, maybe
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if slow.write_all(b"X").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow connection was never closed");
+
+    // A well-behaved client is served meanwhile.
+    let mut fine = TcpStream::connect(address).await.unwrap();
+    fine.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    fine.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_header_limit_is_refused_with_431() {
+    let config = ServerConfig {
+        header_limit_bytes: 16 * 1024,
+        ..config()
+    };
+    let (_api, address) = serve_tcp(config).await;
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    // The server may close before it has read everything it was sent.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }

@@ -148,6 +148,9 @@ impl Replica {
             cron_skip_grace: self.config.cron_skip_grace,
             idempotency_window: self.config.idempotency_window,
             job_retention: self.config.compute.retention.jobs,
+            rate_limits: self.config.compute.limits.rate_limits(),
+            header_read_timeout: self.config.compute.limits.header_read_timeout,
+            header_limit_bytes: self.config.compute.limits.header_bytes,
             cluster_secret: self
                 .config
                 .cluster_secret

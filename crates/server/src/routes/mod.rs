@@ -83,6 +83,10 @@ pub(crate) enum ApiErrors {
     /// `Idempotency-Key` was used for another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// `rate_limited`: the key is over its scope's request rate; retry after
+    /// `Retry-After` seconds.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
     /// `no_leader`, `not_caught_up`, `shutting_down`: nothing was done; retry after
     /// `Retry-After` seconds. `write_outcome_unknown` (writes only): the write was
     /// proposed but leadership changed, or the leader's answer was lost, before it
