@@ -502,3 +502,31 @@ async fn a_request_head_over_the_header_limit_is_refused_with_431() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
+
+// ---- data at rest -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_data_directory_and_the_store_file_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let api = start(config()).await;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let data = api._dir.path().join("data");
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("tanvrit.redb")), 0o600, "the store");
+}
+
+#[tokio::test]
+async fn an_oversized_id_is_quoted_as_a_short_prefix() {
+    let api = start(config()).await;
+    let id = "j".repeat(60_000);
+    let reply = api.admin(&format!("jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 200, "{} bytes: {message}", message.len());
+}

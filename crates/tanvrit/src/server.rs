@@ -74,7 +74,7 @@ impl Replica {
             .await
             .with_context(|| format!("cannot listen on {}", config.api_addr))?;
         let addr = listener.local_addr()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        create_private_dir(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
                 config.data_dir.display()
@@ -379,6 +379,17 @@ fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
     read_secret(&path).map(|secret| (secret, format!("from {}", path.display())))
 }
 
+/// Creates `dir` (and its parents) readable by its owner only, and makes an existing one
+/// so: a data directory holds job environments and keys.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 pub(crate) fn read_secret(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let secret = text.trim();
@@ -452,6 +463,21 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directories_are_created_and_tightened_to_the_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let fresh = root.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700, "an existing data directory is tightened");
+    }
 
     #[test]
     fn wildcard_binds_are_reached_through_loopback() {
