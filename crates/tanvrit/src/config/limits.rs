@@ -72,6 +72,8 @@ pub(super) const ENV_TYPED: &[(&str, &str)] = &[
 ];
 
 #[cfg(test)]
+// figment's Jail closures return its large error type; tests only.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::super::{Config, ConfigFlags};
     use super::*;
