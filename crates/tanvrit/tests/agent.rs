@@ -242,6 +242,11 @@ fn pids(text: &str) -> Vec<i32> {
 async fn jobs_end_as_succeeded_failed_or_timed_out_with_their_output_and_exit_code() {
     let plane = plane().await;
     let agent = plane.agent("worker", &[]).await;
+    // `ps` on the node shows no secret: the key came from the environment.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("agent"), "{cmdline}");
+    assert!(!cmdline.contains("tvk_"), "a secret in the arguments: {cmdline}");
 
     let ok = plane
         .submit(JobSpec {
