@@ -19,6 +19,29 @@ use crate::app::{now_ms, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 
+/// `principal` as the cluster knows it now, when it is an agent key this replica holds
+/// as unbound: its binding may have been applied through the leader and not here yet
+/// (an agent registers, then polls another replica), so it is read again after a strict
+/// barrier instead of being refused at once.
+pub(crate) async fn current(app: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+    if principal.scope != Scope::Agent || principal.node.is_some() {
+        return Ok(principal);
+    }
+    app.barrier(Consistency::Strict).await?;
+    let node = app.read(|state| state.key(&principal.key).and_then(|k| k.info.node.clone()));
+    Ok(Principal { node, ..principal })
+}
+
+/// Refuses with 403 unless `principal` may act for `node` ([`Principal::require_node`],
+/// with an unbound agent key's binding read again first).
+pub(crate) async fn require_node(
+    app: &AppState,
+    principal: Principal,
+    node: &NodeId,
+) -> Result<(), ApiError> {
+    current(app, principal).await?.require_node(node)
+}
+
 /// The node an attempt of `job` was placed on, if this replica holds it.
 fn attempt_node(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option<NodeId> {
     state
@@ -42,6 +65,7 @@ pub(crate) async fn ensure_own_attempt(
     if principal.scope != Scope::Agent {
         return Ok(());
     }
+    let principal = current(app, principal.clone()).await?;
     let own = principal.bound_node()?;
     let mut node = app.read(|state| attempt_node(state, job, attempt));
     if node.is_none() {
@@ -66,6 +90,7 @@ pub(crate) async fn enroll(
     principal: &Principal,
     node: &NodeId,
 ) -> Result<(), ApiError> {
+    let principal = current(app, principal.clone()).await?;
     match (principal.scope, &principal.node) {
         (Scope::Agent, None) => {}
         _ => return principal.require_node(node),

@@ -27,7 +27,7 @@ use crate::app::{now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiAttemptPath, ApiJson, ApiPath};
-use crate::identity::ensure_own_attempt;
+use crate::identity::{self, ensure_own_attempt};
 
 /// The scopes that speak the agent protocol.
 pub(crate) const AGENT_SCOPES: &[Scope] = &[Scope::Agent, Scope::Admin];
@@ -57,7 +57,7 @@ pub(crate) async fn handle_heartbeat_node(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
     let node = NodeId(id);
-    principal.require_node(&node)?;
+    identity::require_node(&app, principal, &node).await?;
     heartbeat(&app, &node, &request).map(Json)
 }
 
@@ -83,7 +83,7 @@ pub(crate) async fn handle_poll_node_work(
 ) -> Result<Json<WorkResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
     let node = NodeId(id);
-    principal.require_node(&node)?;
+    identity::require_node(&app, principal, &node).await?;
     poll_work(&app, &node, &request).await.map(Json)
 }
 
