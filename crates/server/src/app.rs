@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -21,7 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Principal;
 use crate::config::ServerConfig;
-use crate::error::{ApiError, ServerError};
+use crate::error::{ApiError, BodyTimedOut, ServerError};
 use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
 use crate::limits::RateLimiter;
@@ -320,6 +321,7 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
             app.clone(),
             refuse_oversized_body,
         ))
+        .layer(middleware::from_fn_with_state(app.clone(), bound_body_time))
         .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(app.clone(), track_request))
         .layer(middleware::map_response_with_state(
@@ -392,6 +394,26 @@ async fn refuse_oversized_body(
         }
         _ => next.run(request).await,
     }
+}
+
+/// A request's body must arrive within `body_read_timeout` of the request's start: past
+/// it, reading the body fails with [`BodyTimedOut`] (408 `body_timeout`, and the oversized
+/// body drain above stops), so a client trickling a body cannot hold a handler forever.
+async fn bound_body_time(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = app.config().body_read_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let (parts, body) = request.into_parts();
+    let chunks = body.into_data_stream();
+    let bounded = futures::stream::unfold(Some(chunks), move |chunks| async move {
+        let mut chunks = chunks?;
+        match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut chunks)).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(axum::BoxError::from), Some(chunks))),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyTimedOut(limit).into()), None)),
+        }
+    });
+    next.run(Request::from_parts(parts, Body::from_stream(bounded)))
+        .await
 }
 
 /// Counts the request by its route template (never the raw path, which would give

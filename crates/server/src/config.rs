@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// A connection that has not sent a request's whole header block this long after it
     /// started is closed (slow-loris). Default 10 s.
     pub header_read_timeout: Duration,
+    /// A request's body must have arrived this long after the request started, or the
+    /// request is answered 408 `body_timeout` and the connection closed. Default 30 s.
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted; a larger one is
     /// answered 431 and the connection closed. Default 64 KiB (at least 8 KiB).
     pub header_limit_bytes: usize,
@@ -101,6 +104,7 @@ impl Default for ServerConfig {
             cluster_secret: None,
             rate_limits: RateLimits::default(),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             header_limit_bytes: 64 * 1024,
         }
     }

@@ -42,6 +42,13 @@ pub enum ApiError {
     /// The body is larger than `ServerConfig::body_limit_bytes`. 413 `body_too_large`.
     #[error("request body is larger than this server accepts")]
     BodyTooLarge,
+    /// The request body did not arrive within `ServerConfig::body_read_timeout` of the
+    /// request's start (a slow-loris body). 408 `body_timeout`; the connection closes.
+    #[error("the request body did not arrive within {} s", retry_after_secs(*limit))]
+    BodyTimeout {
+        /// The deadline the body missed.
+        limit: Duration,
+    },
     /// A body with a content type other than JSON. 415 `unsupported_media_type`.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -111,6 +118,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BodyTooLarge => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -132,6 +140,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -229,6 +238,26 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(self.body());
         }
         response
+    }
+}
+
+/// What a request body yields once its read deadline has passed; found again in the
+/// body rejection's error chain to answer [`ApiError::BodyTimeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub(crate) struct BodyTimedOut(pub Duration);
+
+impl BodyTimedOut {
+    /// The deadline, when `error` or one of its sources is a [`BodyTimedOut`].
+    pub(crate) fn find(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(BodyTimedOut(limit)) = error.downcast_ref::<BodyTimedOut>() {
+                return Some(*limit);
+            }
+            current = error.source();
+        }
+        None
     }
 }
 
@@ -347,6 +376,13 @@ mod tests {
                 "method_not_allowed",
             ),
             (ApiError::BodyTooLarge, 413, "body_too_large"),
+            (
+                ApiError::BodyTimeout {
+                    limit: Duration::from_secs(30),
+                },
+                408,
+                "body_timeout",
+            ),
             (
                 ApiError::UnsupportedMediaType("text/plain".into()),
                 415,

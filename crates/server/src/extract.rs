@@ -14,7 +14,7 @@ use tanvrit_api::{Scope, IDEMPOTENCY_HEADER};
 use tanvrit_state::validate;
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, BodyTimedOut};
 
 /// A JSON request body.
 ///
@@ -38,6 +38,8 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::BodyTooLarge
+            } else if let Some(limit) = BodyTimedOut::find(&rejection) {
+                ApiError::BodyTimeout { limit }
             } else {
                 ApiError::InvalidRequest(format!("could not read the body: {rejection}"))
             }

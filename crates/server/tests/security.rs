@@ -484,6 +484,32 @@ async fn a_connection_sending_headers_slower_than_the_limit_is_closed() {
 }
 
 #[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_the_connection_closed() {
+    let config = ServerConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (_api, address) = serve_tcp(config).await;
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/compute/jobs/list HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_SECRET}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The rest of the body never comes; the server answers and hangs up.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was never closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_request_head_over_the_header_limit_is_refused_with_431() {
     let config = ServerConfig {
         header_limit_bytes: 16 * 1024,

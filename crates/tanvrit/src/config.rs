@@ -38,6 +38,7 @@
 //! | `compute.limits.{admin,user,agent}_per_second` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_PER_SECOND` (0: unlimited) | `0` / `100` / `1000` |
 //! | `compute.limits.{admin,user,agent}_burst` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_BURST` | `0` / `200` / `2000` |
 //! | `compute.limits.header_read_timeout` | `TANVRIT_LIMITS_HEADER_READ_TIMEOUT` | `10s` |
+//! | `compute.limits.body_read_timeout` | `TANVRIT_LIMITS_BODY_READ_TIMEOUT` | `30s` |
 //! | `compute.limits.header_bytes` | `TANVRIT_LIMITS_HEADER_BYTES` | 64 KiB |
 //!
 //! # Raft mode

@@ -150,6 +150,7 @@ impl Replica {
             job_retention: self.config.compute.retention.jobs,
             rate_limits: self.config.compute.limits.rate_limits(),
             header_read_timeout: self.config.compute.limits.header_read_timeout,
+            body_read_timeout: self.config.compute.limits.body_read_timeout,
             header_limit_bytes: self.config.compute.limits.header_bytes,
             cluster_secret: self
                 .config

@@ -246,7 +246,10 @@ async fn jobs_end_as_succeeded_failed_or_timed_out_with_their_output_and_exit_co
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline);
     assert!(cmdline.contains("agent"), "{cmdline}");
-    assert!(!cmdline.contains("tvk_"), "a secret in the arguments: {cmdline}");
+    assert!(
+        !cmdline.contains("tvk_"),
+        "a secret in the arguments: {cmdline}"
+    );
 
     let ok = plane
         .submit(JobSpec {

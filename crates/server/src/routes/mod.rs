@@ -73,6 +73,9 @@ pub(crate) enum ApiErrors {
     /// `forbidden`: the key's scope does not allow this.
     #[response(status = 403)]
     Forbidden(ErrorBody),
+    /// `body_timeout`: the body did not arrive in time; the connection is closed.
+    #[response(status = 408)]
+    BodyTimeout(ErrorBody),
     /// `body_too_large`.
     #[response(status = 413)]
     TooLarge(ErrorBody),

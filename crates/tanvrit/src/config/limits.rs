@@ -29,6 +29,10 @@ pub struct LimitsSection {
     /// (`TANVRIT_LIMITS_HEADER_READ_TIMEOUT`). Default `10s`.
     #[serde(with = "super::human_duration")]
     pub header_read_timeout: Duration,
+    /// A request's body must have arrived this long after the request started, or it is
+    /// answered 408 `body_timeout` (`TANVRIT_LIMITS_BODY_READ_TIMEOUT`). Default `30s`.
+    #[serde(with = "super::human_duration")]
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers), answered 431 beyond it
     /// (`TANVRIT_LIMITS_HEADER_BYTES`). Default 64 KiB; at least 8 KiB is used.
     pub header_bytes: usize,
@@ -44,6 +48,7 @@ impl Default for LimitsSection {
             agent_per_second: 1000,
             agent_burst: 2000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             header_bytes: 64 * 1024,
         }
     }
