@@ -25,7 +25,7 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, BodyTimedOut, ServerError};
 use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, StreamGuard, StreamLimiter};
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::precheck;
@@ -59,6 +59,8 @@ struct Inner {
     leadership: watch::Receiver<bool>,
     /// Per-key token buckets (`config.rate_limits`).
     limiter: RateLimiter,
+    /// Long polls open per key (`config.max_streams_per_key`).
+    streams: StreamLimiter,
     /// Flips to true when graceful shutdown starts, so long polls answer at once
     /// instead of holding the shutdown for up to `long_poll_max`.
     shutdown: watch::Sender<bool>,
@@ -97,6 +99,25 @@ impl AppState {
                     .rate_limited(principal.scope.as_str());
                 ApiError::RateLimited { retry_after }
             })
+    }
+
+    /// Holds a place among `principal`'s open long polls while the guard lives, when the
+    /// request will wait (`wait_ms` above 0): 429 `too_many_streams` when it has none.
+    pub(crate) fn open_stream(
+        &self,
+        principal: &Principal,
+        wait_ms: Option<u64>,
+    ) -> Result<Option<StreamGuard>, ApiError> {
+        if wait_ms.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        match self.inner.streams.open(&principal.key) {
+            Some(guard) => Ok(Some(guard)),
+            None => Err(ApiError::TooManyStreams {
+                limit: self.inner.streams.max(),
+                retry_after: self.config().retry_after,
+            }),
+        }
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {
@@ -301,9 +322,11 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
     let (shutdown, _) = watch::channel(false);
     let leadership = cluster.leadership();
     let limiter = RateLimiter::new(config.rate_limits);
+    let streams = StreamLimiter::new(config.max_streams_per_key);
     let app = AppState {
         inner: Arc::new(Inner {
             limiter,
+            streams,
             config,
             cluster,
             metrics: Metrics::new(),

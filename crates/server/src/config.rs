@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// answered 429 `rate_limited` with `Retry-After`. Default: admin unlimited, user
     /// 100/s (bursts of 200), agent 1000/s (bursts of 2000).
     pub rate_limits: RateLimits,
+    /// Long polls (`nodes/{id}/work`, `jobs/{id}/logs` with `wait_ms`) one key may hold
+    /// open on this replica at once; past it, 429 `too_many_streams`. 0: unlimited.
+    /// Default 64.
+    pub max_streams_per_key: u32,
     /// A connection that has not sent a request's whole header block this long after it
     /// started is closed (slow-loris). Default 10 s.
     pub header_read_timeout: Duration,
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             retention_interval: Duration::from_secs(30),
             cluster_secret: None,
             rate_limits: RateLimits::default(),
+            max_streams_per_key: 64,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             header_limit_bytes: 64 * 1024,

@@ -59,6 +59,15 @@ pub enum ApiError {
         /// Until the key's next request is allowed.
         retry_after: Duration,
     },
+    /// The key already holds as many long polls open as it may. 429 `too_many_streams`,
+    /// with `Retry-After`.
+    #[error("this API key already holds {limit} long polls open on this replica; close one first")]
+    TooManyStreams {
+        /// The most a key may hold.
+        limit: u32,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The request is well-formed but a value is not acceptable. 422 `invalid`.
     #[error("{0}")]
     Invalid(String),
@@ -122,6 +131,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
             ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
             ApiError::LastAdminKey { .. } => "last_admin_key",
             ApiError::JobExpired { .. } => "job_expired",
@@ -143,7 +153,9 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::ReplaySecretUnavailable { .. } | ApiError::LastAdminKey { .. } => {
                 StatusCode::CONFLICT
             }
@@ -221,7 +233,8 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         let wait = match &self {
             ApiError::Cluster(error) => error.retry_after(),
-            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyStreams { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         if let Some(wait) = wait {

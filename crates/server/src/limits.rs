@@ -1,4 +1,5 @@
-//! Per-key request rate limits: a token bucket per API key, sized by the key's scope.
+//! Per-key request rate limits: a token bucket per API key, sized by the key's scope;
+//! and a cap on the long polls (streams) each key holds open at once.
 //!
 //! Each key may make a scope's requests a second on average and up to its `burst` at
 //! once; a request over it is answered 429 `rate_limited` with `Retry-After` (the
@@ -7,6 +8,7 @@
 //! replica, not a global quota. Time is passed in, so tests need no clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -135,6 +137,63 @@ impl RateLimiter {
     }
 }
 
+/// Long polls (`nodes/{id}/work`, `jobs/{id}/logs` with `wait_ms`) each key holds open
+/// on this replica; past `max` a new one is refused (429 `too_many_streams`).
+#[derive(Debug)]
+pub(crate) struct StreamLimiter {
+    /// 0: unlimited.
+    max: u32,
+    open: Arc<Mutex<HashMap<KeyId, u32>>>,
+}
+
+/// One open stream; closing it (dropping the guard, also when the client goes away and
+/// the request's future is dropped) frees its place.
+#[derive(Debug)]
+pub(crate) struct StreamGuard {
+    key: KeyId,
+    open: Arc<Mutex<HashMap<KeyId, u32>>>,
+}
+
+impl StreamLimiter {
+    pub(crate) fn new(max: u32) -> Self {
+        Self {
+            max,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The most streams a key may hold open (0: unlimited).
+    pub(crate) fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Opens a stream for `key`; `None` when it already holds `max`.
+    pub(crate) fn open(&self, key: &KeyId) -> Option<StreamGuard> {
+        let mut open = self.open.lock();
+        let count = open.entry(key.clone()).or_insert(0);
+        if self.max > 0 && *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamGuard {
+            key: key.clone(),
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +237,20 @@ mod tests {
         for _ in 0..1000 {
             assert!(limiter.take(&a, Scope::Admin, t0).is_ok());
         }
+    }
+
+    #[test]
+    fn a_key_holds_at_most_its_streams_and_a_closed_one_frees_its_place() {
+        let streams = StreamLimiter::new(2);
+        let (a, b) = (KeyId::from("key-a"), KeyId::from("key-b"));
+        let first = streams.open(&a).unwrap();
+        let _second = streams.open(&a).unwrap();
+        assert!(streams.open(&a).is_none(), "a third stream");
+        assert!(streams.open(&b).is_some(), "another key");
+        drop(first);
+        assert!(streams.open(&a).is_some(), "a place was freed");
+        let unlimited = StreamLimiter::new(0);
+        let held: Vec<_> = (0..100).map(|_| unlimited.open(&a).unwrap()).collect();
+        assert_eq!(held.len(), 100);
     }
 }

@@ -414,6 +414,63 @@ async fn a_key_over_its_rate_limit_gets_429_while_another_key_is_served() {
 }
 
 #[tokio::test]
+async fn a_key_holding_its_most_long_polls_is_refused_another_until_one_closes() {
+    let config = ServerConfig {
+        max_streams_per_key: 1,
+        ..config()
+    };
+    let api = Arc::new(start(config).await);
+    let agent = api.key(json!({ "scope": "agent", "node": "node-a" })).await;
+    let reply = api
+        .post(
+            "nodes/register",
+            Some(&agent),
+            register_body("node-a", 1000),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = api.applied();
+    let wait = json!({ "after_index": after, "wait_ms": 60_000 });
+    let holding = {
+        let (api, agent, wait) = (api.clone(), agent.clone(), wait.clone());
+        tokio::spawn(async move { api.post("nodes/node-a/work", Some(&agent), wait).await })
+    };
+    // Until the first long poll is open (this scrape is the other request in flight).
+    while !api
+        .metrics()
+        .await
+        .contains("tanvrit_http_requests_in_flight 2")
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = api
+        .post("nodes/node-a/work", Some(&agent), wait.clone())
+        .await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (429, "too_many_streams"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    let at_once = api.post("nodes/node-a/work", Some(&agent), json!({})).await;
+    assert_eq!(
+        at_once.status, 200,
+        "a poll that does not wait holds no stream"
+    );
+    holding.abort();
+    let _ = holding.await;
+    let again = api
+        .post("nodes/node-a/work", Some(&agent), json!({ "wait_ms": 1 }))
+        .await;
+    assert_eq!(
+        again.status, 200,
+        "the closed poll freed its place: {}",
+        again.body
+    );
+}
+
+#[tokio::test]
 async fn failed_authentications_are_counted_by_reason() {
     let api = start(config()).await;
     api.post("jobs/list", None, json!({})).await;

@@ -37,6 +37,7 @@
 //! | `compute.retention.jobs` | `TANVRIT_RETENTION_JOBS` (`7d`, `12h`; `0` keeps every job) | `7d` |
 //! | `compute.limits.{admin,user,agent}_per_second` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_PER_SECOND` (0: unlimited) | `0` / `100` / `1000` |
 //! | `compute.limits.{admin,user,agent}_burst` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_BURST` | `0` / `200` / `2000` |
+//! | `compute.limits.streams_per_key` | `TANVRIT_LIMITS_STREAMS_PER_KEY` (0: unlimited) | `64` |
 //! | `compute.limits.header_read_timeout` | `TANVRIT_LIMITS_HEADER_READ_TIMEOUT` | `10s` |
 //! | `compute.limits.body_read_timeout` | `TANVRIT_LIMITS_BODY_READ_TIMEOUT` | `30s` |
 //! | `compute.limits.header_bytes` | `TANVRIT_LIMITS_HEADER_BYTES` | 64 KiB |

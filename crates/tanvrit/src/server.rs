@@ -149,6 +149,7 @@ impl Replica {
             idempotency_window: self.config.idempotency_window,
             job_retention: self.config.compute.retention.jobs,
             rate_limits: self.config.compute.limits.rate_limits(),
+            max_streams_per_key: self.config.compute.limits.streams_per_key,
             header_read_timeout: self.config.compute.limits.header_read_timeout,
             body_read_timeout: self.config.compute.limits.body_read_timeout,
             header_limit_bytes: self.config.compute.limits.header_bytes,

@@ -83,6 +83,7 @@ pub(crate) async fn handle_poll_node_work(
 ) -> Result<Json<WorkResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
     let node = NodeId(id);
+    let _stream = app.open_stream(&principal, request.wait_ms)?;
     identity::require_node(&app, principal, &node).await?;
     poll_work(&app, &node, &request).await.map(Json)
 }

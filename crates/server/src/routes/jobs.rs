@@ -247,6 +247,7 @@ pub(crate) async fn handle_get_job_logs(
     ApiJson(request): ApiJson<JobLogsRequest>,
 ) -> Result<Json<JobLogsResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
+    let _stream = app.open_stream(&principal, request.wait_ms)?;
     app.barrier(request.consistency).await?;
     follow_logs(&app, &principal, &JobId(id), &request)
         .await

@@ -86,8 +86,8 @@ pub(crate) enum ApiErrors {
     /// `Idempotency-Key` was used for another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// `rate_limited`: the key is over its scope's request rate; retry after
-    /// `Retry-After` seconds.
+    /// `rate_limited`: the key is over its scope's request rate; `too_many_streams`: it
+    /// already holds as many long polls open as it may. Retry after `Retry-After` seconds.
     #[response(status = 429)]
     RateLimited(ErrorBody),
     /// `no_leader`, `not_caught_up`, `shutting_down`: nothing was done; retry after

@@ -25,6 +25,10 @@ pub struct LimitsSection {
     pub agent_per_second: u32,
     /// Burst of an agent key (`TANVRIT_LIMITS_AGENT_BURST`). Default 2000.
     pub agent_burst: u32,
+    /// Long polls (agent work polls, log follows) one key may hold open on a replica at
+    /// once, 429 `too_many_streams` beyond (`TANVRIT_LIMITS_STREAMS_PER_KEY`). Default
+    /// 64; 0 is unlimited.
+    pub streams_per_key: u32,
     /// A connection must send a request's whole head within this, or it is closed
     /// (`TANVRIT_LIMITS_HEADER_READ_TIMEOUT`). Default `10s`.
     #[serde(with = "super::human_duration")]
@@ -47,6 +51,7 @@ impl Default for LimitsSection {
             user_burst: 200,
             agent_per_second: 1000,
             agent_burst: 2000,
+            streams_per_key: 64,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             header_bytes: 64 * 1024,
@@ -74,6 +79,7 @@ pub(super) const ENV_TYPED: &[(&str, &str)] = &[
     ("limits_agent_per_second", "compute.limits.agent_per_second"),
     ("limits_agent_burst", "compute.limits.agent_burst"),
     ("limits_header_bytes", "compute.limits.header_bytes"),
+    ("limits_streams_per_key", "compute.limits.streams_per_key"),
 ];
 
 #[cfg(test)]
