@@ -54,8 +54,8 @@ fn attempt_node(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option
 
 /// Refuses with 403 an agent's report of an attempt placed on another node. An attempt
 /// this replica does not hold yet (placed through the leader, not applied here) is looked
-/// up again after a strict barrier; one still unknown is left to `apply` (404 or 409
-/// `stale_attempt`), which refuses it whoever sends it.
+/// up again after a strict barrier; one still unknown is refused as it is for any key
+/// (404, or 409 `stale_attempt`; see `precheck`).
 pub(crate) async fn ensure_own_attempt(
     app: &AppState,
     principal: &Principal,

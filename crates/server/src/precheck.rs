@@ -1,6 +1,6 @@
 //! Writes that are certainly refused are answered without being proposed, so a key
 //! cannot grow the replicated log with requests the state already refuses (402, 404,
-//! 409, 410, 422).
+//! 409 `illegal_transition` / `stale_attempt` / `log_gap`, 410, 422).
 //!
 //! [`refusal`] mirrors a subset of `apply`'s checks on this replica's state; it only
 //! ever refuses what `apply` would refuse on that state, and answers `None` (propose
@@ -16,8 +16,12 @@
 //! they run). A key that already has a record is always proposed, so its replay is
 //! answered from the record.
 
-use tanvrit_api::{BusinessId, JobId, JobSpec, JobState, NodeState, Rates};
-use tanvrit_state::{billing, validate, Command, Rejection, State as DomainState};
+use tanvrit_api::{
+    Attempt, AttemptId, AttemptState, BusinessId, JobId, JobSpec, JobState, NodeState, Rates,
+};
+use tanvrit_state::{
+    billing, validate, Command, Rejection, State as DomainState, MAX_LOG_CHUNK_BYTES,
+};
 
 use crate::error::ApiError;
 use crate::routes::jobs::missing_job;
@@ -82,10 +86,51 @@ pub(crate) fn refusal(state: &DomainState, command: &Command) -> Option<ApiError
                 billing::hold_for(&found.spec.resources, &found.rates, found.spec.timeout_secs);
             credits_refusal(state, &found.business, hold)
         }
-        Command::AttemptStarted { job, .. }
-        | Command::AttemptFinished { job, .. }
-        | Command::LogAppend { job, .. } => {
-            state.job(job).is_none().then(|| missing_job(state, job))
+        Command::AttemptStarted { job, attempt, .. } => {
+            let (current, found) = match find_attempt(state, job, attempt) {
+                Ok(found) => found,
+                Err(refusal) => return Some(refusal),
+            };
+            let startable =
+                current && matches!(found.state, AttemptState::Assigned | AttemptState::Running);
+            (!startable).then(|| {
+                stale(
+                    job,
+                    attempt,
+                    format!("attempt is {:?}", found.state).to_lowercase(),
+                )
+            })
+        }
+        Command::AttemptFinished { job, attempt, .. } => find_attempt(state, job, attempt).err(),
+        Command::LogAppend {
+            job,
+            attempt,
+            offset,
+            data,
+            ..
+        } => {
+            if data.len() > MAX_LOG_CHUNK_BYTES {
+                return Some(ApiError::Rejected(Rejection::Invalid {
+                    message: format!("log chunks are limited to {MAX_LOG_CHUNK_BYTES} bytes"),
+                }));
+            }
+            let stored = match find_attempt(state, job, attempt) {
+                Ok((_, found)) => found.log_bytes,
+                Err(refusal) => return Some(refusal),
+            };
+            let len = data.len() as u64;
+            let duplicate = if len == 0 {
+                *offset == stored
+            } else {
+                offset + len <= stored
+            };
+            (!duplicate && *offset != stored).then(|| {
+                Rejection::LogGap {
+                    offset: *offset,
+                    expected: stored,
+                }
+                .into()
+            })
         }
         Command::NodeDrain { node, .. } | Command::NodeDelete { node, .. } => {
             match state.node(node) {
@@ -124,6 +169,34 @@ pub(crate) fn refusal(state: &DomainState, command: &Command) -> Option<ApiError
         }
         _ => None,
     }
+}
+
+/// An attempt of a job: (is it the current one, the attempt), or `apply`'s refusal
+/// for a missing job or an unknown attempt.
+fn find_attempt<'s>(
+    state: &'s DomainState,
+    job: &JobId,
+    attempt: &AttemptId,
+) -> Result<(bool, &'s Attempt), ApiError> {
+    let found = state.job(job).ok_or_else(|| missing_job(state, job))?;
+    let position = found
+        .attempts
+        .iter()
+        .position(|a| &a.id == attempt)
+        .ok_or_else(|| stale(job, attempt, "unknown attempt".into()))?;
+    Ok((
+        position + 1 == found.attempts.len(),
+        &found.attempts[position],
+    ))
+}
+
+fn stale(job: &JobId, attempt: &AttemptId, detail: String) -> ApiError {
+    Rejection::StaleAttempt {
+        job: job.to_string(),
+        attempt: attempt.to_string(),
+        detail,
+    }
+    .into()
 }
 
 /// A submission's refusals, in `apply`'s order: a kept idempotency key answers with its
@@ -297,6 +370,86 @@ mod tests {
                 "{command:?}"
             );
         }
+    }
+
+    #[test]
+    fn reports_of_unknown_or_ended_attempts_and_log_gaps_are_refused_as_apply_would() {
+        let mut state = DomainState::new();
+        state.apply(1, &submit("acme", 0, None)).unwrap();
+        state
+            .apply(
+                2,
+                &Command::NodeRegister {
+                    node: NodeId::from("node-1"),
+                    name: "n1".into(),
+                    resources: Resources {
+                        cpu_millis: 4000,
+                        memory_mb: 4096,
+                        gpus: 0,
+                    },
+                    labels: Default::default(),
+                    at: 2,
+                },
+            )
+            .unwrap();
+        state
+            .apply(
+                3,
+                &Command::JobsAssign {
+                    placements: vec![tanvrit_state::Placement {
+                        job: "job-1".into(),
+                        attempt: "att-1".into(),
+                        node: NodeId::from("node-1"),
+                    }],
+                    at: 3,
+                },
+            )
+            .unwrap();
+        let started = |attempt: &str| Command::AttemptStarted {
+            job: "job-1".into(),
+            attempt: attempt.into(),
+            at: 4,
+        };
+        let chunk = |offset: u64, data: &str| Command::LogAppend {
+            job: "job-1".into(),
+            attempt: "att-1".into(),
+            offset,
+            data: data.into(),
+            at: 5,
+        };
+        assert_eq!(
+            agrees_with_apply(&state, &started("att-x")),
+            Some("stale_attempt")
+        );
+        assert_eq!(agrees_with_apply(&state, &started("att-1")), None);
+        assert_eq!(agrees_with_apply(&state, &chunk(0, "hello")), None);
+        state.apply(4, &chunk(0, "hello")).unwrap();
+        assert_eq!(
+            agrees_with_apply(&state, &chunk(0, "hello")),
+            None,
+            "a repeat"
+        );
+        assert_eq!(agrees_with_apply(&state, &chunk(5, "more")), None);
+        assert_eq!(agrees_with_apply(&state, &chunk(9, "gap")), Some("log_gap"));
+        let finished = Command::AttemptFinished {
+            job: "job-1".into(),
+            attempt: "att-1".into(),
+            kind: tanvrit_state::FinishKind::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+            at: 6,
+        };
+        assert_eq!(agrees_with_apply(&state, &finished), None);
+        state.apply(5, &finished).unwrap();
+        assert_eq!(
+            agrees_with_apply(&state, &started("att-1")),
+            Some("stale_attempt")
+        );
+        assert_eq!(
+            agrees_with_apply(&state, &finished),
+            None,
+            "the same end again"
+        );
     }
 
     #[test]
