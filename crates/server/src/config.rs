@@ -69,8 +69,9 @@ pub struct ServerConfig {
     /// open on this replica at once; past it, 429 `too_many_streams`. 0: unlimited.
     /// Default 64.
     pub max_streams_per_key: u32,
-    /// A connection that has not sent a request's whole header block this long after it
-    /// started is closed (slow-loris). Default 10 s.
+    /// A connection that has not sent a request's whole head this long after it started
+    /// (or, between requests, after the last answer) is closed: slow-loris clients, and
+    /// idle keep-alive connections. Default 10 s.
     pub header_read_timeout: Duration,
     /// A request's body must have arrived this long after the request started, or the
     /// request is answered 408 `body_timeout` and the connection closed. Default 30 s.

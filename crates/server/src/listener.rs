@@ -3,7 +3,9 @@
 //!
 //! - A request's head (request line and headers) must arrive within
 //!   `header_read_timeout`, or the connection is closed (slow-loris: a client that
-//!   trickles headers to hold connections open).
+//!   trickles headers to hold connections open). hyper starts that clock whenever it
+//!   waits for a head, so it is also how long an idle keep-alive connection is kept;
+//!   clients' pools notice the close and reconnect.
 //! - The head must fit in `header_limit_bytes`; a larger one is answered 431.
 //! - Every request carries its peer address (`ConnectInfo<SocketAddr>`), so a failed
 //!   authentication is logged with where it came from.
