@@ -382,14 +382,26 @@ fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
 }
 
 /// Creates `dir` (and its parents) readable by its owner only, and makes an existing one
-/// so: a data directory holds job environments and keys.
+/// so: a data directory holds job environments and keys. An existing directory this
+/// process may not change (another owner's) is used as it is, with a warning.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        if let Err(error) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                %error,
+                "the data directory is readable by others and cannot be made private"
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn read_secret(path: &Path) -> Option<String> {
