@@ -43,6 +43,11 @@ pub struct AgentArgs {
     /// scratch directories live.
     #[arg(long, value_name = "DIR", default_value = "./tanvrit-agent-data")]
     pub data_dir: PathBuf,
+    /// The node id to register as, kept in `<data-dir>/node-id` [default: the one kept
+    /// there, else a new `node-<uuid>`]. An agent key created with `--node NAME` needs
+    /// NAME here; a data directory that already holds another id is refused.
+    #[arg(long, value_name = "ID", env = "TANVRIT_NODE_ID")]
+    pub node_id: Option<String>,
     /// The node's name [default: the host name].
     #[arg(long)]
     pub name: Option<String>,
@@ -149,6 +154,9 @@ pub fn agent_client(
 pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let client = args.client(global)?;
     let servers = client.config().endpoints.join(",");
+    if let Some(id) = &args.node_id {
+        keep_node_id(&args.data_dir, id)?;
+    }
     let agent = Agent::new(client, args.agent_config())?;
     agent
         .run(crate::server::shutdown_signal(), |node| {
@@ -161,6 +169,26 @@ pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<(
         })
         .await?;
     Ok(())
+}
+
+/// Writes `id` to `<data_dir>/node-id` unless it already holds it; another id there is
+/// an error (the directory belongs to another node: its spool, its attempts).
+pub fn keep_node_id(data_dir: &Path, id: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(tanvrit_agent::NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if kept.trim() == id => Ok(()),
+        Ok(kept) => anyhow::bail!(
+            "{} holds node id `{}`, not `{id}`: use another --data-dir for node `{id}`",
+            path.display(),
+            kept.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::write(&path, format!("{id}\n"))?;
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    }
 }
 
 /// `name: 2000 millicores, 7953 MB, 0 GPUs, labels a=b`.
@@ -225,4 +253,21 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     writeln!(file, "{secret}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_node_id_is_kept_and_another_in_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("agent");
+        keep_node_id(&data, "gpu-1").unwrap();
+        let kept = std::fs::read_to_string(data.join(tanvrit_agent::NODE_ID_FILE)).unwrap();
+        assert_eq!(kept.trim(), "gpu-1");
+        keep_node_id(&data, "gpu-1").unwrap();
+        let err = keep_node_id(&data, "gpu-2").unwrap_err();
+        assert!(err.to_string().contains("holds node id `gpu-1`"), "{err}");
+    }
 }

@@ -725,3 +725,41 @@ async fn an_agent_whose_heartbeats_go_unanswered_stops_its_job_and_starts_none_u
     assert_eq!(job.attempts.len(), 1);
     assert_eq!(plane.logs(&second, None).await, "second\n");
 }
+
+#[tokio::test]
+async fn an_agent_with_a_key_made_for_its_node_runs_its_jobs_and_no_other_node_can_use_it() {
+    let plane = plane().await;
+    let bound = plane
+        .admin
+        .create_key(KeyCreateRequest {
+            name: Some("gpu-1".into()),
+            scope: Scope::Agent,
+            business: None,
+            node: Some(NodeId::from("gpu-1")),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let start = |name: &'static str, node_id: &'static str| {
+        let (url, key, dir) = (
+            plane.server.url().to_string(),
+            bound.clone(),
+            plane.dir.path().join(name),
+        );
+        async move {
+            let flags = ["--name", name, "--node-id", node_id, "--stop-grace", "2s"];
+            AgentProcess::start(Path::new(BIN), &url, &key, &dir, &flags).await
+        }
+    };
+    let agent = start("gpu-1", "gpu-1")
+        .await
+        .expect("its own node registers");
+    assert_eq!(agent.node_id(), "gpu-1");
+    let id = plane.submit(shell("echo on gpu-1")).await;
+    let job = plane.wait_state(&id, JobState::Succeeded).await;
+    assert_eq!(node_of(&job), "gpu-1");
+    assert!(
+        start("impostor", "gpu-2").await.is_err(),
+        "the key registers no other node: the agent stops at its first registration"
+    );
+}

@@ -19,7 +19,7 @@ pub enum KeyCommand {
         /// The business a user key is bound to (required for user keys).
         #[arg(long)]
         business: Option<String>,
-        /// The node an agent key acts for (its agent must register with this id, e.g.
+        /// The node an agent key acts for (its agent registers with this id:
         /// `tanvrit agent --node-id NAME`). Without it, an agent key is bound to the
         /// first node it registers.
         #[arg(long, value_name = "NODE_ID")]
