@@ -19,10 +19,12 @@ TANVRIT_BOOTSTRAP_KEY=$key RUST_LOG=warn $bin server --data-dir "$work/server" \
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
 export TANVRIT_ADDR=http://127.0.0.1:$port TANVRIT_API_KEY=$key
-agent_key=$($bin key create --scope agent --name bench --json |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
 for n in $(seq "$agents"); do
-  RUST_LOG=warn $bin agent --key "$agent_key" --data-dir "$work/agent-$n" --name "bench-$n" \
+  # One key per agent (an agent key acts for the node it registers first), kept in a
+  # file so the secret is not in the process list.
+  $bin key create --scope agent --name "bench-$n" --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])' >"$work/agent-$n.key"
+  RUST_LOG=warn $bin agent --key-file "$work/agent-$n.key" --data-dir "$work/agent-$n" --name "bench-$n" \
     --cpu-millis 4000 --memory-mb 4096 >"$work/agent-$n.log" 2>&1 &
   pids+=($!)
 done

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusinessId, Index, KeyId, Millis};
+use crate::{BusinessId, Index, KeyId, Millis, NodeId};
 
 /// What a key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,10 @@ pub struct ApiKeyInfo {
     /// The business a user key is bound to.
     #[serde(default)]
     pub business: Option<BusinessId>,
+    /// The one node an agent key acts for (see `docs/security.md`): created bound with
+    /// `node`, or bound by its first node registration. Absent for every other key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
     /// When it was created.
     pub created_at: Millis,
     /// When it was revoked, if it was.
@@ -73,6 +77,10 @@ pub struct KeyCreateRequest {
     /// Required for `user` keys, refused for others.
     #[serde(default)]
     pub business: Option<BusinessId>,
+    /// For `agent` keys: the node it acts for (refused for others). Without it, the key
+    /// is bound to the first node it registers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 /// The new key: `secret` is shown this once.

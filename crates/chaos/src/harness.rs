@@ -332,20 +332,22 @@ impl Harness {
             })
             .await?;
         tracing::debug!(index = topped.index, "topped up");
-        let keyed = admin.with_idempotency_key("chaos-agent-key");
-        let key = harness
-            .patiently(Duration::from_secs(30), "an agent key", || {
-                keyed.create_key(KeyCreateRequest {
-                    name: Some("chaos agents".into()),
-                    scope: Scope::Agent,
-                    business: None,
-                })
-            })
-            .await?
-            .secret;
         let servers = peer_urls.join(",");
         let mut harness = harness;
         for (i, agent) in harness.agents.clone().into_iter().enumerate() {
+            // One key per agent: an agent key acts for the one node it registers first.
+            let keyed = admin.with_idempotency_key(format!("chaos-agent-key-{agent}"));
+            let key = harness
+                .patiently(Duration::from_secs(30), "an agent key", || {
+                    keyed.create_key(KeyCreateRequest {
+                        name: Some(format!("chaos agent {agent}")),
+                        scope: Scope::Agent,
+                        business: None,
+                        node: None,
+                    })
+                })
+                .await?
+                .secret;
             // The first agent is the one scenarios cut off (`agent-partition`); the others
             // have room to spare, so what is retried from it starts as soon as its node is
             // declared down, while its own processes would still run if nothing stopped

@@ -28,6 +28,9 @@ use crate::{ClientConfig, ClientError};
 ///   the configured endpoints, after the ordinary backoff; otherwise it waits for
 ///   `Retry-After` (capped at [`ClientConfig::backoff_max`]; without one, the backoff)
 ///   and, with several endpoints, goes to the next one;
+/// - the server answered **429** `rate_limited`: the key is over its rate limit on that
+///   replica and nothing was applied, so any call is repeated, on the same endpoint,
+///   after `Retry-After` (capped at [`ClientConfig::backoff_max`]);
 /// - the server answered **503** `write_outcome_unknown`: the write was proposed, then
 ///   leadership changed (or the leader's answer was lost) before it committed, so it may
 ///   or may not take effect. It is repeated, as above, only when repeating is safe: on a
@@ -361,6 +364,19 @@ impl Client {
                     let retry_after = retry_after(&response.headers);
                     let err =
                         ClientError::from_response(response.status, retry_after, &response.body);
+                    if response.status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+                        // Over the key's rate limit on this replica: nothing was applied,
+                        // so any call may be repeated, here (another replica would only
+                        // dodge the limit), after `Retry-After`.
+                        if retries_used >= inner.config.max_retries {
+                            return Err(err);
+                        }
+                        retries_used += 1;
+                        let delay = self.delay_after_503(retries_used, false, retry_after);
+                        tracing::debug!(?delay, "429 rate_limited; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                     if response.status != StatusCode::SERVICE_UNAVAILABLE.as_u16() {
                         return Err(err);
                     }

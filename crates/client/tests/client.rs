@@ -200,6 +200,37 @@ async fn a_503_is_retried_after_its_retry_after() {
 }
 
 #[tokio::test]
+async fn a_429_is_retried_on_the_same_endpoint_even_for_a_keyless_write() {
+    let server = TestServer::start(|n, _| {
+        if n == 0 {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "0")],
+                axum::Json(
+                    serde_json::json!({"error": {"code": "rate_limited", "message": "slow down"}}),
+                ),
+            )
+                .into_response()
+        } else {
+            json(StatusCode::OK, 6, job_body(6))
+        }
+    })
+    .await;
+    let other = TestServer::start(|_, _| json(StatusCode::OK, 7, job_body(7))).await;
+    let response = client(vec![server.url.clone(), other.url.clone()], 1)
+        .cancel_job(&JobId::from("job-1"), JobActionRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(response.index, 6);
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "the limit is per replica: stay on it"
+    );
+    assert!(other.seen().is_empty());
+}
+
+#[tokio::test]
 async fn a_503_that_persists_ends_as_an_api_error_with_the_hint() {
     let server = TestServer::start(|_, _| {
         (
@@ -817,6 +848,7 @@ async fn a_keyed_handle_sends_its_key_with_every_write_and_nothing_else() {
                 name: None,
                 scope: Scope::Agent,
                 business: None,
+                node: None,
             })
             .await
             .map(drop),

@@ -6,11 +6,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tanvrit_api::{BusinessId, Consistency, Index, JobId, Millis};
 use tanvrit_cluster::{ClusterError, ClusterService, Reader};
@@ -22,10 +22,13 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Principal;
 use crate::config::ServerConfig;
-use crate::error::{ApiError, ServerError};
+use crate::error::{ApiError, BodyTimedOut, ServerError};
 use crate::extract::Idempotency;
 use crate::leader::{self, LeaderContext, LeaderLoops, Liveness};
+use crate::limits::{RateLimiter, StreamGuard, StreamLimiter};
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
+use crate::precheck;
 use crate::routes;
 
 /// What an accepted write gave a handler to answer with.
@@ -54,6 +57,10 @@ struct Inner {
     liveness: Liveness,
     /// True while this replica leads (heartbeats are answered by the leader only).
     leadership: watch::Receiver<bool>,
+    /// Per-key token buckets (`config.rate_limits`).
+    limiter: RateLimiter,
+    /// Long polls open per key (`config.max_streams_per_key`).
+    streams: StreamLimiter,
     /// Flips to true when graceful shutdown starts, so long polls answer at once
     /// instead of holding the shutdown for up to `long_poll_max`.
     shutdown: watch::Sender<bool>,
@@ -78,6 +85,39 @@ impl AppState {
 
     pub(crate) fn openapi_json(&self) -> &str {
         &self.inner.openapi_json
+    }
+
+    /// Takes a request from `principal`'s rate limit: 429 `rate_limited` when it has
+    /// none left.
+    pub(crate) fn rate_limit(&self, principal: &Principal) -> Result<(), ApiError> {
+        self.inner
+            .limiter
+            .take(&principal.key, principal.scope, Instant::now())
+            .map_err(|retry_after| {
+                self.metrics()
+                    .abuse()
+                    .rate_limited(principal.scope.as_str());
+                ApiError::RateLimited { retry_after }
+            })
+    }
+
+    /// Holds a place among `principal`'s open long polls while the guard lives, when the
+    /// request will wait (`wait_ms` above 0): 429 `too_many_streams` when it has none.
+    pub(crate) fn open_stream(
+        &self,
+        principal: &Principal,
+        wait_ms: Option<u64>,
+    ) -> Result<Option<StreamGuard>, ApiError> {
+        if wait_ms.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        match self.inner.streams.open(&principal.key) {
+            Some(guard) => Ok(Some(guard)),
+            None => Err(ApiError::TooManyStreams {
+                limit: self.inner.streams.max(),
+                retry_after: self.config().retry_after,
+            }),
+        }
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {
@@ -158,6 +198,7 @@ impl AppState {
             },
             None => command,
         };
+        self.refuse_early(&command).await?;
         let name = command.payload().name();
         let keyed = matches!(command, Command::Idempotent { .. });
         let receipt = self.cluster().submit_write(command).await?;
@@ -180,6 +221,28 @@ impl AppState {
                 replayed: false,
             },
         })
+    }
+
+    /// Answers a write this replica's state certainly refuses without proposing it
+    /// (see [`precheck`]). A refusal seen on local state is checked again after a strict
+    /// barrier, so a write the client saw acknowledged elsewhere is never missed.
+    async fn refuse_early(&self, command: &Command) -> Result<(), ApiError> {
+        if self
+            .read(|state| precheck::refusal(state, command))
+            .is_none()
+        {
+            return Ok(());
+        }
+        self.barrier(Consistency::Strict).await?;
+        match self.read(|state| precheck::refusal(state, command)) {
+            Some(refusal) => {
+                self.metrics()
+                    .abuse()
+                    .refused_early(command.payload().name());
+                Err(refusal)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Answers 404 unless `principal` may see the resource `owner_of` finds. Admin keys
@@ -258,8 +321,12 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
     });
     let (shutdown, _) = watch::channel(false);
     let leadership = cluster.leadership();
+    let limiter = RateLimiter::new(config.rate_limits);
+    let streams = StreamLimiter::new(config.max_streams_per_key);
     let app = AppState {
         inner: Arc::new(Inner {
+            limiter,
+            streams,
             config,
             cluster,
             metrics: Metrics::new(),
@@ -277,6 +344,7 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
             app.clone(),
             refuse_oversized_body,
         ))
+        .layer(middleware::from_fn_with_state(app.clone(), bound_body_time))
         .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(app.clone(), track_request))
         .layer(middleware::map_response_with_state(
@@ -351,6 +419,26 @@ async fn refuse_oversized_body(
     }
 }
 
+/// A request's body must arrive within `body_read_timeout` of the request's start: past
+/// it, reading the body fails with [`BodyTimedOut`] (408 `body_timeout`, and the oversized
+/// body drain above stops), so a client trickling a body cannot hold a handler forever.
+async fn bound_body_time(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = app.config().body_read_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let (parts, body) = request.into_parts();
+    let chunks = body.into_data_stream();
+    let bounded = futures::stream::unfold(Some(chunks), move |chunks| async move {
+        let mut chunks = chunks?;
+        match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut chunks)).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(axum::BoxError::from), Some(chunks))),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyTimedOut(limit).into()), None)),
+        }
+    });
+    next.run(Request::from_parts(parts, Body::from_stream(bounded)))
+        .await
+}
+
 /// Counts the request by its route template (never the raw path, which would give
 /// every job id its own series).
 async fn track_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -404,6 +492,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let limits = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        header_limit_bytes: config.header_limit_bytes,
+    };
     let (router, app) = build(config, cluster);
     let loops = app.spawn_leader_loops();
     let signal = async move {
@@ -412,15 +504,7 @@ pub(crate) async fn serve(
         loops.stop().await;
         app.inner.shutdown.send_replace(true);
     };
-    // API calls are small request/answer pairs: no Nagle delay on the answers (axum 0.8
-    // leaves TCP_NODELAY off).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on an API connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
+    listener::serve(listener, router, limits, signal)
         .await
         .map_err(ServerError::Serve)
 }

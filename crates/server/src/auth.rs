@@ -4,12 +4,19 @@
 //! replicated: a plain hash is enough for a secret with that much entropy (no password
 //! stretching needed), and it lets every replica look a key up without a shared salt.
 //! Secrets are never logged.
+//!
+//! An agent key acts for one node ([`Principal::node`]): created bound (`keys/create`
+//! with `node`), or bound by the first node it registers (enrollment, `Command::KeyBind`).
+//! With it an agent reaches only its own node's work and attempts; `docs/security.md`
+//! tells the whole model.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts, HeaderValue};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tanvrit_api::{BusinessId, KeyId, Scope};
+use tanvrit_api::{BusinessId, KeyId, NodeId, Scope};
 use tanvrit_state::State;
 
 use crate::app::AppState;
@@ -54,6 +61,30 @@ pub struct Principal {
     pub scope: Scope,
     /// For `user` keys: the one business it sees and touches.
     pub business: Option<BusinessId>,
+    /// For `agent` keys: the one node it acts for, once bound.
+    pub node: Option<NodeId>,
+}
+
+/// Why a request could not be authenticated (the `reason` label of
+/// `tanvrit_auth_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// No `Authorization: Bearer` header, or a malformed one.
+    Missing,
+    /// No key has this secret.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+}
+
+impl AuthFailure {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
 }
 
 /// Finds the active key for an `Authorization: Bearer <secret>` header.
@@ -61,20 +92,32 @@ pub fn authenticate(
     state: &State,
     authorization: Option<&HeaderValue>,
 ) -> Result<Principal, ApiError> {
-    let secret = bearer(authorization)?;
-    let stored = state
-        .key_by_hash(&hash_secret(secret))
-        .ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
+    identify(state, authorization).map_err(|(_, error)| error)
+}
+
+/// [`authenticate`], saying why it failed.
+pub(crate) fn identify(
+    state: &State,
+    authorization: Option<&HeaderValue>,
+) -> Result<Principal, (AuthFailure, ApiError)> {
+    let secret = bearer(authorization).map_err(|e| (AuthFailure::Missing, e))?;
+    let stored = state.key_by_hash(&hash_secret(secret)).ok_or_else(|| {
+        (
+            AuthFailure::Unknown,
+            ApiError::Unauthorized("unknown API key".into()),
+        )
+    })?;
     if stored.info.revoked_at.is_some() {
-        return Err(ApiError::Unauthorized(format!(
-            "API key `{}` was revoked",
-            stored.info.id
-        )));
+        return Err((
+            AuthFailure::Revoked,
+            ApiError::Unauthorized(format!("API key `{}` was revoked", stored.info.id)),
+        ));
     }
     Ok(Principal {
         key: stored.info.id.clone(),
         scope: stored.info.scope,
         business: stored.info.business.clone(),
+        node: stored.info.node.clone(),
     })
 }
 
@@ -118,10 +161,30 @@ impl Principal {
         }
     }
 
-    /// True when this key may read a job `owner` owns: what it [`sees`](Self::sees),
-    /// and for agent keys every job (agents run jobs of every business).
-    pub fn reads_job_of(&self, owner: &BusinessId) -> bool {
-        self.scope == Scope::Agent || self.sees(owner)
+    /// Refuses with 403 unless this key may act for `node`: admin keys act for every
+    /// node, an agent key for the node it is bound to only.
+    pub fn require_node(&self, node: &NodeId) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin => Ok(()),
+            Scope::Agent if self.bound_node()? == node => Ok(()),
+            Scope::Agent => Err(ApiError::Forbidden(format!(
+                "agent key `{}` acts for node `{}` only",
+                self.key,
+                tanvrit_state::validate::short(self.bound_node()?.as_str())
+            ))),
+            Scope::User => self.require(&[Scope::Agent, Scope::Admin]),
+        }
+    }
+
+    /// The node an agent key is bound to; 403 for one not bound yet, which acts for no
+    /// node until it registers one (that binds it).
+    pub fn bound_node(&self) -> Result<&NodeId, ApiError> {
+        self.node.as_ref().ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "agent key `{}` is not bound to a node yet: register the node first",
+                self.key
+            ))
+        })
     }
 
     /// The one business a request acts on (a submission, a balance): a user key's own
@@ -164,8 +227,28 @@ impl FromRequestParts<AppState> for Principal {
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let authorization = parts.headers.get(header::AUTHORIZATION);
-        app.reader()
-            .read(|state| authenticate(state, authorization))
+        let identified = app.reader().read(|state| identify(state, authorization));
+        match identified {
+            Ok(principal) => {
+                app.rate_limit(&principal)?;
+                Ok(principal)
+            }
+            Err((failure, error)) => {
+                let source = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.to_string());
+                // Never the secret: the reason, where it came from, and where to.
+                tracing::warn!(
+                    reason = failure.as_str(),
+                    source = source.as_deref().unwrap_or("unknown"),
+                    path = parts.uri.path(),
+                    "authentication failed"
+                );
+                app.metrics().abuse().auth_failed(failure.as_str());
+                Err(error)
+            }
+        }
     }
 }
 
@@ -185,6 +268,7 @@ mod tests {
                     scope: *scope,
                     business: business.map(BusinessId::from),
                     secret_hash: hash_secret(secret),
+                    node: None,
                     at: 1,
                 },
             );
@@ -262,6 +346,7 @@ mod tests {
             key: KeyId::from("key-x"),
             scope,
             business: business.map(BusinessId::from),
+            node: None,
         }
     }
 
@@ -310,12 +395,28 @@ mod tests {
     }
 
     #[test]
-    fn agent_keys_read_every_job_but_see_nothing_else() {
-        let globex = BusinessId::from("globex");
-        let agent = principal(Scope::Agent, None);
-        assert!(agent.reads_job_of(&globex));
-        assert!(!agent.sees(&globex));
-        assert!(!principal(Scope::User, Some("acme")).reads_job_of(&globex));
-        assert!(principal(Scope::User, Some("globex")).reads_job_of(&globex));
+    fn agent_keys_act_for_their_own_node_only() {
+        let (a, b) = (NodeId::from("node-a"), NodeId::from("node-b"));
+        let bound = Principal {
+            node: Some(a.clone()),
+            ..principal(Scope::Agent, None)
+        };
+        assert!(bound.require_node(&a).is_ok());
+        let other = bound.require_node(&b).unwrap_err();
+        assert_eq!((other.status().as_u16(), other.code()), (403, "forbidden"));
+        let unbound = principal(Scope::Agent, None).require_node(&a).unwrap_err();
+        assert!(
+            unbound.to_string().contains("register the node first"),
+            "{unbound}"
+        );
+        assert!(principal(Scope::Admin, None).require_node(&b).is_ok());
+        assert_eq!(
+            principal(Scope::User, Some("acme"))
+                .require_node(&a)
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
+        assert!(!bound.sees(&BusinessId::from("globex")));
     }
 }

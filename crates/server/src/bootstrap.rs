@@ -128,6 +128,7 @@ async fn create_admin(
             scope: Scope::Admin,
             business: None,
             secret_hash,
+            node: None,
             at: now_ms(),
         })
         .await?;
@@ -158,7 +159,10 @@ fn read_or_generate(data_dir: &Path, path: &Path) -> Result<String, ServerError>
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(io(error)),
     }
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    // Owner only, like the store it sits beside.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data_dir)
+        .map_err(io)?;
     let secret = generate_secret(&new_key_id());
     let temporary = path.with_extension("key.tmp");
     let mut options = std::fs::OpenOptions::new();

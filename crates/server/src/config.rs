@@ -7,6 +7,8 @@ use std::time::Duration;
 use tanvrit_api::Rates;
 use tanvrit_state::scheduler::Strategy;
 
+use crate::limits::RateLimits;
+
 /// How the API server and its leader loops behave. Every field has a default
 /// ([`ServerConfig::default`]); build one with `..ServerConfig::default()` so new knobs
 /// do not break callers.
@@ -59,6 +61,24 @@ pub struct ServerConfig {
     /// membership routes like an admin key (before a cluster is formed no key exists).
     /// Default `None`: only admin keys do.
     pub cluster_secret: Option<ClusterSecret>,
+    /// Requests a second (and bursts) each key may make, by scope; over it a request is
+    /// answered 429 `rate_limited` with `Retry-After`. Default: admin unlimited, user
+    /// 100/s (bursts of 200), agent 1000/s (bursts of 2000).
+    pub rate_limits: RateLimits,
+    /// Long polls (`nodes/{id}/work`, `jobs/{id}/logs` with `wait_ms`) one key may hold
+    /// open on this replica at once; past it, 429 `too_many_streams`. 0: unlimited.
+    /// Default 64.
+    pub max_streams_per_key: u32,
+    /// A connection that has not sent a request's whole head this long after it started
+    /// (or, between requests, after the last answer) is closed: slow-loris clients, and
+    /// idle keep-alive connections. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// A request's body must have arrived this long after the request started, or the
+    /// request is answered 408 `body_timeout` and the connection closed. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; a larger one is
+    /// answered 431 and the connection closed. Default 64 KiB (at least 8 KiB).
+    pub header_limit_bytes: usize,
 }
 
 /// A secret that never shows in `Debug` output.
@@ -87,6 +107,11 @@ impl Default for ServerConfig {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             retention_interval: Duration::from_secs(30),
             cluster_secret: None,
+            rate_limits: RateLimits::default(),
+            max_streams_per_key: 64,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            header_limit_bytes: 64 * 1024,
         }
     }
 }

@@ -42,9 +42,32 @@ pub enum ApiError {
     /// The body is larger than `ServerConfig::body_limit_bytes`. 413 `body_too_large`.
     #[error("request body is larger than this server accepts")]
     BodyTooLarge,
+    /// The request body did not arrive within `ServerConfig::body_read_timeout` of the
+    /// request's start (a slow-loris body). 408 `body_timeout`; the connection closes.
+    #[error("the request body did not arrive within {} s", retry_after_secs(*limit))]
+    BodyTimeout {
+        /// The deadline the body missed.
+        limit: Duration,
+    },
     /// A body with a content type other than JSON. 415 `unsupported_media_type`.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The key made more requests than its scope's rate limit allows. 429
+    /// `rate_limited`, with `Retry-After`.
+    #[error("this API key is over its rate limit; retry after {} s", retry_after_secs(*retry_after))]
+    RateLimited {
+        /// Until the key's next request is allowed.
+        retry_after: Duration,
+    },
+    /// The key already holds as many long polls open as it may. 429 `too_many_streams`,
+    /// with `Retry-After`.
+    #[error("this API key already holds {limit} long polls open on this replica; close one first")]
+    TooManyStreams {
+        /// The most a key may hold.
+        limit: u32,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The request is well-formed but a value is not acceptable. 422 `invalid`.
     #[error("{0}")]
     Invalid(String),
@@ -104,8 +127,11 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BodyTooLarge => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
             ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
             ApiError::LastAdminKey { .. } => "last_admin_key",
             ApiError::JobExpired { .. } => "job_expired",
@@ -124,8 +150,12 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::ReplaySecretUnavailable { .. } | ApiError::LastAdminKey { .. } => {
                 StatusCode::CONFLICT
             }
@@ -144,12 +174,16 @@ impl ApiError {
 
     /// A `not_found` for a kind of resource and its id.
     pub fn not_found(kind: &str, id: impl std::fmt::Display) -> Self {
-        ApiError::NotFound(format!("{kind} `{id}` not found"))
+        let id = id.to_string();
+        ApiError::NotFound(format!(
+            "{kind} `{}` not found",
+            tanvrit_state::validate::short(&id)
+        ))
     }
 
     /// The body this error is answered with.
     pub fn body(&self) -> ErrorBody {
-        let mut body = ErrorBody::new(self.code(), self.to_string());
+        let mut body = ErrorBody::new(self.code(), capped(self.to_string()));
         match self {
             ApiError::Cluster(
                 ClusterError::NoLeader { leader, .. } | ClusterError::OutcomeUnknown { leader, .. },
@@ -166,6 +200,23 @@ impl ApiError {
     }
 }
 
+/// Longest error message sent, in bytes: messages quote short prefixes of what they
+/// echo (`validate::short`); this cap catches any that does not.
+pub(crate) const MESSAGE_MAX_BYTES: usize = 1024;
+
+/// `message`, cut at a character boundary to at most [`MESSAGE_MAX_BYTES`] (with `…`).
+fn capped(mut message: String) -> String {
+    if message.len() > MESSAGE_MAX_BYTES {
+        let mut end = MESSAGE_MAX_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 /// Seconds for a `Retry-After` header: whole seconds, rounded up, at least 1.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -180,13 +231,17 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
-        if let ApiError::Cluster(error) = &self {
-            if let Some(wait) = error.retry_after() {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs(wait)),
-                );
-            }
+        let wait = match &self {
+            ApiError::Cluster(error) => error.retry_after(),
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyStreams { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        if let Some(wait) = wait {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -196,6 +251,26 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(self.body());
         }
         response
+    }
+}
+
+/// What a request body yields once its read deadline has passed; found again in the
+/// body rejection's error chain to answer [`ApiError::BodyTimeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub(crate) struct BodyTimedOut(pub Duration);
+
+impl BodyTimedOut {
+    /// The deadline, when `error` or one of its sources is a [`BodyTimedOut`].
+    pub(crate) fn find(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(BodyTimedOut(limit)) = error.downcast_ref::<BodyTimedOut>() {
+                return Some(*limit);
+            }
+            current = error.source();
+        }
+        None
     }
 }
 
@@ -277,6 +352,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rate_limited_request_is_429_with_retry_after() {
+        let (status, headers, body) = parts(ApiError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        })
+        .await;
+        assert_eq!(status.as_u16(), 429);
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn messages_echo_short_prefixes_and_are_capped() {
+        let id = "x".repeat(60_000);
+        let (_, _, body) = parts(ApiError::not_found("job", &id)).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.len() < 200, "{} bytes", message.len());
+        let (_, _, body) = parts(ApiError::Invalid("é".repeat(5000))).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.len() <= MESSAGE_MAX_BYTES && message.ends_with('…'));
+    }
+
+    #[tokio::test]
     async fn every_request_error_class_has_its_status_code_and_json_body() {
         let cases = [
             (ApiError::MalformedJson("eof".into()), 400, "malformed_json"),
@@ -292,6 +389,13 @@ mod tests {
                 "method_not_allowed",
             ),
             (ApiError::BodyTooLarge, 413, "body_too_large"),
+            (
+                ApiError::BodyTimeout {
+                    limit: Duration::from_secs(30),
+                },
+                408,
+                "body_timeout",
+            ),
             (
                 ApiError::UnsupportedMediaType("text/plain".into()),
                 415,

@@ -14,7 +14,7 @@ use tanvrit_api::{Scope, IDEMPOTENCY_HEADER};
 use tanvrit_state::validate;
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, BodyTimedOut};
 
 /// A JSON request body.
 ///
@@ -38,6 +38,8 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::BodyTooLarge
+            } else if let Some(limit) = BodyTimedOut::find(&rejection) {
+                ApiError::BodyTimeout { limit }
             } else {
                 ApiError::InvalidRequest(format!("could not read the body: {rejection}"))
             }
@@ -391,6 +393,7 @@ mod tests {
                     key: tanvrit_api::KeyId::from("key-a"),
                     scope: Scope::Admin,
                     business: None,
+                    node: None,
                 };
                 let bound = keyed.bind(&principal, &serde_json::json!({"reason": "r"}));
                 Json(serde_json::json!({
@@ -489,6 +492,7 @@ mod tests {
             key: KeyId::from(key),
             scope,
             business: business.map(BusinessId::from),
+            node: None,
         };
         assert_eq!(
             idempotency_scope(&principal("key-1", Scope::User, Some("acme"))),

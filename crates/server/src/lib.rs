@@ -16,15 +16,19 @@
 //!   `Command::Idempotent` envelope scoped to its tenant and fingerprinted by method,
 //!   path and canonical body, so a retry is answered with the first response.
 //! - [`auth`] holds key secrets and hashes, [`Principal`] and its scope checks.
+//! - [`limits`]: per-key request rate limits (token buckets by scope).
+//! - `identity`: node-bound agent keys (which node a request may act for; enrollment).
 //! - [`cron`] checks cron expressions and time zones and computes next due times.
 //! - [`bootstrap`] creates the first admin key.
 //! - [`leader`]: the leader-only loops (scheduler, node liveness and drain deadlines,
 //!   cron) and their supervisor, which runs them only while this replica leads.
+//! - `listener`: the accept loop (HTTP/1.1, header read timeout and size limit).
 //! - `app`: the router, shared state, consistency and write helpers, middleware.
 //! - `routes`: one file per resource (`jobs`, `nodes`, `agents` (the agent protocol),
 //!   `keys`, `credits`, `schedules`, `cluster`, `cluster_admin` (membership), `probes`),
 //!   each handler named `handle_<verb>_<noun>`.
 //! - `metrics`: the Prometheus registry behind `GET /metrics`.
+//! - `precheck`: writes the state certainly refuses are answered without a proposal.
 
 mod app;
 pub mod auth;
@@ -33,8 +37,12 @@ pub mod config;
 pub mod cron;
 pub mod error;
 pub mod extract;
+mod identity;
 pub mod leader;
+pub mod limits;
+mod listener;
 mod metrics;
+mod precheck;
 mod routes;
 
 use std::future::Future;
@@ -48,6 +56,7 @@ pub use bootstrap::{ensure_bootstrap_admin, BootstrapOutcome, ADMIN_KEY_FILE};
 pub use config::{ClusterSecret, ServerConfig};
 pub use error::{ApiError, ServerError};
 pub use leader::{LeaderLoops, Liveness};
+pub use limits::{RateLimit, RateLimits};
 pub use metrics::openmetrics_to_prometheus_text;
 pub use routes::probes::{Health, Readiness};
 pub use routes::EmptyRequest;

@@ -12,13 +12,19 @@
 //! `tanvrit_raft_proposal_duration_seconds` (submit to receipt, forwarding included) and
 //! `tanvrit_raft_commit_duration_seconds` (proposed by this leader to applied). The leader loops count
 //! their work (placements, rounds, nodes lost, evictions, schedule fires and skips, loops
-//! running) in [`LeaderMetrics`], handles into the same registry.
+//! running) in [`LeaderMetrics`], handles into the same registry; the abuse limits
+//! (`tanvrit_writes_refused_early_total`, `_auth_failures_total`, `_rate_limited_total`)
+//! in [`AbuseMetrics`].
 //!
 //! `prometheus-client` writes OpenMetrics text. A scraper that asks for it (`Accept:
 //! application/openmetrics-text`) gets it as is; everyone else (curl, `promtool check
 //! metrics`) gets the classic Prometheus text format, into which
 //! [`openmetrics_to_prometheus_text`] rewrites it (counter families named with their
 //! `_total`, no `# UNIT` or `# EOF` lines).
+
+mod abuse;
+
+pub(crate) use abuse::AbuseMetrics;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -106,6 +112,7 @@ pub(crate) struct Metrics {
     jobs: Family<StateLabels, Gauge>,
     nodes: Family<StateLabels, Gauge>,
     leader_loops: LeaderMetrics,
+    abuse: AbuseMetrics,
     /// The Raft numbers of the scrape in progress, read by the [`RaftCollector`].
     raft: Arc<Mutex<Option<RaftStats>>>,
     /// Serializes scrapes: each one refreshes the gauges, then encodes.
@@ -222,6 +229,7 @@ impl Metrics {
             "Leader-only loops (scheduler, liveness, cron, retention) running on this replica",
             leader_loops.loops_running.clone(),
         );
+        let abuse = AbuseMetrics::register(&mut registry);
         let raft = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(RaftCollector(raft.clone())));
         Self {
@@ -238,6 +246,7 @@ impl Metrics {
             jobs,
             nodes,
             leader_loops,
+            abuse,
             scrape: Mutex::new(()),
         }
     }
@@ -245,6 +254,11 @@ impl Metrics {
     /// The leader loops' counters and gauge.
     pub(crate) fn leader_loops(&self) -> &LeaderMetrics {
         &self.leader_loops
+    }
+
+    /// The abuse limits' counters.
+    pub(crate) fn abuse(&self) -> &AbuseMetrics {
+        &self.abuse
     }
 
     /// Counts a request as in flight until the returned guard is dropped (also when the

@@ -151,10 +151,23 @@ pub enum Command {
         #[serde(default)]
         business: Option<BusinessId>,
         secret_hash: String,
+        /// For agent keys: the one node the key acts for. Left out of the encoding when
+        /// absent, so a command without it encodes as before the field existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<NodeId>,
         at: Millis,
     },
     /// Revoke a key.
     KeyRevoke { key: KeyId, at: Millis },
+    /// Binds an unbound agent key to the node it registers first (enrollment). Refused
+    /// when the key is bound to another node, is not an active agent key, or another
+    /// active key is already bound to the node, so two keys racing for one node cannot
+    /// both win.
+    KeyBind {
+        key: KeyId,
+        node: NodeId,
+        at: Millis,
+    },
     /// A ledger entry written by an admin: top-up, refund or adjustment.
     LedgerEntryCreate {
         entry: EntryId,
@@ -257,6 +270,7 @@ impl Command {
             Command::NodeEvict { .. } => "node_evict",
             Command::KeyCreate { .. } => "key_create",
             Command::KeyRevoke { .. } => "key_revoke",
+            Command::KeyBind { .. } => "key_bind",
             Command::LedgerEntryCreate { .. } => "ledger_entry_create",
             Command::ScheduleCreate { .. } => "schedule_create",
             Command::ScheduleUpdate { .. } => "schedule_update",
@@ -293,6 +307,7 @@ impl Command {
             | Command::NodeEvict { at, .. }
             | Command::KeyCreate { at, .. }
             | Command::KeyRevoke { at, .. }
+            | Command::KeyBind { at, .. }
             | Command::LedgerEntryCreate { at, .. }
             | Command::ScheduleCreate { at, .. }
             | Command::ScheduleUpdate { at, .. }

@@ -21,6 +21,7 @@
 //! - `rows`: the state as table rows: what changed, loading from rows.
 //! - `archive`: finished jobs out of memory, loaded back when a command names them.
 //! - `memory_tables`: the state tables in memory (the reference storage, for tests).
+//! - `lookups`: accessors for the server's checks before it proposes a write.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,6 +40,7 @@ mod indexes;
 mod jobs;
 mod keys;
 mod ledger;
+mod lookups;
 mod memory_tables;
 mod nodes;
 mod queries;
@@ -301,9 +303,19 @@ impl State {
                 scope,
                 business,
                 secret_hash,
+                node,
                 at,
-            } => self.key_create(key, name, *scope, business.as_ref(), secret_hash, *at),
+            } => self.key_create(
+                key,
+                name,
+                *scope,
+                business.as_ref(),
+                node.as_ref(),
+                secret_hash,
+                *at,
+            ),
             Command::KeyRevoke { key, at } => self.key_revoke(key, *at),
+            Command::KeyBind { key, node, .. } => self.key_bind(key, node),
             Command::LedgerEntryCreate {
                 entry,
                 business,

@@ -50,7 +50,8 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
     for key in spec.env.keys() {
         if key.is_empty() || key.contains('=') {
             return invalid(format!(
-                "env name `{key}` must be non-empty and contain no `=`"
+                "env name `{}` must be non-empty and contain no `=`",
+                short(key)
             ));
         }
     }
@@ -103,6 +104,18 @@ pub fn idempotency_key(key: &str) -> Result<(), Rejection> {
     }
 }
 
+/// Most characters of a caller's value an error message quotes.
+pub const QUOTE_MAX_CHARS: usize = 64;
+
+/// `value` as an error message may quote it: whole when short, else its first
+/// [`QUOTE_MAX_CHARS`] characters and `…`, so an oversized id never comes back whole.
+pub fn short(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(QUOTE_MAX_CHARS) {
+        None => std::borrow::Cow::Borrowed(value),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &value[..end])),
+    }
+}
+
 /// Checks a business id, node id or other name-like identifier.
 pub fn identifier(what: &str, value: &str) -> Result<(), Rejection> {
     let ok = !value.is_empty()
@@ -115,7 +128,8 @@ pub fn identifier(what: &str, value: &str) -> Result<(), Rejection> {
     } else {
         Err(Rejection::Invalid {
             message: format!(
-                "{what} `{value}` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`"
+                "{what} `{}` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`",
+                short(value)
             ),
         })
     }
@@ -171,5 +185,18 @@ mod tests {
         assert!(identifier("business", "").is_err());
         assert!(identifier("business", "a b").is_err());
         assert!(identifier("business", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn messages_quote_a_short_prefix_of_long_values() {
+        assert_eq!(short("node-1"), "node-1");
+        let long = "é".repeat(60_000);
+        let quoted = short(&long);
+        assert_eq!(quoted.chars().count(), QUOTE_MAX_CHARS + 1);
+        assert!(quoted.ends_with('…'));
+        let Err(Rejection::Invalid { message }) = identifier("job id", &"x".repeat(60_000)) else {
+            panic!("a 60 KB id is invalid");
+        };
+        assert!(message.len() < 300, "{} bytes", message.len());
     }
 }

@@ -381,6 +381,7 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             scope: Scope::User,
             business: Some(BUSINESSES[*key as usize % 2].into()),
             secret_hash: format!("{key:064x}"),
+            node: None,
             at,
         },
         Op::KeyRevoke { key } => Command::KeyRevoke {

@@ -156,13 +156,18 @@ impl Store {
         Self::open_with(data_dir, StoreOptions::default())
     }
 
-    /// Opens (or creates) `<data_dir>/tanvrit.redb`. Creates the directory and the tables;
+    /// Opens (or creates) `<data_dir>/tanvrit.redb`. Creates the directory (mode 0700,
+    /// the file is 0600) and the tables;
     /// refuses a file whose format version is not one this binary reads.
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)
+        // Owner only: the store holds job environments (secrets) in plain text.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(data_dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE_NAME);
         let db = Database::create(&path)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

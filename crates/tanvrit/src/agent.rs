@@ -13,6 +13,7 @@ use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError}
 
 use crate::cli::GlobalArgs;
 use crate::parse;
+use tanvrit_server::auth::SECRET_PREFIX;
 
 /// The file in a dev data directory holding the local agent's key.
 pub const DEV_AGENT_KEY_FILE: &str = "agent.key";
@@ -31,7 +32,12 @@ pub struct AgentArgs {
     #[arg(long, env = "TANVRIT_AGENT_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// A file holding the agent key (keep it mode 0600, outside the jobs' reach).
-    #[arg(long, env = "TANVRIT_AGENT_KEY_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "TANVRIT_AGENT_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "key"
+    )]
     pub key_file: Option<PathBuf>,
     /// How jobs are kept apart. `cgroup`: each attempt in its own cgroup (memory, CPU
     /// quota and pids limits from its resources), as a uid of its own, in a private
@@ -65,6 +71,11 @@ pub struct AgentArgs {
     /// scratch directories live.
     #[arg(long, value_name = "DIR", default_value = "./tanvrit-agent-data")]
     pub data_dir: PathBuf,
+    /// The node id to register as, kept in `<data-dir>/node-id` [default: the one kept
+    /// there, else a new `node-<uuid>`]. An agent key created with `--node NAME` needs
+    /// NAME here; a data directory that already holds another id is refused.
+    #[arg(long, value_name = "ID", env = "TANVRIT_NODE_ID")]
+    pub node_id: Option<String>,
     /// The node's name [default: the host name].
     #[arg(long)]
     pub name: Option<String>,
@@ -122,18 +133,13 @@ impl AgentArgs {
     pub fn client(&self, global: &GlobalArgs) -> Result<Client, ClientError> {
         let addr = self.server.as_deref().unwrap_or(&global.addr);
         let from_file = match &self.key_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                ClientError::Config(format!(
-                    "cannot read the agent key file {}: {e}",
-                    path.display()
-                ))
+            Some(path) => Some(crate::server::read_secret(path).ok_or_else(|| {
+                ClientError::Config(format!("cannot read an agent key from {}", path.display()))
             })?),
             None => None,
         };
-        let key = self
-            .key
-            .clone()
-            .or(from_file)
+        let key = from_file
+            .or_else(|| self.key.clone())
             .or_else(|| global.api_key.clone())
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
@@ -190,6 +196,9 @@ pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<(
              where every job is trusted"
         );
     }
+    if let Some(id) = &args.node_id {
+        keep_node_id(&args.data_dir, id)?;
+    }
     let agent = Agent::new(client, args.agent_config())?;
     let isolation = agent.isolation().describe();
     agent
@@ -203,6 +212,26 @@ pub async fn run_agent(args: AgentArgs, global: &GlobalArgs) -> anyhow::Result<(
         })
         .await?;
     Ok(())
+}
+
+/// Writes `id` to `<data_dir>/node-id` unless it already holds it; another id there is
+/// an error (the directory belongs to another node: its spool, its attempts).
+pub fn keep_node_id(data_dir: &Path, id: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(tanvrit_agent::NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if kept.trim() == id => Ok(()),
+        Ok(kept) => anyhow::bail!(
+            "{} holds node id `{}`, not `{id}`: use another --data-dir for node `{id}`",
+            path.display(),
+            kept.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::write(&path, format!("{id}\n"))?;
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    }
 }
 
 /// `name: 2000 millicores, 7953 MB, 0 GPUs, labels a=b`.
@@ -222,15 +251,21 @@ pub fn describe(node: &Node) -> String {
     text
 }
 
-/// The dev agent's key: the one kept in `<data_dir>/agent.key` while the server still
-/// lists it as a live agent key, else a new one (created with `admin`, then kept).
+/// The dev agent's key, bound to the dev agent's node (`<data_dir>/agent/node-id`): the
+/// one kept in `<data_dir>/agent.key` while the server still lists it as a live agent
+/// key for that node (or for none yet), else a new one (created with `admin`, then kept).
 pub async fn dev_agent_key(admin: &Client, data_dir: &Path) -> Result<String, ClientError> {
+    let node = tanvrit_agent::config::load_or_create_node_id(&data_dir.join(DEV_AGENT_DIR))
+        .map_err(|e| ClientError::Config(e.to_string()))?;
     let path = data_dir.join(DEV_AGENT_KEY_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let secret = text.trim().to_string();
         let keys = admin.list_keys().await?;
         let live = keys.keys.iter().any(|k| {
-            k.scope == Scope::Agent && k.revoked_at.is_none() && secret.starts_with(k.id.as_str())
+            k.scope == Scope::Agent
+                && k.revoked_at.is_none()
+                && k.node.as_ref().is_none_or(|bound| *bound == node)
+                && secret.starts_with(&format!("{SECRET_PREFIX}{}_", k.id))
         });
         if live && !secret.is_empty() {
             return Ok(secret);
@@ -241,6 +276,7 @@ pub async fn dev_agent_key(admin: &Client, data_dir: &Path) -> Result<String, Cl
             name: Some("tanvrit dev local agent".into()),
             scope: Scope::Agent,
             business: None,
+            node: Some(node),
         })
         .await?;
     if let Err(e) = write_private(&path, &created.secret) {
@@ -260,4 +296,21 @@ fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     writeln!(file, "{secret}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_node_id_is_kept_and_another_in_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("agent");
+        keep_node_id(&data, "gpu-1").unwrap();
+        let kept = std::fs::read_to_string(data.join(tanvrit_agent::NODE_ID_FILE)).unwrap();
+        assert_eq!(kept.trim(), "gpu-1");
+        keep_node_id(&data, "gpu-1").unwrap();
+        let err = keep_node_id(&data, "gpu-2").unwrap_err();
+        assert!(err.to_string().contains("holds node id `gpu-1`"), "{err}");
+    }
 }

@@ -392,6 +392,33 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_reads_its_key_from_a_file_kept_out_of_its_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        std::fs::write(&path, "tvk_key-1_secret\n").unwrap();
+        let path = path.display().to_string();
+        let cli = parse(&["agent", "--server", "a:1", "--key-file", &path]).unwrap();
+        let Command::Agent(args) = &cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        let client = args.client(&cli.global).unwrap();
+        assert_eq!(client.config().api_key.as_deref(), Some("tvk_key-1_secret"));
+        assert!(
+            parse(&["agent", "--key-file", &path, "--key", "k"]).is_err(),
+            "one or the other"
+        );
+        let missing =
+            parse(&["agent", "--server", "a:1", "--key-file", "/nonexistent/key"]).unwrap();
+        let Command::Agent(args) = &missing.command else {
+            panic!("parsed as {:?}", missing.command)
+        };
+        let Err(err) = args.client(&missing.global) else {
+            panic!("a client from a missing key file")
+        };
+        assert_eq!(err.code(), "config");
+    }
+
+    #[test]
     fn an_agent_without_a_key_is_a_usage_error() {
         let cli = parse(&["agent", "--server", "a:1"]).unwrap();
         let Command::Agent(args) = &cli.command else {

@@ -35,6 +35,12 @@
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
 //! | `idempotency_window` | `TANVRIT_IDEMPOTENCY_WINDOW` | `24h` |
 //! | `compute.retention.jobs` | `TANVRIT_RETENTION_JOBS` (`7d`, `12h`; `0` keeps every job) | `7d` |
+//! | `compute.limits.{admin,user,agent}_per_second` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_PER_SECOND` (0: unlimited) | `0` / `100` / `1000` |
+//! | `compute.limits.{admin,user,agent}_burst` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_BURST` | `0` / `200` / `2000` |
+//! | `compute.limits.streams_per_key` | `TANVRIT_LIMITS_STREAMS_PER_KEY` (0: unlimited) | `64` |
+//! | `compute.limits.header_read_timeout` | `TANVRIT_LIMITS_HEADER_READ_TIMEOUT` | `10s` |
+//! | `compute.limits.body_read_timeout` | `TANVRIT_LIMITS_BODY_READ_TIMEOUT` | `30s` |
+//! | `compute.limits.header_bytes` | `TANVRIT_LIMITS_HEADER_BYTES` | 64 KiB |
 //!
 //! # Raft mode
 //! `compute.cluster.raft = true` selects `RaftCluster`. The voters are `peers`; their Raft
@@ -60,6 +66,10 @@ use serde::{Deserialize, Serialize};
 use tanvrit_api::{MicroCredits, Rates};
 use tanvrit_cluster::raft::Peer as RaftPeer;
 use tanvrit_cluster::RaftClusterConfig;
+
+mod limits;
+
+pub use limits::LimitsSection;
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "TANVRIT_CONFIG";
@@ -90,6 +100,10 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
     ("IDEMPOTENCY_WINDOW", "idempotency_window"),
     ("RETENTION_JOBS", "compute.retention.jobs"),
+    (
+        "LIMITS_HEADER_READ_TIMEOUT",
+        "compute.limits.header_read_timeout",
+    ),
 ];
 
 /// Environment variables (after `TANVRIT_`, lowercased) whose values are numbers or
@@ -167,6 +181,8 @@ pub struct ComputeSection {
     pub cluster: ClusterSection,
     /// `[compute.retention]`.
     pub retention: RetentionSection,
+    /// `[compute.limits]`.
+    pub limits: LimitsSection,
 }
 
 /// `[compute.retention]`: how long finished work is kept.
@@ -597,6 +613,7 @@ fn typed_env() -> Env {
     Env::prefixed("TANVRIT_").filter_map(|key| {
         ENV_TYPED
             .iter()
+            .chain(limits::ENV_TYPED)
             .find(|(env, _)| key == *env)
             .map(|(_, path)| (*path).into())
     })

@@ -82,7 +82,7 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
         base_addr.port() != 0,
         "dev --replicas needs a fixed base port (--api-addr), not port 0"
     );
-    std::fs::create_dir_all(&base.data_dir).with_context(|| {
+    crate::server::create_private_dir(&base.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             base.data_dir.display()

@@ -74,7 +74,7 @@ impl Replica {
             .await
             .with_context(|| format!("cannot listen on {}", config.api_addr))?;
         let addr = listener.local_addr()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        create_private_dir(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
                 config.data_dir.display()
@@ -148,6 +148,11 @@ impl Replica {
             cron_skip_grace: self.config.cron_skip_grace,
             idempotency_window: self.config.idempotency_window,
             job_retention: self.config.compute.retention.jobs,
+            rate_limits: self.config.compute.limits.rate_limits(),
+            max_streams_per_key: self.config.compute.limits.streams_per_key,
+            header_read_timeout: self.config.compute.limits.header_read_timeout,
+            body_read_timeout: self.config.compute.limits.body_read_timeout,
+            header_limit_bytes: self.config.compute.limits.header_bytes,
             cluster_secret: self
                 .config
                 .cluster_secret
@@ -399,7 +404,30 @@ fn admin_secret(info: &ReadyInfo) -> Option<(String, String)> {
     read_secret(&path).map(|secret| (secret, format!("from {}", path.display())))
 }
 
-fn read_secret(path: &Path) -> Option<String> {
+/// Creates `dir` (and its parents) readable by its owner only, and makes an existing one
+/// so: a data directory holds job environments and keys. An existing directory this
+/// process may not change (another owner's) is used as it is, with a warning.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        if let Err(error) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                %error,
+                "the data directory is readable by others and cannot be made private"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn read_secret(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let secret = text.trim();
     (!secret.is_empty()).then(|| secret.to_string())
@@ -472,6 +500,21 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directories_are_created_and_tightened_to_the_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let fresh = root.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700, "an existing data directory is tightened");
+    }
 
     #[test]
     fn wildcard_binds_are_reached_through_loopback() {

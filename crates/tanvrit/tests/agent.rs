@@ -35,12 +35,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const NOT_PLACED_WINDOW: Duration = Duration::from_secs(1);
 const BUSINESS: &str = "acme";
 
-/// One server, its admin client and an agent key.
+/// One server and its admin client (each agent gets a key of its own).
 struct Plane {
     dir: tempfile::TempDir,
     server: ServerProcess,
     admin: Client,
-    agent_key: String,
 }
 
 async fn plane() -> Plane {
@@ -72,13 +71,7 @@ async fn plane_with_ttl(node_ttl: &str) -> Plane {
         })
         .await
         .unwrap();
-    let agent_key = server.agent_key().await;
-    Plane {
-        dir,
-        server,
-        admin,
-        agent_key,
-    }
+    Plane { dir, server, admin }
 }
 
 impl Plane {
@@ -98,10 +91,12 @@ impl Plane {
             "2s",
         ];
         args.extend_from_slice(flags);
+        // A key of its own: an agent key acts for the one node it registers first.
+        let key = self.server.agent_key().await;
         AgentProcess::start(
             Path::new(BIN),
             servers,
-            &self.agent_key,
+            &key,
             &self.dir.path().join(name),
             &args,
         )
@@ -255,6 +250,14 @@ fn pids(text: &str) -> Vec<i32> {
 async fn jobs_end_as_succeeded_failed_or_timed_out_with_their_output_and_exit_code() {
     let plane = plane().await;
     let agent = plane.agent("worker", &[]).await;
+    // `ps` on the node shows no secret: the key came from the environment.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("agent"), "{cmdline}");
+    assert!(
+        !cmdline.contains("tvk_"),
+        "a secret in the arguments: {cmdline}"
+    );
 
     let ok = plane
         .submit(JobSpec {
@@ -750,10 +753,7 @@ async fn a_job_cannot_read_the_agents_key_and_one_over_its_memory_ends_oom_kille
         .await;
     plane.wait_state(&snoop, JobState::Succeeded).await;
     let text = plane.logs(&snoop, None).await;
-    assert!(
-        !text.contains(&plane.agent_key),
-        "the agent key leaked: {text}"
-    );
+    assert!(!text.contains(agent.key()), "the agent key leaked: {text}");
     assert!(text.contains("environ=1"), "{text}");
     assert!(text.contains("cmdline=1"), "not even listed: {text}");
     assert!(text.contains("data_dir=2"), "{text}");
@@ -780,4 +780,42 @@ async fn a_job_cannot_read_the_agents_key_and_one_over_its_memory_ends_oom_kille
     let after = plane.submit(shell("echo still here")).await;
     let job = plane.wait_state(&after, JobState::Succeeded).await;
     assert_eq!(node_of(&job), agent.node_id(), "the same agent runs on");
+}
+
+#[tokio::test]
+async fn an_agent_with_a_key_made_for_its_node_runs_its_jobs_and_no_other_node_can_use_it() {
+    let plane = plane().await;
+    let bound = plane
+        .admin
+        .create_key(KeyCreateRequest {
+            name: Some("gpu-1".into()),
+            scope: Scope::Agent,
+            business: None,
+            node: Some(NodeId::from("gpu-1")),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let start = |name: &'static str, node_id: &'static str| {
+        let (url, key, dir) = (
+            plane.server.url().to_string(),
+            bound.clone(),
+            plane.dir.path().join(name),
+        );
+        async move {
+            let flags = ["--name", name, "--node-id", node_id, "--stop-grace", "2s"];
+            AgentProcess::start(Path::new(BIN), &url, &key, &dir, &flags).await
+        }
+    };
+    let agent = start("gpu-1", "gpu-1")
+        .await
+        .expect("its own node registers");
+    assert_eq!(agent.node_id(), "gpu-1");
+    let id = plane.submit(shell("echo on gpu-1")).await;
+    let job = plane.wait_state(&id, JobState::Succeeded).await;
+    assert_eq!(node_of(&job), "gpu-1");
+    assert!(
+        start("impostor", "gpu-2").await.is_err(),
+        "the key registers no other node: the agent stops at its first registration"
+    );
 }

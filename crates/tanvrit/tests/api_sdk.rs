@@ -99,6 +99,7 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
             name: Some("acme ci".into()),
             scope: Scope::User,
             business: Some("acme".into()),
+            node: None,
         })
         .await
         .unwrap();
@@ -107,6 +108,7 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
             name: None,
             scope: Scope::User,
             business: Some("globex".into()),
+            node: None,
         })
         .await
         .unwrap();
@@ -115,6 +117,7 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
             name: None,
             scope: Scope::Agent,
             business: None,
+            node: None,
         })
         .await
         .unwrap();

@@ -155,6 +155,7 @@ impl ServerProcess {
                 name: Some("test agent".into()),
                 scope: tanvrit_api::Scope::Agent,
                 business: None,
+                node: None,
             })
             .await
             .expect("an admin can create an agent key")
@@ -294,10 +295,11 @@ impl AgentProcess {
             .arg("agent")
             .arg("--server")
             .arg(&self.servers)
-            .env("TANVRIT_AGENT_KEY", &self.key)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            // The secret in the environment, never in the arguments (`ps` shows those).
+            .env("TANVRIT_API_KEY", &self.key)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -313,6 +315,11 @@ impl AgentProcess {
             .to_string();
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The agent key it runs with.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The node id it registered.

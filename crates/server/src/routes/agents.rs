@@ -27,6 +27,7 @@ use crate::app::{now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiAttemptPath, ApiJson, ApiPath};
+use crate::identity::{self, ensure_own_attempt};
 
 /// The scopes that speak the agent protocol.
 pub(crate) const AGENT_SCOPES: &[Scope] = &[Scope::Agent, Scope::Admin];
@@ -55,7 +56,9 @@ pub(crate) async fn handle_heartbeat_node(
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
-    heartbeat(&app, &NodeId(id), &request).map(Json)
+    let node = NodeId(id);
+    identity::require_node(&app, principal, &node).await?;
+    heartbeat(&app, &node, &request).map(Json)
 }
 
 /// Long-polls for the node's assignments: every active attempt placed on it.
@@ -79,7 +82,10 @@ pub(crate) async fn handle_poll_node_work(
     ApiJson(request): ApiJson<WorkRequest>,
 ) -> Result<Json<WorkResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
-    poll_work(&app, &NodeId(id), &request).await.map(Json)
+    let node = NodeId(id);
+    let _stream = app.open_stream(&principal, request.wait_ms)?;
+    identity::require_node(&app, principal, &node).await?;
+    poll_work(&app, &node, &request).await.map(Json)
 }
 
 /// Reports that an attempt's process started.
@@ -108,6 +114,7 @@ pub(crate) async fn handle_report_attempt_started(
 ) -> Result<Json<JobResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
     let (job, attempt) = (JobId(job), AttemptId(attempt));
+    ensure_own_attempt(&app, &principal, &job, &attempt).await?;
     let at = app.read(|state| report_time(state, &job, &attempt, request.started_at, now_ms()));
     let (effect, index) = app
         .write(Command::AttemptStarted { job, attempt, at })
@@ -146,6 +153,7 @@ pub(crate) async fn handle_report_attempt_finished(
     principal.require(AGENT_SCOPES)?;
     check_reason(request.reason.as_deref())?;
     let (job, attempt) = (JobId(job), AttemptId(attempt));
+    ensure_own_attempt(&app, &principal, &job, &attempt).await?;
     let at = app.read(|state| report_time(state, &job, &attempt, request.finished_at, now_ms()));
     let command = Command::AttemptFinished {
         job,
@@ -190,6 +198,7 @@ pub(crate) async fn handle_append_attempt_logs(
 ) -> Result<Json<LogAppendResponse>, ApiError> {
     principal.require(AGENT_SCOPES)?;
     let (job, attempt) = (JobId(job), AttemptId(attempt));
+    ensure_own_attempt(&app, &principal, &job, &attempt).await?;
     let command = Command::LogAppend {
         job: job.clone(),
         attempt: attempt.clone(),

@@ -100,6 +100,7 @@ mod tests {
                 scope: Scope::Admin,
                 business: None,
                 secret_hash: crate::auth::hash_secret("one secret value"),
+                node: None,
                 at: 1,
             },
             Command::KeyCreate {
@@ -108,6 +109,7 @@ mod tests {
                 scope: Scope::Agent,
                 business: None,
                 secret_hash: crate::auth::hash_secret("another secret value"),
+                node: None,
                 at: 1,
             },
             Command::KeyRevoke {

@@ -205,18 +205,20 @@ pub(crate) fn ledger_csv(entries: &[LedgerEntry]) -> Result<String, ApiError> {
         writer
             .write_record([
                 entry.seq.to_string(),
-                entry.id.to_string(),
+                neutralised(entry.id.to_string()),
                 rfc3339(entry.at),
                 entry.kind.as_str().to_string(),
                 entry.amount.to_string(),
                 entry.balance_after.to_string(),
-                entry
-                    .job
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                entry.idempotency_key.clone(),
-                entry.note.clone().unwrap_or_default(),
+                neutralised(
+                    entry
+                        .job
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+                neutralised(entry.idempotency_key.clone()),
+                neutralised(entry.note.clone().unwrap_or_default()),
             ])
             .map_err(failed)?;
     }
@@ -224,6 +226,18 @@ pub(crate) fn ledger_csv(entries: &[LedgerEntry]) -> Result<String, ApiError> {
         .into_inner()
         .map_err(|e| ApiError::Internal(format!("cannot write the CSV: {e}")))?;
     String::from_utf8(bytes).map_err(|e| ApiError::Internal(format!("CSV is not UTF-8: {e}")))
+}
+
+/// A text cell a spreadsheet will not run as a formula: one starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV injection advice).
+/// Numeric columns are written by the server and never pass through here, so a negative
+/// amount stays a number.
+fn neutralised(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
 }
 
 /// `at` as RFC 3339 in UTC with milliseconds (the epoch value for an out-of-range one).
@@ -449,6 +463,35 @@ mod tests {
         assert_eq!(
             list_entries(&state, acme(), &too_many).unwrap_err().code(),
             "invalid"
+        );
+    }
+
+    #[test]
+    fn the_export_neutralises_cells_a_spreadsheet_would_run_as_formulas() {
+        for (cell, expected) in [
+            ("=1+2", "'=1+2"),
+            ("+cmd", "'+cmd"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralised(cell.into()), expected, "{cell:?}");
+        }
+        let mut state = ledger();
+        let mut formula = top_up("acme", 5, Some("=HYPERLINK(\"x\")"));
+        formula.note = Some("@SUM(1)".into());
+        state
+            .apply(5, &entry_command(formula, None, 5000).unwrap())
+            .unwrap();
+        let entries = export_entries(&state, &BusinessId::from("acme"), Some(5000), None).unwrap();
+        let csv = ledger_csv(&entries).unwrap();
+        assert!(
+            csv.ends_with(",top_up,5,1005,,\"'=HYPERLINK(\"\"x\"\")\",'@SUM(1)\r\n"),
+            "{csv}"
         );
     }
 

@@ -25,8 +25,6 @@ use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
 
 /// Scopes that may use the job routes.
 const JOB_SCOPES: &[Scope] = &[Scope::Admin, Scope::User];
-/// Scopes that may read one job: agents too, to see what they run.
-const JOB_READ_SCOPES: &[Scope] = &[Scope::Admin, Scope::User, Scope::Agent];
 /// Page size of `jobs/list` when none is asked for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Largest page of `jobs/list`.
@@ -116,7 +114,7 @@ pub(crate) async fn handle_get_job(
     ApiPath(id): ApiPath,
     ApiJson(request): ApiJson<ReadRequest>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    principal.require(JOB_READ_SCOPES)?;
+    principal.require(JOB_SCOPES)?;
     app.barrier(request.consistency).await?;
     app.read(|state| {
         let job = visible_job(state, &principal, &JobId(id))?.into_owned();
@@ -252,6 +250,7 @@ pub(crate) async fn handle_get_job_logs(
     ApiJson(request): ApiJson<JobLogsRequest>,
 ) -> Result<Json<JobLogsResponse>, ApiError> {
     principal.require(JOB_SCOPES)?;
+    let _stream = app.open_stream(&principal, request.wait_ms)?;
     app.barrier(request.consistency).await?;
     follow_logs(&app, &principal, &JobId(id), &request)
         .await
@@ -380,7 +379,7 @@ pub(crate) fn visible_job<'s>(
     id: &JobId,
 ) -> Result<Cow<'s, Job>, ApiError> {
     match state.find_job(id).map_err(archive_failed)? {
-        Some(job) if principal.reads_job_of(&job.business) => Ok(job),
+        Some(job) if principal.sees(&job.business) => Ok(job),
         Some(_) => Err(ApiError::not_found("job", id)),
         None => Err(missing_job(state, id)),
     }
@@ -528,6 +527,7 @@ mod tests {
             key: KeyId::from("key-u"),
             scope: Scope::User,
             business: Some(BusinessId::from(business)),
+            node: None,
         }
     }
 
@@ -536,6 +536,7 @@ mod tests {
             key: KeyId::from("key-a"),
             scope: Scope::Admin,
             business: None,
+            node: None,
         }
     }
 

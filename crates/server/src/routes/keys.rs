@@ -136,6 +136,15 @@ pub(crate) fn create_command(
         }
         (Scope::Admin | Scope::Agent, None) => {}
     }
+    match (request.scope, &request.node) {
+        (Scope::Agent, Some(node)) => validate::identifier("node id", node.as_str())?,
+        (Scope::Admin | Scope::User, Some(_)) => {
+            return Err(ApiError::Invalid(
+                "only agent keys are bound to a `node`".into(),
+            ))
+        }
+        (_, None) => {}
+    }
     let name = request
         .name
         .unwrap_or_else(|| format!("{} key", request.scope.as_str()));
@@ -150,6 +159,7 @@ pub(crate) fn create_command(
         scope: request.scope,
         business: request.business,
         secret_hash: hash_secret(&secret),
+        node: request.node,
         at,
     };
     Ok((command, secret))
@@ -200,6 +210,7 @@ mod tests {
             name: None,
             scope,
             business: business.map(BusinessId::from),
+            node: None,
         }
     }
 
@@ -295,5 +306,22 @@ mod tests {
             "invalid"
         );
         assert!(create_command(request(Scope::Agent, None), 1).is_ok());
+    }
+
+    #[test]
+    fn only_agent_keys_are_bound_to_a_node() {
+        let bound = |scope, node: &str| {
+            let mut request = request(scope, (scope == Scope::User).then_some("acme"));
+            request.node = Some(node.into());
+            create_command(request, 1).map(|(command, _)| command)
+        };
+        let Ok(Command::KeyCreate { node, .. }) = bound(Scope::Agent, "node-a") else {
+            panic!("an agent key bound to node-a");
+        };
+        assert_eq!(node.as_ref().map(|n| n.as_str()), Some("node-a"));
+        for scope in [Scope::Admin, Scope::User] {
+            assert_eq!(bound(scope, "node-a").unwrap_err().code(), "invalid");
+        }
+        assert_eq!(bound(Scope::Agent, "bad id").unwrap_err().code(), "invalid");
     }
 }

@@ -73,6 +73,9 @@ pub(crate) enum ApiErrors {
     /// `forbidden`: the key's scope does not allow this.
     #[response(status = 403)]
     Forbidden(ErrorBody),
+    /// `body_timeout`: the body did not arrive in time; the connection is closed.
+    #[response(status = 408)]
+    BodyTimeout(ErrorBody),
     /// `body_too_large`.
     #[response(status = 413)]
     TooLarge(ErrorBody),
@@ -83,6 +86,10 @@ pub(crate) enum ApiErrors {
     /// `Idempotency-Key` was used for another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// `rate_limited`: the key is over its scope's request rate; `too_many_streams`: it
+    /// already holds as many long polls open as it may. Retry after `Retry-After` seconds.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
     /// `no_leader`, `not_caught_up`, `shutting_down`: nothing was done; retry after
     /// `Retry-After` seconds. `write_outcome_unknown` (writes only): the write was
     /// proposed but leadership changed, or the leader's answer was lost, before it

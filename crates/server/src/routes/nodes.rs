@@ -15,20 +15,27 @@ use crate::app::{now_ms, unexpected, AppState};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, IdempotencyKey};
+use crate::identity;
 
 /// Agents register their node; admins do everything.
 const REGISTER_SCOPES: &[Scope] = &[Scope::Admin, Scope::Agent];
 /// The longest drain deadline: 30 days.
 pub const MAX_DRAIN_SECS: u64 = 30 * 24 * 3600;
 
-/// Registers (or re-registers) a worker node; agents call it at start.
+/// Registers (or re-registers) a worker node; agents call it at start. An agent key
+/// registers only the node it is bound to; an unbound one is bound to this node (403 if
+/// another active key already is).
 #[utoipa::path(
     post,
     path = "/api/compute/nodes/register",
     tag = "nodes",
     params(IdempotencyHeader),
     request_body = NodeRegisterRequest,
-    responses((status = 200, description = "The node", body = NodeResponse), ApiErrors),
+    responses(
+        (status = 200, description = "The node", body = NodeResponse),
+        (status = 409, description = "`illegal_transition` or `already_exists`: another key enrolled this node at the same moment", body = ErrorBody),
+        ApiErrors,
+    ),
     security(("bearer" = []))
 )]
 pub(crate) async fn handle_register_node(
@@ -40,6 +47,9 @@ pub(crate) async fn handle_register_node(
     principal.require(REGISTER_SCOPES)?;
     let idempotency = keyed.bind(&principal, &request)?;
     let command = register_command(request, now_ms())?;
+    if let Command::NodeRegister { node, .. } = &command {
+        identity::enroll(&app, &principal, node).await?;
+    }
     let written = app.write_keyed(command, idempotency).await?;
     Ok(Json(NodeResponse {
         node: effect_node(written.effect)?,

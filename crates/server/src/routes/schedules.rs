@@ -336,6 +336,7 @@ mod tests {
             key: KeyId::from("key-u"),
             scope: Scope::User,
             business: Some(BusinessId::from(business)),
+            node: None,
         }
     }
 

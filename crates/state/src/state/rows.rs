@@ -340,7 +340,9 @@ impl State {
             | Command::NodeEvict { node, .. } => {
                 changes.nodes.insert(node.clone());
             }
-            Command::KeyCreate { key, .. } | Command::KeyRevoke { key, .. } => {
+            Command::KeyCreate { key, .. }
+            | Command::KeyRevoke { key, .. }
+            | Command::KeyBind { key, .. } => {
                 changes.keys.insert(key.clone());
             }
             Command::ScheduleCreate { schedule, .. }

@@ -1,7 +1,7 @@
 //! `tanvrit key ...`: create (the secret is printed once), list, revoke.
 
 use clap::Subcommand;
-use tanvrit_api::{BusinessId, KeyCreateRequest, KeyId, Scope};
+use tanvrit_api::{BusinessId, KeyCreateRequest, KeyId, NodeId, Scope};
 use tanvrit_client::Client;
 
 use super::keyed;
@@ -19,6 +19,11 @@ pub enum KeyCommand {
         /// The business a user key is bound to (required for user keys).
         #[arg(long)]
         business: Option<String>,
+        /// The node an agent key acts for (its agent registers with this id:
+        /// `tanvrit agent --node-id NAME`). Without it, an agent key is bound to the
+        /// first node it registers.
+        #[arg(long, value_name = "NODE_ID")]
+        node: Option<String>,
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
@@ -47,6 +52,7 @@ impl KeyCommand {
             KeyCommand::Create {
                 scope,
                 business,
+                node,
                 name,
                 idempotency_key,
             } => {
@@ -55,17 +61,18 @@ impl KeyCommand {
                         name,
                         scope,
                         business: business.map(BusinessId::from),
+                        node: node.map(NodeId::from),
                     })
                     .await?;
                 if out.json {
                     return out.json(&response);
                 }
                 let key = &response.key;
-                let bound = key
-                    .business
-                    .as_ref()
-                    .map(|b| format!(" for business {b}"))
-                    .unwrap_or_default();
+                let bound = match (&key.business, &key.node) {
+                    (Some(b), _) => format!(" for business {b}"),
+                    (None, Some(n)) => format!(" for node {n}"),
+                    (None, None) => String::new(),
+                };
                 println!(
                     "Created {} key {} ({}){bound}.",
                     key.scope.as_str(),
@@ -82,13 +89,16 @@ impl KeyCommand {
             KeyCommand::List => {
                 let response = client.list_keys().await?;
                 out.show(&response, |r| {
-                    let mut t = table(["ID", "NAME", "SCOPE", "BUSINESS", "CREATED", "REVOKED"]);
+                    let mut t = table([
+                        "ID", "NAME", "SCOPE", "BUSINESS", "NODE", "CREATED", "REVOKED",
+                    ]);
                     for key in &r.keys {
                         t.add_row(vec![
                             key.id.to_string(),
                             key.name.clone(),
                             key.scope.as_str().to_string(),
                             or_dash(key.business.as_ref()),
+                            or_dash(key.node.as_ref()),
                             format_time(key.created_at),
                             format_opt_time(key.revoked_at),
                         ]);
