@@ -230,6 +230,7 @@ impl SingleNode {
     pub fn open(config: SingleNodeConfig) -> Result<Arc<SingleNode>, ClusterError> {
         let options = StoreOptions {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
+            ..StoreOptions::default()
         };
         let store = Store::open_with(&config.data_dir, options).map_err(storage)?;
         if store

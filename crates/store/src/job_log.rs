@@ -347,6 +347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions {
             retention_bytes_per_job: 10,
+            ..StoreOptions::default()
         };
         let store = Store::open_with(dir.path(), options).unwrap();
         store

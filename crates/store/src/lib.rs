@@ -71,6 +71,10 @@ pub const DB_FILE_NAME: &str = "tanvrit.redb";
 pub const FORMAT_VERSION: u64 = 1;
 /// Default bound on stored log bytes per job (64 MiB).
 pub const DEFAULT_RETENTION_BYTES_PER_JOB: u64 = 64 * 1024 * 1024;
+/// Default size of the database's page cache (64 MiB). redb's own default (1 GiB)
+/// would let the cache, not the working set, decide how much memory a replica holds as
+/// its tables grow; reads past it come from the OS page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -92,12 +96,15 @@ pub struct StoreOptions {
     /// Job-log bytes kept per job (all attempts together); past it the oldest chunks
     /// are deleted. Default 64 MiB.
     pub retention_bytes_per_job: u64,
+    /// The database's page cache. Default 64 MiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -165,7 +172,9 @@ impl Store {
             .create(data_dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE_NAME);
-        let db = Database::create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write()?;

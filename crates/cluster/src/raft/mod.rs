@@ -122,6 +122,7 @@ impl RaftCluster {
         let raft_config = config.openraft()?;
         let options = StoreOptions {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
+            ..StoreOptions::default()
         };
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, options))
