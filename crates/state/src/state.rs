@@ -18,7 +18,8 @@
 //! - `retention`: `Command::JobsCollect`, which removes old terminal jobs.
 //! - `indexes`: rebuilding and maintaining the derived indexes.
 //! - `queries`: the public read accessors.
-//! - `rows`: the state as table rows: what changed, loading from rows.
+//! - `rows`: the state as table rows: what changed since the last write.
+//! - `loader`: rows back into a state, whole or as its working set.
 //! - `archive`: finished jobs out of memory, loaded back when a command names them.
 //! - `memory_tables`: the state tables in memory (the reference storage, for tests).
 //! - `lookups`: accessors for the server's checks before it proposes a write.
@@ -40,6 +41,7 @@ mod indexes;
 mod jobs;
 mod keys;
 mod ledger;
+mod loader;
 mod lookups;
 mod memory_tables;
 mod nodes;
@@ -53,13 +55,14 @@ pub use idempotency::{
     IdempotencyRecord, IDEMPOTENCY_PRUNE_BATCH, MAX_FINGERPRINT_BYTES, MAX_SCOPE_BYTES,
 };
 pub use jobs::{MAX_LOG_CHUNK_BYTES, RETRY_BACKOFF_BASE_MS, RETRY_BACKOFF_MAX_MS};
+pub use loader::{LoadError, Row, StateLoader};
 pub use memory_tables::MemoryTables;
 pub use nodes::labels_match;
 pub use retention::MAX_COLLECT_BATCH;
 pub use rows::{
     business_job_key, finished_key, idempotency_key, job_count_key, ledger_key, ledger_key_key,
-    split_finished_key, split_idempotency_key, AccountTotals, Changes, LoadError, Row, RowValue,
-    RowWrite, StateLoader, Table, META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
+    split_finished_key, split_idempotency_key, AccountTotals, Changes, RowValue, RowWrite, Table,
+    META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
 };
 
 /// A key as stored: public data plus the hash of its secret.

@@ -40,6 +40,7 @@ pub mod config;
 mod dispatch;
 mod forward;
 mod handoff;
+pub mod log_store;
 mod membership;
 mod monitor;
 mod node;
@@ -71,9 +72,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Peer, RaftClusterConfig};
+pub use log_store::LogStore;
 pub use rpc::{MembershipView, ReplicaStatus, Rpc, RpcKind, RpcReply};
 pub use stats::{LatencyHistogram, RaftStats};
-pub use storage::{LogStore, SnapshotBuilder, StateMachine};
+pub use storage::{SnapshotBuilder, StateMachine};
 pub use transport::{HttpTransport, RaftTransport, TransportError};
 pub use types::{NodeId, ReplicaNode, TypeConfig, WriteOutcome, WriteRequest};
 
