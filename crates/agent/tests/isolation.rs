@@ -266,12 +266,15 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
             .lines()
             .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
             .unwrap_or(0);
-        if refused > 0 {
+        // A bomb whose forks are refused may give up and end before a poll sees the
+        // event (its cgroup goes with it); having held exactly the limit and never
+        // more shows the same thing.
+        if refused > 0 || (bomb.task.is_finished() && most >= PIDS_MAX) {
             break;
         }
         assert!(
             Instant::now() < deadline && !bomb.task.is_finished(),
-            "no fork was refused"
+            "no fork was refused (at most {most} tasks seen)"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
