@@ -18,6 +18,7 @@
 #[cfg(all(feature = "chaos-broken-strict-reads", not(debug_assertions)))]
 compile_error!("`chaos-broken-strict-reads` breaks linearizable reads; debug builds only");
 
+mod batch_rows;
 pub mod job_output;
 pub mod raft;
 pub mod reader;

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock};
 use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
 use tanvrit_state::{Command, Outcome, State};
 use tanvrit_store::state_tables::encode_rows;
@@ -32,6 +32,7 @@ use tanvrit_store::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::batch_rows::take_batch_rows;
 use crate::job_output::{chunk_of, collected_of};
 use crate::{ClusterError, ClusterService, Reader, Receipt};
 
@@ -496,14 +497,7 @@ impl Writer {
                 .iter()
                 .map(|(index, command)| state.apply(*index, command))
                 .collect();
-            let fault = state.take_archive_fault();
-            let changes = state.take_changes();
-            let state = RwLockWriteGuard::downgrade(state);
-            let rows = match fault {
-                // An apply could not read a finished job: its outcome cannot be trusted.
-                Some(fault) => Err(StoreError::Io(fault.to_string())),
-                None => encode_rows(&state.changed_rows(&changes)),
-            };
+            let (changes, rows) = take_batch_rows(state);
             (outcomes, changes, rows)
         };
 

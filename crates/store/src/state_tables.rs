@@ -215,43 +215,37 @@ impl Store {
 
     /// Loads `group`'s state from its tables; `None` when they hold none.
     pub fn load_state(&self, group: &str) -> Result<Option<State>, StoreError> {
-        let view = self.state_view(group)?;
-        if view.meta_raw(META_APPLIED_INDEX)?.is_none() {
-            return Ok(None);
-        }
-        let mut loader = StateLoader::new();
-        view.for_each_row(|table, key, bytes| {
-            if let Some(row) = decode_row(table, key, bytes)? {
-                loader.add(row);
-            }
-            Ok(())
-        })?;
-        loader.finish().map(Some).map_err(|e| StoreError::Corrupt {
-            what: WHAT,
-            detail: e.to_string(),
-        })
+        self.load(group, false)
     }
 
     /// Loads `group`'s working set: everything but the settled jobs, which stay in the
     /// tables (the state must be given their [`crate::TableArchive`]); their retention
     /// entries and counts are loaded instead. `None` when the tables hold no state.
     pub fn load_working_set(&self, group: &str) -> Result<Option<State>, StoreError> {
+        self.load(group, true)
+    }
+
+    /// [`Store::load_state`] (`working_set` false) or [`Store::load_working_set`].
+    fn load(&self, group: &str, working_set: bool) -> Result<Option<State>, StoreError> {
         let view = self.state_view(group)?;
         if view.meta_raw(META_APPLIED_INDEX)?.is_none() {
             return Ok(None);
         }
-        let mut loader = StateLoader::evicting();
-        let tables: Vec<Table> = Table::ALL
-            .into_iter()
-            .filter(|t| {
-                !matches!(
+        let (mut loader, tables): (_, Vec<Table>) = if working_set {
+            // History stays in the tables; jobs in flight come through `live_jobs`.
+            let history = |t: &Table| {
+                matches!(
                     t,
                     Table::Jobs | Table::Ledger | Table::LedgerKeys | Table::JobKeys
                 )
-            })
-            .collect();
+            };
+            let tables = Table::ALL.into_iter().filter(|t| !history(t)).collect();
+            (StateLoader::evicting(), tables)
+        } else {
+            (StateLoader::new(), Table::ALL.to_vec())
+        };
         view.for_each_row_of(&tables, |table, key, bytes| {
-            if table == Table::LiveJobs {
+            if working_set && table == Table::LiveJobs {
                 let job = view
                     .row(Table::Jobs, key)?
                     .ok_or_else(|| StoreError::Corrupt {

@@ -35,16 +35,17 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError,
 };
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock};
 use tanvrit_api::Index;
 use tanvrit_state::State;
 use tanvrit_store::raft::RAFT_GROUP;
-use tanvrit_store::state_tables::{encode_rows, EncodedRow, ENGINE_META_PREFIX};
+use tanvrit_store::state_tables::{EncodedRow, ENGINE_META_PREFIX};
 use tanvrit_store::{
     JobLogChunk, SnapshotDir, SnapshotItem, StateView, StateWrite, Store, StoreError, TableArchive,
 };
 use tokio::sync::watch;
 
+use crate::batch_rows::take_batch_rows;
 use crate::job_output::{chunk_of, collected_of};
 use crate::raft::types::{
     Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -385,17 +386,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 last = Some(entry.log_id);
             }
-            // Encoded under the read lock the write lock becomes: readers go on.
-            let fault = state.take_archive_fault();
-            let changes = state.take_changes();
-            let state = RwLockWriteGuard::downgrade(state);
-            let rows = match fault {
-                // An apply could not read a finished job: its outcome cannot be trusted,
-                // and this replica must stop rather than diverge.
-                Some(fault) => Err(StoreError::Io(fault.to_string())),
-                None => encode_rows(&state.changed_rows(&changes)),
-            };
-            (changes, rows)
+            // A failed archive read stops this replica (apply errs) rather than diverge.
+            take_batch_rows(state)
         };
         let Some(last) = last else {
             return Ok(replies);
