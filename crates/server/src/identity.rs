@@ -44,14 +44,7 @@ pub(crate) async fn require_node(
 
 /// The node an attempt of `job` was placed on, if this replica holds it.
 fn attempt_node(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option<NodeId> {
-    state
-        .find_job(job)
-        .ok()
-        .flatten()?
-        .attempts
-        .iter()
-        .find(|a| &a.id == attempt)
-        .map(|a| a.node.clone())
+    state.find_attempt(job, attempt).map(|a| a.node)
 }
 
 /// Refuses with 403 an agent's report of an attempt placed on another node. An attempt

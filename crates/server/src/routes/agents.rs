@@ -392,10 +392,8 @@ pub(crate) fn report_time(
     reported: Option<Millis>,
     now: Millis,
 ) -> Millis {
-    let found = state.find_job(job).ok().flatten();
-    let earliest = found
-        .as_ref()
-        .and_then(|job| job.attempts.iter().find(|a| &a.id == attempt))
+    let earliest = state
+        .find_attempt(job, attempt)
         .map(|attempt| attempt.started_at.unwrap_or(attempt.assigned_at));
     let at = reported.unwrap_or(now).min(now);
     match earliest {
@@ -406,14 +404,7 @@ pub(crate) fn report_time(
 
 /// The stored output length of an attempt.
 fn stored_log_bytes(state: &DomainState, job: &JobId, attempt: &AttemptId) -> Option<u64> {
-    state
-        .find_job(job)
-        .ok()
-        .flatten()?
-        .attempts
-        .iter()
-        .find(|a| &a.id == attempt)
-        .map(|a| a.log_bytes)
+    state.find_attempt(job, attempt).map(|a| a.log_bytes)
 }
 
 /// The domain's name for how an attempt ended.

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry};
+use tanvrit_api::{Attempt, AttemptId, BusinessId, Job, JobId, LedgerEntry};
 
 use super::jobs::job_key;
 use super::retention::finish_time;
@@ -81,6 +81,14 @@ impl State {
             Some(archive) => Ok(archive.job(id)?.map(Cow::Owned)),
             None => Ok(None),
         }
+    }
+
+    /// One attempt of a job, from memory or else from the archive; `None` when either is
+    /// unknown or the archive cannot answer (callers that must tell those apart use
+    /// [`State::find_job`]).
+    pub fn find_attempt(&self, job: &JobId, attempt: &AttemptId) -> Option<Attempt> {
+        let found = self.find_job(job).ok().flatten()?;
+        found.attempts.iter().find(|a| &a.id == attempt).cloned()
     }
 
     /// A page of jobs (see [`State::jobs`]), from the archive when there is one (it
