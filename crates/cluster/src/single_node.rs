@@ -27,7 +27,7 @@ use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
 use tanvrit_state::{Command, Outcome, State};
 use tanvrit_store::state_tables::encode_rows;
 use tanvrit_store::{
-    JobLogChunk, StateWrite, Store, StoreError, StoreOptions, TableArchive,
+    DiskFaults, JobLogChunk, StateWrite, Store, StoreError, StoreOptions, TableArchive,
     DEFAULT_RETENTION_BYTES_PER_JOB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,6 +65,8 @@ pub struct SingleNodeConfig {
     pub min_index_wait: Duration,
     /// Job-log bytes kept per job; the oldest chunks go past it. Default 64 MiB.
     pub log_retention_bytes_per_job: u64,
+    /// Tests only: a disk that fails writes or fsyncs while armed. Default none.
+    pub disk_faults: Option<DiskFaults>,
 }
 
 impl SingleNodeConfig {
@@ -79,6 +81,7 @@ impl SingleNodeConfig {
             snapshot_every: 10_000,
             min_index_wait: Duration::from_secs(5),
             log_retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
+            disk_faults: None,
         }
     }
 }
@@ -231,6 +234,7 @@ impl SingleNode {
     pub fn open(config: SingleNodeConfig) -> Result<Arc<SingleNode>, ClusterError> {
         let options = StoreOptions {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
+            disk_faults: config.disk_faults.clone(),
             ..StoreOptions::default()
         };
         let store = Store::open_with(&config.data_dir, options).map_err(storage)?;

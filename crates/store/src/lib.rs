@@ -4,6 +4,7 @@
 //! # Layout
 //! - this file: [`Store`] (cheap to clone), [`StoreOptions`], opening and the format check.
 //! - [`error`]: [`StoreError`], with stable codes.
+//! - [`faults`]: [`DiskFaults`], a disk that fails writes or fsyncs when a test says so.
 //! - [`encoding`]: versioned record envelopes (`{"v": 1, ...}`) and their decoder.
 //! - [`log`]: the replicated log (`index -> command`): append, read, purge, truncate.
 //! - [`snapshot`]: the single-node snapshot record of earlier versions (read to migrate).
@@ -41,6 +42,7 @@
 pub mod archive;
 pub mod encoding;
 pub mod error;
+pub mod faults;
 pub mod job_log;
 pub mod log;
 pub mod meta;
@@ -60,6 +62,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 pub use archive::TableArchive;
 pub use error::StoreError;
+pub use faults::DiskFaults;
 pub use job_log::{JobLogChunk, JobLogRead};
 pub use snapshot_file::{SnapshotDir, SnapshotFile, SnapshotWriter};
 pub use snapshot_records::SnapshotItem;
@@ -98,6 +101,8 @@ pub struct StoreOptions {
     pub retention_bytes_per_job: u64,
     /// The database's page cache. Default 64 MiB.
     pub cache_bytes: usize,
+    /// Tests only: the database file fails writes or fsyncs while these are armed.
+    pub disk_faults: Option<DiskFaults>,
 }
 
 impl Default for StoreOptions {
@@ -105,6 +110,7 @@ impl Default for StoreOptions {
         Self {
             retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            disk_faults: None,
         }
     }
 }
@@ -172,9 +178,21 @@ impl Store {
             .create(data_dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_bytes);
+        let db = match &options.disk_faults {
+            None => builder.create(&path)?,
+            Some(faults) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+                builder.create_with_backend(faults::FaultyFile::new(file, faults.clone())?)?
+            }
+        };
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write()?;

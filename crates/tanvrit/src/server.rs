@@ -105,6 +105,7 @@ impl Replica {
             snapshot_every: config.snapshot_every,
             min_index_wait: config.min_index_wait,
             log_retention_bytes_per_job: config.log_retention_bytes_per_job,
+            disk_faults: None,
         };
         // Opening replays the log: blocking work, kept off the async workers.
         let cluster = tokio::task::spawn_blocking(move || SingleNode::open(cluster_config))

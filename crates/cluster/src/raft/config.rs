@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tanvrit_store::DEFAULT_RETENTION_BYTES_PER_JOB;
+use tanvrit_store::{DiskFaults, DEFAULT_RETENTION_BYTES_PER_JOB};
 
 use crate::raft::types::{NodeId, ReplicaNode};
 use crate::ClusterError;
@@ -120,6 +120,8 @@ pub struct RaftClusterConfig {
     pub catch_up_timeout: Duration,
     /// Job-log bytes kept per job. Default 64 MiB.
     pub log_retention_bytes_per_job: u64,
+    /// Tests only: a disk that fails writes or fsyncs while armed. Default none.
+    pub disk_faults: Option<DiskFaults>,
     /// Form the cluster without an explicit `initialize`: the replica with the lowest id
     /// initializes once every peer answers and none is initialized. Default true.
     pub auto_bootstrap: bool,
@@ -168,6 +170,7 @@ impl RaftClusterConfig {
             install_snapshot_timeout: Duration::from_secs(30),
             catch_up_timeout: Duration::from_secs(60),
             log_retention_bytes_per_job: DEFAULT_RETENTION_BYTES_PER_JOB,
+            disk_faults: None,
             auto_bootstrap: true,
             failure_detector: true,
             write_batch_max_commands: 512,

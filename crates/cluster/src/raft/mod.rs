@@ -124,6 +124,7 @@ impl RaftCluster {
         let raft_config = config.openraft()?;
         let options = StoreOptions {
             retention_bytes_per_job: config.log_retention_bytes_per_job,
+            disk_faults: config.disk_faults.clone(),
             ..StoreOptions::default()
         };
         let data_dir = config.data_dir.clone();
