@@ -33,8 +33,9 @@
 //!
 //! | `<group>.<table>` | text key | [`state_tables`]: version byte + MessagePack state rows |
 //!
-//! `log` and `snapshot` belong to the single-node mode; a Raft replica uses the `raft_*`
-//! tables and shares `job_logs`, `job_log_sizes` and `meta`.
+//! `log` and `snapshot` belong to the single-node mode; a Raft replica keeps `raft_log`
+//! and `raft_meta` in a file of their own, `raft-log.redb`, and shares
+//! `job_logs`, `job_log_sizes` and `meta`.
 //!
 //! Every write is one redb transaction: it commits whole or not at all, and unless a
 //! method says otherwise it is durable (fsynced) before the method returns.
@@ -47,6 +48,7 @@ pub mod job_log;
 pub mod log;
 pub mod meta;
 pub mod raft;
+mod raft_log_db;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod snapshot_records;
@@ -64,6 +66,7 @@ pub use archive::TableArchive;
 pub use error::StoreError;
 pub use faults::DiskFaults;
 pub use job_log::{JobLogChunk, JobLogRead};
+pub use raft_log_db::RAFT_LOG_FILE_NAME;
 pub use snapshot_file::{SnapshotDir, SnapshotFile, SnapshotWriter};
 pub use snapshot_records::SnapshotItem;
 pub use state_tables::{StateView, StateWrite};
@@ -121,6 +124,8 @@ struct Inner {
     options: StoreOptions,
     /// Groups whose state tables are being rewritten (a snapshot install).
     rewriting: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The Raft log's own database, opened by the first Raft call.
+    raft_log: raft_log_db::RaftLogDb,
 }
 
 /// One replica's database. Cheap to clone (an `Arc` inside); the file stays open (and
@@ -178,23 +183,7 @@ impl Store {
             .create(data_dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE_NAME);
-        let mut builder = Database::builder();
-        builder.set_cache_size(options.cache_bytes);
-        let db = match &options.disk_faults {
-            None => builder.create(&path)?,
-            Some(faults) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
-                builder.create_with_backend(faults::FaultyFile::new(file, faults.clone())?)?
-            }
-        };
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        let db = open_database(&path, options.cache_bytes, options.disk_faults.as_ref())?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -219,8 +208,6 @@ impl Store {
             txn.open_table(SNAPSHOT)?;
             txn.open_table(JOB_LOGS)?;
             txn.open_table(JOB_LOG_SIZES)?;
-            txn.open_table(RAFT_LOG)?;
-            txn.open_table(RAFT_META)?;
             txn.open_table(RAFT_SNAPSHOT)?;
         }
         txn.commit()?;
@@ -230,6 +217,7 @@ impl Store {
                 path,
                 options,
                 rewriting: Default::default(),
+                raft_log: Default::default(),
             }),
         })
     }
@@ -287,6 +275,32 @@ impl Store {
     pub(crate) fn db(&self) -> &Database {
         &self.inner.db
     }
+}
+
+/// Opens (or creates) a redb file, owner-only, on the disk `faults` controls if given.
+pub(crate) fn open_database(
+    path: &Path,
+    cache_bytes: usize,
+    faults: Option<&DiskFaults>,
+) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    let db = match faults {
+        None => builder.create(path)?,
+        Some(faults) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            builder.create_with_backend(faults::FaultyFile::new(file, faults.clone())?)?
+        }
+    };
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    Ok(db)
 }
 
 /// Meta numbers are stored as decimal text so a person can read them with any redb tool.

@@ -156,7 +156,7 @@ impl Store {
         for (index, entry) in entries {
             encoded.push((*index, encode_raft_entry(*entry)?));
         }
-        let txn = self.db().begin_write()?;
+        let txn = self.log_db()?.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             let mut expected = log.last()?.map(|(k, _)| k.value() + 1);
@@ -189,7 +189,7 @@ impl Store {
         if from >= to_exclusive {
             return Ok(Vec::new());
         }
-        let txn = self.db().begin_read()?;
+        let txn = self.log_db()?.begin_read()?;
         let log = txn.open_table(RAFT_LOG)?;
         let mut out = Vec::new();
         for item in log.range(from..to_exclusive)? {
@@ -201,7 +201,7 @@ impl Store {
 
     /// The last entry of the Raft log, if it has any.
     pub fn raft_last<E: DeserializeOwned>(&self) -> Result<Option<(u64, E)>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.log_db()?.begin_read()?;
         let log = txn.open_table(RAFT_LOG)?;
         let last = log.last()?;
         match last {
@@ -212,7 +212,7 @@ impl Store {
 
     /// Deletes Raft log entries `>= index` durably (a new leader overwrote them).
     pub fn raft_truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.log_db()?.begin_write()?;
         {
             let mut log = txn.open_table(RAFT_LOG)?;
             log.retain_in(index.., |_, _| false)?;
@@ -229,7 +229,7 @@ impl Store {
         purged: &P,
     ) -> Result<(), StoreError> {
         let bytes = encode_raft_value(purged)?;
-        let txn = self.db().begin_write()?;
+        let txn = self.log_db()?.begin_write()?;
         {
             let mut log: Table<u64, &[u8]> = txn.open_table(RAFT_LOG)?;
             log.retain_in(..=index, |_, _| false)?;
@@ -242,7 +242,7 @@ impl Store {
 
     /// Reads a small Raft value (vote, committed, purged).
     pub fn raft_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.log_db()?.begin_read()?;
         let meta = txn.open_table(RAFT_META)?;
         let value = meta.get(key)?;
         match value {
@@ -261,7 +261,7 @@ impl Store {
         durable: bool,
     ) -> Result<(), StoreError> {
         let bytes = encode_raft_value(value)?;
-        let mut txn = self.db().begin_write()?;
+        let mut txn = self.log_db()?.begin_write()?;
         if !durable {
             txn.set_durability(redb::Durability::None)?;
         }
@@ -293,9 +293,10 @@ impl Store {
 
     /// True when no Raft data was ever written: no log entry, no value, no snapshot.
     pub fn raft_is_pristine(&self) -> Result<bool, StoreError> {
+        let log_txn = self.log_db()?.begin_read()?;
+        let log = log_txn.open_table(RAFT_LOG)?;
+        let meta = log_txn.open_table(RAFT_META)?;
         let txn = self.db().begin_read()?;
-        let log = txn.open_table(RAFT_LOG)?;
-        let meta = txn.open_table(RAFT_META)?;
         let snapshot = txn.open_table(RAFT_SNAPSHOT)?;
         Ok(log.is_empty()?
             && meta.is_empty()?
@@ -306,10 +307,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use redb::ReadableDatabase;
     use serde::{Deserialize, Serialize};
     use tanvrit_state::State;
 
-    use crate::{Store, StoreError, RAFT_LOG, RAFT_SNAPSHOT};
+    use crate::{Store, StoreError, RAFT_LOG, RAFT_META, RAFT_SNAPSHOT};
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     struct Entry {
@@ -462,7 +464,7 @@ mod tests {
     fn raft_records_are_versioned() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let txn = store.db().begin_write().unwrap();
+        let txn = store.log_db().unwrap().begin_write().unwrap();
         txn.open_table(RAFT_LOG)
             .unwrap()
             .insert(1, br#"{"v":3,"entry":{}}"#.as_slice())
@@ -477,5 +479,55 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_log_kept_in_the_main_file_by_an_earlier_version_moves_to_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As an earlier version left it: log and values in `tanvrit.redb`.
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db().begin_write().unwrap();
+            {
+                let mut log = txn.open_table(RAFT_LOG).unwrap();
+                for i in 5..=7 {
+                    let bytes = super::encode_raft_entry(&entry(2, i)).unwrap();
+                    log.insert(i, bytes.as_slice()).unwrap();
+                }
+                let vote = super::encode_raft_value(&9u64).unwrap();
+                txn.open_table(RAFT_META)
+                    .unwrap()
+                    .insert("vote", vote.as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(dir.path()).unwrap();
+            let read = store.raft_read::<Entry>(0, 100).unwrap();
+            assert_eq!(read.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5, 6, 7]);
+            assert_eq!(read[2].1, entry(2, 7));
+            assert_eq!(store.raft_get::<u64>("vote").unwrap(), Some(9));
+            assert!(!store.raft_is_pristine().unwrap());
+            // Gone from the main file: nothing is read twice, nothing left behind.
+            let txn = store.db().begin_read().unwrap();
+            assert!(txn.open_table(RAFT_LOG).is_err());
+            assert!(txn.open_table(RAFT_META).is_err());
+        }
+        assert!(dir
+            .path()
+            .join(crate::raft_log_db::RAFT_LOG_FILE_NAME)
+            .exists());
+    }
+
+    #[test]
+    fn appends_and_state_writes_use_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A write transaction held on the main file does not hold up a log append.
+        let held = store.db().begin_write().unwrap();
+        store.raft_append(&[(1, &entry(1, 1))]).unwrap();
+        drop(held);
+        assert_eq!(store.raft_read::<Entry>(1, 2).unwrap().len(), 1);
     }
 }

@@ -4,10 +4,11 @@
 //!
 //! The state machine's tables (`raft.*`, see `tanvrit_store::state_tables`) are written
 //! by every `apply` with the rows it changed, its job-log chunks and the applied log id,
-//! in one transaction that is not fsynced: the next durable commit (an append, or the
-//! sync before a snapshot becomes current) makes it durable, and a crash before that
-//! leaves the tables at an earlier applied id, from which openraft re-applies the log.
-//! A restart loads the tables; history is never replayed.
+//! in one transaction that is not fsynced, but for one a second ([`DURABLE_EVERY`]) and
+//! the sync before a snapshot becomes current; a crash leaves the tables at an earlier
+//! applied id, from which openraft re-applies the log (kept at least back to the
+//! current snapshot). The log lives in a file of its own, so an apply never waits for
+//! an append's fsync. A restart loads the tables; history is never replayed.
 //!
 //! Snapshots never touch the database's single writer for long, which every log append
 //! needs (openraft's core awaits each append, so a long write transaction there would
@@ -29,7 +30,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -106,7 +107,13 @@ struct Shared {
 /// (`<data_dir>/snapshots/raft/`) that stream to and from peers.
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// When an apply last made the tables durable.
+    last_durable: Instant,
 }
+
+/// How often an apply's write is fsynced: bounds what a restart after a crash
+/// re-applies from the log, and lets redb reuse the pages earlier writes freed.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 fn file_identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -314,6 +321,7 @@ impl StateMachine {
                 }),
                 receiving: Mutex::new(None),
             }),
+            last_durable: Instant::now(),
         })
     }
 
@@ -403,6 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Before the index is published, so a reader waiting for it finds the output
         // (and no longer finds a collected job's, deleted after the batch's chunks).
         let store = self.shared.store.clone();
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
         blocking(move || {
             let write = StateWrite {
                 rows: rows?,
@@ -410,10 +419,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 chunks: &chunks,
                 collected: &collected,
             };
-            store.write_state(RAFT_GROUP, &write, false)
+            store.write_state(RAFT_GROUP, &write, durable)
         })
         .await
         .map_err(|e| StorageIOError::apply(last, e))?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
         // Settled jobs leave memory once the tables hold them.
         self.shared.state.write().evict_settled(&changes);
         self.shared.applied_index.send_replace(last.index);
