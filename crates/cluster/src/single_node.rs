@@ -158,6 +158,10 @@ pub(crate) fn recover(store: &Store) -> Result<(State, Index, Index), ClusterErr
     if !store.has_state(GROUP).map_err(storage)? {
         migrate_snapshot(store)?;
     }
+    let indexed = store.ensure_job_indexes(GROUP).map_err(storage)?;
+    if indexed > 0 {
+        tracing::info!(jobs = indexed, "built the jobs-by-state index");
+    }
     let mut state = store
         .load_working_set(GROUP)
         .map_err(storage)?

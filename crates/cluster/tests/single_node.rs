@@ -613,3 +613,68 @@ async fn jobs_are_listed_from_the_tables_newest_first_by_business_and_state() {
     assert_eq!(by_business, memory[..1].to_vec());
     close(node).await;
 }
+
+fn small_job(job: &str) -> Command {
+    Command::JobSubmit {
+        job: JobId::from(job),
+        business: business(),
+        spec: JobSpec {
+            command: vec!["true".into()],
+            resources: Resources {
+                cpu_millis: 10,
+                memory_mb: 16,
+                gpus: 0,
+            },
+            ..JobSpec::default()
+        },
+        idempotency_key: None,
+        rates: Rates::default(),
+        at: 2_000,
+    }
+}
+
+fn pending_page(node: &SingleNode) -> (Vec<JobId>, Option<JobId>) {
+    let (jobs, next) = node
+        .reader()
+        .read(|s| {
+            s.list_jobs(&JobFilter {
+                state: Some(JobState::Pending),
+                limit: 10,
+                ..JobFilter::default()
+            })
+        })
+        .unwrap();
+    (jobs.into_iter().map(|j| j.id).collect(), next)
+}
+
+#[tokio::test]
+async fn a_rare_state_is_listed_from_its_index_in_one_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = SingleNode::open(config(&dir)).unwrap();
+    // Three pending jobs, then 500 cancelled ones with newer ids: a scan by id would
+    // give up long before it reached the pending ones.
+    let mut commands = vec![top_up(1)];
+    for n in 0..3 {
+        commands.push(small_job(&format!("job-a-{n}")));
+    }
+    for n in 0..500 {
+        let job = format!("job-b-{n:03}");
+        commands.push(small_job(&job));
+        commands.push(Command::JobCancel {
+            job: JobId::from(job.as_str()),
+            reason: None,
+            at: 3_000,
+        });
+    }
+    submit_all(&node, commands).await;
+    let expected: Vec<JobId> = (0..3)
+        .rev()
+        .map(|n| JobId::from(format!("job-a-{n}").as_str()))
+        .collect();
+    assert_eq!(pending_page(&node), (expected.clone(), None));
+    close(node).await;
+    // And after a restart, from the same index on disk.
+    let node = SingleNode::open(config(&dir)).unwrap();
+    assert_eq!(pending_page(&node), (expected, None));
+    close(node).await;
+}

@@ -61,8 +61,8 @@ pub use nodes::labels_match;
 pub use retention::MAX_COLLECT_BATCH;
 pub use rows::{
     business_job_key, finished_key, idempotency_key, job_count_key, ledger_key, ledger_key_key,
-    split_finished_key, split_idempotency_key, AccountTotals, Changes, RowValue, RowWrite, Table,
-    META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
+    split_finished_key, split_idempotency_key, state_job_key, AccountTotals, Changes, RowValue,
+    RowWrite, Table, META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
 };
 
 /// A key as stored: public data plus the hash of its secret.

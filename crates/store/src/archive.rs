@@ -6,9 +6,7 @@
 
 use redb::{ReadTransaction, ReadableDatabase, TableDefinition};
 use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry};
-use tanvrit_state::{
-    business_job_key, ledger_key, ledger_key_key, ArchiveError, JobArchive, JobFilter, Table,
-};
+use tanvrit_state::{ledger_key, ledger_key_key, ArchiveError, JobArchive, JobFilter, Table};
 
 use crate::state_tables::{decode_row_value, table_name};
 use crate::{Store, StoreError, WeakStore};
@@ -97,22 +95,30 @@ impl TableArchive {
             out.push(job);
             false
         };
-        match &filter.business {
-            Some(business) => {
-                let name = table_name(&self.group, Table::JobsByBusiness);
+        // A business's jobs, or the jobs in one state, come from their index; the rest
+        // from the job table itself.
+        let index = match (&filter.business, filter.state) {
+            (Some(business), _) => Some((Table::JobsByBusiness, format!("{business}/"))),
+            (None, Some(state)) => Some((Table::JobsByState, format!("{}/", state.as_str()))),
+            (None, None) => None,
+        };
+        match index {
+            Some((table, prefix)) => {
+                let name = table_name(&self.group, table);
                 let index = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
                     Ok(index) => index,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
                     Err(err) => return Err(err.into()),
                 };
-                let start = business_job_key(business, &JobId::default());
+                let start = prefix.clone();
+                // '0' follows '/': the end of the prefix's range.
                 let end = match &filter.after {
-                    Some(after) => business_job_key(business, after),
-                    None => format!("{business}0"),
+                    Some(after) => format!("{prefix}{after}"),
+                    None => format!("{}0", &prefix[..prefix.len() - 1]),
                 };
                 for item in index.range(start.as_str()..end.as_str())?.rev() {
                     let (key, _) = item?;
-                    let id = &key.value()[business_prefix(business).len()..];
+                    let id = &key.value()[prefix.len()..];
                     scanned += 1;
                     if let Some(job) = self.job_in(&txn, id)? {
                         if consider(job, &mut out) {
@@ -163,11 +169,6 @@ impl TableArchive {
         };
         Ok((out, next))
     }
-}
-
-/// A business's keys in [`Table::JobsByBusiness`] start with this.
-fn business_prefix(business: &BusinessId) -> String {
-    format!("{business}/")
 }
 
 impl JobArchive for TableArchive {
@@ -233,5 +234,103 @@ impl JobArchive for TableArchive {
             Ok(out)
         };
         read().map_err(archive_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::TableDefinition;
+    use tanvrit_api::{BusinessId, EntryId, EntryKind, JobId, JobSpec, JobState, Rates, Resources};
+    use tanvrit_state::{Command, JobArchive, JobFilter, State, Table};
+
+    use super::TableArchive;
+    use crate::state_tables::table_name;
+    use crate::Store;
+
+    fn business() -> BusinessId {
+        BusinessId::from("biz")
+    }
+
+    fn submit(job: &str) -> Command {
+        Command::JobSubmit {
+            job: JobId::from(job),
+            business: business(),
+            spec: JobSpec {
+                command: vec!["true".into()],
+                resources: Resources {
+                    cpu_millis: 10,
+                    memory_mb: 16,
+                    gpus: 0,
+                },
+                ..JobSpec::default()
+            },
+            idempotency_key: None,
+            rates: Rates::default(),
+            at: 2_000,
+        }
+    }
+
+    /// Three pending jobs, then thirty cancelled ones with newer ids.
+    fn state() -> State {
+        let mut commands = vec![Command::LedgerEntryCreate {
+            entry: EntryId("ent-1".into()),
+            business: business(),
+            kind: EntryKind::TopUp,
+            amount: 1_000_000,
+            idempotency_key: "top-up".into(),
+            note: None,
+            at: 1_000,
+        }];
+        commands.extend((0..3).map(|n| submit(&format!("job-a-{n}"))));
+        for n in 0..30 {
+            let job = format!("job-b-{n:02}");
+            commands.push(submit(&job));
+            commands.push(Command::JobCancel {
+                job: JobId::from(job.as_str()),
+                reason: None,
+                at: 3_000,
+            });
+        }
+        let mut state = State::new();
+        for (index, command) in commands.iter().enumerate() {
+            state.apply(index as u64 + 1, command).unwrap();
+        }
+        state
+    }
+
+    fn pending(archive: &TableArchive) -> Vec<JobId> {
+        let filter = JobFilter {
+            state: Some(JobState::Pending),
+            limit: 10,
+            ..JobFilter::default()
+        };
+        let (jobs, _) = archive.jobs(&filter).unwrap();
+        jobs.into_iter().map(|j| j.id).collect()
+    }
+
+    #[test]
+    fn the_jobs_by_state_index_is_rebuilt_from_the_job_table_when_it_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.replace_state("single", &state(), &[]).unwrap();
+        let archive = TableArchive::new(store.clone(), "single");
+        let expected: Vec<JobId> = (0..3)
+            .rev()
+            .map(|n| JobId::from(format!("job-a-{n}").as_str()))
+            .collect();
+        assert_eq!(pending(&archive), expected);
+        assert_eq!(store.ensure_job_indexes("single").unwrap(), 0);
+
+        // As tables written before the index existed: none of it.
+        let name = table_name("single", Table::JobsByState);
+        let txn = store.db().begin_write().unwrap();
+        txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(pending(&archive).is_empty());
+
+        assert_eq!(store.ensure_job_indexes("single").unwrap(), 33);
+        assert_eq!(pending(&archive), expected);
+        assert_eq!(store.ensure_job_indexes("single").unwrap(), 0);
     }
 }

@@ -11,7 +11,10 @@
 //! with [`ENGINE_META_PREFIX`] (Raft's applied log id and membership): raw bytes the
 //! engine encodes itself, written in the same transaction as the rows they describe.
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tanvrit_api::{BusinessId, JobId};
@@ -90,7 +93,7 @@ pub fn decode_row(table: Table, key: &str, bytes: &[u8]) -> Result<Option<Row>, 
             })?;
             Row::Idempotency(scope.to_string(), name.to_string(), decode_value(bytes)?)
         }
-        Table::LiveJobs | Table::FinishedJobs | Table::JobsByBusiness => {
+        Table::LiveJobs | Table::FinishedJobs | Table::JobsByBusiness | Table::JobsByState => {
             Row::Marker(table, key.to_string())
         }
         Table::LedgerKeys => Row::Seq(table, key.to_string(), decode_value(bytes)?),
@@ -205,6 +208,40 @@ impl Store {
         Ok(())
     }
 
+    /// Builds `group`'s jobs-by-state index from its job table when the two disagree in
+    /// size: tables written before the index existed, or a snapshot from such a
+    /// replica. Durable; returns how many jobs it indexed (0: nothing to do).
+    pub fn ensure_job_indexes(&self, group: &str) -> Result<u64, StoreError> {
+        let jobs_name = table_name(group, Table::Jobs);
+        let index_name = table_name(group, Table::JobsByState);
+        let txn = self.db().begin_write()?;
+        let rebuilt = {
+            let jobs = txn.open_table(definition(&jobs_name))?;
+            let mut index = txn.open_table(definition(&index_name))?;
+            if jobs.len()? == index.len()? {
+                0
+            } else {
+                index.retain(|_, _| false)?;
+                let mut count = 0;
+                for item in jobs.iter()? {
+                    let (id, value) = item?;
+                    let job: tanvrit_api::Job = decode_row_value(value.value())?;
+                    let key = tanvrit_state::state_job_key(job.state, &job.id);
+                    debug_assert_eq!(job.id.as_str(), id.value());
+                    index.insert(key.as_str(), [].as_slice())?;
+                    count += 1;
+                }
+                count
+            }
+        };
+        if rebuilt == 0 {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok(rebuilt)
+    }
+
     /// Whether `group`'s tables hold a state (they record an applied index).
     pub fn has_state(&self, group: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -236,7 +273,11 @@ impl Store {
             let history = |t: &Table| {
                 matches!(
                     t,
-                    Table::Jobs | Table::Ledger | Table::LedgerKeys | Table::JobKeys
+                    Table::Jobs
+                        | Table::Ledger
+                        | Table::LedgerKeys
+                        | Table::JobKeys
+                        | Table::JobsByState
                 )
             };
             let tables = Table::ALL.into_iter().filter(|t| !history(t)).collect();

@@ -295,6 +295,10 @@ impl StateMachine {
                 );
             }
         }
+        let indexed = store.ensure_job_indexes(RAFT_GROUP)?;
+        if indexed > 0 {
+            tracing::info!(jobs = indexed, "built the jobs-by-state index");
+        }
         let view = store.state_view(RAFT_GROUP)?;
         let applied = Applied {
             last: read_engine(&view, META_APPLIED)?.flatten(),
@@ -512,6 +516,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // A failure leaves the tables marked `installing` and refused to readers;
             // openraft stops the replica, and its next start rebuilds them.
             let state = install_into_tables(&shared.store, &received.path, &applied)?;
+            // A snapshot from a replica of an earlier version has no jobs-by-state rows.
+            shared.store.ensure_job_indexes(RAFT_GROUP)?;
             let current = shared.snapshots.make_current(&received)?;
             // Output of jobs the installed state no longer knows is not the leader's.
             shared

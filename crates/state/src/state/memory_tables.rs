@@ -72,7 +72,11 @@ impl MemoryTables {
         let mut loader = StateLoader::evicting();
         for ((table, key), row) in rows.iter() {
             match table {
-                Table::Jobs | Table::Ledger | Table::LedgerKeys | Table::JobKeys => {}
+                Table::Jobs
+                | Table::Ledger
+                | Table::LedgerKeys
+                | Table::JobKeys
+                | Table::JobsByState => {}
                 Table::LiveJobs => {
                     if let Some(job) = rows.get(&(Table::Jobs, key.clone())) {
                         loader.add(job.clone());

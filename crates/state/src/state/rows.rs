@@ -56,16 +56,20 @@ pub enum Table {
     JobsByBusiness,
     /// `business/idempotency key` -> the seq of the ledger entry posted under it.
     LedgerKeys,
+    /// `state/job id` -> nothing: the jobs in each state, for listing them by state in
+    /// id order.
+    JobsByState,
 }
 
 impl Table {
     /// Every table, in the order a snapshot streams them.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::LedgerKeys,
         Table::Meta,
         Table::LiveJobs,
         Table::FinishedJobs,
         Table::JobsByBusiness,
+        Table::JobsByState,
         Table::Keys,
         Table::Nodes,
         Table::Accounts,
@@ -92,6 +96,7 @@ impl Table {
             Table::FinishedJobs => "finished_jobs",
             Table::JobsByBusiness => "jobs_by_business",
             Table::LedgerKeys => "ledger_keys",
+            Table::JobsByState => "jobs_by_state",
         }
     }
 
@@ -207,6 +212,11 @@ pub fn business_job_key(business: &BusinessId, job: &JobId) -> String {
     format!("{business}/{job}")
 }
 
+/// The key of a job in [`Table::JobsByState`].
+pub fn state_job_key(state: JobState, job: &JobId) -> String {
+    format!("{}/{job}", state.as_str())
+}
+
 /// The meta row counting the jobs in `state`.
 pub fn job_count_key(state: JobState) -> String {
     format!("jobs.{}", state.as_str())
@@ -288,8 +298,24 @@ fn delete<'a>(table: Table, key: String) -> RowWrite<'a> {
     }
 }
 
-/// The live and finished rows of a job as it is now (`None`: gone).
+/// The live, finished and by-state rows of a job as it is now (`None`: gone). The
+/// state it left is not known here, so every other state's row is deleted.
 fn job_index_rows<'a>(id: &JobId, job: Option<&Job>) -> Vec<RowWrite<'a>> {
+    let mut rows: Vec<RowWrite<'a>> = JobState::ALL
+        .into_iter()
+        .map(|state| {
+            let key = state_job_key(state, id);
+            match job {
+                Some(job) if job.state == state => put(Table::JobsByState, key, RowValue::Marker),
+                _ => delete(Table::JobsByState, key),
+            }
+        })
+        .collect();
+    rows.extend(live_and_finished_rows(id, job));
+    rows
+}
+
+fn live_and_finished_rows<'a>(id: &JobId, job: Option<&Job>) -> Vec<RowWrite<'a>> {
     match job.map(|job| (job, finish_time(job))) {
         None => vec![delete(Table::LiveJobs, id.to_string())],
         Some((_, Some(finished))) => vec![
