@@ -108,6 +108,9 @@ pub enum Command {
     /// Replicas, roles and indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Follow the event stream: every change, as it is applied (filter by topic,
+    /// business, job or node; resume with --from-index).
+    Events(crate::commands::events::EventsArgs),
     /// Benchmarks: HTTP submissions at several concurrencies; scheduler placements.
     #[command(subcommand)]
     Bench(crate::commands::bench::BenchCommand),
@@ -141,6 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credit(command) => command.run(&client()?, out).await,
         Command::Schedule(command) => command.run(&client()?, out).await,
         Command::Cluster(command) => command.run(&client()?, out).await,
+        Command::Events(args) => crate::commands::events::run_events(&client()?, out, args).await,
         Command::Bench(command) => command.run(|| Ok(client()?), out).await,
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,

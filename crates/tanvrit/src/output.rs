@@ -45,6 +45,14 @@ impl Output {
     }
 }
 
+/// Prints one line on stdout and flushes it (for followed streams).
+pub fn line(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
 /// No borders, no row or column lines: only a rule under the header (comfy-table's
 /// 19-character preset format; position 6 is the header line).
 const LIST_STYLE: &str = "     ─             ";

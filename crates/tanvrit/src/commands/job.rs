@@ -54,6 +54,11 @@ pub enum JobCommand {
     },
     /// Print a job's output.
     Logs(LogsArgs),
+    /// Follow a job's state changes (from the event stream) until it ends.
+    Watch {
+        /// The job's id.
+        id: String,
+    },
 }
 
 /// What to run and with what: shared by `job submit` and `schedule create`.
@@ -264,6 +269,7 @@ impl JobCommand {
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
             JobCommand::Logs(args) => logs(client, out, args).await,
+            JobCommand::Watch { id } => crate::commands::events::watch_job(client, out, id).await,
         }
     }
 }

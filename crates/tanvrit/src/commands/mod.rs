@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_process;
 pub mod cluster;
 pub mod credit;
+pub mod events;
 pub mod failover;
 pub mod job;
 pub mod key;
