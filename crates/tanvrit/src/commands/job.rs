@@ -11,7 +11,7 @@ use tanvrit_api::{
 };
 use tanvrit_client::Client;
 
-use super::keyed;
+use super::{keyed, needs_business, DEFAULT_BUSINESS};
 use crate::output::{fields, or_dash, pairs, table, wire_name, Output};
 use crate::parse::{self, format_credits, format_opt_time, format_time};
 
@@ -127,9 +127,9 @@ impl TemplateArgs {
 /// `job submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The business to bill.
-    #[arg(long, env = ENV_BUSINESS, default_value = "default")]
-    pub business: String,
+    /// The business to bill (default: a user key's own; `default` for an admin key).
+    #[arg(long, env = ENV_BUSINESS)]
+    pub business: Option<String>,
     /// A retried submit with the same key returns the first job instead of a new one
     /// (sent as the `Idempotency-Key` header and as the job's own key).
     #[arg(long)]
@@ -180,12 +180,17 @@ impl JobCommand {
         match self {
             JobCommand::Submit(args) => {
                 let client = keyed(client, args.idempotency_key.as_deref());
-                let request = JobSubmitRequest {
-                    business: Some(BusinessId::from(args.business)),
+                let request = |business: Option<&str>| JobSubmitRequest {
+                    business: business.map(BusinessId::from),
                     spec: args.template.spec(),
-                    idempotency_key: args.idempotency_key,
+                    idempotency_key: args.idempotency_key.clone(),
                 };
-                let response = client.submit_job(request).await?;
+                let response = match client.submit_job(request(args.business.as_deref())).await {
+                    Err(err) if args.business.is_none() && needs_business(&err) => {
+                        client.submit_job(request(Some(DEFAULT_BUSINESS))).await?
+                    }
+                    answer => answer?,
+                };
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
             JobCommand::List(args) => {
