@@ -14,7 +14,7 @@ use crate::commands::key::KeyCommand;
 use crate::commands::node::NodeCommand;
 use crate::commands::schedule::ScheduleCommand;
 use crate::config::ConfigError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::parse;
 use crate::server::{DevArgs, ServerArgs};
 
@@ -50,9 +50,18 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub api_key: Option<String>,
-    /// Print the JSON response (for scripts) instead of tables.
+    /// Print the JSON response (for scripts) instead of tables (the same as `-o json`).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+    /// Output format: table, wide (more columns where a list has them), json or yaml.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub output: Option<Format>,
     /// Limit for one request, e.g. 30s (long polls add their wait).
     #[arg(long, default_value = "30s", value_parser = parse::duration, global = true, help_heading = "Global options")]
     pub request_timeout: Duration,
@@ -83,7 +92,11 @@ impl GlobalArgs {
 
     /// How results are printed.
     pub fn output(&self) -> Output {
-        Output { json: self.json }
+        match (self.output, self.json) {
+            (Some(format), _) => Output::new(format),
+            (None, true) => Output::new(Format::Json),
+            (None, false) => Output::new(Format::Table),
+        }
     }
 }
 
@@ -155,6 +168,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints `error: <code>: <message>` to stderr and picks the exit code: 2 for a
 /// configuration the user must fix before anything is sent, 1 for everything else.
 pub fn report(err: &anyhow::Error) -> ExitCode {
+    if closed_stdout(err) {
+        return ExitCode::SUCCESS;
+    }
     if let Some(client_err) = err.downcast_ref::<ClientError>() {
         eprintln!("error: {}: {}", client_err.code(), client_err.message());
         let usage = matches!(client_err, ClientError::Config(_));
@@ -174,6 +190,34 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     }
     eprintln!("error: {err:#}");
     ExitCode::from(EXIT_ERROR)
+}
+
+/// Whether `err` is a write to a closed stdout (`tanvrit job list | head -1`): the
+/// reader has what it wanted, so the command ends quietly with status 0.
+fn closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Makes a write to a closed stdout end the program quietly with status 0 where it
+/// panics (`println!` does), and leaves every other panic to the default hook.
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(EXIT_OK));
+        }
+        default(info);
+    }));
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (else `default`).

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use tanvrit_api::{
-    AttemptId, BusinessId, Consistency, Job, JobActionRequest, JobId, JobListRequest,
-    JobLogsRequest, JobSpec, JobState, JobSubmitRequest, Resources,
+    AttemptId, BusinessId, Consistency, Job, JobActionRequest, JobId, JobLogsRequest, JobSpec,
+    JobSubmitRequest, Resources,
 };
 use tanvrit_client::Client;
 
@@ -23,8 +23,8 @@ pub const ENV_BUSINESS: &str = "TANVRIT_BUSINESS";
 pub enum JobCommand {
     /// Submit a job: `tanvrit job submit [FLAGS] -- CMD ARGS...` or `--shell "STR"`.
     Submit(SubmitArgs),
-    /// List jobs, newest first.
-    List(ListArgs),
+    /// List jobs, newest first (`--all` pages through every one; `--watch` follows).
+    List(super::job_list::ListArgs),
     /// Show one job and its attempts.
     Get {
         /// The job's id.
@@ -138,23 +138,6 @@ pub struct SubmitArgs {
     pub template: TemplateArgs,
 }
 
-/// `job list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Only jobs in this state (pending, assigned, running, succeeded, failed, cancelled, lost).
-    #[arg(long)]
-    pub state: Option<JobState>,
-    /// Only this business's jobs.
-    #[arg(long)]
-    pub business: Option<String>,
-    /// Most jobs to show.
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Continue after this job id (the `next` of the previous page).
-    #[arg(long)]
-    pub after: Option<String>,
-}
-
 /// `job logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -193,38 +176,7 @@ impl JobCommand {
                 };
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
-            JobCommand::List(args) => {
-                let request = JobListRequest {
-                    consistency: Consistency::Stale,
-                    state: args.state,
-                    business: args.business.map(BusinessId::from),
-                    limit: args.limit,
-                    after: args.after.map(JobId::from),
-                };
-                let response = client.list_jobs(request).await?;
-                if out.json {
-                    return out.json(&response);
-                }
-                let mut t = table([
-                    "ID", "STATE", "BUSINESS", "NAME", "COMMAND", "ATTEMPTS", "CREATED",
-                ]);
-                for job in &response.jobs {
-                    t.add_row(vec![
-                        job.id.to_string(),
-                        job.state.as_str().to_string(),
-                        job.business.to_string(),
-                        or_dash(job.spec.name.as_ref()),
-                        command_text(&job.spec, 40),
-                        job.attempts.len().to_string(),
-                        format_time(job.created_at),
-                    ]);
-                }
-                println!("{t}");
-                if let Some(next) = &response.next {
-                    println!("more: --after {next}");
-                }
-                Ok(())
-            }
+            JobCommand::List(args) => super::job_list::list(client, out, args).await,
             JobCommand::Get { id } => {
                 let response = client.get_job(&JobId::from(id), Consistency::Stale).await?;
                 if out.json {
@@ -331,7 +283,7 @@ async fn logs(client: &Client, out: Output, args: LogsArgs) -> anyhow::Result<()
 }
 
 /// The command as one line, shortened to `max` characters.
-fn command_text(spec: &JobSpec, max: usize) -> String {
+pub(crate) fn command_text(spec: &JobSpec, max: usize) -> String {
     let text = match &spec.shell {
         Some(shell) => format!("sh -c {shell:?}"),
         None => spec.command.join(" "),

@@ -7,6 +7,7 @@ pub mod credit;
 pub mod events;
 pub mod failover;
 pub mod job;
+pub mod job_list;
 pub mod key;
 pub mod ledger_bench;
 pub mod node;
