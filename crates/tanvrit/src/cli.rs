@@ -62,6 +62,16 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub output: Option<Format>,
+    /// Log lines (stderr) as text or as one JSON object per line (servers and agents).
+    #[arg(
+        long,
+        value_enum,
+        env = "TANVRIT_LOG_FORMAT",
+        default_value = "text",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub log_format: LogFormat,
     /// Limit for one request, e.g. 30s (long polls add their wait).
     #[arg(long, default_value = "30s", value_parser = parse::duration, global = true, help_heading = "Global options")]
     pub request_timeout: Duration,
@@ -100,6 +110,16 @@ impl GlobalArgs {
     }
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line each, colored on a terminal unless NO_COLOR is set.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -134,6 +154,12 @@ pub enum Command {
     Dev(DevArgs),
     /// Run a worker agent: register this machine as a node and run the jobs placed on it.
     Agent(AgentArgs),
+    /// Print a shell completion script: `source <(tanvrit completion bash)`.
+    #[command(visible_alias = "completions")]
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -162,6 +188,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,
         Command::Agent(args) => crate::agent::run_agent(args, &cli.global).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut stdout = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "tanvrit", &mut stdout);
+            Ok(())
+        }
     }
 }
 
@@ -220,17 +252,27 @@ pub fn quiet_on_closed_stdout() {
     }));
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (else `default`).
-pub fn init_logging(default: &str) {
+/// True when `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default`), as text (colored only on
+/// a terminal and without NO_COLOR) or as JSON lines.
+pub fn init_logging(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // A second call (tests) keeps the first subscriber; that is fine.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber; that is fine.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && !no_color())
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The CLI's manners against a real `tanvrit server` process: a closed pipe ends a
 //! command quietly with status 0; a user key's jobs go to its own business without
-//! `--business`; `job list --all` pages through more than one page; `-o yaml|wide`.
+//! `--business`; `job list --all` pages through more than one page; `-o yaml|wide`;
+//! shell completions; server logs as JSON lines.
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tanvrit_api::{
@@ -11,6 +13,7 @@ use tanvrit_api::{
 };
 use tanvrit_client::Client;
 use tanvrit_testkit::process::{ServerProcess, TEST_ADMIN_KEY};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tanvrit");
 
@@ -218,4 +221,49 @@ async fn job_list_all_pages_through_more_than_a_page_and_prints_yaml_or_wide() {
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stdout.contains("PRIORITY"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = tanvrit("http://127.0.0.1:9", "k", &["completion", shell]).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stdout.contains("tanvrit"), "{shell}");
+        assert!(
+            run.stdout.contains("watch"),
+            "{shell}: subcommands are completed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_logs_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command("http://127.0.0.1:9", TEST_ADMIN_KEY, &[])
+        .args([
+            "--log-format",
+            "json",
+            "server",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("TANVRIT_BOOTSTRAP_KEY", TEST_ADMIN_KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a log line");
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert!(line["level"].is_string(), "{first}");
+    assert!(line["fields"]["message"].is_string(), "{first}");
+    child.kill().await.unwrap();
 }
