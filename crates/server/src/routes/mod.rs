@@ -15,6 +15,7 @@ pub(crate) mod keys;
 pub(crate) mod nodes;
 pub(crate) mod probes;
 pub(crate) mod schedules;
+pub(crate) mod ui;
 
 use serde::{Deserialize, Serialize};
 use tanvrit_api::{ErrorBody, ErrorDetail};
