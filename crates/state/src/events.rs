@@ -97,6 +97,15 @@ impl EntryEvents {
                     self.job(job, at);
                 }
             }
+            (
+                Command::NodeLost { node: id, .. }
+                | Command::NodeEvict { node: id, .. }
+                | Command::NodeDelete { node: id, .. },
+                Effect::Node { node },
+            ) => {
+                self.node(node, at);
+                self.lost_on(id, state, at);
+            }
             (_, Effect::Node { node }) => self.node(node, at),
             (Command::KeyCreate { .. }, Effect::Key { key })
             | (Command::KeyRevoke { .. }, Effect::Key { key })
@@ -170,6 +179,36 @@ impl EntryEvents {
                 _,
                 Effect::Placements { .. } | Effect::LogAppended { .. } | Effect::Replayed { .. },
             ) => {}
+        }
+    }
+
+    /// The attempts a node's loss, eviction or forced deletion ended at this index, and
+    /// their jobs (requeued or lost): the effect names the node only. Such jobs were
+    /// active, so every replica holds them in memory; the map is ordered by id, so
+    /// every replica derives them in the same order.
+    fn lost_on(&mut self, node: &NodeId, state: &State, at: Millis) {
+        let index = self.index;
+        let ended: Vec<(Job, tanvrit_api::Attempt)> = state
+            .all_jobs()
+            .filter(|job| job.modify_index == index)
+            .filter_map(|job| {
+                let attempt = job.attempts.iter().rev().find(|a| {
+                    &a.node == node
+                        && a.state == tanvrit_api::AttemptState::Lost
+                        && a.finished_at == Some(at)
+                })?;
+                Some((job.clone(), attempt.clone()))
+            })
+            .collect();
+        for (job, attempt) in ended {
+            let mut event = self.job_scoped(Topic::Attempt, &job, at);
+            event.kind = "attempt_lost".into();
+            event.id = attempt.id.to_string();
+            event.state = Some("lost".into());
+            event.node = Some(node.clone());
+            event.object = Some(EventObject::Attempt(Box::new(attempt)));
+            self.push(event);
+            self.job(&job, at);
         }
     }
 

@@ -111,3 +111,27 @@ fn a_tenant_filter_passes_only_its_business_and_its_topics() {
     };
     assert_eq!(events.iter().filter(|e| only_node.matches(e)).count(), 1);
 }
+
+#[test]
+fn a_lost_node_yields_its_attempts_and_their_jobs_too() {
+    let mut commands = lifecycle();
+    commands.truncate(5); // j1 runs on n1
+    commands.push(Command::NodeLost {
+        node: "n1".into(),
+        at: 20,
+    });
+    let events = derive(&commands);
+    let last: Vec<&str> = events
+        .iter()
+        .filter(|e| e.index == 6)
+        .map(|e| e.kind.as_str())
+        .collect();
+    // Requeued (no retries left means lost; the default spec has none).
+    assert_eq!(last[0], "node_down");
+    assert_eq!(last[1], "attempt_lost");
+    assert!(
+        last[2] == "job_pending" || last[2] == "job_lost",
+        "{last:?}"
+    );
+    assert_eq!(last.len(), 3);
+}
