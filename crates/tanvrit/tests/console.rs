@@ -1,8 +1,9 @@
 //! The web console at `/ui` in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver`) against `tanvrit dev` processes: sign-in and its error in words,
 //! a job submitted from the CLI appearing and succeeding without a reload, its live log,
-//! cancelling a running job from its page, a user key seeing only its business, and the
-//! topology page showing a new leader after the leader of a 3-replica cluster is killed.
+//! cancelling a running job from its page, credits and keys, a user key seeing only its
+//! business, and the topology page showing a new leader after the leader of a
+//! 3-replica cluster is killed.
 //!
 //! Screenshots of each page go to `target/console-screenshots/`, or to `docs/console/`
 //! with `TANVRIT_UPDATE_SCREENSHOTS=1` (the checked-in ones the README shows).
@@ -152,6 +153,54 @@ async fn the_console_signs_in_follows_jobs_live_and_cancels_one() {
         })
         .await;
     browser.screenshot(&shot("nodes")).await;
+
+    // Credits: the balance and the ledger of a business (holds and charges of the jobs).
+    browser
+        .client
+        .goto(&format!("{url}/ui/#/credits"))
+        .await
+        .unwrap();
+    let input = browser
+        .client
+        .find(Locator::Id("credits-business"))
+        .await
+        .unwrap();
+    input.send_keys("default").await.unwrap();
+    browser
+        .client
+        .find(Locator::Id("credits-show"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("#credits-balance", "the balance", |t| {
+            t.starts_with("default: ")
+        })
+        .await;
+    browser
+        .wait_text("#credits-body", "the ledger", |t| t.contains("charge"))
+        .await;
+    browser.screenshot(&shot("credits")).await;
+    browser
+        .client
+        .goto(&format!("{url}/ui/#/keys"))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#keys-body", "the admin key", |t| t.contains("admin"))
+        .await;
+    browser
+        .client
+        .goto(&format!("{url}/ui/#/cluster"))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#cluster-counts", "the job counts", |t| {
+            t.contains("succeeded")
+        })
+        .await;
 
     // A user key of another business sees none of `default`'s jobs.
     let admin = dev.admin_client(3);

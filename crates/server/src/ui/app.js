@@ -264,12 +264,25 @@ async function nodesPage(page) {
 
 async function clusterPage(page) {
   const summary = el('p', { id: 'cluster-leader' });
+  const rate = el('p', { id: 'cluster-rate' });
+  const counts = el('p', { id: 'cluster-counts' });
   const body = el('tbody', { id: 'cluster-body' });
-  page.append(el('h1', {}, 'Cluster'), summary, el('table', {},
+  let last = null;
+  page.append(el('h1', {}, 'Cluster'), summary, rate, counts, el('table', {},
     el('thead', {}, el('tr', {}, ['Replica', 'Region', 'Role', 'Term', 'Commit', 'Applied', 'Lag', 'Reachable'].map((h) => el('th', {}, h)))), body));
   const load = async () => {
     try {
       const t = await call('/cluster/topology', {});
+      const now = Date.now();
+      if (last) {
+        const perSecond = ((t.index - last.index) * 1000) / Math.max(1, now - last.at);
+        rate.textContent = `Throughput: ${perSecond.toFixed(1)} log entries/s applied here`;
+      }
+      last = { index: t.index, at: now };
+      call('/metrics', {}).then((m) => {
+        const jobs = Object.entries(m.jobs_by_state).map(([k, v]) => `${v} ${k}`).join(', ');
+        counts.textContent = `Jobs: ${jobs || 'none'} · nodes: ${Object.values(m.nodes_by_state).reduce((a, b) => a + b, 0)}`;
+      }).catch(() => { counts.textContent = ''; });
       summary.textContent = `Leader: ${t.leader || 'none'} · answered by ${t.this_replica} · ${t.mode}`;
       body.replaceChildren(...t.replicas.map((r) => el('tr', { 'data-role': r.role },
         el('td', {}, r.name), el('td', {}, r.region), el('td', {}, r.role), el('td', {}, String(r.term)),
@@ -280,6 +293,69 @@ async function clusterPage(page) {
   };
   await load();
   state.timers.push(setInterval(load, 1000));
+}
+
+// ---- credits, schedules, keys -----------------------------------------------------------
+
+async function creditsPage(page) {
+  const business = el('input', { id: 'credits-business', placeholder: 'your key\'s business' });
+  const summary = el('p', { id: 'credits-balance' });
+  const body = el('tbody', { id: 'credits-body' });
+  const exportLink = el('a', { id: 'credits-csv', hidden: '' }, 'Download CSV');
+  const load = async () => {
+    const named = business.value.trim() || undefined;
+    try {
+      const balance = await call('/credits/balance', { business: named });
+      summary.textContent = `${balance.business}: ${credits(balance.available)} available, `
+        + `${credits(balance.held)} held, ${balance.entries} entries`;
+      const list = await call('/credits/entries/list', { business: named });
+      body.replaceChildren(...list.entries.slice(-500).reverse().map((e) => el('tr', {},
+        el('td', {}, String(e.seq)), el('td', {}, e.kind), el('td', {}, credits(e.amount)),
+        el('td', {}, credits(e.balance_after)), el('td', { class: 'id wide' }, e.job || '-'),
+        el('td', { class: 'wide' }, e.note || '-'))));
+      say('');
+    } catch (error) { say(error.message, true); }
+  };
+  const download = async () => {
+    try {
+      const response = await fetch(`${API}/credits/entries/export`, {
+        method: 'POST', headers: headers(), body: JSON.stringify({ business: business.value.trim() }),
+      });
+      if (!response.ok) {
+        const data = await response.json().catch(() => ({}));
+        throw new ApiError(response.status, data.error || { code: `http_${response.status}`, message: '' });
+      }
+      exportLink.href = URL.createObjectURL(await response.blob());
+      exportLink.download = `${business.value.trim()}-ledger.csv`;
+      exportLink.hidden = false;
+    } catch (error) { say(error.message, true); }
+  };
+  page.append(el('h1', {}, 'Credits'),
+    el('div', { class: 'filters' }, el('label', { for: 'credits-business' }, 'Business'), business,
+      el('button', { type: 'button', id: 'credits-show', onclick: load }, 'Show'),
+      el('button', { type: 'button', id: 'credits-export', onclick: download }, 'Export CSV (admin)'), exportLink),
+    summary,
+    el('table', {}, el('thead', {}, el('tr', {}, ['#', 'Kind', 'Amount', 'Balance', 'Job', 'Note']
+      .map((h, i) => el('th', { class: i > 3 ? 'wide' : null }, h)))), body));
+  await load();
+}
+
+async function schedulesPage(page) {
+  const list = await call('/schedules/list', {});
+  page.append(el('h1', {}, 'Schedules'), el('table', {},
+    el('thead', {}, el('tr', {}, ['Name', 'Business', 'Cron', 'Time zone', 'Enabled', 'Next fire'].map((h) => el('th', {}, h)))),
+    el('tbody', { id: 'schedules-body' }, list.schedules.map((s) => el('tr', {},
+      el('td', {}, s.name || s.id), el('td', {}, s.business), el('td', {}, s.cron), el('td', {}, s.timezone),
+      el('td', {}, s.enabled ? 'yes' : 'no'), el('td', {}, time(s.next_fire_at)))))));
+}
+
+async function keysPage(page) {
+  const list = await call('/keys/list', {});
+  page.append(el('h1', {}, 'API keys'), el('table', {},
+    el('thead', {}, el('tr', {}, ['ID', 'Name', 'Scope', 'Business', 'Created', 'Revoked'].map((h) => el('th', {}, h)))),
+    el('tbody', { id: 'keys-body' }, list.keys.map((k) => el('tr', {},
+      el('td', { class: 'id' }, k.id), el('td', {}, k.name), el('td', {}, k.scope), el('td', {}, k.business || '-'),
+      el('td', {}, time(k.created_at)), el('td', {}, time(k.revoked_at)))))));
 }
 
 // ---- sign-in and routing ----------------------------------------------------------------
@@ -298,6 +374,9 @@ async function route() {
     if (name === 'job' && id) await jobPage(page, decodeURIComponent(id));
     else if (name === 'nodes') await nodesPage(page);
     else if (name === 'cluster') await clusterPage(page);
+    else if (name === 'credits') await creditsPage(page);
+    else if (name === 'schedules') await schedulesPage(page);
+    else if (name === 'keys') await keysPage(page);
     else await jobsPage(page);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) { signOut(error.message); return; }
