@@ -1,7 +1,7 @@
 //! The CLI's manners against a real `tanvrit server` process: a closed pipe ends a
 //! command quietly with status 0; a user key's jobs go to its own business without
 //! `--business`; `job list --all` pages through more than one page; `-o yaml|wide`;
-//! shell completions; server logs as JSON lines.
+//! shell completions; server logs as JSON lines; `job list --watch` follows changes.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -265,5 +265,40 @@ async fn a_server_logs_json_lines_when_asked() {
         serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
     assert!(line["level"].is_string(), "{first}");
     assert!(line["fields"]["message"].is_string(), "{first}");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_list_watch_prints_each_change_after_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server(dir.path()).await;
+    let mut child = command(
+        server.url(),
+        TEST_ADMIN_KEY,
+        &["job", "list", "--watch", "--business", "acme", "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The list (one JSON document, pretty-printed) ends with its closing brace.
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "}" {
+                return;
+            }
+        }
+        panic!("the list was not printed");
+    });
+    started.await.unwrap();
+    submit_many(&admin, 1).await;
+    let watched = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a watched change");
+    let job: serde_json::Value = serde_json::from_str(&watched).unwrap();
+    assert_eq!(job["business"], "acme");
+    assert_eq!(job["state"], "pending");
     child.kill().await.unwrap();
 }
