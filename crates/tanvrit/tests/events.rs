@@ -6,6 +6,7 @@
 //! - a resume from before a replica's restart is 410 `events_compacted` with the oldest
 //!   index held;
 //! - a user key's stream carries nothing of another business, and it cannot ask for one;
+//!   a key revoked while its stream is open gets nothing more;
 //! - Server-Sent Events frames carry `id: index.seq`, and `Last-Event-ID` resumes;
 //! - 50 idle streams and one that never reads do not hold submissions up (p99 with and
 //!   without them is printed; the bound checked is only that none waits seconds).
@@ -352,6 +353,32 @@ async fn a_user_key_stream_holds_nothing_of_another_business() {
             "{event:?}"
         );
     }
+
+    // A key revoked while its stream is open stops receiving: the stream ends.
+    let watcher = admin
+        .create_key(KeyCreateRequest {
+            name: Some("watcher".into()),
+            scope: Scope::User,
+            business: Some("rival".into()),
+            node: None,
+        })
+        .await
+        .unwrap();
+    let mut watching = server
+        .client(&watcher.secret, 0)
+        .events(EventStreamRequest {
+            heartbeat_ms: Some(200),
+            ..EventStreamRequest::default()
+        });
+    let opened = tokio::time::timeout(Duration::from_millis(500), watching.next()).await;
+    assert!(opened.is_err(), "nothing to see yet: {opened:?}");
+    admin.revoke_key(&watcher.key.id).await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, watching.next())
+        .await
+        .expect("the stream ends")
+        .expect("with an error")
+        .unwrap_err();
+    assert_eq!(ended.code(), "unauthorized");
 
     // An agent key may not open a stream at all.
     let agent = server.client(&server.agent_key().await, 0);

@@ -5,7 +5,8 @@
 //! A stream pulls from the replica's [`EventLog`] at its reader's pace: apply never
 //! waits for it, and it holds at most one batch of frames. A reader that falls more
 //! than [`MAX_BEHIND`] events behind gets a final `end` frame (`events_lagged`, with the
-//! position to resume from) and the stream closes.
+//! position to resume from) and the stream closes; so does one whose key is revoked
+//! (`unauthorized`), checked before every read of the log.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -120,7 +121,18 @@ fn open_stream(
     log.read(position, 0)?;
     let guard = app.open_stream(principal, Some(1))?;
     let sse = accepts_event_stream(headers);
+    // A key revoked while its stream is open stops receiving at once.
+    let key = principal.key.clone();
+    let reader = app.reader().clone();
+    let key_active: KeyCheck = Box::new(move || {
+        reader.read(|state| {
+            state
+                .key(&key)
+                .is_some_and(|stored| stored.info.revoked_at.is_none())
+        })
+    });
     let follow = Follow {
+        key_active,
         rx: log.subscribe(),
         log,
         position,
@@ -195,8 +207,12 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
 
+/// Whether the stream's key may still read (not revoked).
+type KeyCheck = Box<dyn Fn() -> bool + Send>;
+
 /// One open stream: its position in the log and the frames read but not yet sent.
 struct Follow {
+    key_active: KeyCheck,
     log: EventLog,
     rx: watch::Receiver<Index>,
     position: Position,
@@ -222,6 +238,9 @@ impl Follow {
                 return None;
             }
             self.rx.borrow_and_update();
+            if !(self.key_active)() {
+                return Some(self.end("unauthorized", "the stream's API key was revoked".into()));
+            }
             if self.log.behind(self.position) > MAX_BEHIND {
                 return Some(self.end(
                     EVENTS_LAGGED,
@@ -323,6 +342,7 @@ mod tests {
 
     fn follow(log: &EventLog, filter: EventFilter) -> Follow {
         Follow {
+            key_active: Box::new(|| true),
             rx: log.subscribe(),
             log: log.clone(),
             position: Position::after(log.published()),
