@@ -22,7 +22,8 @@ use tanvrit_api::{Event, Index};
 use tokio::sync::watch;
 
 /// Events a replica keeps by default (the oldest whole indexes are dropped beyond it).
-pub const DEFAULT_EVENTS_RETAINED: usize = 50_000;
+/// Job events carry the job, so this bounds memory to some tens of MB.
+pub const DEFAULT_EVENTS_RETAINED: usize = 20_000;
 
 /// Why a read of the event log gave no events.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
