@@ -1,7 +1,8 @@
 //! The CLI's manners against a real `tanvrit server` process: a closed pipe ends a
 //! command quietly with status 0; a user key's jobs go to its own business without
 //! `--business`; `job list --all` pages through more than one page; `-o yaml|wide`;
-//! shell completions; server logs as JSON lines; `job list --watch` follows changes.
+//! shell completions; server logs as JSON lines; `job list --watch` and `node list
+//! --watch` follow changes.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -300,5 +301,52 @@ async fn job_list_watch_prints_each_change_after_the_list() {
     let job: serde_json::Value = serde_json::from_str(&watched).unwrap();
     assert_eq!(job["business"], "acme");
     assert_eq!(job["state"], "pending");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_list_watch_prints_a_node_that_registers_after_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server(dir.path()).await;
+    let mut child = command(
+        server.url(),
+        TEST_ADMIN_KEY,
+        &["node", "list", "--watch", "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "}" {
+                return;
+            }
+        }
+        panic!("the list was not printed");
+    })
+    .await
+    .unwrap();
+    admin
+        .register_node(tanvrit_api::NodeRegisterRequest {
+            id: "node-watched".into(),
+            name: "watched".into(),
+            resources: tanvrit_api::Resources {
+                cpu_millis: 1000,
+                memory_mb: 512,
+                gpus: 0,
+            },
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a watched change");
+    let node: serde_json::Value = serde_json::from_str(&watched).unwrap();
+    assert_eq!(node["id"], "node-watched");
+    assert_eq!(node["state"], "ready");
     child.kill().await.unwrap();
 }
