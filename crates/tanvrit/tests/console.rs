@@ -2,8 +2,8 @@
 //! `chromium-driver`) against `tanvrit dev` processes: sign-in and its error in words,
 //! a job submitted from the CLI appearing and succeeding without a reload, its live log,
 //! cancelling a running job from its page, credits and keys, a user key seeing only its
-//! business, and the topology page showing a new leader after the leader of a
-//! 3-replica cluster is killed.
+//! business, the topology page showing a new leader after the leader of a 3-replica
+//! cluster is killed, and a phone-sized screen signed in by keyboard.
 //!
 //! Screenshots of each page go to `target/console-screenshots/`, or to `docs/console/`
 //! with `TANVRIT_UPDATE_SCREENSHOTS=1` (the checked-in ones the README shows).
@@ -321,5 +321,58 @@ async fn the_topology_page_shows_a_new_leader_after_the_leader_is_killed() {
         shown.starts_with(&format!("Leader: replica-{}", new + 1)),
         "{shown}"
     );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_fits_a_phone_screen_and_signs_in_by_keyboard() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = ServerProcess::start_mode(Path::new(BIN), "dev", &dir.path().join("data"), &[])
+        .await
+        .unwrap();
+    let url = dev.url().trim_end_matches('/').to_string();
+    cli(
+        &url,
+        TEST_ADMIN_KEY,
+        &["job", "submit", "--shell", "echo from-a-phone"],
+    )
+    .await;
+    let browser = Browser::phone(390, 844).await.unwrap();
+    browser.client.goto(&format!("{url}/ui/")).await.unwrap();
+    // The key field has the focus; typing the key and Enter signs in.
+    let focused = browser
+        .client
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, "key");
+    browser
+        .client
+        .find(Locator::Id("key"))
+        .await
+        .unwrap()
+        .send_keys(&format!("{TEST_ADMIN_KEY}\u{E007}"))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#jobs-body", "the job on a phone", |t| !t.is_empty())
+        .await;
+    let fits = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, true, "the jobs page scrolls sideways on a phone");
+    let width = browser
+        .client
+        .execute("return window.innerWidth", vec![])
+        .await
+        .unwrap();
+    assert_eq!(width, 390, "the phone's screen is emulated");
+    browser.screenshot(&shot("phone-jobs")).await;
     browser.close().await;
 }

@@ -23,6 +23,23 @@ impl Browser {
     /// Starts `chromedriver` and a headless Chromium (`--no-sandbox`: tests run as root)
     /// with a `width` x `height` window.
     pub async fn start(width: u32, height: u32) -> std::io::Result<Browser> {
+        Self::launch(width, height, None).await
+    }
+
+    /// Like [`Browser::start`], emulating a phone's `width` x `height` screen (a
+    /// headless window is never narrower than 500 pixels).
+    pub async fn phone(width: u32, height: u32) -> std::io::Result<Browser> {
+        let metrics = serde_json::json!({
+            "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0, "touch": true},
+        });
+        Self::launch(500, height, Some(metrics)).await
+    }
+
+    async fn launch(
+        width: u32,
+        height: u32,
+        mobile: Option<serde_json::Value>,
+    ) -> std::io::Result<Browser> {
         let port = crate::process::ProcessCluster::free_port()?;
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -35,14 +52,15 @@ impl Browser {
                     "cannot start chromedriver (apt-get install chromium chromium-driver): {e}"
                 ))
             })?;
+        let mut options = serde_json::json!({"args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            format!("--window-size={width},{height}"),
+        ]});
+        if let Some(mobile) = mobile {
+            options["mobileEmulation"] = mobile;
+        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({"args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                format!("--window-size={width},{height}"),
-            ]}),
-        );
+        capabilities.insert("goog:chromeOptions".into(), options);
         let deadline = Instant::now() + PATIENCE;
         loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
