@@ -2,7 +2,7 @@
 //! command quietly with status 0; a user key's jobs go to its own business without
 //! `--business`; `job list --all` pages through more than one page; `-o yaml|wide`;
 //! shell completions; server logs as JSON lines; `job list --watch` and `node list
-//! --watch` follow changes.
+//! --watch` follow changes; `tanvrit events` and `tanvrit job watch`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -349,4 +349,84 @@ async fn node_list_watch_prints_a_node_that_registers_after_the_list() {
     assert_eq!(node["id"], "node-watched");
     assert_eq!(node["state"], "ready");
     child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_job_watch_follow_the_stream_and_end_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server(dir.path()).await;
+    submit_many(&admin, 2).await;
+    // From the start, job events only: the two submissions; --limit ends it.
+    let run = tanvrit(
+        server.url(),
+        TEST_ADMIN_KEY,
+        &[
+            "events",
+            "--from-index",
+            "0",
+            "--topic",
+            "job",
+            "--limit",
+            "2",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events.iter().all(|e| e["type"] == "job_pending"),
+        "{events:?}"
+    );
+
+    // `job watch` prints the job, then its changes, and ends with the job.
+    let job = admin
+        .submit_job(JobSubmitRequest {
+            business: Some("acme".into()),
+            spec: JobSpec {
+                command: vec!["true".into()],
+                ..JobSpec::default()
+            },
+            idempotency_key: Some("watched".into()),
+        })
+        .await
+        .unwrap()
+        .job
+        .id;
+    let mut child = command(
+        server.url(),
+        TEST_ADMIN_KEY,
+        &["job", "watch", job.as_str(), "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the job now");
+    assert!(first.contains("\"pending\""), "{first}");
+    admin
+        .cancel_job(&job, tanvrit_api::JobActionRequest { reason: None })
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("job watch ends with the job")
+        .unwrap();
+    assert!(status.success());
+    let mut last = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        last = line;
+    }
+    let event: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(event["type"], "job_cancelled", "{last}");
 }
