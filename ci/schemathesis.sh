@@ -58,8 +58,11 @@ st() {
     --no-color "$@"
 }
 status=0
+# The event stream is left out: a stream answers 200 and never ends by itself, which
+# schemathesis reports as a timeout (crates/server/tests/events.rs covers it).
 st --phases examples,coverage,fuzzing,stateful --max-time "${ST_MAX_TIME:-120}" \
-  --exclude-path '/api/compute/keys/{id}/revoke' || status=$?
+  --exclude-path '/api/compute/keys/{id}/revoke' \
+  --exclude-path '/api/compute/events/stream' || status=$?
 st --phases examples,coverage,fuzzing --max-time 20 \
   --include-path '/api/compute/keys/{id}/revoke' || status=$?
 if [ "$status" -ne 0 ]; then

@@ -37,6 +37,10 @@ pub struct ErrorDetail {
     /// key an `idempotent_replay_secret_unavailable` refers to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// For `events_compacted` (410): the oldest log index the answering replica can
+    /// resume an event stream from (`from_index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<u64>,
 }
 
 impl ErrorBody {
@@ -49,6 +53,7 @@ impl ErrorBody {
                 leader: None,
                 leader_url: None,
                 id: None,
+                oldest_index: None,
             },
         }
     }

@@ -192,6 +192,20 @@ pub enum AttemptState {
 }
 
 impl AttemptState {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Assigned => "assigned",
+            AttemptState::Running => "running",
+            AttemptState::Cancelling => "cancelling",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::TimedOut => "timed_out",
+            AttemptState::Cancelled => "cancelled",
+            AttemptState::Lost => "lost",
+        }
+    }
+
     /// True while the attempt may still hold a process on its node.
     pub fn is_active(self) -> bool {
         matches!(

@@ -4,6 +4,7 @@
 //! - [`ids`]: identifiers and timestamps.
 //! - [`job`], [`node`], [`key`], [`credit`], [`schedule`]: the resources, with their
 //!   `<Noun><Verb>Request` / `Response` types.
+//! - [`event`]: the event stream's events, frames and request.
 //! - [`agent`]: the agent protocol (heartbeat, work, attempt reports).
 //! - [`cluster`]: topology and read consistency.
 //! - [`error`]: the JSON error body every non-2xx response carries.
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod cluster;
 pub mod credit;
 pub mod error;
+pub mod event;
 pub mod ids;
 pub mod job;
 pub mod key;
@@ -25,6 +27,7 @@ pub use agent::*;
 pub use cluster::*;
 pub use credit::*;
 pub use error::*;
+pub use event::*;
 pub use ids::*;
 pub use job::*;
 pub use key::*;

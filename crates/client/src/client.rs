@@ -481,8 +481,51 @@ impl Client {
         }
     }
 
+    /// Opens a long-lived POST on endpoint `idx` (no overall timeout: a stream lasts as
+    /// long as it is read) and returns the response whatever its status.
+    pub(crate) async fn open_long(
+        &self,
+        idx: usize,
+        segments: &[&str],
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let inner = &self.inner;
+        let base = &inner.endpoints[idx % inner.endpoints.len()];
+        let mut url = base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Config(format!("endpoint `{base}` cannot take a path")))?
+            .pop_if_empty()
+            .extend(segments.iter());
+        let mut request = inner
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &inner.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(base, &e))?;
+        if let Some(index) = header_index(response.headers()) {
+            self.observe_index(index);
+        }
+        Ok(response)
+    }
+
+    /// How many endpoints this client has.
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.inner.endpoints.len()
+    }
+
+    /// The index of the endpoint calls currently start at.
+    pub(crate) fn current_idx(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len()
+    }
+
     /// Moves the shared endpoint choice past `idx`, unless another call already did.
-    fn advance_from(&self, idx: usize) {
+    pub(crate) fn advance_from(&self, idx: usize) {
         self.move_from(idx, (idx + 1) % self.inner.endpoints.len());
     }
 

@@ -7,6 +7,7 @@
 //!   the consistency token), handles that send an `Idempotency-Key` with every write
 //!   ([`Client::with_idempotency_key`]), plus raw calls for tests.
 //! - [`endpoints`]: the typed methods, one per route.
+//! - [`events`]: [`EventStream`], the event stream, resumed across replicas.
 //! - [`error`]: [`ClientError`], with a stable `code()`.
 //!
 //! ```no_run
@@ -34,11 +35,13 @@ pub mod client;
 pub mod config;
 pub mod endpoints;
 pub mod error;
+pub mod events;
 
 pub use client::{Client, RawResponse};
 pub use config::{ClientConfig, DEFAULT_ADDR, ENV_ADDR, ENV_API_KEY};
 pub use endpoints::log_gap_expected;
 pub use error::ClientError;
+pub use events::EventStream;
 
 /// The wire types, re-exported so SDK users need no second dependency.
 pub use tanvrit_api as api;

@@ -5,6 +5,8 @@
 //! - this file: the [`ClusterService`] trait, [`Receipt`], [`ClusterError`].
 //! - [`job_output`]: what applying a command writes outside the state (job output),
 //!   shared by both engines.
+//! - [`events`]: [`EventLog`], the bounded ring of recent events both engines' apply
+//!   paths feed (derived by `tanvrit_state::events`), read by event streams.
 //! - [`reader`]: [`Reader`], local read access to a replica's applied state and job logs.
 //! - [`single_node`]: [`SingleNode`], the reference implementation (always leader; the
 //!   redb store is the log).
@@ -19,6 +21,7 @@
 compile_error!("`chaos-broken-strict-reads` breaks linearizable reads; debug builds only");
 
 mod batch_rows;
+pub mod events;
 pub mod job_output;
 pub mod raft;
 pub mod reader;
@@ -32,6 +35,7 @@ use tanvrit_api::{Consistency, Index, Role, Topology};
 use tanvrit_state::{Command, Outcome};
 use tokio::sync::watch;
 
+pub use events::{EventBatch, EventLog, EventsError, Position, DEFAULT_EVENTS_RETAINED};
 pub use raft::{MembershipView, Peer, RaftCluster, RaftClusterConfig, RaftStats, ReplicaNode};
 pub use reader::{LogWindow, Reader};
 pub use single_node::{SingleNode, SingleNodeConfig, WriteStats};

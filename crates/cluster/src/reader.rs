@@ -1,5 +1,6 @@
 //! Local reads: the replica's applied [`State`] behind a lock, its job logs on disk, and
-//! a watch on the applied index for read-your-writes waits and long polls.
+//! a watch on the applied index for read-your-writes waits and long polls, and the
+//! replica's recent events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tanvrit_state::State;
 use tanvrit_store::Store;
 use tokio::sync::watch;
 
-use crate::ClusterError;
+use crate::{ClusterError, EventLog};
 
 /// A window of an attempt's output as stored on this replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +30,29 @@ pub struct Reader {
     state: Arc<RwLock<State>>,
     store: Store,
     applied: watch::Receiver<Index>,
+    events: EventLog,
 }
 
 impl Reader {
-    /// Wraps a replica's state, its store, and the watch its apply loop publishes to.
-    pub fn new(state: Arc<RwLock<State>>, store: Store, applied: watch::Receiver<Index>) -> Self {
+    /// Wraps a replica's state, its store, the watch its apply loop publishes to, and
+    /// the event log that apply loop feeds.
+    pub fn new(
+        state: Arc<RwLock<State>>,
+        store: Store,
+        applied: watch::Receiver<Index>,
+        events: EventLog,
+    ) -> Self {
         Self {
             state,
             store,
             applied,
+            events,
         }
+    }
+
+    /// The replica's recent events (see [`EventLog`]).
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     /// Runs `f` on the applied state. Keep `f` short: it holds a read lock.

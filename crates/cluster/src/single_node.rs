@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tanvrit_api::{Consistency, Index, JobId, ReplicaInfo, Role, Topology};
+use tanvrit_state::events::events_of;
 use tanvrit_state::{Command, Outcome, State};
 use tanvrit_store::state_tables::encode_rows;
 use tanvrit_store::{
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch_rows::take_batch_rows;
 use crate::job_output::{chunk_of, collected_of};
-use crate::{ClusterError, ClusterService, Reader, Receipt};
+use crate::{ClusterError, ClusterService, EventLog, Reader, Receipt, DEFAULT_EVENTS_RETAINED};
 
 /// Most commands committed in one log transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -274,12 +275,14 @@ impl SingleNode {
         );
         let state = Arc::new(RwLock::new(state));
         let (applied_tx, applied_rx) = watch::channel(last);
+        let events = EventLog::new(last, DEFAULT_EVENTS_RETAINED);
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             store: store.clone(),
             state: state.clone(),
             applied: applied_tx,
+            events: events.clone(),
             counters: counters.clone(),
             next_index: last + 1,
             purge_every: config.snapshot_every.max(1),
@@ -291,7 +294,7 @@ impl SingleNode {
             .spawn(move || writer.run(receiver))
             .map_err(|e| ClusterError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Arc::new(SingleNode {
-            reader: Reader::new(state, store, applied_rx),
+            reader: Reader::new(state, store, applied_rx, events),
             config,
             counters,
             sender: Mutex::new(Some(sender)),
@@ -429,6 +432,8 @@ struct Writer {
     store: Store,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<Index>,
+    /// Fed with each batch's events before its index is published.
+    events: EventLog,
     counters: Arc<Counters>,
     next_index: Index,
     /// Purge the log every this many group commits.
@@ -499,14 +504,19 @@ impl Writer {
 
         // 2. Then apply, all under one write lock, and encode the rows it changed under
         // the read lock it becomes (readers go on while the rows are encoded).
-        let (outcomes, changes, rows) = {
+        let (outcomes, events, changes, rows) = {
             let mut state = self.state.write();
+            let mut events = Vec::new();
             let outcomes: Vec<Outcome> = entries
                 .iter()
-                .map(|(index, command)| state.apply(*index, command))
+                .map(|(index, command)| {
+                    let outcome = state.apply(*index, command);
+                    events.extend(events_of(*index, command, &outcome, &state));
+                    outcome
+                })
                 .collect();
             let (changes, rows) = take_batch_rows(state);
-            (outcomes, changes, rows)
+            (outcomes, events, changes, rows)
         };
 
         // 3. Write the rows, the output chunks and the collected jobs' deletions in one
@@ -552,6 +562,7 @@ impl Writer {
 
         // 4. Publish, then answer.
         let last = base + count - 1;
+        self.events.publish(last, events);
         self.applied.send_replace(last);
         for (((index, _), outcome), reply) in entries.iter().zip(outcomes).zip(replies) {
             let _ = reply.send(Ok(Receipt {

@@ -337,6 +337,7 @@ pub(crate) fn build(config: ServerConfig, cluster: Arc<dyn ClusterService>) -> (
         }),
     };
     let router = routes
+        .merge(routes::ui::router())
         .fallback(handle_unknown_route)
         .method_not_allowed_fallback(handle_wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

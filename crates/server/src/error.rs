@@ -103,6 +103,19 @@ pub enum ApiError {
         /// The job's id.
         job: String,
     },
+    /// An event stream asked to resume from an index older than the events this replica
+    /// holds. 410 `events_compacted`; the body's `oldest_index` is the oldest it can
+    /// resume from (re-list, then stream from there).
+    #[error(
+        "events after index {asked} are no longer held by this replica; re-read the \
+         current state and resume from index {oldest} or later"
+    )]
+    EventsCompacted {
+        /// The index the client asked to resume after.
+        asked: u64,
+        /// The oldest index it may resume after.
+        oldest: u64,
+    },
     /// `apply` refused the command; status and code come from the rejection.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -114,6 +127,16 @@ pub enum ApiError {
     /// A bug or an impossible state on this side. 500 `internal`.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<tanvrit_cluster::EventsError> for ApiError {
+    fn from(error: tanvrit_cluster::EventsError) -> Self {
+        match error {
+            tanvrit_cluster::EventsError::Compacted { asked, oldest } => {
+                ApiError::EventsCompacted { asked, oldest }
+            }
+        }
+    }
 }
 
 impl ApiError {
@@ -135,6 +158,7 @@ impl ApiError {
             ApiError::ReplaySecretUnavailable { .. } => "idempotent_replay_secret_unavailable",
             ApiError::LastAdminKey { .. } => "last_admin_key",
             ApiError::JobExpired { .. } => "job_expired",
+            ApiError::EventsCompacted { .. } => tanvrit_api::EVENTS_COMPACTED,
             ApiError::Rejected(rejection) => rejection.code(),
             ApiError::Cluster(error) => error.code(),
             ApiError::Internal(_) => "internal",
@@ -159,7 +183,7 @@ impl ApiError {
             ApiError::ReplaySecretUnavailable { .. } | ApiError::LastAdminKey { .. } => {
                 StatusCode::CONFLICT
             }
-            ApiError::JobExpired { .. } => StatusCode::GONE,
+            ApiError::JobExpired { .. } | ApiError::EventsCompacted { .. } => StatusCode::GONE,
             ApiError::Rejected(rejection) => StatusCode::from_u16(rejection.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Cluster(error) => match error {
@@ -194,6 +218,7 @@ impl ApiError {
                 body.error.id = Some(key.clone())
             }
             ApiError::JobExpired { job } => body.error.id = Some(job.clone()),
+            ApiError::EventsCompacted { oldest, .. } => body.error.oldest_index = Some(*oldest),
             _ => {}
         }
         body

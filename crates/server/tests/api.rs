@@ -838,6 +838,7 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
         "/api/compute/cluster/replicas/add",
         "/api/compute/cluster/replicas/remove",
         "/api/compute/metrics",
+        "/api/compute/events/stream",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -847,7 +848,7 @@ async fn the_openapi_document_describes_every_route_and_resolves_every_reference
     }
     assert_eq!(
         paths.len(),
-        37,
+        38,
         "a route is documented that the test does not know"
     );
     for path in [

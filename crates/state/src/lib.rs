@@ -6,6 +6,7 @@
 //! - [`state`]: `State`, its secondary indexes, and `apply`; its `idempotency` part holds
 //!   the `Idempotent` envelope (keyed writes answered once, replayed afterwards).
 //! - [`rejection`]: typed refusals of a command (`Rejection`) with stable codes.
+//! - [`events`]: the events each applied command yields, and stream filters (pure).
 //! - [`effect`]: what an accepted command produced (`Effect`).
 //! - [`scheduler`]: placement planning (pure; the leader's loop proposes the result).
 //! - [`billing`]: the integer cost function.
@@ -18,6 +19,7 @@
 pub mod billing;
 pub mod command;
 pub mod effect;
+pub mod events;
 pub mod invariants;
 pub mod rejection;
 pub mod scheduler;

@@ -14,7 +14,7 @@ use crate::commands::key::KeyCommand;
 use crate::commands::node::NodeCommand;
 use crate::commands::schedule::ScheduleCommand;
 use crate::config::ConfigError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::parse;
 use crate::server::{DevArgs, ServerArgs};
 
@@ -50,9 +50,28 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub api_key: Option<String>,
-    /// Print the JSON response (for scripts) instead of tables.
+    /// Print the JSON response (for scripts) instead of tables (the same as `-o json`).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+    /// Output format: table, wide (more columns where a list has them), json or yaml.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub output: Option<Format>,
+    /// Log lines (stderr) as text or as one JSON object per line (servers and agents).
+    #[arg(
+        long,
+        value_enum,
+        env = "TANVRIT_LOG_FORMAT",
+        default_value = "text",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub log_format: LogFormat,
     /// Limit for one request, e.g. 30s (long polls add their wait).
     #[arg(long, default_value = "30s", value_parser = parse::duration, global = true, help_heading = "Global options")]
     pub request_timeout: Duration,
@@ -83,8 +102,22 @@ impl GlobalArgs {
 
     /// How results are printed.
     pub fn output(&self) -> Output {
-        Output { json: self.json }
+        match (self.output, self.json) {
+            (Some(format), _) => Output::new(format),
+            (None, true) => Output::new(Format::Json),
+            (None, false) => Output::new(Format::Table),
+        }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line each, colored on a terminal unless NO_COLOR is set.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The subcommands.
@@ -108,6 +141,9 @@ pub enum Command {
     /// Replicas, roles and indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Follow the event stream: every change, as it is applied (filter by topic,
+    /// business, job or node; resume with --from-index).
+    Events(crate::commands::events::EventsArgs),
     /// Benchmarks: HTTP submissions at several concurrencies; scheduler placements.
     #[command(subcommand)]
     Bench(crate::commands::bench::BenchCommand),
@@ -118,6 +154,12 @@ pub enum Command {
     Dev(DevArgs),
     /// Run a worker agent: register this machine as a node and run the jobs placed on it.
     Agent(AgentArgs),
+    /// Print a shell completion script: `source <(tanvrit completion bash)`.
+    #[command(visible_alias = "completions")]
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -141,16 +183,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credit(command) => command.run(&client()?, out).await,
         Command::Schedule(command) => command.run(&client()?, out).await,
         Command::Cluster(command) => command.run(&client()?, out).await,
+        Command::Events(args) => crate::commands::events::run_events(&client()?, out, args).await,
         Command::Bench(command) => command.run(|| Ok(client()?), out).await,
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,
         Command::Agent(args) => crate::agent::run_agent(args, &cli.global).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut stdout = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "tanvrit", &mut stdout);
+            Ok(())
+        }
     }
 }
 
 /// Prints `error: <code>: <message>` to stderr and picks the exit code: 2 for a
 /// configuration the user must fix before anything is sent, 1 for everything else.
 pub fn report(err: &anyhow::Error) -> ExitCode {
+    if closed_stdout(err) {
+        return ExitCode::SUCCESS;
+    }
     if let Some(client_err) = err.downcast_ref::<ClientError>() {
         eprintln!("error: {}: {}", client_err.code(), client_err.message());
         let usage = matches!(client_err, ClientError::Config(_));
@@ -172,17 +224,55 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(EXIT_ERROR)
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (else `default`).
-pub fn init_logging(default: &str) {
+/// Whether `err` is a write to a closed stdout (`tanvrit job list | head -1`): the
+/// reader has what it wanted, so the command ends quietly with status 0.
+fn closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Makes a write to a closed stdout end the program quietly with status 0 where it
+/// panics (`println!` does), and leaves every other panic to the default hook.
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(EXIT_OK));
+        }
+        default(info);
+    }));
+}
+
+/// True when `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default`), as text (colored only on
+/// a terminal and without NO_COLOR) or as JSON lines.
+pub fn init_logging(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // A second call (tests) keeps the first subscriber; that is fine.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber; that is fine.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && !no_color())
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

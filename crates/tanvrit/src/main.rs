@@ -4,12 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tanvrit_cli::cli::{init_logging, report, run, Cli};
+use tanvrit_cli::cli::{init_logging, quiet_on_closed_stdout, report, run, Cli};
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     // clap prints its own usage errors and exits with 2.
     let cli = Cli::parse();
-    init_logging(cli.command.default_log_filter());
+    init_logging(cli.command.default_log_filter(), cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -135,10 +135,18 @@ async fn a_usage_error_exits_2_before_anything_is_sent() {
 }
 
 #[tokio::test]
-async fn job_submit_bills_default_unless_told_and_prints_json_for_scripts() {
-    let (addr, seen) = server(|_, body| {
-        let business = body["business"].as_str().unwrap_or("?").to_string();
-        ok(json!({"job": job("job-1", &business), "index": 3}))
+async fn job_submit_bills_the_keys_business_or_default_for_an_admin_and_prints_json() {
+    // As the server answers: a user key's business is filled in; an admin key must name one.
+    let (addr, seen) = server(|_, body| match body["business"].as_str() {
+        Some(business) => ok(json!({"job": job("job-1", business), "index": 3})),
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": {
+                "code": "invalid",
+                "message": "admin keys must name the `business` to act on"
+            }})),
+        )
+            .into_response(),
     })
     .await;
     let run = tanvrit(
@@ -167,17 +175,19 @@ async fn job_submit_bills_default_unless_told_and_prints_json_for_scripts() {
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].0, "/api/compute/jobs/submit");
-    assert_eq!(seen[0].1["business"], "default");
-    assert_eq!(seen[0].1["command"], json!(["echo", "hello"]));
+    // No business named: the key's own; refused for an admin key, so `default` next.
+    assert!(seen[0].1["business"].is_null(), "{}", seen[0].1);
+    assert_eq!(seen[1].1["business"], "default");
+    assert_eq!(seen[1].1["command"], json!(["echo", "hello"]));
     assert!(
-        seen[0].1["idempotency_key"]
+        seen[1].1["idempotency_key"]
             .as_str()
             .unwrap()
             .starts_with("sdk-"),
         "retries are on by default, so the submit carries a key"
     );
-    assert_eq!(seen[1].1["business"], "acme");
-    assert_eq!(seen[1].1["shell"], "echo hi | wc -c");
+    assert_eq!(seen[2].1["business"], "acme");
+    assert_eq!(seen[2].1["shell"], "echo hi | wc -c");
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! temporary directories, and a transport that drops, delays and partitions messages.
 //!
 //! # Layout
+//! - `browser` (feature `browser`): a headless Chromium over WebDriver, for the web
+//!   console's tests.
 //! - [`faults`]: [`Faults`], the switches (isolate, partition, loss, delay).
 //! - [`transport`]: [`InProcess`] (replicas in one process, messages through the real
 //!   wire encoding) and [`FaultyTransport`] (faults in front of any transport).
@@ -15,6 +17,8 @@
 //! Tests poll for conditions; nothing here sleeps a fixed time except to emulate the
 //! network (a dropped message costs its caller the whole timeout, as on a real one).
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod cluster;
 pub mod commands;
 pub mod faults;

@@ -38,6 +38,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use tanvrit_api::Index;
+use tanvrit_state::events::EntryEvents;
 use tanvrit_state::State;
 use tanvrit_store::raft::RAFT_GROUP;
 use tanvrit_store::state_tables::{EncodedRow, ENGINE_META_PREFIX};
@@ -52,7 +53,7 @@ use crate::raft::types::{
     Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
     WriteOutcome,
 };
-use crate::Reader;
+use crate::{EventLog, Reader, DEFAULT_EVENTS_RETAINED};
 
 /// Runs a blocking store call off the async workers.
 pub(super) async fn blocking<T: Send + 'static>(
@@ -97,6 +98,8 @@ struct Shared {
     state: Arc<RwLock<State>>,
     applied: Mutex<Applied>,
     applied_index: watch::Sender<Index>,
+    /// Fed with each batch's events before its index is published.
+    events: EventLog,
     counters: Arc<SnapshotCounters>,
     saved: Mutex<Saved>,
     receiving: Mutex<Option<Receiving>>,
@@ -319,6 +322,7 @@ impl StateMachine {
                 state: Arc::new(RwLock::new(state)),
                 applied: Mutex::new(applied),
                 applied_index,
+                events: EventLog::new(index, DEFAULT_EVENTS_RETAINED),
                 counters,
                 saved: Mutex::new(Saved {
                     current: current.map(|file| (file.meta, file.path)),
@@ -335,6 +339,7 @@ impl StateMachine {
             self.shared.state.clone(),
             self.shared.store.clone(),
             self.shared.applied_index.subscribe(),
+            self.shared.events.clone(),
         )
     }
 
@@ -366,13 +371,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut collected = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut events = Vec::new();
         let (changes, rows) = {
             // One write lock for the batch; nothing in here awaits.
             let mut state = self.shared.state.write();
             for entry in entries {
                 let index = entry.log_id.index;
+                let mut entry_events = EntryEvents::new(index);
                 match entry.payload {
                     EntryPayload::Blank => {
+                        // A new leader's first entry: its term began (entries carry no
+                        // time of their own, so the event's `at` is 0).
+                        let leader = entry.log_id.leader_id;
+                        entry_events.term_started(leader.term, leader.node_id, 0);
                         state.set_applied_index(index);
                         replies.push(WriteOutcome::default());
                     }
@@ -382,6 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let mut outcomes = Vec::with_capacity(request.commands.len());
                         for command in &request.commands {
                             let outcome = state.apply(index, command);
+                            entry_events.command(command, &outcome, &state);
                             chunks.extend(chunk_of(command, &outcome));
                             collected.extend_from_slice(collected_of(&outcome));
                             outcomes.push(outcome);
@@ -391,11 +403,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         replies.push(WriteOutcome(outcomes));
                     }
                     EntryPayload::Membership(m) => {
+                        let voters: Vec<u64> = m.voter_ids().collect();
+                        entry_events.membership_changed(&voters, 0);
                         state.set_applied_index(index);
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         replies.push(WriteOutcome::default());
                     }
                 }
+                events.extend(entry_events.finish());
                 last = Some(entry.log_id);
             }
             // A failed archive read stops this replica (apply errs) rather than diverge.
@@ -432,6 +447,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Settled jobs leave memory once the tables hold them.
         self.shared.state.write().evict_settled(&changes);
+        self.shared.events.publish(last.index, events);
         self.shared.applied_index.send_replace(last.index);
         slow("slow apply", started, replies.len());
         Ok(replies)
@@ -539,6 +555,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let counters = &self.shared.counters;
         counters.installed.fetch_add(1, Ordering::Relaxed);
         counters.last_index.store(index, Ordering::Relaxed);
+        // What happened before the snapshot is not known here: streams resume after it.
+        self.shared.events.reset(index);
         self.shared.applied_index.send_replace(index);
         tracing::info!(
             index,

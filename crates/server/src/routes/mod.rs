@@ -9,11 +9,13 @@ pub(crate) mod agents;
 pub(crate) mod cluster;
 pub(crate) mod cluster_admin;
 pub(crate) mod credits;
+pub(crate) mod events;
 pub(crate) mod jobs;
 pub(crate) mod keys;
 pub(crate) mod nodes;
 pub(crate) mod probes;
 pub(crate) mod schedules;
+pub(crate) mod ui;
 
 use serde::{Deserialize, Serialize};
 use tanvrit_api::{ErrorBody, ErrorDetail};
@@ -43,6 +45,7 @@ use crate::app::AppState;
         (name = "credits", description = "The credit ledger"),
         (name = "schedules", description = "Cron schedules"),
         (name = "cluster", description = "Replicas and aggregate counts"),
+        (name = "events", description = "The event stream: every change, by log index, resumable on any replica"),
         (name = "probes", description = "Unauthenticated health, readiness, metrics and this document"),
     )
 )]
@@ -148,6 +151,10 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(credits::handle_create_credit_entry))
         .routes(routes!(credits::handle_get_credit_balance))
         .routes(routes!(credits::handle_list_credit_entries))
+        .routes(routes!(
+            events::handle_stream_events,
+            events::handle_stream_events_get
+        ))
         .routes(routes!(credits::handle_export_credit_entries))
         .routes(routes!(schedules::handle_create_schedule))
         .routes(routes!(schedules::handle_list_schedules))

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use tanvrit_api::{
-    AttemptId, BusinessId, Consistency, Job, JobActionRequest, JobId, JobListRequest,
-    JobLogsRequest, JobSpec, JobState, JobSubmitRequest, Resources,
+    AttemptId, BusinessId, Consistency, Job, JobActionRequest, JobId, JobLogsRequest, JobSpec,
+    JobSubmitRequest, Resources,
 };
 use tanvrit_client::Client;
 
-use super::keyed;
+use super::{keyed, needs_business, DEFAULT_BUSINESS};
 use crate::output::{fields, or_dash, pairs, table, wire_name, Output};
 use crate::parse::{self, format_credits, format_opt_time, format_time};
 
@@ -23,8 +23,8 @@ pub const ENV_BUSINESS: &str = "TANVRIT_BUSINESS";
 pub enum JobCommand {
     /// Submit a job: `tanvrit job submit [FLAGS] -- CMD ARGS...` or `--shell "STR"`.
     Submit(SubmitArgs),
-    /// List jobs, newest first.
-    List(ListArgs),
+    /// List jobs, newest first (`--all` pages through every one; `--watch` follows).
+    List(super::job_list::ListArgs),
     /// Show one job and its attempts.
     Get {
         /// The job's id.
@@ -54,6 +54,11 @@ pub enum JobCommand {
     },
     /// Print a job's output.
     Logs(LogsArgs),
+    /// Follow a job's state changes (from the event stream) until it ends.
+    Watch {
+        /// The job's id.
+        id: String,
+    },
 }
 
 /// What to run and with what: shared by `job submit` and `schedule create`.
@@ -122,32 +127,15 @@ impl TemplateArgs {
 /// `job submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The business to bill.
-    #[arg(long, env = ENV_BUSINESS, default_value = "default")]
-    pub business: String,
+    /// The business to bill (default: a user key's own; `default` for an admin key).
+    #[arg(long, env = ENV_BUSINESS)]
+    pub business: Option<String>,
     /// A retried submit with the same key returns the first job instead of a new one
     /// (sent as the `Idempotency-Key` header and as the job's own key).
     #[arg(long)]
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub template: TemplateArgs,
-}
-
-/// `job list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Only jobs in this state (pending, assigned, running, succeeded, failed, cancelled, lost).
-    #[arg(long)]
-    pub state: Option<JobState>,
-    /// Only this business's jobs.
-    #[arg(long)]
-    pub business: Option<String>,
-    /// Most jobs to show.
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Continue after this job id (the `next` of the previous page).
-    #[arg(long)]
-    pub after: Option<String>,
 }
 
 /// `job logs`.
@@ -175,46 +163,20 @@ impl JobCommand {
         match self {
             JobCommand::Submit(args) => {
                 let client = keyed(client, args.idempotency_key.as_deref());
-                let request = JobSubmitRequest {
-                    business: Some(BusinessId::from(args.business)),
+                let request = |business: Option<&str>| JobSubmitRequest {
+                    business: business.map(BusinessId::from),
                     spec: args.template.spec(),
-                    idempotency_key: args.idempotency_key,
+                    idempotency_key: args.idempotency_key.clone(),
                 };
-                let response = client.submit_job(request).await?;
+                let response = match client.submit_job(request(args.business.as_deref())).await {
+                    Err(err) if args.business.is_none() && needs_business(&err) => {
+                        client.submit_job(request(Some(DEFAULT_BUSINESS))).await?
+                    }
+                    answer => answer?,
+                };
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
-            JobCommand::List(args) => {
-                let request = JobListRequest {
-                    consistency: Consistency::Stale,
-                    state: args.state,
-                    business: args.business.map(BusinessId::from),
-                    limit: args.limit,
-                    after: args.after.map(JobId::from),
-                };
-                let response = client.list_jobs(request).await?;
-                if out.json {
-                    return out.json(&response);
-                }
-                let mut t = table([
-                    "ID", "STATE", "BUSINESS", "NAME", "COMMAND", "ATTEMPTS", "CREATED",
-                ]);
-                for job in &response.jobs {
-                    t.add_row(vec![
-                        job.id.to_string(),
-                        job.state.as_str().to_string(),
-                        job.business.to_string(),
-                        or_dash(job.spec.name.as_ref()),
-                        command_text(&job.spec, 40),
-                        job.attempts.len().to_string(),
-                        format_time(job.created_at),
-                    ]);
-                }
-                println!("{t}");
-                if let Some(next) = &response.next {
-                    println!("more: --after {next}");
-                }
-                Ok(())
-            }
+            JobCommand::List(args) => super::job_list::list(client, out, args).await,
             JobCommand::Get { id } => {
                 let response = client.get_job(&JobId::from(id), Consistency::Stale).await?;
                 if out.json {
@@ -264,6 +226,7 @@ impl JobCommand {
                 out.show(&response, |r| job_summary(&r.job, r.index))
             }
             JobCommand::Logs(args) => logs(client, out, args).await,
+            JobCommand::Watch { id } => crate::commands::events::watch_job(client, out, id).await,
         }
     }
 }
@@ -320,7 +283,7 @@ async fn logs(client: &Client, out: Output, args: LogsArgs) -> anyhow::Result<()
 }
 
 /// The command as one line, shortened to `max` characters.
-fn command_text(spec: &JobSpec, max: usize) -> String {
+pub(crate) fn command_text(spec: &JobSpec, max: usize) -> String {
     let text = match &spec.shell {
         Some(shell) => format!("sh -c {shell:?}"),
         None => spec.command.join(" "),

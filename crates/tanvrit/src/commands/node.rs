@@ -2,22 +2,26 @@
 
 use clap::Subcommand;
 use tanvrit_api::{
-    Consistency, Node, NodeDeleteRequest, NodeDrainRequest, NodeId, NodeListRequest,
+    Consistency, EventObject, EventStreamRequest, Node, NodeDeleteRequest, NodeDrainRequest,
+    NodeId, NodeListRequest, Topic,
 };
 use tanvrit_client::Client;
 
 use super::keyed;
-use crate::output::{fields, or_dash, pairs, table, Output};
+use crate::output::{fields, line, or_dash, pairs, table, Output};
 use crate::parse::{self, format_opt_time, format_time};
 
 /// Node commands.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// List nodes with what is placed on them.
+    /// List nodes with what is placed on them (`--watch` follows their changes).
     List {
         /// Include deleted nodes.
         #[arg(long)]
         all: bool,
+        /// After the list, print each node change as it happens (Ctrl-C stops).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one node.
     Get {
@@ -52,7 +56,7 @@ impl NodeCommand {
     /// Runs the command.
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
         match self {
-            NodeCommand::List { all } => {
+            NodeCommand::List { all, watch } => {
                 let response = client
                     .list_nodes(NodeListRequest {
                         consistency: Consistency::Stale,
@@ -84,7 +88,11 @@ impl NodeCommand {
                         ]);
                     }
                     t
-                })
+                })?;
+                if watch {
+                    watch_nodes(client, out, response.index).await?;
+                }
+                Ok(())
             }
             NodeCommand::Get { id } => {
                 let response = client
@@ -139,4 +147,29 @@ fn node_details(node: &Node) -> comfy_table::Table {
         ("drain deadline", format_opt_time(node.drain_deadline)),
         ("modify index", or_dash(Some(node.modify_index))),
     ])
+}
+
+/// Prints each node change after `from`: a line (id, name, state) or the node as JSON.
+async fn watch_nodes(client: &Client, out: Output, from: u64) -> anyhow::Result<()> {
+    let mut stream = client.events(EventStreamRequest {
+        from_index: Some(from),
+        topic: vec![Topic::Node],
+        ..EventStreamRequest::default()
+    });
+    while let Some(event) = stream.next().await {
+        let Some(EventObject::Node(node)) = event?.object else {
+            continue;
+        };
+        if out.json {
+            out.json_line(&node)?;
+        } else {
+            line(&format!(
+                "{}  {}  {}",
+                node.id,
+                node.name,
+                node.state.as_str()
+            ))?;
+        }
+    }
+    Ok(())
 }

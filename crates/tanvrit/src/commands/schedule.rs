@@ -8,7 +8,7 @@ use tanvrit_api::{
 use tanvrit_client::Client;
 
 use super::job::{TemplateArgs, ENV_BUSINESS};
-use super::keyed;
+use super::{keyed, needs_business, DEFAULT_BUSINESS};
 use crate::output::{fields, or_dash, table, wire_name, Output};
 use crate::parse::{self, format_catch_up, format_opt_time, format_time};
 
@@ -59,9 +59,9 @@ pub struct CreateArgs {
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
-    /// The business to bill.
-    #[arg(long, env = ENV_BUSINESS, default_value = "default")]
-    pub business: String,
+    /// The business to bill (default: a user key's own; `default` for an admin key).
+    #[arg(long, env = ENV_BUSINESS)]
+    pub business: Option<String>,
     /// Repeating the command with the same key creates no second schedule: it answers
     /// with the first result.
     #[arg(long)]
@@ -108,18 +108,28 @@ impl ScheduleCommand {
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
         match self {
             ScheduleCommand::Create(args) => {
-                let response = keyed(client, args.idempotency_key.as_deref())
-                    .create_schedule(ScheduleCreateRequest {
-                        business: Some(BusinessId::from(args.business)),
-                        name: args.template.name.clone(),
-                        cron: args.cron,
-                        timezone: args.tz,
-                        template: args.template.spec(),
-                        enabled: Some(!args.disabled),
-                        overlap: args.overlap,
-                        catch_up: args.catch_up,
-                    })
-                    .await?;
+                let client = keyed(client, args.idempotency_key.as_deref());
+                let request = |business: Option<&str>| ScheduleCreateRequest {
+                    business: business.map(BusinessId::from),
+                    name: args.template.name.clone(),
+                    cron: args.cron.clone(),
+                    timezone: args.tz.clone(),
+                    template: args.template.spec(),
+                    enabled: Some(!args.disabled),
+                    overlap: args.overlap,
+                    catch_up: args.catch_up,
+                };
+                let response = match client
+                    .create_schedule(request(args.business.as_deref()))
+                    .await
+                {
+                    Err(err) if args.business.is_none() && needs_business(&err) => {
+                        client
+                            .create_schedule(request(Some(DEFAULT_BUSINESS)))
+                            .await?
+                    }
+                    answer => answer?,
+                };
                 out.show(&response, |r| schedule_details(&r.schedule))
             }
             ScheduleCommand::List { business } => {
