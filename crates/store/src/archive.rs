@@ -5,8 +5,11 @@
 //! reader holds anything a writer waits for.
 
 use redb::{ReadTransaction, ReadableDatabase, TableDefinition};
-use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry};
-use tanvrit_state::{ledger_key, ledger_key_key, ArchiveError, JobArchive, JobFilter, Table};
+use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry, Millis};
+use tanvrit_state::{
+    finished_key, ledger_key, ledger_key_key, split_finished_key, ArchiveError, JobArchive,
+    JobFilter, Table,
+};
 
 use crate::state_tables::{decode_row_value, table_name};
 use crate::{Store, StoreError, WeakStore};
@@ -230,6 +233,37 @@ impl JobArchive for TableArchive {
             for item in table.range(from.as_str()..end.as_str())?.take(limit) {
                 let (_, value) = item?;
                 out.push(decode_row_value(value.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(archive_error)
+    }
+
+    fn finished_before(
+        &self,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, JobId)>, ArchiveError> {
+        let read = || -> Result<Vec<(Millis, JobId)>, StoreError> {
+            let txn = self.read()?;
+            let name = table_name(&self.group, Table::FinishedJobs);
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(err) => return Err(err.into()),
+            };
+            let end = finished_key(cutoff, &JobId::default());
+            let mut out = Vec::new();
+            for item in table.range(..end.as_str())? {
+                if out.len() == limit {
+                    break;
+                }
+                let (key, _) = item?;
+                let entry = split_finished_key(key.value()).ok_or_else(|| StoreError::Corrupt {
+                    what: "state row",
+                    detail: format!("retention entry {:?}", key.value()),
+                })?;
+                out.push(entry);
             }
             Ok(out)
         };

@@ -278,6 +278,7 @@ impl Store {
                         | Table::LedgerKeys
                         | Table::JobKeys
                         | Table::JobsByState
+                        | Table::FinishedJobs
                 )
             };
             let tables = Table::ALL.into_iter().filter(|t| !history(t)).collect();

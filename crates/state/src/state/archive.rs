@@ -3,7 +3,8 @@
 //!
 //! With an archive set, the engine calls [`State::evict_settled`] after each written
 //! batch: a job that is terminal and settled (the jobs retention may collect) leaves
-//! memory but keeps its place in the retention index. A command that names a job loads
+//! memory, and its place in the retention index with it: the archive keeps that index
+//! ([`JobArchive::finished_before`]), so memory does not grow with history. A command that names a job loads
 //! it back first ([`State::fault_in_named_jobs`]), so the handlers see exactly the state
 //! they would without an archive, and apply stays deterministic across replicas whatever
 //! each one evicted. Without an archive nothing is evicted (tests, tools).
@@ -11,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use tanvrit_api::{Attempt, AttemptId, BusinessId, Job, JobId, LedgerEntry};
+use tanvrit_api::{Attempt, AttemptId, BusinessId, Job, JobId, LedgerEntry, Millis};
 
 use super::jobs::job_key;
 use super::retention::finish_time;
@@ -50,6 +51,14 @@ pub trait JobArchive: Send + Sync + fmt::Debug {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, ArchiveError>;
+
+    /// Up to `limit` settled jobs that finished before `cutoff`, earliest first, with
+    /// their finish times: retention's index, kept on disk only.
+    fn finished_before(
+        &self,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, JobId)>, ArchiveError>;
 }
 
 /// Entries read from the archive per round while a ledger page is filtered.
@@ -253,7 +262,8 @@ impl State {
     }
 
     /// After a batch was written: drops from memory the settled terminal jobs it
-    /// touched or loaded (they stay in the retention index). Returns how many left.
+    /// touched or loaded (the archive's retention index has them). Returns how many
+    /// left.
     pub fn evict_settled(&mut self, changes: &super::Changes) -> usize {
         if self.archive.is_none() {
             return 0;

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use tanvrit_api::{Index, Job, JobId, JobState, Millis, Resources};
+use tanvrit_api::{Index, Job, JobId, JobState, Resources};
 
 use super::retention::finish_time;
 use super::{Indexes, State};
@@ -95,20 +95,12 @@ impl State {
     /// Drops an evicted job from the indexes, except its retention entry, and counts it.
     pub(super) fn unindex_evicted(&mut self, job: &Job) {
         self.index_job(job, false);
-        if let Some(finished) = finish_time(job) {
-            self.idx.finished.insert((finished, job.id.clone()));
-        }
         *self.idx.evicted_counts.entry(job.state).or_default() += 1;
     }
 
-    /// Gives the jobs a loader kept out of memory their retention entries, and counts
-    /// them: the stored totals per state, less the jobs in memory.
-    pub(super) fn evicted_on_load(
-        &mut self,
-        finished: Vec<(Millis, JobId)>,
-        totals: &BTreeMap<JobState, u64>,
-    ) {
-        self.idx.finished.extend(finished);
+    /// Counts the jobs a loader kept out of memory: the stored totals per state, less
+    /// the jobs in memory (their retention entries stay in the archive).
+    pub(super) fn evicted_on_load(&mut self, totals: &BTreeMap<JobState, u64>) {
         for (state, total) in totals {
             let in_memory = self.idx.by_state.get(state).map_or(0, |s| s.len() as u64);
             let evicted = total.saturating_sub(in_memory);

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use tanvrit_api::{BusinessId, Index, Job, JobId, JobState, LedgerEntry, Millis, Node, Schedule};
 
 use super::rows::{
-    job_count_key, split_finished_key, AccountTotals, Table, META_APPLIED_INDEX,
-    META_JOBS_COLLECTED_BEFORE,
+    job_count_key, AccountTotals, Table, META_APPLIED_INDEX, META_JOBS_COLLECTED_BEFORE,
 };
 use super::{Account, IdempotencyRecord, State, StateData, StoredKey};
 
@@ -51,7 +50,6 @@ pub struct StateLoader {
     entries: BTreeMap<BusinessId, BTreeMap<u64, LedgerEntry>>,
     /// Settled jobs stay out of memory (their archive is the tables read from).
     evicting: bool,
-    evicted: Vec<(Millis, JobId)>,
     counts: BTreeMap<JobState, u64>,
 }
 
@@ -74,13 +72,6 @@ impl StateLoader {
     pub fn add(&mut self, row: Row) {
         let data = &mut self.data;
         match row {
-            // Evicting, only the jobs in flight come as `Job` rows; the settled ones come
-            // as their retention entries.
-            Row::Marker(Table::FinishedJobs, key) if self.evicting => {
-                if let Some(entry) = split_finished_key(&key) {
-                    self.evicted.push(entry);
-                }
-            }
             Row::Marker(..) | Row::Seq(..) => {}
             // Evicting, idempotency keys stay in the archive too.
             Row::JobKey(..) if self.evicting => {}
@@ -173,7 +164,7 @@ impl StateLoader {
         };
         state.rebuild_indexes();
         if self.evicting {
-            state.evicted_on_load(self.evicted, &self.counts);
+            state.evicted_on_load(&self.counts);
         }
         Ok(state)
     }

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry};
+use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry, Millis};
 
 use super::Table;
 use super::{
-    ledger_key, ledger_key_key, ArchiveError, JobArchive, JobFilter, LoadError, Row, RowWrite,
-    State, StateLoader,
+    finished_key, ledger_key, ledger_key_key, split_finished_key, ArchiveError, JobArchive,
+    JobFilter, LoadError, Row, RowWrite, State, StateLoader,
 };
 
 /// Rows by (table, key), as a storage engine keeps them.
@@ -76,7 +76,8 @@ impl MemoryTables {
                 | Table::Ledger
                 | Table::LedgerKeys
                 | Table::JobKeys
-                | Table::JobsByState => {}
+                | Table::JobsByState
+                | Table::FinishedJobs => {}
                 Table::LiveJobs => {
                     if let Some(job) = rows.get(&(Table::Jobs, key.clone())) {
                         loader.add(job.clone());
@@ -158,6 +159,21 @@ impl JobArchive for MemoryTables {
                 Row::Entry(entry) if &entry.business == business => Some(entry.clone()),
                 _ => None,
             })
+            .take(limit)
+            .collect())
+    }
+
+    fn finished_before(
+        &self,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, JobId)>, ArchiveError> {
+        let rows = self.rows();
+        let from = (Table::FinishedJobs, String::new());
+        let to = (Table::FinishedJobs, finished_key(cutoff, &JobId::default()));
+        Ok(rows
+            .range(from..to)
+            .filter_map(|((_, key), _)| split_finished_key(key))
             .take(limit)
             .collect())
     }

@@ -4,7 +4,9 @@
 //! A job's finish time is its `updated_at` once it is terminal with no attempt still
 //! stopping and nothing held: the last change it sees unless it is retried (which takes
 //! it out of the `finished` index again). Collection takes from the front of that index,
-//! so it never scans the jobs that stay. Ledger entries are never touched: they are the
+//! so it never scans the jobs that stay. With an archive, memory's index holds only the
+//! settled jobs still in memory; the archive's (its `finished_jobs` table) holds the
+//! rest, and a collection merges the two. Ledger entries are never touched: they are the
 //! billing record and keep the ids of collected jobs.
 //!
 //! The latest cutoff is kept as a horizon in the replicated data: an absent job created
@@ -14,6 +16,7 @@
 
 use tanvrit_api::{Job, JobId, Millis};
 
+use super::archive::ArchiveError;
 use super::jobs::job_key;
 use super::State;
 use crate::{Effect, Outcome, Rejection};
@@ -40,14 +43,7 @@ impl State {
                 "a collection's cutoff must not be after its time",
             ));
         }
-        let doomed: Vec<(Millis, JobId)> = self
-            .idx
-            .finished
-            .iter()
-            .take_while(|(finished, _)| *finished < cutoff)
-            .take(limit as usize)
-            .cloned()
-            .collect();
+        let doomed = self.finished_due(cutoff, limit as usize);
         for (finished, id) in &doomed {
             self.fault_in_for_collection(id);
             self.remove_job(id);
@@ -56,7 +52,13 @@ impl State {
         }
         let doomed: Vec<JobId> = doomed.into_iter().map(|(_, id)| id).collect();
         let records = self.prune_idempotency(at, limit as usize);
-        let more = self.collection_due(cutoff, at);
+        let more = match self.finished_any_before(cutoff) {
+            Ok(any) => any,
+            Err(err) => {
+                self.archive_fault = Some(err);
+                false
+            }
+        } || self.idempotency_expired_at(at);
         self.data.jobs_collected_before = self.data.jobs_collected_before.max(cutoff);
         Ok(Effect::JobsCollected {
             jobs: doomed,
@@ -84,13 +86,66 @@ impl State {
     }
 
     /// Whether a `JobsCollect` with this `cutoff` at `at` would remove anything: a job
-    /// that finished before `cutoff`, or an idempotency record expired at `at`.
+    /// that finished before `cutoff`, or an idempotency record expired at `at`. (An
+    /// archive that cannot answer counts as nothing due: the next check asks again.)
     pub fn collection_due(&self, cutoff: Millis, at: Millis) -> bool {
-        self.idx
+        self.finished_any_before(cutoff).unwrap_or(false) || self.idempotency_expired_at(at)
+    }
+
+    /// Rows of the archive's retention index that may be stale: those of jobs memory
+    /// holds (loaded or changed by this batch; its truth is memory's) or this batch
+    /// removed. Only such jobs can have a stale row, so reading this many more than
+    /// wanted always leaves enough.
+    fn stale_finished_rows(&self) -> usize {
+        self.changes.jobs.len() + self.faulted.len()
+    }
+
+    /// Whether a row of the archive's retention index is the job as it is now.
+    fn finished_row_current(&self, id: &JobId) -> bool {
+        !self.data.jobs.contains_key(id) && !self.changes.jobs.contains(id)
+    }
+
+    /// The first `limit` settled jobs that finished before `cutoff`, earliest first:
+    /// the ones in memory, and the ones only the archive holds.
+    fn finished_due(&mut self, cutoff: Millis, limit: usize) -> Vec<(Millis, JobId)> {
+        let mut due: Vec<(Millis, JobId)> = self
+            .idx
+            .finished
+            .iter()
+            .take_while(|(finished, _)| *finished < cutoff)
+            .take(limit)
+            .cloned()
+            .collect();
+        if let Some(archive) = &self.archive {
+            match archive.finished_before(cutoff, limit + self.stale_finished_rows()) {
+                Ok(stored) => due.extend(
+                    stored
+                        .into_iter()
+                        .filter(|(_, id)| self.finished_row_current(id)),
+                ),
+                Err(err) => self.archive_fault = Some(err),
+            }
+            due.sort();
+            due.truncate(limit);
+        }
+        due
+    }
+
+    /// Whether any settled job finished before `cutoff`.
+    fn finished_any_before(&self, cutoff: Millis) -> Result<bool, ArchiveError> {
+        if self
+            .idx
             .finished
             .first()
             .is_some_and(|(finished, _)| *finished < cutoff)
-            || self.idempotency_expired_at(at)
+        {
+            return Ok(true);
+        }
+        let Some(archive) = &self.archive else {
+            return Ok(false);
+        };
+        let stored = archive.finished_before(cutoff, 1 + self.stale_finished_rows())?;
+        Ok(stored.iter().any(|(_, id)| self.finished_row_current(id)))
     }
 
     /// The latest cutoff retention collected jobs with (0: never).
