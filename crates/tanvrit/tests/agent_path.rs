@@ -1,5 +1,6 @@
-//! Running jobs against outages, with real `tanvrit server` and `tanvrit agent`
-//! processes: a job keeps running while the whole control plane is killed and
+//! The agent path with real `tanvrit server` and `tanvrit agent` processes. Dispatch:
+//! a job is running as soon as its process starts, whatever the agent's output flush
+//! interval. Outages: a job keeps running while the whole control plane is killed and
 //! restarted, and is reported and charged once; an agent silent past the node TTL (its
 //! node declared down) but back within `lost_after` keeps its job; and an agent cut off
 //! for longer stops its job before `lost_after`, when the control plane may retry it.
@@ -54,8 +55,12 @@ async fn plane(lost_after: &str) -> Plane {
 
 impl Plane {
     async fn agent(&self, name: &str) -> AgentProcess {
+        self.agent_with(name, &[]).await
+    }
+
+    async fn agent_with(&self, name: &str, flags: &[&str]) -> AgentProcess {
         let key = self.server.agent_key().await;
-        let args = [
+        let mut args = vec![
             "--name",
             name,
             "--backoff-max",
@@ -65,6 +70,7 @@ impl Plane {
             "--isolation",
             "none",
         ];
+        args.extend_from_slice(flags);
         AgentProcess::start(
             Path::new(BIN),
             self.server.url(),
@@ -192,6 +198,20 @@ async fn assert_ran_once(plane: &Plane, id: &JobId, pid: i32) {
     assert_eq!(charges.len(), 1, "charged once: {charges:#?}");
     assert_eq!(-charges[0].amount, attempt.charged);
     assert!(attempt.charged > 0);
+}
+
+#[tokio::test]
+async fn a_job_is_running_as_its_process_starts_without_waiting_for_the_output_flush() {
+    let plane = plane("60s").await;
+    // Far longer than the test's patience: only output may wait for it.
+    let _agent = plane
+        .agent_with("worker", &["--log-flush-interval", "1h"])
+        .await;
+    let id = plane.submit("sleep 300").await;
+    let job = plane
+        .wait_job(&id, "running", |job| job.state == JobState::Running)
+        .await;
+    assert_eq!(job.attempts.len(), 1);
 }
 
 #[tokio::test]
