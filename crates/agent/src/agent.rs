@@ -8,9 +8,11 @@
 //! main loop publishes.
 //!
 //! The heartbeat loop also keeps the agent's [`Lease`]: the main loop starts attempts
-//! only while it holds the lease, and stops every process when it runs out (see
-//! [`crate::lease`]), so an agent cut off from the control plane has stopped its work
-//! before the control plane retries that work on another node.
+//! only while the node surely is not down, keeps them running through a silence shorter
+//! than the control plane's `lost_after`, and stops every process when the lease runs
+//! out (see [`crate::lease`]), so an agent cut off from the control plane has stopped its
+//! work before the control plane retries that work on another node, and an outage of
+//! the whole control plane shorter than `lost_after` stops nothing.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -124,10 +126,14 @@ impl Agent {
     /// stays in the spool for the next start.
     ///
     /// While the control plane does not acknowledge its heartbeats it keeps its results
-    /// in the spool, and runs attempts only until its lease runs out (four fifths of the
-    /// node TTL after the last acknowledged heartbeat was sent): then it stops them all,
-    /// reports them `failed` (the control plane refuses that if it has declared them lost
-    /// meanwhile) and starts nothing until a heartbeat is acknowledged again.
+    /// in the spool, starts nothing new once four fifths of the node TTL have passed since
+    /// the last acknowledged heartbeat was sent, and runs its attempts on until its lease
+    /// runs out (`lost_after` less a fifth of the TTL after that send): then it stops them
+    /// all, reports them `failed` (the control plane refuses that if it has declared them
+    /// lost meanwhile) and starts nothing until a heartbeat is acknowledged again. When
+    /// the control plane answers that the node is down (it was silent past the TTL), the
+    /// agent registers again and keeps its attempts: the next heartbeat's answer names
+    /// the ones that are no longer its own, and only those are stopped.
     ///
     /// Fails at once if the data directory is unusable or the first registration is
     /// refused for good (a key without the agent scope, invalid labels); while the
@@ -365,8 +371,8 @@ impl MainLoop {
                 silent_ms = lease.silent_for(now).map(|d| d.as_millis() as u64),
                 attempts = processes,
                 grace_ms = grace.as_millis() as u64,
-                "no heartbeat acknowledged for the node's lease: stopping every attempt and \
-                 starting none until the control plane answers again"
+                "no heartbeat acknowledged for the node's lease (lost_after): stopping every \
+                 attempt and starting none until the control plane answers again"
             );
             for slot in self.table.values() {
                 stop(slot, StopReason::LeaseExpired { grace });
@@ -459,8 +465,15 @@ fn stop(slot: &Slot, reason: StopReason) {
 /// True for answers that mean the node must register again: unknown (404), or down or
 /// deleted (409 `illegal_transition`).
 fn needs_registration(err: &ClientError) -> bool {
-    matches!(err, ClientError::Api { status: 404, .. })
+    node_unknown(err)
         || matches!(err, ClientError::Api { code, .. } if code == "illegal_transition")
+}
+
+/// True when the control plane does not know the node at all (404): nothing the agent
+/// runs can be its own any more. A node that is only down (409) may still own its
+/// attempts: it went down after the TTL, but they are lost only after `lost_after`.
+fn node_unknown(err: &ClientError) -> bool {
+    matches!(err, ClientError::Api { status: 404, .. })
 }
 
 /// True for refusals that no retry can change (only on the first registration do they
@@ -526,7 +539,11 @@ async fn heartbeat_loop(
         match shared.client.heartbeat_node(&shared.node, request).await {
             Ok(response) => {
                 shared.lease.send_modify(|lease| {
-                    lease.renew(sent, Duration::from_millis(response.ttl_ms));
+                    lease.renew(
+                        sent,
+                        Duration::from_millis(response.ttl_ms),
+                        response.lost_after_ms.map(Duration::from_millis),
+                    );
                 });
                 if backoff.failures() > 0 {
                     tracing::info!("the control plane answers heartbeats again");
@@ -542,7 +559,11 @@ async fn heartbeat_loop(
             }
             Err(err) if needs_registration(&err) => {
                 tracing::warn!(error = %err, "the node is unknown, down or deleted; registering again");
-                shared.lease.send_modify(Lease::revoke);
+                if node_unknown(&err) {
+                    shared.lease.send_modify(Lease::revoke);
+                }
+                // Down or deleted: the heartbeat after the registration names the
+                // attempts that are no longer the node's own (its `stop` list).
                 let _ = register(&shared, false).await;
             }
             Err(err) => {
@@ -680,7 +701,7 @@ mod tests {
         fn renew(&mut self, ttl: Duration) {
             self.shared
                 .lease
-                .send_modify(|lease| lease.renew(Instant::now(), ttl));
+                .send_modify(|lease| lease.renew(Instant::now(), ttl, None));
             self.main.on_lease();
         }
 
@@ -734,7 +755,9 @@ mod tests {
         // An acknowledgement that came back slowly: valid, but nearly over.
         let ttl = Duration::from_secs(60);
         let slow = Instant::now() - (ttl - crate::lease::margin(ttl) - Duration::from_secs(1));
-        rig.shared.lease.send_modify(|lease| lease.renew(slow, ttl));
+        rig.shared
+            .lease
+            .send_modify(|lease| lease.renew(slow, ttl, None));
         rig.main.on_lease();
         assert!(rig.main.lease_runs_out().is_some(), "the lease is held");
         assert!(!rig.started("att-1"), "started with a second of lease left");
@@ -820,10 +843,12 @@ mod tests {
     }
 
     #[test]
-    fn down_or_unknown_nodes_register_again() {
+    fn down_or_unknown_nodes_register_again_but_only_an_unknown_one_gives_up_its_work() {
         assert!(needs_registration(&api(404, "not_found")));
         assert!(needs_registration(&api(409, "illegal_transition")));
         assert!(!needs_registration(&api(503, "no_leader")));
+        assert!(node_unknown(&api(404, "not_found")));
+        assert!(!node_unknown(&api(409, "illegal_transition")));
     }
 
     #[test]

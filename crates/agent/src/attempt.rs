@@ -98,7 +98,10 @@ async fn deliver(shared: &Shared, job: &JobId, attempt: &AttemptId, notify: &Not
             Next::Gone => return,
             Next::Wait => {
                 notify.notified().await;
-                if spool.pending_bytes(attempt) < config.log_chunk_bytes as u64
+                // The start goes out at once (it is what makes the job `running`);
+                // output waits up to the flush interval to fill a chunk.
+                if !spool.start_undelivered(attempt)
+                    && spool.pending_bytes(attempt) < config.log_chunk_bytes as u64
                     && !spool.is_finished(attempt)
                 {
                     tokio::time::sleep(config.log_flush_interval).await;

@@ -1,12 +1,16 @@
 //! [`Lease`]: how long the agent may run attempts without hearing from the control plane.
 //!
 //! The leader declares a node down once it has *received* no heartbeat from it for the
-//! node TTL, and then retries the node's attempts on other nodes. The agent counts the
-//! same TTL from when it *sent* the last heartbeat the leader acknowledged, less a
-//! [`margin`]. A heartbeat is received after it is sent, so the agent's lease always runs
-//! out before the leader's count can: an agent cut off from the control plane starts
-//! nothing more and stops what it runs (with a grace short enough to finish inside the
-//! margin) before the control plane may give that work to another node.
+//! node TTL (it gets no new work then), and declares its attempts lost, retrying them on
+//! other nodes, once it has received none for `lost_after` (at least the TTL; the
+//! heartbeat's answer tells both). The agent counts the same spans from when it *sent*
+//! the last heartbeat the leader acknowledged, less a [`margin`]: it starts attempts only
+//! within the TTL, and keeps running them within `lost_after`. A heartbeat is received
+//! after it is sent, so the agent's lease always runs out before the leader's count can:
+//! an agent cut off from the control plane stops what it runs (with a grace short enough
+//! to finish inside the margin) before the control plane may give that work to another
+//! node. And an outage of the whole control plane shorter than `lost_after` stops
+//! nothing: the agent runs on, spools what it owes, and reports when it is back.
 //!
 //! A lease also belongs to one registration: once the node registered again (it was
 //! declared down or forgotten), a work answer from before that registration describes
@@ -48,15 +52,19 @@ pub struct Lease {
     sent: Option<Instant>,
     /// The node TTL the control plane last told.
     ttl: Option<Duration>,
+    /// How long the control plane leaves a silent node's attempts its own, as it last
+    /// told (never less than the TTL; `None` from a server that does not tell it).
+    lost_after: Option<Duration>,
     /// The log index of the node's latest registration.
     registered_index: Index,
 }
 
 impl Lease {
-    /// A heartbeat sent at `sent` was acknowledged by the leader, which uses `ttl`.
-    /// An older acknowledgement never shortens the lease.
-    pub fn renew(&mut self, sent: Instant, ttl: Duration) {
+    /// A heartbeat sent at `sent` was acknowledged by the leader, which uses `ttl` and
+    /// `lost_after`. An older acknowledgement never shortens the lease.
+    pub fn renew(&mut self, sent: Instant, ttl: Duration, lost_after: Option<Duration>) {
         self.ttl = Some(ttl);
+        self.lost_after = lost_after.map(|lost_after| lost_after.max(ttl));
         if self.sent.is_none_or(|before| before <= sent) {
             self.sent = Some(sent);
         }
@@ -73,8 +81,16 @@ impl Lease {
         self.registered_index = self.registered_index.max(index);
     }
 
-    /// When the lease runs out; `None` while no heartbeat is acknowledged.
+    /// When the lease runs out, and running attempts must stop: `lost_after` less the
+    /// margin after the send; `None` while no heartbeat is acknowledged.
     pub fn expires_at(&self) -> Option<Instant> {
+        let (sent, ttl) = (self.sent?, self.ttl?);
+        let hold = self.lost_after.unwrap_or(ttl);
+        Some(sent + hold - margin(ttl))
+    }
+
+    /// When the node stops taking new work: the TTL less the margin after the send.
+    fn takes_work_until(&self) -> Option<Instant> {
         let (sent, ttl) = (self.sent?, self.ttl?);
         Some(sent + ttl - margin(ttl))
     }
@@ -84,14 +100,15 @@ impl Lease {
         self.expires_at().is_some_and(|expiry| now < expiry)
     }
 
-    /// True while there is time to start an attempt: at least a [`margin`] of the lease
-    /// left. When heartbeats are answered slowly, an acknowledgement can arrive with the
-    /// lease it grants nearly over; an attempt started then would be stopped a moment
-    /// later, its job losing a retry for nothing. The next acknowledgement, if it comes
-    /// sooner, starts it.
+    /// True while there is time to start an attempt: at least a [`margin`] left before
+    /// the node's TTL (less the margin) runs out. Past the TTL the node is down and takes
+    /// no new work; and when heartbeats are answered slowly, an acknowledgement can
+    /// arrive with the time it grants nearly over: an attempt started then would run on a
+    /// node the control plane is about to declare down. The next acknowledgement, if it
+    /// comes sooner, starts it.
     pub fn may_start(&self, now: Instant) -> bool {
-        match (self.expires_at(), self.ttl) {
-            (Some(expiry), Some(ttl)) => now + margin(ttl) <= expiry,
+        match (self.takes_work_until(), self.ttl) {
+            (Some(until), Some(ttl)) => now + margin(ttl) <= until,
             _ => false,
         }
     }
@@ -135,7 +152,7 @@ mod tests {
     fn the_lease_runs_from_the_heartbeats_send_for_the_ttl_less_a_fifth() {
         let sent = Instant::now();
         let mut lease = Lease::default();
-        lease.renew(sent, TTL);
+        lease.renew(sent, TTL, None);
         assert_eq!(margin(TTL), ms(600));
         assert_eq!(lease.expires_at(), Some(sent + ms(2400)));
         assert!(lease.is_valid(sent + ms(2399)));
@@ -150,7 +167,7 @@ mod tests {
             let ttl = ms(ttl_ms);
             for configured_grace in [ms(0), ms(100), Duration::from_secs(10)] {
                 let mut lease = Lease::default();
-                lease.renew(sent, ttl);
+                lease.renew(sent, ttl, None);
                 let killed_by = lease.expires_at().unwrap() + lease.stop_grace(configured_grace);
                 // The leader heard the heartbeat no earlier than it was sent; it declares
                 // the node down only once it is *more* than a TTL silent.
@@ -167,11 +184,32 @@ mod tests {
     }
 
     #[test]
+    fn with_lost_after_running_attempts_are_kept_until_just_before_it_but_none_start_past_the_ttl()
+    {
+        let sent = Instant::now();
+        let mut lease = Lease::default();
+        lease.renew(sent, TTL, Some(Duration::from_secs(60)));
+        assert_eq!(lease.expires_at(), Some(sent + ms(59_400)));
+        assert!(lease.is_valid(sent + ms(59_399)));
+        assert!(!lease.is_valid(sent + ms(59_400)));
+        // Stopped (SIGKILL included) before the leader, which heard the heartbeat no
+        // earlier than its send, can declare the attempts lost.
+        let killed_by = lease.expires_at().unwrap() + lease.stop_grace(Duration::from_secs(10));
+        assert!(killed_by < sent + Duration::from_secs(60));
+        // New work only while the node is surely not down.
+        assert!(lease.may_start(sent + ms(1800)));
+        assert!(!lease.may_start(sent + ms(1801)));
+        // A lost_after shorter than the TTL (0: today's rule) means the TTL.
+        lease.renew(sent, TTL, Some(Duration::ZERO));
+        assert_eq!(lease.expires_at(), Some(sent + ms(2400)));
+    }
+
+    #[test]
     fn attempts_start_only_with_at_least_the_margin_of_lease_left() {
         let sent = Instant::now();
         let mut lease = Lease::default();
         assert!(!lease.may_start(sent));
-        lease.renew(sent, TTL);
+        lease.renew(sent, TTL, None);
         assert!(lease.may_start(sent));
         assert!(lease.may_start(sent + ms(1800)));
         assert!(!lease.may_start(sent + ms(1801)), "valid, but too short");
@@ -190,8 +228,8 @@ mod tests {
     fn a_late_acknowledgement_of_an_older_heartbeat_does_not_shorten_the_lease() {
         let start = Instant::now();
         let mut lease = Lease::default();
-        lease.renew(start + ms(1000), TTL);
-        lease.renew(start, TTL);
+        lease.renew(start + ms(1000), TTL, None);
+        lease.renew(start, TTL, None);
         assert_eq!(lease.expires_at(), Some(start + ms(3400)));
     }
 
@@ -199,8 +237,8 @@ mod tests {
     fn the_ttl_the_control_plane_tells_last_is_the_one_used() {
         let sent = Instant::now();
         let mut lease = Lease::default();
-        lease.renew(sent, TTL);
-        lease.renew(sent, Duration::from_secs(10));
+        lease.renew(sent, TTL, None);
+        lease.renew(sent, Duration::from_secs(10), None);
         assert_eq!(lease.expires_at(), Some(sent + Duration::from_secs(8)));
     }
 
@@ -208,11 +246,11 @@ mod tests {
     fn a_revoked_lease_stays_invalid_until_the_next_acknowledgement() {
         let sent = Instant::now();
         let mut lease = Lease::default();
-        lease.renew(sent, TTL);
+        lease.renew(sent, TTL, None);
         lease.revoke();
         assert!(!lease.is_valid(sent));
         assert_eq!(lease.silent_for(sent), None);
-        lease.renew(sent + ms(10), TTL);
+        lease.renew(sent + ms(10), TTL, None);
         assert!(lease.is_valid(sent + ms(10)));
         assert_eq!(lease.silent_for(sent + ms(110)), Some(ms(100)));
     }

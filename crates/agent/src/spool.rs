@@ -424,6 +424,14 @@ impl Spool {
             .is_some_and(|e| e.finished.is_some())
     }
 
+    /// True when `attempt` has started and its start is not delivered yet.
+    pub fn start_undelivered(&self, attempt: &AttemptId) -> bool {
+        self.lock()
+            .entries
+            .get(attempt)
+            .is_some_and(|e| e.meta.started_at.is_some() && !e.meta.started_delivered)
+    }
+
     /// Undelivered output of `attempt`, the marker included.
     pub fn pending_bytes(&self, attempt: &AttemptId) -> u64 {
         self.lock()
@@ -867,6 +875,19 @@ mod tests {
         // A duplicate answer naming a later end skips that much more.
         spool.acked(&attempt, &chunk, end + 3);
         assert_eq!(spool.next(&attempt, 1024), Next::Wait);
+    }
+
+    #[test]
+    fn a_start_is_undelivered_from_the_process_start_until_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        let (job, attempt) = ids();
+        spool.create(&job, &attempt, 0);
+        assert!(!spool.start_undelivered(&attempt), "not started yet");
+        spool.mark_started(&attempt, 7);
+        assert!(spool.start_undelivered(&attempt));
+        spool.started_delivered(&attempt);
+        assert!(!spool.start_undelivered(&attempt));
     }
 
     #[test]

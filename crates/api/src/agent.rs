@@ -23,8 +23,14 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatResponse {
     /// Heartbeat at least this often (a third of the node TTL).
     pub interval_ms: u64,
-    /// The node is declared down after this long without a heartbeat.
+    /// The node is declared down after this long without a heartbeat: it gets no new
+    /// work.
     pub ttl_ms: u64,
+    /// The node's active attempts are declared lost (and retried elsewhere) only after
+    /// this long without a heartbeat (at least `ttl_ms`): the agent may keep running them
+    /// until just before then. Absent from servers older than the field: `ttl_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_ms: Option<u64>,
     /// Attempts the agent must stop now: cancelled, lost, or no longer current.
     pub stop: Vec<AttemptId>,
     /// The replica's applied index.

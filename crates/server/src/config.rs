@@ -34,6 +34,14 @@ pub struct ServerConfig {
     /// third of it. A new leader grants every node this long from when it took over.
     /// Default 15 s.
     pub node_ttl: Duration,
+    /// How long a node may stay silent before its active attempts are declared lost and
+    /// retried elsewhere (Nomad's `disconnect.lost_after`). After `node_ttl` the node is
+    /// only down: it gets no new work, but what it runs stays its own, so an agent that
+    /// outlives an outage of the whole control plane carries on and reports. Agents are
+    /// told it, and stop their attempts before it runs out. Values up to `node_ttl`
+    /// (`0` included) declare the work lost at the TTL, as before it existed.
+    /// Default 5 min.
+    pub node_lost_after: Duration,
     /// How the scheduler picks among nodes that fit a job: `BinPack` (the fullest that
     /// fits) or `Spread` (the emptiest). Default `BinPack`.
     pub scheduler_strategy: Strategy,
@@ -91,6 +99,14 @@ impl fmt::Debug for ClusterSecret {
     }
 }
 
+impl ServerConfig {
+    /// When a silent node's work is declared lost: `node_lost_after`, but never before
+    /// the node is down.
+    pub fn lost_after(&self) -> Duration {
+        self.node_lost_after.max(self.node_ttl)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -100,6 +116,7 @@ impl Default for ServerConfig {
             long_poll_max: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             node_ttl: Duration::from_secs(15),
+            node_lost_after: Duration::from_secs(300),
             scheduler_strategy: Strategy::BinPack,
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),

@@ -268,10 +268,11 @@ fn keep_alive(api: &Arc<Api>, agent: &str, node: &str) -> tokio::task::JoinHandl
 }
 
 #[tokio::test]
-async fn a_silent_node_goes_down_after_its_ttl_and_its_job_is_retried_on_another_node() {
+async fn a_silent_node_goes_down_after_its_ttl_and_its_job_is_retried_elsewhere_after_lost_after() {
     let api = Arc::new(
         start(ServerConfig {
             node_ttl: Duration::from_millis(300),
+            node_lost_after: Duration::from_millis(1500),
             ..config()
         })
         .await,
@@ -282,8 +283,12 @@ async fn a_silent_node_goes_down_after_its_ttl_and_its_job_is_retried_on_another
         .ok("nodes/node-a/heartbeat", &agent, json!({ "running": [] }))
         .await;
     assert_eq!(
-        (beat["ttl_ms"].as_u64(), beat["interval_ms"].as_u64()),
-        (Some(300), Some(100))
+        (
+            beat["ttl_ms"].as_u64(),
+            beat["interval_ms"].as_u64(),
+            beat["lost_after_ms"].as_u64()
+        ),
+        (Some(300), Some(100), Some(1500))
     );
     let node_a = keep_alive(&api, &agent, "node-a");
     api.top_up("acme").await;
@@ -309,6 +314,10 @@ async fn a_silent_node_goes_down_after_its_ttl_and_its_job_is_retried_on_another
     node_a.abort();
     api.admin_until("nodes/node-a/get", |body| body["node"]["state"] == "down")
         .await;
+    // Down, but its work is still its own (and not placed elsewhere) until lost_after.
+    let kept = api.admin(&format!("jobs/{job}/get"), json!({})).await;
+    assert_eq!(kept.body["job"]["state"], "running", "{}", kept.body);
+    assert_eq!(kept.body["job"]["attempts"].as_array().unwrap().len(), 1);
     let retried = api.assigned(&job, 2).await;
     node_b.abort();
     let attempts = retried["attempts"].as_array().unwrap();

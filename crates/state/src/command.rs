@@ -134,8 +134,16 @@ pub enum Command {
         force: bool,
         at: Millis,
     },
-    /// The leader saw no heartbeat for the node's TTL.
+    /// The leader saw no heartbeat for the node's TTL (with a `lost_after` no longer than
+    /// it), or for `lost_after` after the node went down: the node is down and its active
+    /// attempts are lost (retried per `max_retries`).
     NodeLost { node: NodeId, at: Millis },
+    /// The leader saw no heartbeat for the node's TTL, and the cluster's `lost_after` is
+    /// longer: the node is down (it takes no new work) but its active attempts stay its
+    /// own, so they carry on if it comes back (registers again) before a
+    /// [`Command::NodeLost`] declares them lost. Added after `NodeLost`; an old log never
+    /// holds it.
+    NodeDown { node: NodeId, at: Millis },
     /// Stop a node's active attempts and requeue their jobs without using a retry
     /// (a drain deadline passed).
     NodeEvict {
@@ -267,6 +275,7 @@ impl Command {
             Command::NodeDrain { .. } => "node_drain",
             Command::NodeDelete { .. } => "node_delete",
             Command::NodeLost { .. } => "node_lost",
+            Command::NodeDown { .. } => "node_down",
             Command::NodeEvict { .. } => "node_evict",
             Command::KeyCreate { .. } => "key_create",
             Command::KeyRevoke { .. } => "key_revoke",
@@ -304,6 +313,7 @@ impl Command {
             | Command::NodeDrain { at, .. }
             | Command::NodeDelete { at, .. }
             | Command::NodeLost { at, .. }
+            | Command::NodeDown { at, .. }
             | Command::NodeEvict { at, .. }
             | Command::KeyCreate { at, .. }
             | Command::KeyRevoke { at, .. }

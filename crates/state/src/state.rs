@@ -299,6 +299,7 @@ impl State {
             }
             Command::NodeDelete { node, force, at } => self.node_delete(index, node, *force, *at),
             Command::NodeLost { node, at } => self.node_lost(index, node, *at),
+            Command::NodeDown { node, at } => self.node_down(index, node, *at),
             Command::NodeEvict { node, reason, at } => self.node_evict(index, node, reason, *at),
             Command::KeyCreate {
                 key,

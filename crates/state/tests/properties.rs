@@ -82,6 +82,9 @@ enum Op {
     Lost {
         node: usize,
     },
+    Down {
+        node: usize,
+    },
     Evict {
         node: usize,
     },
@@ -172,6 +175,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize).prop_map(|node| Op::Drain { node }),
         (0..3usize, any::<bool>()).prop_map(|(node, force)| Op::Delete { node, force }),
         (0..3usize).prop_map(|node| Op::Lost { node }),
+        (0..3usize).prop_map(|node| Op::Down { node }),
         (0..3usize).prop_map(|node| Op::Evict { node }),
         (0..2usize, 0..6u8).prop_map(|(schedule, due)| Op::Fire { schedule, due }),
         (0..3u8).prop_map(|key| Op::KeyCreate { key }),
@@ -359,6 +363,10 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             at,
         },
         Op::Lost { node } => Command::NodeLost {
+            node: NODES[*node].into(),
+            at,
+        },
+        Op::Down { node } => Command::NodeDown {
             node: NODES[*node].into(),
             at,
         },

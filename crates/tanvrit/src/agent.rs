@@ -102,6 +102,10 @@ pub struct AgentArgs {
     /// marker line). Results are never dropped.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub spool_limit_mib: u64,
+    /// Output is sent at most this long after it was written (unless a whole chunk is
+    /// ready sooner); starts and results are sent at once.
+    #[arg(long, default_value = "100ms", value_parser = parse::duration)]
+    pub log_flush_interval: Duration,
 }
 
 impl AgentArgs {
@@ -122,6 +126,7 @@ impl AgentArgs {
         config.stop_grace = self.stop_grace;
         config.backoff_max = self.backoff_max;
         config.spool_limit_bytes = self.spool_limit_mib.saturating_mul(1024 * 1024);
+        config.log_flush_interval = self.log_flush_interval;
         config.isolation.mode = self.isolation;
         config.isolation.job_uids = self.job_uids;
         config.isolation.pids_max = self.pids_max;

@@ -31,6 +31,7 @@
 //! | `long_poll_max` | `TANVRIT_LONG_POLL_MAX` | `30s` |
 //! | `retry_after` | `TANVRIT_RETRY_AFTER` | `1s` |
 //! | `node_ttl` | `TANVRIT_NODE_TTL` | `15s` |
+//! | `node_lost_after` | `TANVRIT_NODE_LOST_AFTER` (`0`: at the TTL) | `5m` |
 //! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
 //! | `idempotency_window` | `TANVRIT_IDEMPOTENCY_WINDOW` | `24h` |
@@ -96,6 +97,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("LONG_POLL_MAX", "long_poll_max"),
     ("RETRY_AFTER", "retry_after"),
     ("NODE_TTL", "node_ttl"),
+    ("NODE_LOST_AFTER", "node_lost_after"),
     ("SCHEDULER_STRATEGY", "scheduler_strategy"),
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
     ("IDEMPOTENCY_WINDOW", "idempotency_window"),
@@ -340,9 +342,14 @@ pub struct Config {
     /// The `Retry-After` sent with 503s.
     #[serde(with = "human_duration")]
     pub retry_after: Duration,
-    /// A node that sends no heartbeat for this long is declared down and its work lost.
+    /// A node that sends no heartbeat for this long is declared down: it gets no new work.
     #[serde(with = "human_duration")]
     pub node_ttl: Duration,
+    /// A node silent this long has its running work declared lost and retried elsewhere;
+    /// until then its agent keeps running it (through an outage of the whole control
+    /// plane, say). Up to `node_ttl` (`0` included): lost at the TTL.
+    #[serde(with = "human_duration")]
+    pub node_lost_after: Duration,
     /// How the scheduler picks among nodes that fit: `bin_pack` or `spread`.
     pub scheduler_strategy: tanvrit_state::scheduler::Strategy,
     /// With catch-up `skip`, a due time this late still fires.
@@ -382,6 +389,7 @@ impl Default for Config {
             long_poll_max: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             node_ttl: Duration::from_secs(15),
+            node_lost_after: Duration::from_secs(300),
             scheduler_strategy: tanvrit_state::scheduler::Strategy::BinPack,
             cron_skip_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),

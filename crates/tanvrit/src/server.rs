@@ -145,6 +145,7 @@ impl Replica {
             long_poll_max: self.config.long_poll_max,
             retry_after: self.config.retry_after,
             node_ttl: self.config.node_ttl,
+            node_lost_after: self.config.node_lost_after,
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
             idempotency_window: self.config.idempotency_window,

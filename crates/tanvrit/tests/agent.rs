@@ -56,7 +56,13 @@ async fn plane_with_ttl(node_ttl: &str) -> Plane {
     let server = ServerProcess::start(
         Path::new(BIN),
         &dir.path().join("server"),
-        &[("TANVRIT_NODE_TTL", node_ttl)],
+        // Work is lost at the TTL (the rule before `lost_after`): these tests pin the
+        // lease and the retry of a killed agent's job at that bound; tests/agent_outage.rs
+        // pins the longer `lost_after`.
+        &[
+            ("TANVRIT_NODE_TTL", node_ttl),
+            ("TANVRIT_NODE_LOST_AFTER", "0s"),
+        ],
     )
     .await
     .expect("the server starts");

@@ -1,12 +1,22 @@
 //! Node liveness: [`Liveness`] keeps the last heartbeat of each node in the leader's
-//! memory (heartbeats are not writes), and the liveness loop declares a node lost
-//! (`NodeLost`) once it has been silent for `node_ttl`, and stops the work of a draining
-//! node at its drain deadline (`NodeEvict`).
+//! memory (heartbeats are not writes), and the liveness loop declares a node down once
+//! it has been silent for `node_ttl`, its work lost once it has been silent for
+//! `lost_after`, and stops the work of a draining node at its drain deadline
+//! (`NodeEvict`).
+//!
+//! Down is not lost. A node silent for the TTL gets no new work (`NodeDown`), but the
+//! attempts it runs stay its own: the silence may be the control plane's own (every
+//! replica restarting, a rolling upgrade), and its agent keeps running them until just
+//! before `lost_after`. Only then are they declared lost (`NodeLost`) and retried
+//! elsewhere; never while the agent may still run them, so a job never runs beside its
+//! retry, and it is charged once, for the attempt that reports. With `lost_after` no
+//! longer than the TTL a silent node is declared lost at once, as before.
 //!
 //! Grace: a node is judged from the later of its last heartbeat here and the moment this
-//! leader's loop first saw it ready or draining. So a new leader (which has heard no
-//! heartbeat yet) gives every node one TTL from when it took over, and a node that just
-//! registered gets one TTL to send its first heartbeat.
+//! leader's loop first saw it (ready, draining, or down with work). So a new leader
+//! (which has heard no heartbeat yet) gives every node one TTL, and every down node's
+//! work one `lost_after`, from when it took over; the count runs only while there is a
+//! leader. A node that just registered gets one TTL to send its first heartbeat.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -65,24 +75,22 @@ pub(crate) struct Check {
     pub next_expiry: Option<Instant>,
 }
 
-/// Judges the `watched` nodes (ready or draining) at `now`. `since` holds when this loop
-/// first saw each node; it is updated here (new nodes start now, gone ones are dropped).
+/// Judges the `watched` nodes at `now` against `limit`. `since` holds when this loop
+/// first saw each node; nodes not in it yet start now (see [`forget_unwatched`]).
 pub(crate) fn check(
     watched: &[NodeId],
     liveness: &Liveness,
     since: &mut HashMap<NodeId, Instant>,
     now: Instant,
-    ttl: Duration,
+    limit: Duration,
 ) -> Check {
-    let watched_set: HashSet<&NodeId> = watched.iter().collect();
-    since.retain(|node, _| watched_set.contains(node));
     let mut result = Check::default();
     for node in watched {
         let first_seen = *since.entry(node.clone()).or_insert(now);
         let heard = liveness
             .last_seen(node)
             .map_or(first_seen, |t| t.max(first_seen));
-        let expiry = heard + ttl;
+        let expiry = heard + limit;
         if now > expiry {
             result.lost.push(node.clone());
         } else {
@@ -90,6 +98,17 @@ pub(crate) fn check(
         }
     }
     result
+}
+
+/// Drops from `since` and `liveness` the nodes no longer watched (down without work,
+/// deleted): one that comes back starts its grace over.
+fn forget_unwatched(
+    watched: &HashSet<&NodeId>,
+    liveness: &Liveness,
+    since: &mut HashMap<NodeId, Instant>,
+) {
+    since.retain(|node, _| watched.contains(node));
+    liveness.retain(|node| watched.contains(node));
 }
 
 /// Draining nodes past their deadline that still have active attempts.
@@ -116,35 +135,61 @@ fn next_drain_deadline(state: &State, now: Millis) -> Option<Millis> {
 /// The liveness loop; returns only when the replica shuts down.
 pub(crate) async fn run(context: &LeaderContext) {
     let ttl = context.config.node_ttl;
+    let lost_after = context.config.lost_after();
+    // With a `lost_after` past the TTL, silence first takes the node down, keeping work.
+    let keep_work = lost_after > ttl;
     let mut since = HashMap::new();
     loop {
         let now = Instant::now();
         let wall = now_ms();
-        let (watched, overdue, next_deadline) = context.reader().read(|state| {
-            let watched: Vec<NodeId> = state
+        let (live, holding, overdue, next_deadline) = context.reader().read(|state| {
+            let live: Vec<NodeId> = state
                 .nodes()
                 .filter(|node| matches!(node.state, NodeState::Ready | NodeState::Draining))
                 .map(|node| node.id.clone())
                 .collect();
+            let holding: Vec<NodeId> = state
+                .nodes()
+                .filter(|node| node.state == NodeState::Down)
+                .filter(|node| state.node_view(node).active_attempts > 0)
+                .map(|node| node.id.clone())
+                .collect();
             (
-                watched,
+                live,
+                holding,
                 overdue_drains(state, wall),
                 next_drain_deadline(state, wall),
             )
         });
-        let watched_set: HashSet<&NodeId> = watched.iter().collect();
-        context.liveness.retain(|node| watched_set.contains(node));
-        let found = check(&watched, &context.liveness, &mut since, now, ttl);
+        let watched: HashSet<&NodeId> = live.iter().chain(&holding).collect();
+        forget_unwatched(&watched, &context.liveness, &mut since);
+        let silent = check(&live, &context.liveness, &mut since, now, ttl);
+        let abandoned = check(&holding, &context.liveness, &mut since, now, lost_after);
         let mut failed = false;
-        for node in found.lost {
-            tracing::warn!(node = %node, ttl_ms = ttl.as_millis() as u64, "node missed its heartbeats; declaring it down");
-            let command = Command::NodeLost {
-                node: node.clone(),
-                at: now_ms(),
+        // (node, whether its work is lost): past the TTL a node goes down, keeping its
+        // work when `lost_after` is longer; a down node holding work loses it after that.
+        let declarations = (silent.lost.into_iter().map(|node| (node, !keep_work)))
+            .chain(abandoned.lost.into_iter().map(|node| (node, true)));
+        for (node, lost) in declarations {
+            let at = now_ms();
+            let command = if lost {
+                tracing::warn!(node = %node, lost_after_ms = lost_after.as_millis() as u64, "node silent past lost_after; declaring it down and its work lost");
+                Command::NodeLost {
+                    node: node.clone(),
+                    at,
+                }
+            } else {
+                tracing::warn!(node = %node, ttl_ms = ttl.as_millis() as u64, "node missed its heartbeats; declaring it down (its running work stays its own until lost_after)");
+                Command::NodeDown {
+                    node: node.clone(),
+                    at,
+                }
             };
             match context.propose(command).await {
                 Ok((Ok(Effect::Node { .. }), _)) => {
-                    context.metrics.nodes_lost.inc();
+                    if lost {
+                        context.metrics.nodes_lost.inc();
+                    }
                 }
                 Ok((outcome, _)) => {
                     tracing::debug!(node = %node, ?outcome, "declaring a node down changed nothing")
@@ -172,8 +217,11 @@ pub(crate) async fn run(context: &LeaderContext) {
             }
         }
         let mut wake = now + MAX_CHECK_INTERVAL;
-        if let Some(expiry) = found.next_expiry {
-            // Just past the expiry: a node is lost once it is *more* than a TTL silent.
+        for expiry in [silent.next_expiry, abandoned.next_expiry]
+            .into_iter()
+            .flatten()
+        {
+            // Just past the expiry: a node is lost once it is *more* than its limit silent.
             wake = wake.min(expiry + Duration::from_millis(1));
         }
         if let Some(deadline) = next_deadline {
@@ -255,8 +303,36 @@ mod tests {
         assert_eq!(found.lost, nodes(&["node-a"]));
         assert_eq!(found.next_expiry, Some(past + TTL));
         // A node no longer watched (down) is forgotten; when it comes back it starts over.
-        check(&[], &liveness, &mut since, past, TTL);
+        forget_unwatched(&HashSet::new(), &liveness, &mut since);
         assert!(since.is_empty());
+        assert_eq!(liveness.last_seen(&NodeId::from("node-a")), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_down_nodes_work_is_lost_only_after_lost_after_from_its_last_heartbeat() {
+        let lost_after = Duration::from_secs(3);
+        let liveness = Liveness::new();
+        let mut since = HashMap::new();
+        let start = Instant::now();
+        let node = nodes(&["node-a"]);
+        check(&node, &liveness, &mut since, start, TTL);
+        liveness.record(&node[0]);
+        tokio::time::advance(TTL * 2).await;
+        let down_at = Instant::now();
+        assert_eq!(check(&node, &liveness, &mut since, down_at, TTL).lost, node);
+        // Down now, still holding work: the same heartbeat is judged against lost_after.
+        let held = check(&node, &liveness, &mut since, down_at, lost_after);
+        assert!(held.lost.is_empty());
+        assert_eq!(held.next_expiry, Some(start + lost_after));
+        let at = start + lost_after;
+        assert!(check(&node, &liveness, &mut since, at, lost_after)
+            .lost
+            .is_empty());
+        let past = at + Duration::from_millis(1);
+        assert_eq!(
+            check(&node, &liveness, &mut since, past, lost_after).lost,
+            node
+        );
     }
 
     fn apply(state: &mut State, command: Command) {

@@ -3,8 +3,11 @@
 //!
 //! It wakes on new work, not on a fixed tick: any applied write (a job submitted, a node
 //! registered, an attempt finished, credits topped up) may make a placement possible, so
-//! it waits for the applied index to move; a timer covers the one thing that changes
-//! without a write, a retry backoff running out.
+//! it waits for the applied index to move, and plans at once; a timer covers the one
+//! thing that changes without a write, a retry backoff running out. Nothing waits to
+//! gather a batch: while one `JobsAssign` is being committed, the submissions that
+//! arrive queue up, and the next round places them all in one entry, so entries grow
+//! with the load and a lone job is placed one commit after its submission.
 
 use std::time::{Duration, Instant};
 
@@ -18,15 +21,23 @@ use crate::app::{new_id, now_ms};
 /// With no backoff to wait for, the loop still plans this often. Nothing should change
 /// without a write, so this is only a safety net.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
-/// Rounds woken by writes are at least this far apart, so a burst of submissions is
-/// placed in one log entry rather than one entry each.
-const ROUND_SPACING: Duration = Duration::from_millis(10);
-/// ... and at least this many times as long as the last plan took: planning scans the
-/// whole queue, and a long queue no node has room for (say, a submission flood) would
-/// otherwise be re-planned after every write, taking CPU from the writes themselves and
-/// holding the state's read lock (which the apply of those writes waits for). This
-/// keeps planning under about a tenth of a core, however fast jobs arrive.
+/// Rounds woken by writes are at least this many times as long apart as the last plan
+/// took: planning scans the whole queue, and a long queue no node has room for (say, a
+/// submission flood) would otherwise be re-planned after every write, taking CPU from
+/// the writes themselves and holding the state's read lock (which the apply of those
+/// writes waits for). This keeps planning under about a tenth of a core, however fast
+/// jobs arrive.
 const PLAN_SPACING_FACTOR: u32 = 10;
+/// A spacing shorter than this is not worth a timer: the next round runs at once. A
+/// short queue plans in microseconds, so a job submitted to an idle cluster waits for
+/// no timer at all.
+const MIN_SPACING: Duration = Duration::from_millis(1);
+
+/// How long the loop pauses after a round woken by a write, given how long its plan took.
+fn spacing(planning: Duration) -> Option<Duration> {
+    let spacing = planning * PLAN_SPACING_FACTOR;
+    (spacing >= MIN_SPACING).then_some(spacing)
+}
 
 /// Gives each planned placement a fresh attempt id.
 fn placements(planned: Vec<Planned>) -> Vec<Placement> {
@@ -96,6 +107,27 @@ pub(crate) async fn run(context: &LeaderContext) {
             wait = wait.min(Duration::from_millis(until));
         }
         context.reader().wait_past(seen, wait).await;
-        tokio::time::sleep(ROUND_SPACING.max(planning * PLAN_SPACING_FACTOR)).await;
+        if let Some(pause) = spacing(planning) {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quick_plan_is_followed_by_no_pause_and_a_slow_one_by_ten_times_its_length() {
+        assert_eq!(spacing(Duration::ZERO), None);
+        assert_eq!(spacing(Duration::from_micros(99)), None);
+        assert_eq!(
+            spacing(Duration::from_micros(100)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            spacing(Duration::from_millis(20)),
+            Some(Duration::from_millis(200))
+        );
     }
 }

@@ -253,6 +253,7 @@ fn heartbeat(
     Ok(HeartbeatResponse {
         interval_ms: (ttl_ms / 3).max(1),
         ttl_ms,
+        lost_after_ms: Some(app.config().lost_after().as_millis() as u64),
         stop,
         index,
     })

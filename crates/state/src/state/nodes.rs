@@ -1,5 +1,5 @@
-//! Nodes: register, drain, delete, lost (liveness) and evict, which end the attempts
-//! running there.
+//! Nodes: register, drain, delete, down and lost (liveness) and evict, which end the
+//! attempts running there (down alone keeps them).
 
 use std::collections::BTreeMap;
 
@@ -143,13 +143,36 @@ impl State {
         self.node_effect(id)
     }
 
+    /// Down and its work lost. On a node already down (by [`Command::NodeDown`]) it
+    /// loses the attempts the node kept; a node that went down by `NodeLost` has none
+    /// (placements need a ready node), so entries written before `NodeDown` existed
+    /// apply as they always did.
+    ///
+    /// [`Command::NodeDown`]: crate::Command::NodeDown
     pub(super) fn node_lost(&mut self, index: Index, id: &NodeId, at: Millis) -> Outcome {
         let node = self.node_or_404(id)?;
         match node.state {
             NodeState::Deleted => Err(Rejection::illegal("node", id, "deleted", "be lost")),
+            NodeState::Down if self.active_on(id).is_empty() => self.node_effect(id),
+            NodeState::Ready | NodeState::Draining | NodeState::Down => {
+                self.lose_attempts(index, id, "node missed its heartbeats", true, at);
+                let node = self.data.nodes.get_mut(id).expect("checked");
+                node.state = NodeState::Down;
+                node.updated_at = at;
+                node.modify_index = index;
+                self.node_effect(id)
+            }
+        }
+    }
+
+    /// Down, keeping its attempts: they are neither placed elsewhere nor charged until
+    /// the node registers again (they carry on) or a `NodeLost` ends them.
+    pub(super) fn node_down(&mut self, index: Index, id: &NodeId, at: Millis) -> Outcome {
+        let node = self.node_or_404(id)?;
+        match node.state {
+            NodeState::Deleted => Err(Rejection::illegal("node", id, "deleted", "go down")),
             NodeState::Down => self.node_effect(id),
             NodeState::Ready | NodeState::Draining => {
-                self.lose_attempts(index, id, "node missed its heartbeats", true, at);
                 let node = self.data.nodes.get_mut(id).expect("checked");
                 node.state = NodeState::Down;
                 node.updated_at = at;

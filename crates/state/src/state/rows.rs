@@ -364,6 +364,7 @@ impl State {
             | Command::NodeDrain { node, .. }
             | Command::NodeDelete { node, .. }
             | Command::NodeLost { node, .. }
+            | Command::NodeDown { node, .. }
             | Command::NodeEvict { node, .. } => {
                 changes.nodes.insert(node.clone());
             }
