@@ -4,7 +4,9 @@
 //! business's listing, so a page costs the same at ten jobs or ten million, and no
 //! reader holds anything a writer waits for.
 
-use redb::{ReadTransaction, ReadableDatabase, TableDefinition};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, TableDefinition};
 use tanvrit_api::{BusinessId, Job, JobId, LedgerEntry, Millis};
 use tanvrit_state::{
     finished_key, ledger_key, ledger_key_key, split_finished_key, ArchiveError, JobArchive,
@@ -38,18 +40,14 @@ impl TableArchive {
         }
     }
 
-    fn read(&self) -> Result<ReadTransaction, StoreError> {
+    /// A read transaction over the whole state (during a snapshot install, the state
+    /// as it was before it: memory too holds that one until the install ends).
+    fn read(&self) -> Result<Arc<ReadTransaction>, StoreError> {
         let store = self
             .store
             .upgrade()
             .ok_or_else(|| StoreError::Io("the store was closed".into()))?;
-        let txn = store.db().begin_read()?;
-        // Checked after the transaction began: one that began before a rewrite sees the
-        // whole state as it was; one that begins during it is refused.
-        if store.is_rewriting(&self.group) {
-            return Err(StoreError::Rewriting(self.group.clone()));
-        }
-        Ok(txn)
+        store.read_state_tables(&self.group)
     }
 
     fn job_in(&self, txn: &ReadTransaction, id: &str) -> Result<Option<Job>, StoreError> {
@@ -366,5 +364,26 @@ mod tests {
         assert_eq!(store.ensure_job_indexes("single").unwrap(), 33);
         assert_eq!(pending(&archive), expected);
         assert_eq!(store.ensure_job_indexes("single").unwrap(), 0);
+    }
+
+    #[test]
+    fn while_the_tables_are_rewritten_readers_see_the_state_as_it_was_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.replace_state("single", &state(), &[]).unwrap();
+        let archive = TableArchive::new(store.clone(), "single");
+        assert_eq!(pending(&archive).len(), 3);
+
+        store.set_rewriting("single", true).unwrap();
+        // Half-way through an install: the tables already hold another state.
+        store.replace_state("single", &State::new(), &[]).unwrap();
+        assert_eq!(
+            pending(&archive).len(),
+            3,
+            "a reader saw a half-installed state"
+        );
+
+        store.set_rewriting("single", false).unwrap();
+        assert!(pending(&archive).is_empty());
     }
 }

@@ -58,7 +58,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[cfg(test)]
 use redb::ReadableDatabase;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -122,8 +121,9 @@ struct Inner {
     db: Database,
     path: PathBuf,
     options: StoreOptions,
-    /// Groups whose state tables are being rewritten (a snapshot install).
-    rewriting: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Groups whose state tables are being rewritten (a snapshot install), each with a
+    /// read transaction taken just before: readers see the state as it was meanwhile.
+    rewriting: std::sync::Mutex<Rewrites>,
     /// The Raft log's own database, opened by the first Raft call.
     raft_log: raft_log_db::RaftLogDb,
 }
@@ -222,28 +222,61 @@ impl Store {
         })
     }
 
-    /// Marks `group`'s state tables as being rewritten (or done): readers of them
-    /// ([`TableArchive`]) are refused meanwhile instead of seeing half a state.
-    pub fn set_rewriting(&self, group: &str, rewriting: bool) {
-        let mut groups = self
-            .inner
-            .rewriting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if rewriting {
-            groups.insert(group.to_string());
+    /// Marks `group`'s state tables as being rewritten (or done): meanwhile readers of
+    /// them ([`TableArchive`]) are served from a read transaction taken just before,
+    /// the whole state as it was, instead of half a new one.
+    pub fn set_rewriting(&self, group: &str, rewriting: bool) -> Result<(), StoreError> {
+        let before = if rewriting {
+            Some(Arc::new(self.db().begin_read()?))
         } else {
-            groups.remove(group);
+            None
+        };
+        let mut rewrites = self.rewrites();
+        rewrites.generation += 1;
+        match before {
+            Some(view) => {
+                rewrites.groups.insert(group.to_string(), view);
+            }
+            None => {
+                rewrites.groups.remove(group);
+            }
         }
+        Ok(())
     }
 
     /// Whether `group`'s state tables are being rewritten.
     pub fn is_rewriting(&self, group: &str) -> bool {
+        self.rewrites().groups.contains_key(group)
+    }
+
+    /// A read transaction over `group`'s whole state: a fresh one, or while the group is
+    /// rewritten the one taken before the rewrite began.
+    pub(crate) fn read_state_tables(
+        &self,
+        group: &str,
+    ) -> Result<Arc<redb::ReadTransaction>, StoreError> {
+        loop {
+            let (generation, pinned) = {
+                let rewrites = self.rewrites();
+                (rewrites.generation, rewrites.groups.get(group).cloned())
+            };
+            if let Some(view) = pinned {
+                return Ok(view);
+            }
+            let txn = self.db().begin_read()?;
+            // Begun with no rewrite under way and none started or ended since: it sees
+            // a whole state. Otherwise look again.
+            if self.rewrites().generation == generation {
+                return Ok(Arc::new(txn));
+            }
+        }
+    }
+
+    fn rewrites(&self) -> std::sync::MutexGuard<'_, Rewrites> {
         self.inner
             .rewriting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(group)
     }
 
     /// The database file's path.
@@ -275,6 +308,14 @@ impl Store {
     pub(crate) fn db(&self) -> &Database {
         &self.inner.db
     }
+}
+
+/// Groups being rewritten, with the view readers get meanwhile.
+#[derive(Default)]
+struct Rewrites {
+    groups: std::collections::BTreeMap<String, Arc<redb::ReadTransaction>>,
+    /// Bumped when a rewrite starts or ends.
+    generation: u64,
 }
 
 /// Opens (or creates) a redb file, owner-only, on the disk `faults` controls if given.

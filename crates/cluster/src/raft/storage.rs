@@ -526,22 +526,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last: stored_meta.last_log_id,
                 membership: stored_meta.last_membership.clone(),
             };
-            // While the tables are rewritten, reads of them are refused (retry) rather
-            // than served from half a state; reads of memory go on.
-            shared.store.set_rewriting(RAFT_GROUP, true);
-            // A failure leaves the tables marked `installing` and refused to readers;
-            // openraft stops the replica, and its next start rebuilds them.
+            // While the tables are rewritten, readers see them as they were (a read
+            // transaction taken now), which is the state memory still holds.
+            shared.store.set_rewriting(RAFT_GROUP, true)?;
+            // A failure leaves the tables marked `installing` (readers keep the old
+            // view); openraft stops the replica, and its next start rebuilds them.
             let state = install_into_tables(&shared.store, &received.path, &applied)?;
             // A snapshot from a replica of an earlier version has no jobs-by-state rows.
             shared.store.ensure_job_indexes(RAFT_GROUP)?;
             let current = shared.snapshots.make_current(&received)?;
+            saved.current = Some((stored_meta, current));
+            {
+                // Readers hold the state's read lock across memory and tables: under the
+                // write lock both change at once, old memory with the old view, new with
+                // the new tables.
+                let mut memory = shared.state.write();
+                shared.store.set_rewriting(RAFT_GROUP, false)?;
+                *memory = state;
+            }
             // Output of jobs the installed state no longer knows is not the leader's.
+            let memory = shared.state.read();
             shared
                 .store
-                .retain_job_logs(|job| matches!(state.find_job(job), Ok(Some(_))))?;
-            saved.current = Some((stored_meta, current));
-            *shared.state.write() = state;
-            shared.store.set_rewriting(RAFT_GROUP, false);
+                .retain_job_logs(|job| matches!(memory.find_job(job), Ok(Some(_))))?;
+            drop(memory);
             Ok(received.bytes)
         })
         .await
