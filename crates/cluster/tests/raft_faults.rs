@@ -145,7 +145,18 @@ async fn a_write_cut_off_before_its_commit_is_unknown_and_its_key_then_finds_it_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_partition_refuses_writes_while_the_majority_carries_on() {
     init_tracing();
-    let cluster = TestCluster::start(ClusterOptions::voters(5)).await.unwrap();
+    // Five replicas in a process shared with the other tests: timings well above the
+    // tightest, so tasks starved on two cores do not keep the majority re-electing
+    // (a leader whose heartbeats come back late steps aside). The minority's answers
+    // must still come in bounded time: `no_leader` after 3 x `election_max`.
+    let election_max = Duration::from_millis(1_200);
+    let options = ClusterOptions {
+        heartbeat: Duration::from_millis(200),
+        election_min: Duration::from_millis(800),
+        election_max,
+        ..ClusterOptions::voters(5)
+    };
+    let cluster = TestCluster::start(options).await.unwrap();
     let leader = cluster.leader(WAIT).await;
     // The leader ends up in the minority with one other replica.
     let buddy = cluster
@@ -181,10 +192,7 @@ async fn a_minority_partition_refuses_writes_while_the_majority_carries_on() {
         assert_eq!(err.code(), "no_leader", "replica {id}: {err}");
         assert!(err.retry_after().is_some());
         assert_eq!(read.unwrap_err().code(), "no_leader", "replica {id}");
-        assert!(
-            elapsed < Duration::from_secs(3),
-            "replica {id} took {elapsed:?}"
-        );
+        assert!(elapsed < election_max * 4, "replica {id} took {elapsed:?}");
     }
 
     cluster.faults().heal();

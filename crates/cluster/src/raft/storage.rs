@@ -4,7 +4,7 @@
 //!
 //! The state machine's tables (`raft.*`, see `tanvrit_store::state_tables`) are written
 //! by every `apply` with the rows it changed, its job-log chunks and the applied log id,
-//! in one transaction that is not fsynced, but for one a second ([`DURABLE_EVERY`]) and
+//! in one transaction that is not fsynced, but for one every [`DURABLE_EVERY`] and
 //! the sync before a snapshot becomes current; a crash leaves the tables at an earlier
 //! applied id, from which openraft re-applies the log (kept at least back to the
 //! current snapshot). The log lives in a file of its own, so an apply never waits for
@@ -115,8 +115,9 @@ pub struct StateMachine {
 }
 
 /// How often an apply's write is fsynced: bounds what a restart after a crash
-/// re-applies from the log, and lets redb reuse the pages earlier writes freed.
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// re-applies from the log, and lets redb reuse the pages earlier writes freed. Rare
+/// enough that its fsyncs do not compete with the log's (votes, appends) for the disk.
+const DURABLE_EVERY: Duration = Duration::from_secs(10);
 
 fn file_identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
