@@ -65,9 +65,6 @@ pub enum StoreError {
     /// The key is used by the store itself.
     #[error("meta key `{0}` is reserved by the store")]
     ReservedKey(String),
-    /// A group's state tables are being rewritten (a snapshot install): retry.
-    #[error("the `{0}` state is being replaced by a snapshot; retry shortly")]
-    Rewriting(String),
     /// redb reported a failure (i/o, corruption, transaction).
     #[error("database error: {0}")]
     Database(String),
@@ -86,7 +83,6 @@ impl StoreError {
             StoreError::LogOutOfOrder { .. } => "store_log_out_of_order",
             StoreError::TruncatePurged { .. } => "store_truncate_purged",
             StoreError::ReservedKey(_) => "store_reserved_key",
-            StoreError::Rewriting(_) => "store_rewriting",
             StoreError::Database(_) => "store_database",
         }
     }
