@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tanvrit_api::{JobId, JobSpec, Rates, Resources};
+use tanvrit_api::JobId;
 use tanvrit_cluster::raft::RaftCluster;
 use tanvrit_cluster::ClusterService;
 use tanvrit_state::{Command, Effect, JobFilter};
-use tanvrit_testkit::commands::{business, top_up};
+use tanvrit_testkit::commands::{business, small_job, top_up};
 use tanvrit_testkit::{eventually, ClusterOptions, TestCluster};
 
 const JOBS: u64 = 100_000;
@@ -28,22 +28,7 @@ fn job_id(n: u64) -> JobId {
 /// Submits and cancels jobs `n` for every `n` in `0..JOBS` with `n % WRITERS == lane`.
 async fn fill_lane(node: Arc<RaftCluster>, lane: u64) {
     for n in (lane..JOBS).step_by(WRITERS as usize) {
-        let submit = Command::JobSubmit {
-            job: job_id(n),
-            business: business(),
-            spec: JobSpec {
-                command: vec!["true".into()],
-                resources: Resources {
-                    cpu_millis: 10,
-                    memory_mb: 16,
-                    gpus: 0,
-                },
-                ..JobSpec::default()
-            },
-            idempotency_key: None,
-            rates: Rates::default(),
-            at: 5_000,
-        };
+        let submit = small_job(job_id(n).as_str(), &business());
         let cancel = Command::JobCancel {
             job: job_id(n),
             reason: None,

@@ -615,22 +615,7 @@ async fn jobs_are_listed_from_the_tables_newest_first_by_business_and_state() {
 }
 
 fn small_job(job: &str) -> Command {
-    Command::JobSubmit {
-        job: JobId::from(job),
-        business: business(),
-        spec: JobSpec {
-            command: vec!["true".into()],
-            resources: Resources {
-                cpu_millis: 10,
-                memory_mb: 16,
-                gpus: 0,
-            },
-            ..JobSpec::default()
-        },
-        idempotency_key: None,
-        rates: Rates::default(),
-        at: 2_000,
-    }
+    tanvrit_testkit::commands::small_job(job, &business())
 }
 
 fn pending_page(node: &SingleNode) -> (Vec<JobId>, Option<JobId>) {

@@ -42,6 +42,27 @@ pub fn has_top_up(state: &State, n: u64) -> bool {
         .is_ok_and(|found| !found.is_empty())
 }
 
+/// A submission of a job that asks for almost nothing (`true`, 10 millicores, 16 MB)
+/// for `business`, with no idempotency key.
+pub fn small_job(job: &str, business: &BusinessId) -> Command {
+    Command::JobSubmit {
+        job: JobId::from(job),
+        business: business.clone(),
+        spec: JobSpec {
+            command: vec!["true".into()],
+            resources: Resources {
+                cpu_millis: 10,
+                memory_mb: 16,
+                gpus: 0,
+            },
+            ..JobSpec::default()
+        },
+        idempotency_key: None,
+        rates: Rates::default(),
+        at: 2_000,
+    }
+}
+
 /// A node with room for many small jobs.
 pub fn node_register(node: &str) -> Command {
     Command::NodeRegister {
