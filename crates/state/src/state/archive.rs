@@ -180,7 +180,7 @@ impl State {
         };
         // In memory, or removed by this very batch (its row is still on disk until the
         // batch is written: it must not come back).
-        if self.data.jobs.contains_key(id) || self.changes.jobs.contains(id) {
+        if self.data.jobs.contains_key(id) || self.changes.jobs.contains_key(id) {
             return;
         }
         match archive.job(id) {
@@ -280,7 +280,7 @@ impl State {
         }
         let faulted = std::mem::take(&mut self.faulted);
         let mut evicted = 0;
-        for id in changes.jobs.iter().chain(faulted.iter()) {
+        for id in changes.jobs.keys().chain(faulted.iter()) {
             let settled = self
                 .data
                 .jobs

@@ -102,7 +102,7 @@ impl State {
 
     /// Whether a row of the archive's retention index is the job as it is now.
     fn finished_row_current(&self, id: &JobId) -> bool {
-        !self.data.jobs.contains_key(id) && !self.changes.jobs.contains(id)
+        !self.data.jobs.contains_key(id) && !self.changes.jobs.contains_key(id)
     }
 
     /// The first `limit` settled jobs that finished before `cutoff`, earliest first:

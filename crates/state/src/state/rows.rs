@@ -230,7 +230,9 @@ pub fn idempotency_key(scope: &str, key: &str) -> String {
 /// What apply touched since the last [`State::take_changes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub(super) jobs: BTreeSet<JobId>,
+    /// Jobs that changed or went, each with the state its stored rows were written in
+    /// before the first change (`None`: it has no rows yet).
+    pub(super) jobs: BTreeMap<JobId, Option<JobState>>,
     pub(super) nodes: BTreeSet<NodeId>,
     pub(super) keys: BTreeSet<KeyId>,
     /// Business -> the first seq appended since (`u64::MAX`: balances only).
@@ -265,7 +267,7 @@ impl Changes {
 
     /// The jobs that changed (or went) since the changes were taken.
     pub fn jobs(&self) -> impl Iterator<Item = &JobId> + '_ {
-        self.jobs.iter()
+        self.jobs.keys()
     }
 }
 
@@ -298,19 +300,27 @@ fn delete<'a>(table: Table, key: String) -> RowWrite<'a> {
     }
 }
 
-/// The live, finished and by-state rows of a job as it is now (`None`: gone). The
-/// state it left is not known here, so every other state's row is deleted.
-fn job_index_rows<'a>(id: &JobId, job: Option<&Job>) -> Vec<RowWrite<'a>> {
-    let mut rows: Vec<RowWrite<'a>> = JobState::ALL
-        .into_iter()
-        .map(|state| {
-            let key = state_job_key(state, id);
-            match job {
-                Some(job) if job.state == state => put(Table::JobsByState, key, RowValue::Marker),
-                _ => delete(Table::JobsByState, key),
-            }
-        })
-        .collect();
+/// The live, finished and by-state rows of a job as it is now (`None`: gone), whose
+/// stored rows were in state `before` (`None`: it had none).
+fn job_index_rows<'a>(
+    id: &JobId,
+    job: Option<&Job>,
+    before: Option<JobState>,
+) -> Vec<RowWrite<'a>> {
+    let now = job.map(|job| job.state);
+    let mut rows = Vec::with_capacity(4);
+    if before != now {
+        if let Some(left) = before {
+            rows.push(delete(Table::JobsByState, state_job_key(left, id)));
+        }
+        if let Some(state) = now {
+            rows.push(put(
+                Table::JobsByState,
+                state_job_key(state, id),
+                RowValue::Marker,
+            ));
+        }
+    }
     rows.extend(live_and_finished_rows(id, job));
     rows
 }
@@ -388,14 +398,19 @@ impl State {
         }
     }
 
+    /// Notes that a job is about to change (or, absent from memory, to be created).
     pub(super) fn mark_job(&mut self, id: &JobId) {
-        self.changes.jobs.insert(id.clone());
+        let state = self.data.jobs.get(id).map(|job| job.state);
+        self.changes.jobs.entry(id.clone()).or_insert(state);
     }
 
     /// Notes what a job was before it changes or goes: its retention entry, if it had
     /// one, leaves the finished table.
     pub(super) fn mark_job_before(&mut self, job: &Job) {
-        self.changes.jobs.insert(job.id.clone());
+        self.changes
+            .jobs
+            .entry(job.id.clone())
+            .or_insert(Some(job.state));
         if let Some(finished) = finish_time(job) {
             self.changes
                 .finished_removed
@@ -434,7 +449,7 @@ impl State {
     pub fn changed_rows<'a>(&'a self, changes: &Changes) -> Vec<RowWrite<'a>> {
         let data = &self.data;
         let mut rows = Vec::with_capacity(changes.len() + 2);
-        for id in &changes.jobs {
+        for id in changes.jobs.keys() {
             rows.push(put_or_delete(
                 Table::Jobs,
                 id.to_string(),
@@ -447,9 +462,9 @@ impl State {
         for (finished, id) in &changes.finished_removed {
             rows.push(delete(Table::FinishedJobs, finished_key(*finished, id)));
         }
-        for id in &changes.jobs {
+        for (id, before) in &changes.jobs {
             let job = data.jobs.get(id);
-            rows.extend(job_index_rows(id, job));
+            rows.extend(job_index_rows(id, job, *before));
         }
         for ((business, id), listed) in &changes.by_business {
             let key = business_job_key(business, id);
@@ -572,7 +587,7 @@ impl State {
         let jobs = data.jobs.iter().flat_map(|(id, job)| {
             std::iter::once(put(Table::Jobs, id.to_string(), RowValue::Job(job)))
                 .chain(
-                    job_index_rows(id, Some(job))
+                    job_index_rows(id, Some(job), None)
                         .into_iter()
                         .filter(|row| row.value.is_some()),
                 )
