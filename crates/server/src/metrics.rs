@@ -5,7 +5,7 @@
 //! so they are never stale and cost nothing between scrapes. In Raft mode the cluster's
 //! own numbers ([`ClusterService::raft_stats`]) are exported too, by [`RaftCollector`]:
 //! `tanvrit_raft_leader_id`, `_is_leader`, `_leader_changes_total`, `_last_log_index`,
-//! `_purged_index`, `_snapshot_index`, `_snapshots_built_total`,
+//! `_purged_index`, `_snapshot_index`, `_snapshots_built_total`, `_snapshots_written_total`,
 //! `_snapshots_installed_total`, `_elections_triggered_total`, `_writes_total`,
 //! `_writes_forwarded_total`, `_writes_failed_total`, `_write_entries_total` and
 //! `_write_entry_commands_total` (their ratio is the leader's batch size), and the histograms
@@ -449,8 +449,14 @@ impl Collector for RaftCollector {
         counter(
             e,
             "raft_snapshots_built",
-            "Snapshots this replica built",
+            "Snapshots this replica built (its tables made durable, the log purged behind)",
             s.snapshots_built_total,
+        )?;
+        counter(
+            e,
+            "raft_snapshots_written",
+            "Snapshot files this replica wrote to send to a peer",
+            s.snapshots_written_total,
         )?;
         counter(
             e,
@@ -601,6 +607,7 @@ mod tests {
             proposal_latency: latency.clone(),
             commit_latency: LatencyHistogram::default(),
             snapshots_built_total: 1,
+            snapshots_written_total: 2,
             snapshots_installed_total: 0,
             snapshot_index: 30,
             purged_index: 20,
@@ -618,6 +625,7 @@ mod tests {
             "tanvrit_raft_write_entry_commands_total 9\n",
             "# TYPE tanvrit_raft_leader_changes_total counter\n",
             "tanvrit_raft_snapshots_built_total 1\n",
+            "tanvrit_raft_snapshots_written_total 2\n",
             "tanvrit_raft_snapshot_index 30\n",
             "# TYPE tanvrit_raft_proposal_duration_seconds histogram\n",
             "tanvrit_raft_proposal_duration_seconds_bucket{le=\"0.001\"} 1\n",

@@ -150,7 +150,13 @@ impl SnapshotDir {
     /// [`SnapshotWriter::finish`].
     pub fn create<M: Serialize>(&self, index: u64, meta: &M) -> Result<SnapshotWriter, StoreError> {
         let tmp = self.temporary("build");
-        let file = File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+        // Readable too: a snapshot built for a transfer is read back from this handle.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io_error(&tmp, e))?;
         let mut writer = SnapshotWriter {
             dir: self.clone(),
             out: BufWriter::with_capacity(BUFFER_BYTES, SyncingFile { file, unsynced: 0 }),
@@ -224,6 +230,16 @@ impl SnapshotDir {
             }
         }
         Ok(path)
+    }
+
+    /// Deletes the snapshot file at `path` (its content is in the tables now) and makes
+    /// the deletion durable.
+    pub fn remove(&self, path: &Path) -> Result<(), StoreError> {
+        match fs::remove_file(path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_error(path, err)),
+        }
     }
 
     /// Reads the state a snapshot file holds, from its rows or (files of earlier
@@ -457,6 +473,27 @@ impl SnapshotWriter {
         let path = self.dir.publish(&self.tmp, self.index)?;
         Ok((path, bytes))
     }
+
+    /// Closes the stream and hands back the file, unlinked and positioned at its
+    /// start: a snapshot made for one transfer, gone from the disk when the handle is
+    /// dropped (and from the directory at once, so a crash leaves nothing behind).
+    /// Not fsynced: nothing depends on it surviving a crash. Returns its size too.
+    pub fn finish_detached(mut self) -> Result<(File, u64), StoreError> {
+        let records = self.records;
+        self.record::<()>(&RecordRef::End { records })?;
+        self.out.flush().map_err(|e| self.io(e))?;
+        let tmp = self.tmp.clone();
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| io_error(&tmp, e.into_error()))?
+            .file;
+        fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))?;
+        let bytes = file.metadata().map_err(|e| io_error(&tmp, e))?.len();
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| io_error(&tmp, e))?;
+        Ok((file, bytes))
+    }
 }
 
 #[cfg(test)]
@@ -568,6 +605,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, 20);
+    }
+
+    #[test]
+    fn a_detached_snapshot_leaves_no_file_behind_and_is_received_whole() {
+        let data = tempfile::tempdir().unwrap();
+        let source = SnapshotDir::open(data.path(), "leader").unwrap();
+        let mut writer = source.create(40, &"meta-40".to_string()).unwrap();
+        writer.write_state(&state()).unwrap();
+        for n in 0..5 {
+            writer.write_chunk(&chunk(n)).unwrap();
+        }
+        let (mut sent, bytes) = writer.finish_detached().unwrap();
+        assert!(source.files(TMP_SUFFIX).unwrap().is_empty());
+        assert!(source.current::<String>().unwrap().is_none());
+        let dir = SnapshotDir::open(data.path(), "raft").unwrap();
+        let (tmp, mut file) = dir.receive().unwrap();
+        assert_eq!(io::copy(&mut sent, &mut file).unwrap(), bytes);
+        let mut chunks = 0;
+        let received = dir
+            .read_received::<String>(&tmp, |item| {
+                chunks += u64::from(matches!(item, SnapshotItem::Chunk(_)));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((received.index, chunks), (40, 5));
+        let current = dir.make_current(&received).unwrap();
+        dir.remove(&current).unwrap();
+        assert!(dir.is_empty().unwrap());
     }
 
     #[test]

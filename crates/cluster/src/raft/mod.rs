@@ -50,6 +50,7 @@ mod rejoin;
 mod report;
 pub mod rpc;
 pub mod server;
+mod snapshot_data;
 pub mod stats;
 pub mod storage;
 pub mod transport;

@@ -158,6 +158,7 @@ impl Node {
             proposal_latency: c.proposal_latency.snapshot(),
             commit_latency: c.commit_latency.snapshot(),
             snapshots_built_total: s.built.load(Ordering::Relaxed),
+            snapshots_written_total: s.written.load(Ordering::Relaxed),
             snapshots_installed_total: s.installed.load(Ordering::Relaxed),
             snapshot_index: s.last_index.load(Ordering::Relaxed),
             purged_index: m.purged.map_or(0, |id| id.index),

@@ -119,8 +119,10 @@ pub struct RaftStats {
     pub proposal_latency: LatencyHistogram,
     /// Propose-to-applied latency of writes proposed by this replica as leader.
     pub commit_latency: LatencyHistogram,
-    /// Snapshots this replica built.
+    /// Snapshots this replica built (the tables made durable, the log purged behind).
     pub snapshots_built_total: u64,
+    /// Snapshot files this replica wrote to send to a peer.
+    pub snapshots_written_total: u64,
     /// Snapshots this replica installed from a leader.
     pub snapshots_installed_total: u64,
     /// Index of the latest snapshot (built or installed), 0 if none.

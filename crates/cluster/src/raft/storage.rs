@@ -1,6 +1,6 @@
 //! [`StateMachine`]: openraft's state machine on the replica's redb [`Store`] (the
-//! domain [`State`]'s working set in memory, its tables on disk, snapshots as files);
-//! the log, vote and commit marker are [`crate::raft::log_store`]'s.
+//! domain [`State`]'s working set in memory, its tables on disk; the tables are the
+//! snapshot); the log, vote and commit marker are [`crate::raft::log_store`]'s.
 //!
 //! The state machine's tables (`raft.*`, see `tanvrit_store::state_tables`) are written
 //! by every `apply` with the rows it changed, its job-log chunks and the applied log id,
@@ -10,15 +10,21 @@
 //! current snapshot). The log lives in a file of its own, so an apply never waits for
 //! an append's fsync. A restart loads the tables; history is never replayed.
 //!
-//! Snapshots never touch the database's single writer for long, which every log append
-//! needs (openraft's core awaits each append, so a long write transaction there would
-//! hold up heartbeats and every answer to the leader): a build streams the rows and
-//! job-log chunks of a read transaction (taken between two applies, so it is exactly
-//! the applied state) into a file; a transfer streams that file a chunk at a time; an
-//! install checks the received file, then streams it into the tables in bounded
-//! transactions behind an `installing` mark (a crash half-way leaves the mark, and the
-//! next start rebuilds the tables from the current snapshot file), then renames it into
-//! place. Memory holds a buffer and one batch of rows, besides the state itself.
+//! The tables are the snapshot, so a replica keeps no second copy of them on disk.
+//! Building a snapshot (every `snapshot_every` entries) makes the tables durable at
+//! the applied id, after which openraft purges the log behind it. A snapshot is
+//! written as a file only to be sent: when a lagging or new replica needs one, the
+//! rows and job-log chunks of a read transaction (taken between two applies, so it is
+//! exactly the applied state) stream into an unlinked temporary file in the sender's
+//! replication task ([`SnapshotData`] writes it on first read), and the transfer
+//! streams that file a chunk at a time. None of this touches the database's single
+//! writer, which every log append needs (openraft's core awaits each append, so a
+//! long write transaction there would hold up heartbeats and every answer to the
+//! leader). An install checks the received file end to end, makes it the directory's
+//! current file, streams it into the tables in bounded transactions behind an
+//! `installing` mark, and deletes the file in the durable commit's wake; a crash
+//! half-way leaves the mark and the file, and the next start installs the file again.
+//! Memory holds a buffer and one batch of rows, besides the state itself.
 //!
 //! `apply` takes the state's write lock once and writes the rows and job-log chunks of
 //! all the entries it is given in one redb transaction, however many entries that is.
@@ -71,6 +77,8 @@ pub(super) async fn blocking<T: Send + 'static>(
 pub(crate) struct SnapshotCounters {
     pub built: AtomicU64,
     pub installed: AtomicU64,
+    /// Snapshot files written to send to a peer.
+    pub written: AtomicU64,
     pub last_index: AtomicU64,
 }
 
@@ -79,13 +87,6 @@ pub(crate) struct SnapshotCounters {
 struct Applied {
     last: Option<LogId>,
     membership: StoredMembership,
-}
-
-/// The current snapshot file and its metadata. Its lock is held while a snapshot is made
-/// current, so a build that finishes after a newer snapshot was installed cannot replace
-/// it (the log is purged up to the newest one).
-struct Saved {
-    current: Option<(SnapshotMeta, PathBuf)>,
 }
 
 /// The file a transfer from the leader is being written to, and its identity (device,
@@ -101,13 +102,12 @@ struct Shared {
     /// Fed with each batch's events before its index is published.
     events: EventLog,
     counters: Arc<SnapshotCounters>,
-    saved: Mutex<Saved>,
     receiving: Mutex<Option<Receiving>>,
 }
 
 /// The replicated state machine: the domain [`State`] in memory (shared with a
-/// [`Reader`]), job-log chunks in the store, and snapshots as files
-/// (`<data_dir>/snapshots/raft/`) that stream to and from peers.
+/// [`Reader`]), its tables and job-log chunks in the store, and snapshots as files
+/// (`<data_dir>/snapshots/raft/`) only while they stream to or from a peer.
 pub struct StateMachine {
     shared: Arc<Shared>,
     /// When an apply last made the tables durable.
@@ -257,10 +257,11 @@ fn read_engine<T: serde::de::DeserializeOwned>(
 }
 
 impl StateMachine {
-    /// Loads the state tables of `store` (or starts empty). Tables that hold no state,
-    /// or that an install left half-written, are rebuilt from the current snapshot file
-    /// first; a snapshot record left by an earlier version in the database is converted
-    /// to a snapshot file before that.
+    /// Loads the state tables of `store` (or starts empty). A snapshot file left in
+    /// the directory is an install that did not finish (or, from an earlier version, the
+    /// snapshot the tables were written behind): it is installed again if the tables are
+    /// marked `installing` or hold no state, and deleted once they hold it. A snapshot
+    /// record left in the database by an older version becomes such a file first.
     pub fn open(store: Store) -> Result<StateMachine, StoreError> {
         let snapshots = store.snapshot_dir(RAFT_GROUP)?;
         snapshots.sweep_unfinished()?;
@@ -274,30 +275,35 @@ impl StateMachine {
                 );
             }
         }
-        let current = snapshots.current::<SnapshotMeta>()?;
         let installing = store
             .state_view(RAFT_GROUP)?
             .meta_raw(META_INSTALLING)?
             .is_some();
-        if installing || !store.has_state(RAFT_GROUP)? {
-            let (state, applied) = match &current {
-                Some(file) => (
-                    snapshots.read_state(file)?,
-                    Applied {
+        match snapshots.current::<SnapshotMeta>()? {
+            Some(file) => {
+                if installing || !store.has_state(RAFT_GROUP)? {
+                    let applied = Applied {
                         last: file.meta.last_log_id,
                         membership: file.meta.last_membership.clone(),
-                    },
-                ),
-                None => (State::new(), Applied::default()),
-            };
-            if installing || current.is_some() {
-                store.replace_state(RAFT_GROUP, &state, &engine_meta(&applied)?)?;
-                tracing::info!(
-                    index = state.applied_index(),
-                    installing,
-                    "rebuilt the state tables from the snapshot file"
-                );
+                    };
+                    install_into_tables(&store, &file.path, &applied)?;
+                    tracing::info!(
+                        index = file.index,
+                        installing,
+                        "rebuilt the state tables from the snapshot file"
+                    );
+                }
+                // The tables hold it all, durably.
+                store.sync()?;
+                snapshots.remove(&file.path)?;
             }
+            None if installing => {
+                return Err(StoreError::Corrupt {
+                    what: "raft state tables",
+                    detail: "an install was interrupted and its snapshot file is gone".into(),
+                })
+            }
+            None => {}
         }
         let indexed = store.ensure_job_indexes(RAFT_GROUP)?;
         if indexed > 0 {
@@ -312,9 +318,7 @@ impl StateMachine {
         let state = load_working_set(&store)?;
         let index = applied.last.map_or(0, |id| id.index);
         let counters = Arc::new(SnapshotCounters::default());
-        counters
-            .last_index
-            .store(current.as_ref().map_or(0, |f| f.index), Ordering::Relaxed);
+        counters.last_index.store(index, Ordering::Relaxed);
         let (applied_index, _) = watch::channel(index);
         Ok(StateMachine {
             shared: Arc::new(Shared {
@@ -325,9 +329,6 @@ impl StateMachine {
                 applied_index,
                 events: EventLog::new(index, DEFAULT_EVENTS_RETAINED),
                 counters,
-                saved: Mutex::new(Saved {
-                    current: current.map(|file| (file.meta, file.path)),
-                }),
                 receiving: Mutex::new(None),
             }),
             last_durable: Instant::now(),
@@ -456,8 +457,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Called between two applies: a read transaction now sees exactly the tables at
-        // `applied.last`; the file is written later, in the builder's own task, while
-        // apply continues.
+        // `applied.last` (the data of the snapshot, should anyone read it).
         SnapshotBuilder {
             shared: self.shared.clone(),
             view: Some(self.shared.store.state_view(RAFT_GROUP)),
@@ -489,7 +489,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let shared = self.shared.clone();
         let stored_meta = meta.clone();
-        let mut file = snapshot.into_std().await;
+        let mut file = snapshot
+            .into_std()
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let receiving = self.shared.receiving.lock().take();
         let started = Instant::now();
         let bytes = blocking(move || {
@@ -522,21 +525,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ),
                 });
             }
-            let mut saved = shared.saved.lock();
             let applied = Applied {
                 last: stored_meta.last_log_id,
                 membership: stored_meta.last_membership.clone(),
             };
+            // Current first: once the tables are marked `installing`, the next start
+            // needs this file to finish the install.
+            let current = shared.snapshots.make_current(&received)?;
             // While the tables are rewritten, readers see them as they were (a read
             // transaction taken now), which is the state memory still holds.
             shared.store.set_rewriting(RAFT_GROUP, true)?;
             // A failure leaves the tables marked `installing` (readers keep the old
-            // view); openraft stops the replica, and its next start rebuilds them.
-            let state = install_into_tables(&shared.store, &received.path, &applied)?;
+            // view); openraft stops the replica, and its next start installs again.
+            let state = install_into_tables(&shared.store, &current, &applied)?;
             // A snapshot from a replica of an earlier version has no jobs-by-state rows.
             shared.store.ensure_job_indexes(RAFT_GROUP)?;
-            let current = shared.snapshots.make_current(&received)?;
-            saved.current = Some((stored_meta, current));
+            // The install's last commit was durable: the tables are the snapshot now.
+            shared.snapshots.remove(&current)?;
             {
                 // Readers hold the state's read lock across memory and tables: under the
                 // write lock both change at once, old memory with the old view, new with
@@ -577,18 +582,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, path)) = self.shared.saved.lock().current.clone() else {
+        // Between two applies: the tables are exactly the applied state. They are made
+        // durable first, since openraft may purge the log up to what it is handed here.
+        let applied = self.applied();
+        if applied.last.is_none() {
             return Ok(None);
-        };
-        // An open file stays readable even if a newer snapshot replaces it meanwhile.
-        let file = SnapshotData::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        }
+        let meta = snapshot_meta(&applied);
+        let store = self.shared.store.clone();
+        let view = blocking(move || {
+            store.sync()?;
+            store.state_view(RAFT_GROUP)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+            meta: meta.clone(),
+            snapshot: Box::new(transfer_file(&self.shared, meta, view)),
         }))
     }
+}
+
+/// Openraft's description of a snapshot of the tables at `applied`.
+fn snapshot_meta(applied: &Applied) -> SnapshotMeta {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let last = applied.last;
+    SnapshotMeta {
+        last_log_id: last,
+        last_membership: applied.membership.clone(),
+        snapshot_id: format!(
+            "{}-{}-{millis}",
+            last.map_or(0, |id| id.leader_id.term),
+            last.map_or(0, |id| id.index)
+        ),
+    }
+}
+
+/// The snapshot `view` sees, written on first read into an unlinked file that is gone
+/// when the transfer drops it.
+fn transfer_file(shared: &Arc<Shared>, meta: SnapshotMeta, view: StateView) -> SnapshotData {
+    let snapshots = shared.snapshots.clone();
+    let counters = shared.counters.clone();
+    SnapshotData::lazy(Box::new(move || {
+        let started = Instant::now();
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let (file, bytes) = write_snapshot_from(&snapshots, &meta, &view)
+            .and_then(|writer| writer.finish_detached())
+            .map_err(std::io::Error::other)?;
+        drop(view);
+        counters.written.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            index,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "wrote a snapshot to send"
+        );
+        Ok(file)
+    }))
 }
 
 /// Logs a warning when a step that holds up Raft took longer than [`SLOW_MS`].
@@ -602,7 +654,7 @@ pub(super) fn slow(what: &'static str, started: Instant, items: usize) {
 /// A storage step slower than this is logged (a fifth of the LAN profile's heartbeat).
 const SLOW_MS: u64 = 20;
 
-/// Builds a snapshot from a read transaction taken between two applies.
+/// Makes a snapshot of the tables as they stand between two applies.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     view: Option<Result<StateView, StoreError>>,
@@ -629,77 +681,37 @@ fn write_snapshot_from(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// The tables are the snapshot: building one makes them durable at (at least) the
+    /// applied id the builder was made at, so openraft may purge the log behind it.
+    /// Nothing is copied; a transfer writes its own file (see [`transfer_file`]).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let last = self.applied.last;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: self.applied.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}-{millis}",
-                last.map_or(0, |id| id.leader_id.term),
-                last.map_or(0, |id| id.index)
-            ),
-        };
-        let shared = self.shared.clone();
+        let meta = snapshot_meta(&self.applied);
+        let store = self.shared.store.clone();
+        let started = Instant::now();
         let view = self
             .view
             .take()
             .unwrap_or_else(|| Err(StoreError::Io("the snapshot view was used already".into())));
-        let stored_meta = meta.clone();
-        let started = Instant::now();
-        let (path, bytes, saved) = blocking(move || {
+        let view = blocking(move || {
             let view = view?;
-            let writer = write_snapshot_from(&shared.snapshots, &stored_meta, &view)?;
-            drop(view);
-            // The job-log chunks of the entries it covers become durable first.
-            shared.store.sync()?;
-            let mut saved = shared.saved.lock();
-            match &saved.current {
-                // A newer snapshot was installed meanwhile; this one is obsolete.
-                Some((current, path)) if current.last_log_id > stored_meta.last_log_id => {
-                    return Ok((path.clone(), 0, false))
-                }
-                _ => {}
-            }
-            let (path, bytes) = writer.finish()?;
-            saved.current = Some((stored_meta, path.clone()));
-            Ok((path, bytes, true))
+            store.sync()?;
+            Ok(view)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
-        let index = last.map_or(0, |id| id.index);
-        if saved {
-            let counters = &self.shared.counters;
-            counters.built.fetch_add(1, Ordering::Relaxed);
-            counters.last_index.store(index, Ordering::Relaxed);
-            tracing::info!(
-                index,
-                bytes,
-                ms = started.elapsed().as_millis() as u64,
-                "built a snapshot"
-            );
-        } else {
-            tracing::info!(index, "a newer snapshot was installed meanwhile; kept it");
-        }
-        let file = SnapshotData::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let meta = if saved {
-            meta
-        } else {
-            self.shared
-                .saved
-                .lock()
-                .current
-                .as_ref()
-                .map_or(meta, |(m, _)| m.clone())
-        };
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let counters = &self.shared.counters;
+        counters.built.fetch_add(1, Ordering::Relaxed);
+        counters.last_index.fetch_max(index, Ordering::Relaxed);
+        tracing::info!(
+            index,
+            bytes = 0u64,
+            ms = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+            meta: meta.clone(),
+            snapshot: Box::new(transfer_file(&self.shared, meta, view)),
         })
     }
 }

@@ -25,8 +25,7 @@ openraft::declare_raft_types!(
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 
-/// A snapshot as openraft moves it: a file, read and written a chunk at a time.
-pub type SnapshotData = tokio::fs::File;
+pub use crate::raft::snapshot_data::SnapshotData;
 
 /// The Raft handle of a replica.
 pub type Raft = openraft::Raft<TypeConfig>;
