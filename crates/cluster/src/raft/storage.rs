@@ -36,7 +36,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -603,19 +603,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Openraft's description of a snapshot of the tables at `applied`.
+/// Openraft's description of a snapshot of the tables at `applied`. Its id is the log
+/// id it ends at: the state at a log id is the same wherever and whenever it is taken.
 fn snapshot_meta(applied: &Applied) -> SnapshotMeta {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
     let last = applied.last;
     SnapshotMeta {
         last_log_id: last,
         last_membership: applied.membership.clone(),
-        snapshot_id: format!(
-            "{}-{}-{millis}",
-            last.map_or(0, |id| id.leader_id.term),
-            last.map_or(0, |id| id.index)
+        snapshot_id: last.map_or_else(
+            || "0-0-0".to_string(),
+            |id| {
+                format!(
+                    "{}-{}-{}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                )
+            },
         ),
     }
 }
