@@ -483,7 +483,9 @@ fn refused_for_good(err: &ClientError) -> bool {
         ClientError::Api { status, .. } => {
             (400..500).contains(status) && !matches!(status, 408 | 429)
         }
-        ClientError::Config(_) => true,
+        // The control plane's certificate is not trusted, or it refused ours: a CA file
+        // or certificate to fix, not a network blip.
+        ClientError::Config(_) | ClientError::Tls { .. } => true,
         _ => false,
     }
 }

@@ -80,7 +80,11 @@ fn verdict(err: &ClientError) -> Verdict {
         } => Verdict::Retry,
         ClientError::Api { status, .. } if *status >= 500 => Verdict::Retry,
         ClientError::Api { .. } | ClientError::Config(_) => Verdict::Refused,
-        ClientError::Transport { .. } | ClientError::Decode { .. } => Verdict::Retry,
+        // A TLS failure mid-run is most likely a certificate being rotated: keep what is
+        // owed and try again.
+        ClientError::Transport { .. } | ClientError::Tls { .. } | ClientError::Decode { .. } => {
+            Verdict::Retry
+        }
     }
 }
 

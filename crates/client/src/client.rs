@@ -191,9 +191,13 @@ impl Client {
         };
         // A dead endpoint should cost little before failing over, whatever the timeout.
         let connect_timeout = config.timeout.min(Duration::from_secs(3));
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
-            .user_agent(concat!("tanvrit-client/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("tanvrit-client/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = config.tls_config()? {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -647,6 +651,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn transport_error(base: &Url, e: &reqwest::Error) -> ClientError {
+    if let Some(message) = tls_failure(e) {
+        return ClientError::Tls {
+            endpoint: base.as_str().trim_end_matches('/').to_string(),
+            message,
+        };
+    }
     let mut message = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -659,6 +669,85 @@ fn transport_error(base: &Url, e: &reqwest::Error) -> ClientError {
         message,
         not_sent: e.is_connect(),
         timed_out: e.is_timeout(),
+    }
+}
+
+/// The TLS failure among `e`'s causes, explained. The rustls error itself when a cause
+/// is one (or an `std::io::Error` wrapping one: its `source` skips the wrapped error);
+/// else rustls's words as the HTTP stack relayed them, matched by text, since layers in
+/// between box errors in ways that hide their type.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut text = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(explain_tls(tls));
+        }
+        if let Some(tls) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(explain_tls(tls));
+        }
+        text = current.to_string();
+        cause = current.source();
+    }
+    // The innermost message; rustls's own phrasing of certificate and alert failures.
+    const MARKERS: [(&str, &str); 9] = [
+        ("UnknownIssuer", UNKNOWN_ISSUER),
+        ("BadSignature", UNKNOWN_ISSUER),
+        ("NotValidForName", NOT_VALID_FOR_NAME),
+        ("received fatal alert: UnknownCA", REFUSED_CERT),
+        ("received fatal alert: BadCertificate", REFUSED_CERT),
+        ("received fatal alert: CertificateRequired", REFUSED_CERT),
+        ("received fatal alert: DecryptError", REFUSED_CERT),
+        ("received fatal alert", ""),
+        ("invalid peer certificate", ""),
+    ];
+    MARKERS
+        .iter()
+        .find(|(marker, _)| text.contains(marker))
+        .map(|(_, hint)| {
+            if hint.is_empty() {
+                text.clone()
+            } else {
+                format!("{hint} ({text})")
+            }
+        })
+}
+
+const UNKNOWN_ISSUER: &str = "the server's certificate is not signed by the CA in --ca-file / \
+     TANVRIT_CA_FILE (or, without one, by a public CA)";
+const NOT_VALID_FOR_NAME: &str = "the server's certificate does not name the host in the address";
+const REFUSED_CERT: &str = "the server refused this client's certificate (or wants one)";
+
+/// rustls's words, and what they usually mean for someone holding a CA file.
+fn explain_tls(error: &rustls::Error) -> String {
+    use rustls::{AlertDescription, CertificateError};
+    let hint = match error {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => UNKNOWN_ISSUER,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => NOT_VALID_FOR_NAME,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the server's certificate has expired",
+        rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateRequired
+            | AlertDescription::DecryptError,
+        ) => REFUSED_CERT,
+        rustls::Error::InvalidMessage(_) => "the address may not be a TLS server (try http://)",
+        _ => "",
+    };
+    if hint.is_empty() {
+        error.to_string()
+    } else {
+        format!("{hint} ({error})")
     }
 }
 

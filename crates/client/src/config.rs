@@ -1,6 +1,9 @@
 //! [`ClientConfig`]: where the servers are, which key to use, and how hard to retry.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+pub use tanvrit_tls::ClientIdentity;
 
 use crate::ClientError;
 
@@ -8,6 +11,12 @@ use crate::ClientError;
 pub const ENV_ADDR: &str = "TANVRIT_ADDR";
 /// Environment variable holding the API key.
 pub const ENV_API_KEY: &str = "TANVRIT_API_KEY";
+/// Environment variable naming the CA file `https://` servers are checked against.
+pub const ENV_CA_FILE: &str = "TANVRIT_CA_FILE";
+/// Environment variables naming a client certificate and its key, presented over TLS.
+pub const ENV_CLIENT_CERT_FILE: &str = "TANVRIT_CLIENT_CERT_FILE";
+/// See [`ENV_CLIENT_CERT_FILE`].
+pub const ENV_CLIENT_KEY_FILE: &str = "TANVRIT_CLIENT_KEY_FILE";
 /// The server a client talks to when nothing else is said.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
 
@@ -33,6 +42,12 @@ pub struct ClientConfig {
     pub backoff_base: Duration,
     /// Longest backoff between retries, and longest `Retry-After` honoured.
     pub backoff_max: Duration,
+    /// PEM CA bundle that `https://` servers' certificates must chain to (the cluster
+    /// CA). `None`: the usual public roots.
+    pub ca_file: Option<PathBuf>,
+    /// A certificate (and key) to present when a server asks for one: an agent's
+    /// `agent-<node>...` or an operator's `client-<name>...` certificate.
+    pub identity: Option<ClientIdentity>,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +60,8 @@ impl Default for ClientConfig {
             read_your_writes: true,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            ca_file: None,
+            identity: None,
         }
     }
 }
@@ -63,7 +80,30 @@ impl ClientConfig {
             config.endpoints = split_endpoints(&addr);
         }
         config.api_key = lookup(ENV_API_KEY).filter(|k| !k.is_empty());
+        config.ca_file = lookup(ENV_CA_FILE)
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        config.identity = lookup(ENV_CLIENT_CERT_FILE)
+            .zip(lookup(ENV_CLIENT_KEY_FILE))
+            .filter(|(c, k)| !c.is_empty() && !k.is_empty())
+            .map(|(cert_file, key_file)| ClientIdentity {
+                cert_file: cert_file.into(),
+                key_file: key_file.into(),
+            });
         config
+    }
+
+    /// The rustls configuration for `ca_file` and `identity`, if either is set (else the
+    /// HTTP client's own, with the public roots). A file that does not read is a
+    /// [`ClientError::Config`].
+    pub(crate) fn tls_config(&self) -> Result<Option<rustls::ClientConfig>, ClientError> {
+        let tls = match (&self.ca_file, &self.identity) {
+            (None, None) => return Ok(None),
+            (Some(ca), identity) => tanvrit_tls::client_config(ca, identity.as_ref()),
+            (None, Some(identity)) => tanvrit_tls::client::public_roots_config(identity),
+        };
+        tls.map(Some)
+            .map_err(|e| ClientError::Config(format!("TLS: {e}")))
     }
 
     /// Checks the endpoints parse as http(s) URLs and returns them.

@@ -35,6 +35,16 @@ pub enum ClientError {
         /// True when the request timed out.
         timed_out: bool,
     },
+    /// The TLS handshake failed: the server's certificate is not signed by a trusted CA
+    /// or not valid for the address, or the server refused this client's certificate.
+    /// Not retried: another attempt meets the same certificates.
+    #[error("{endpoint}: TLS handshake failed: {message}")]
+    Tls {
+        /// The base URL that was being called.
+        endpoint: String,
+        /// What rustls said, with what it likely means.
+        message: String,
+    },
     /// A 2xx answer whose body is not the expected JSON.
     #[error("cannot decode the response of {path}: {message}")]
     Decode {
@@ -50,7 +60,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// The stable code: the server's for [`ClientError::Api`], else `transport`,
-    /// `timeout`, `decode` or `config`.
+    /// `timeout`, `tls`, `decode` or `config`.
     pub fn code(&self) -> &str {
         match self {
             ClientError::Api { code, .. } => code,
@@ -58,6 +68,7 @@ impl ClientError {
                 timed_out: true, ..
             } => "timeout",
             ClientError::Transport { .. } => "transport",
+            ClientError::Tls { .. } => "tls",
             ClientError::Decode { .. } => "decode",
             ClientError::Config(_) => "config",
         }

@@ -99,6 +99,7 @@ fn client(endpoints: Vec<String>, max_retries: u32) -> Client {
         read_your_writes: true,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_secs(2),
+        ..ClientConfig::default()
     })
     .unwrap()
 }

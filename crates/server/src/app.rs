@@ -465,7 +465,12 @@ async fn add_index_header(State(app): State<AppState>, mut response: Response) -
         .insert(INDEX_HEADER_NAME, HeaderValue::from(index));
     if let Some(mut body) = response.extensions_mut().remove::<tanvrit_api::ErrorBody>() {
         if let Some(addr) = app.cluster().leader_api_addr() {
-            let url = format!("http://{addr}");
+            let scheme = if app.config().api_https {
+                "https"
+            } else {
+                "http"
+            };
+            let url = format!("{scheme}://{addr}");
             if let Ok(value) = HeaderValue::from_str(&url) {
                 response.headers_mut().insert(LEADER_URL_HEADER_NAME, value);
             }
@@ -491,11 +496,16 @@ pub(crate) async fn serve(
     config: ServerConfig,
     cluster: Arc<dyn ClusterService>,
     listener: TcpListener,
+    tls: Option<tanvrit_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
         header_limit_bytes: config.header_limit_bytes,
+    };
+    let config = ServerConfig {
+        api_https: tls.is_some(),
+        ..config
     };
     let (router, app) = build(config, cluster);
     let loops = app.spawn_leader_loops();
@@ -505,7 +515,7 @@ pub(crate) async fn serve(
         loops.stop().await;
         app.inner.shutdown.send_replace(true);
     };
-    listener::serve(listener, router, limits, signal)
+    listener::serve(listener, router, limits, tls, signal)
         .await
         .map_err(ServerError::Serve)
 }

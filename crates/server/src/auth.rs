@@ -21,6 +21,7 @@ use tanvrit_state::State;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::listener::PeerCertificate;
 
 /// Every secret this server generates starts with this.
 pub const SECRET_PREFIX: &str = "tvk_";
@@ -219,6 +220,38 @@ impl Principal {
     }
 }
 
+/// Who a verified client certificate acts as: `client-<name>.<cluster>.tanvrit` is an
+/// `admin`, or a `user` of the business its `tanvrit:business:<id>` URI name gives. Its
+/// key id (rate limits, idempotency scope) is `cert-<name>`. Replica and agent
+/// certificates, and other clusters' names, authenticate nobody.
+pub(crate) fn certificate_principal(
+    certificate: &PeerCertificate,
+    cluster: &str,
+) -> Option<Principal> {
+    let name = certificate
+        .dns_names
+        .iter()
+        .find_map(|dns| match tanvrit_tls::PeerName::parse(dns, cluster)? {
+            tanvrit_tls::PeerName::Client(name) => Some(name),
+            _ => None,
+        })?;
+    let business = certificate.uri_names.iter().find_map(|uri| {
+        uri.strip_prefix(tanvrit_tls::names::BUSINESS_URI_PREFIX)
+            .filter(|b| !b.is_empty())
+            .map(BusinessId::from)
+    });
+    Some(Principal {
+        key: KeyId(format!("cert-{name}")),
+        scope: if business.is_some() {
+            Scope::User
+        } else {
+            Scope::Admin
+        },
+        business,
+        node: None,
+    })
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -227,6 +260,18 @@ impl FromRequestParts<AppState> for Principal {
         app: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let authorization = parts.headers.get(header::AUTHORIZATION);
+        // A key, when sent, decides; without one a verified client certificate may.
+        if authorization.is_none() {
+            let certified = parts
+                .extensions
+                .get::<std::sync::Arc<PeerCertificate>>()
+                .zip(app.config().client_cert_cluster.as_deref())
+                .and_then(|(certificate, cluster)| certificate_principal(certificate, cluster));
+            if let Some(principal) = certified {
+                app.rate_limit(&principal)?;
+                return Ok(principal);
+            }
+        }
         let identified = app.reader().read(|state| identify(state, authorization));
         match identified {
             Ok(principal) => {
@@ -256,6 +301,36 @@ impl FromRequestParts<AppState> for Principal {
 mod tests {
     use super::*;
     use tanvrit_state::{Command, Effect};
+
+    #[test]
+    fn client_certificates_of_the_cluster_map_to_admin_or_their_business() {
+        let cert = |dns: &str, uri: Option<&str>| PeerCertificate {
+            dns_names: vec!["localhost".into(), dns.into()],
+            uri_names: uri.into_iter().map(str::to_string).collect(),
+        };
+        let admin = certificate_principal(&cert("client-ops.prod.tanvrit", None), "prod").unwrap();
+        assert_eq!(admin.scope, Scope::Admin);
+        assert_eq!(admin.key, KeyId("cert-ops".into()));
+        assert_eq!(admin.business, None);
+        let user = certificate_principal(
+            &cert("client-app.prod.tanvrit", Some("tanvrit:business:acme")),
+            "prod",
+        )
+        .unwrap();
+        assert_eq!(user.scope, Scope::User);
+        assert_eq!(user.business, Some(BusinessId::from("acme")));
+        for (dns, cluster) in [
+            ("client-ops.prod.tanvrit", "staging"),
+            ("agent-n1.prod.tanvrit", "prod"),
+            ("replica-1.prod.tanvrit", "prod"),
+        ] {
+            assert_eq!(
+                certificate_principal(&cert(dns, None), cluster),
+                None,
+                "{dns}"
+            );
+        }
+    }
 
     fn state_with(keys: &[(&str, Scope, Option<&str>, &str)]) -> State {
         let mut state = State::new();

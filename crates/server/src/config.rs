@@ -87,6 +87,14 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers) accepted; a larger one is
     /// answered 431 and the connection closed. Default 64 KiB (at least 8 KiB).
     pub header_limit_bytes: usize,
+    /// The cluster id client certificates are read in (`client-<name>.<cluster>.tanvrit`
+    /// acts as `admin`, or as `user` of the business its `tanvrit:business:<id>` URI
+    /// name gives) when a request over TLS carries no API key. `None`: certificates
+    /// authenticate nobody; only keys do. Default `None`.
+    pub client_cert_cluster: Option<String>,
+    /// Whether the API is served over TLS, so leader hints name `https://` URLs (every
+    /// replica of a cluster serves alike). [`crate::serve_tls`] sets it. Default false.
+    pub api_https: bool,
 }
 
 /// A secret that never shows in `Debug` output.
@@ -129,6 +137,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             header_limit_bytes: 64 * 1024,
+            client_cert_cluster: None,
+            api_https: false,
         }
     }
 }

@@ -22,7 +22,8 @@
 //! - [`bootstrap`] creates the first admin key.
 //! - [`leader`]: the leader-only loops (scheduler, node liveness and drain deadlines,
 //!   cron) and their supervisor, which runs them only while this replica leads.
-//! - `listener`: the accept loop (HTTP/1.1, header read timeout and size limit).
+//! - `listener`: the accept loop (TLS with HTTP/2 or HTTP/1.1 by ALPN, or plain
+//!   HTTP/1.1; handshake and header read timeouts, head size limit).
 //! - `app`: the router, shared state, consistency and write helpers, middleware.
 //! - `routes`: one file per resource (`jobs`, `nodes`, `agents` (the agent protocol),
 //!   `keys`, `credits`, `schedules`, `cluster`, `cluster_admin` (membership), `probes`),
@@ -92,5 +93,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    app::serve(config, cluster, listener, shutdown).await
+    app::serve(config, cluster, listener, None, shutdown).await
+}
+
+/// [`serve`] over TLS (`tls`; `None` is plain HTTP): the API answers HTTP/2 and HTTP/1.1
+/// by ALPN, and a client certificate verified against `tls`'s client CA authenticates a
+/// request that carries no API key ([`ServerConfig::client_cert_cluster`]).
+pub async fn serve_tls(
+    config: ServerConfig,
+    cluster: Arc<dyn ClusterService>,
+    listener: TcpListener,
+    tls: Option<tanvrit_tls::ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    app::serve(config, cluster, listener, tls, shutdown).await
 }

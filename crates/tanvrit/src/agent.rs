@@ -160,6 +160,10 @@ impl AgentArgs {
             key,
             global.request_timeout,
             self.backoff_max,
+            AgentTls {
+                ca_file: global.ca_file.clone(),
+                identity: global.identity(),
+            },
         )
     }
 }
@@ -172,6 +176,7 @@ pub fn agent_client(
     key: String,
     timeout: Duration,
     backoff_max: Duration,
+    tls: AgentTls,
 ) -> Result<Client, ClientError> {
     Client::new(ClientConfig {
         endpoints,
@@ -181,7 +186,19 @@ pub fn agent_client(
         read_your_writes: false,
         backoff_base: Duration::from_millis(100),
         backoff_max: backoff_max.min(Duration::from_secs(1)),
+        ca_file: tls.ca_file,
+        identity: tls.identity,
     })
+}
+
+/// How an agent checks the control plane (`--ca-file`) and proves which machine it is
+/// (`--client-cert`, an `agent-<node>.<cluster>.tanvrit` certificate).
+#[derive(Clone, Debug, Default)]
+pub struct AgentTls {
+    /// The cluster CA.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The agent's own certificate and key.
+    pub identity: Option<tanvrit_client::config::ClientIdentity>,
 }
 
 /// Runs `tanvrit agent` until Ctrl-C or SIGTERM.

@@ -1,10 +1,12 @@
 //! The command line: global flags, the subcommand tree, and how errors become exit codes.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tanvrit_client::{config::split_endpoints, Client, ClientConfig, ClientError, DEFAULT_ADDR};
+use tanvrit_client::config::{split_endpoints, ClientIdentity};
+use tanvrit_client::{Client, ClientConfig, ClientError, DEFAULT_ADDR};
 
 use crate::agent::AgentArgs;
 use crate::commands::cluster::ClusterCommand;
@@ -50,6 +52,36 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub api_key: Option<String>,
+    /// CA certificate (PEM) that https:// servers must present a certificate of (the
+    /// cluster CA `tanvrit tls ca create` made; `tanvrit dev` prints it).
+    #[arg(
+        long,
+        env = "TANVRIT_CA_FILE",
+        value_name = "PATH",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present to a server that asks for one.
+    #[arg(
+        long,
+        env = "TANVRIT_CLIENT_CERT_FILE",
+        value_name = "PATH",
+        requires = "client_key",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "TANVRIT_CLIENT_KEY_FILE",
+        value_name = "PATH",
+        requires = "client_cert",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Print the JSON response (for scripts) instead of tables (the same as `-o json`).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
@@ -96,7 +128,17 @@ impl GlobalArgs {
             timeout: self.request_timeout,
             max_retries: self.retries,
             read_your_writes: true,
+            ca_file: self.ca_file.clone(),
+            identity: self.identity(),
             ..ClientConfig::default()
+        })
+    }
+
+    /// The client certificate to present, when both files are given.
+    pub fn identity(&self) -> Option<ClientIdentity> {
+        Some(ClientIdentity {
+            cert_file: self.client_cert.clone()?,
+            key_file: self.client_key.clone()?,
         })
     }
 
@@ -147,6 +189,9 @@ pub enum Command {
     /// Benchmarks: HTTP submissions at several concurrencies; scheduler placements.
     #[command(subcommand)]
     Bench(crate::commands::bench::BenchCommand),
+    /// Make the cluster CA and certificates for replicas, agents and clients.
+    #[command(subcommand)]
+    Tls(crate::commands::tls::TlsCommand),
     /// Run a single-node replica serving the API (configuration: TOML < TANVRIT_* < flags).
     Server(ServerArgs),
     /// Run a local single-node server for development, with a local agent: prints the
@@ -185,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => command.run(&client()?, out).await,
         Command::Events(args) => crate::commands::events::run_events(&client()?, out, args).await,
         Command::Bench(command) => command.run(|| Ok(client()?), out).await,
+        Command::Tls(command) => command.run(),
         Command::Server(args) => crate::server::run_server(args).await,
         Command::Dev(args) => crate::server::run_dev(args).await,
         Command::Agent(args) => crate::agent::run_agent(args, &cli.global).await,

@@ -42,6 +42,10 @@
 //! | `compute.limits.header_read_timeout` | `TANVRIT_LIMITS_HEADER_READ_TIMEOUT` | `10s` |
 //! | `compute.limits.body_read_timeout` | `TANVRIT_LIMITS_BODY_READ_TIMEOUT` | `30s` |
 //! | `compute.limits.header_bytes` | `TANVRIT_LIMITS_HEADER_BYTES` | 64 KiB |
+//! | `compute.tls.cert_file` / `key_file` | `TANVRIT_TLS_CERT_FILE` / `_KEY_FILE` | none: plain HTTP |
+//! | `compute.tls.ca_file` | `TANVRIT_TLS_CA_FILE` (cluster CA: replica mTLS) | none |
+//! | `compute.tls.client_ca_file` | `TANVRIT_TLS_CLIENT_CA_FILE` | none |
+//! | `compute.tls.client_auth` | `TANVRIT_TLS_CLIENT_AUTH` (`optional`, `required`) | `optional` |
 //!
 //! # Raft mode
 //! `compute.cluster.raft = true` selects `RaftCluster`. The voters are `peers`; their Raft
@@ -69,8 +73,10 @@ use tanvrit_cluster::raft::Peer as RaftPeer;
 use tanvrit_cluster::RaftClusterConfig;
 
 mod limits;
+mod tls;
 
 pub use limits::LimitsSection;
+pub use tls::{ClientAuthSetting, TlsSection};
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "TANVRIT_CONFIG";
@@ -134,9 +140,9 @@ pub enum ConfigError {
     Load(Box<figment::Error>),
     /// Raft mode was asked for without the secret replica RPC is authenticated with.
     #[error(
-        "Raft mode (TANVRIT_CLUSTER_RAFT=true / compute.cluster.raft = true) needs \
-         TANVRIT_CLUSTER_SECRET (cluster_secret): the same string of 16+ characters on \
-         every replica"
+        "Raft mode (TANVRIT_CLUSTER_RAFT=true / compute.cluster.raft = true) needs mutual \
+         TLS (compute.tls cert_file, key_file and ca_file) or TANVRIT_CLUSTER_SECRET \
+         (cluster_secret): the same string of 16+ characters on every replica"
     )]
     ClusterSecretMissing,
     /// A value is out of range.
@@ -185,6 +191,8 @@ pub struct ComputeSection {
     pub retention: RetentionSection,
     /// `[compute.limits]`.
     pub limits: LimitsSection,
+    /// `[compute.tls]`.
+    pub tls: TlsSection,
 }
 
 /// `[compute.retention]`: how long finished work is kept.
@@ -450,7 +458,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(typed_env());
-        for (name, key) in ENV_TEXT {
+        for (name, key) in ENV_TEXT.iter().chain(tls::ENV_TEXT) {
             let var = format!("TANVRIT_{name}");
             match std::env::var(&var) {
                 Ok(value) => figment = figment.merge(Serialized::default(key, value)),
@@ -501,8 +509,13 @@ impl Config {
     /// (`advertise_api_addr` wins when set).
     pub fn raft_settings(&self, api_addr: &str) -> Result<RaftSettings, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let Some(secret) = self.cluster_secret.as_ref().filter(|s| !s.0.is_empty()) else {
-            return Err(ConfigError::ClusterSecretMissing);
+        let mtls = self.compute.tls.replica_mtls();
+        // Over mutual TLS certificates authenticate replicas; the secret is for clusters
+        // without TLS only.
+        let secret = match self.cluster_secret.as_ref().filter(|s| !s.0.is_empty()) {
+            _ if mtls => String::new(),
+            Some(secret) => secret.0.clone(),
+            None => return Err(ConfigError::ClusterSecretMissing),
         };
         let peers = self.raft_peers()?;
         let by_name = peers.iter().find(|p| p.name == self.replica_id);
@@ -533,7 +546,7 @@ impl Config {
             self.replica_id.clone(),
             advertised,
             self.data_dir.clone(),
-            secret.0.clone(),
+            secret,
         );
         if self.raft_profile == Some(RaftProfile::Lan) {
             cluster = cluster.lan();
@@ -563,6 +576,20 @@ impl Config {
         cluster.min_index_wait = self.min_index_wait;
         cluster.log_retention_bytes_per_job = self.log_retention_bytes_per_job;
         cluster.auto_bootstrap = self.raft_auto_bootstrap && listed_voter;
+        if let (true, Some(cert), Some(key), Some(ca)) = (
+            mtls,
+            &self.compute.tls.cert_file,
+            &self.compute.tls.key_file,
+            &self.compute.tls.ca_file,
+        ) {
+            let ids = cluster.voters().into_iter().map(|p| p.id);
+            cluster.tls = Some(tanvrit_cluster::raft::ReplicaTls::new(
+                cert.clone(),
+                key.clone(),
+                ca.clone(),
+                ids,
+            ));
+        }
         cluster
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("Raft mode: {e}")))?;
@@ -577,6 +604,7 @@ impl Config {
             self.raft_settings(&self.api_addr)?;
         }
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.compute.tls.api().map_err(ConfigError::Invalid)?;
         if let Some(key) = &self.bootstrap_key {
             if key.0.chars().count() < 16 {
                 return invalid(

@@ -5,8 +5,9 @@
 //! after it, from the `--api-addr` port (default 7070: replica-1 on 7070/7071, replica-2
 //! on 7072/7073, ...), with data directory `<data-dir>/replica-k`. Timings default to the
 //! LAN profile. The replicas share one admin key: `TANVRIT_BOOTSTRAP_KEY`, or one
-//! generated into `<data-dir>/admin.key`; and one cluster secret:
-//! `TANVRIT_CLUSTER_SECRET`, or one generated into `<data-dir>/cluster.secret`.
+//! generated into `<data-dir>/admin.key`. Replica RPC is mutual TLS with the dev CA in
+//! `<data-dir>/tls` (`crate::dev_tls`); with `--insecure`, plain HTTP with one cluster
+//! secret: `TANVRIT_CLUSTER_SECRET`, or one generated into `<data-dir>/cluster.secret`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,8 +23,8 @@ use tokio::sync::watch;
 use crate::config::{Config, Peer, RaftProfile, Secret};
 use crate::parse::format_credits;
 use crate::server::{
-    client_url, shutdown_signal, welcome_top_up, Replica, DEV_BUSINESS, DEV_WELCOME_CREDITS,
-    DEV_WELCOME_KEY,
+    ca_export, client_url, shutdown_signal, welcome_top_up, Replica, DEV_BUSINESS,
+    DEV_WELCOME_CREDITS, DEV_WELCOME_KEY,
 };
 
 /// File (in the base data directory) holding the generated cluster secret.
@@ -71,7 +72,7 @@ fn read_or_create_secret(path: &Path, make: impl FnOnce() -> String) -> anyhow::
 }
 
 /// Runs `tanvrit dev --replicas n` until Ctrl-C or SIGTERM.
-pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
+pub async fn run(base: Config, n: usize, tls: bool) -> anyhow::Result<()> {
     let base_addr: SocketAddr = base.api_addr.parse().with_context(|| {
         format!(
             "dev --replicas needs --api-addr as ip:port, not `{}`",
@@ -117,6 +118,7 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut serving = Vec::with_capacity(n);
     let mut urls = Vec::with_capacity(n);
+    let mut ca_file = None;
     for (i, (api, raft)) in addrs.iter().enumerate() {
         let mut config = base.clone();
         config.data_dir = base.data_dir.join(format!("replica-{}", i + 1));
@@ -128,10 +130,15 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
         config.cluster_secret = Some(Secret(cluster_secret.clone()));
         config.bootstrap_key = Some(Secret(admin_key.clone()));
         config.raft_profile = Some(config.raft_profile.unwrap_or(RaftProfile::Lan));
+        if tls {
+            crate::dev_tls::apply(&mut config, &base.data_dir, i as u64 + 1)?;
+        }
+        let https = config.compute.tls.cert_file.is_some();
+        ca_file = config.compute.tls.ca_file.clone().filter(|_| https);
         let replica = Replica::open(config)
             .await
             .with_context(|| format!("starting replica-{}", i + 1))?;
-        urls.push(client_url(*api));
+        urls.push(client_url(*api, https));
         let mut until = stopped.clone();
         let shutdown = async move {
             let _ = until.wait_for(|s| *s).await;
@@ -143,13 +150,13 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
         stop.send_replace(true);
     });
 
-    let leader = wait_for_leader(&urls, &admin_key).await;
+    let leader = wait_for_leader(&urls, ca_file.as_deref(), &admin_key).await;
     println!("tanvrit dev: a {n}-replica Raft control plane in one process");
-    for (i, (api, raft)) in addrs.iter().enumerate() {
+    for (i, (_, raft)) in addrs.iter().enumerate() {
         println!(
             "  replica-{}: api {}  raft {}  data {}",
             i + 1,
-            client_url(*api),
+            urls[i],
             raft,
             base.data_dir.join(format!("replica-{}", i + 1)).display()
         );
@@ -158,7 +165,7 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
     match &leader {
         Some(name) => {
             println!("  leader: {name}");
-            match welcome_top_up(&urls[0], &admin_key).await {
+            match welcome_top_up(&urls[0], ca_file.as_deref(), &admin_key).await {
                 Ok(balance) => println!(
                     "  business `{DEV_BUSINESS}`: {} credits available (welcome top-up of \
                      {DEV_WELCOME_CREDITS} credits, written once: idempotency key \
@@ -175,8 +182,9 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={admin_key} TANVRIT_BUSINESS={DEV_BUSINESS}",
-        urls.join(",")
+        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={admin_key} TANVRIT_BUSINESS={DEV_BUSINESS}{}",
+        urls.join(","),
+        ca_export(ca_file.as_deref())
     );
     println!();
     println!("listening on {}", urls[0]);
@@ -197,10 +205,15 @@ pub async fn run(base: Config, n: usize) -> anyhow::Result<()> {
 
 /// Polls the replicas until one reports a leader and the admin key works; the leader's
 /// name, or `None` after [`LEADER_WAIT`].
-async fn wait_for_leader(urls: &[String], admin_key: &str) -> Option<String> {
+async fn wait_for_leader(
+    urls: &[String],
+    ca_file: Option<&Path>,
+    admin_key: &str,
+) -> Option<String> {
     let client = Client::new(ClientConfig {
         endpoints: urls.to_vec(),
         api_key: Some(admin_key.to_string()),
+        ca_file: ca_file.map(Path::to_path_buf),
         timeout: Duration::from_secs(2),
         max_retries: 0,
         ..ClientConfig::default()

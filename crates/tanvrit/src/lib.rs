@@ -4,9 +4,11 @@
 //! - [`agent`]: `tanvrit agent` (a worker agent) and the in-process agent of `dev`.
 //! - [`cli`]: the command line (clap), global flags, exit codes and error reporting.
 //! - [`commands`]: the client commands (`job`, `node`, `key`, `credit`, `schedule`,
-//!   `cluster`), each calling the API through `tanvrit-client`.
+//!   `cluster`), each calling the API through `tanvrit-client`; and `tls`, which makes
+//!   certificates locally.
 //! - [`config`]: the replica configuration (TOML < `TANVRIT_*` env < flags).
 //! - [`dev_cluster`]: `tanvrit dev --replicas N`, a Raft cluster in one process.
+//! - [`dev_tls`]: the throwaway CA and certificates `dev` runs TLS with.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`parse`]: flag value parsers (durations, `k=v`, exact credit amounts, times).
 //! - [`raft`]: Raft mode of a replica (its `RaftCluster`, the admin key once led).
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod dev_cluster;
+pub mod dev_tls;
 pub mod output;
 pub mod parse;
 pub mod raft;

@@ -30,10 +30,18 @@ pub async fn open(config: &Config, api_addr: SocketAddr) -> anyhow::Result<Arc<R
     let listener = TcpListener::bind(&settings.listen_addr)
         .await
         .with_context(|| format!("cannot listen for replica RPC on {}", settings.listen_addr))?;
-    let transport = HttpTransport::new(
-        settings.cluster.cluster_secret.clone(),
-        settings.cluster.rpc_timeout,
-    )?;
+    if settings.cluster.tls.is_some() {
+        tracing::info!("replica RPC is mutual TLS with the cluster CA (compute.tls.ca_file)");
+    } else {
+        // Loud on purpose: across regions this is every replica's traffic in the clear.
+        tracing::warn!(
+            "REPLICA RPC IS NOT ENCRYPTED: replicas authenticate each other with the shared \
+             cluster secret only, sent in plain text with every call; set compute.tls \
+             cert_file, key_file and ca_file (tanvrit tls cert create --replica N) for \
+             mutual TLS"
+        );
+    }
+    let transport = HttpTransport::for_config(&settings.cluster)?;
     let cluster =
         RaftCluster::start_with(settings.cluster, Some(listener), Arc::new(transport)).await?;
     Ok(cluster)

@@ -51,6 +51,10 @@ pub struct DevArgs {
     /// `<data-dir>/replica-N`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub replicas: u16,
+    /// Plain HTTP (and the shared secret between replicas) instead of TLS with a
+    /// throwaway CA in `<data-dir>/tls` (for local curl without `--cacert`).
+    #[arg(long, env = "TANVRIT_DEV_INSECURE")]
+    pub insecure: bool,
 }
 
 /// A replica that is open and bound, not yet serving.
@@ -163,6 +167,20 @@ impl Replica {
                 .map(|s| tanvrit_server::ClusterSecret(s.0.clone())),
             ..ServerConfig::default()
         };
+        let tls = self.tls()?;
+        let server_config = ServerConfig {
+            client_cert_cluster: self
+                .config
+                .compute
+                .tls
+                .client_ca_file
+                .as_ref()
+                .map(|_| self.config.cluster_id.clone()),
+            ..server_config
+        };
+        // New connections get a rotated certificate: at once on SIGHUP, else within a
+        // few seconds of the files changing.
+        let reloading = tls.as_ref().map(|tls| reload_on_change(&tls.cert));
         let cluster = self.cluster.clone();
         // A replica whose Raft core died answers nothing current: stop serving and exit
         // non-zero, so the supervisor restarts it from its disk.
@@ -180,20 +198,26 @@ impl Replica {
                 }
             }
         };
-        let serving = tokio::spawn(tanvrit_server::serve(
+        let https = tls.is_some();
+        let serving = tokio::spawn(tanvrit_server::serve_tls(
             server_config,
             cluster,
             self.listener,
+            tls,
             shutdown,
         ));
         let info = ReadyInfo {
-            url: client_url(self.addr),
+            url: client_url(self.addr, https),
+            ca_file: self.config.compute.tls.ca_file.clone().filter(|_| https),
             data_dir: self.config.data_dir.clone(),
             bootstrap_key: self.config.bootstrap_key().map(str::to_string),
             bootstrap: self.bootstrap,
         };
         let ready = on_ready(info).await;
         let served = serving.await.context("the API task panicked")?;
+        for task in reloading.into_iter().flatten() {
+            task.abort();
+        }
         if let Some(task) = &self.admin_task {
             task.abort();
         }
@@ -208,10 +232,75 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// The API's TLS, when `compute.tls` names a certificate.
+    fn tls(&self) -> anyhow::Result<Option<tanvrit_tls::ServerTls>> {
+        let Some(config) = self
+            .config
+            .compute
+            .tls
+            .api()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        else {
+            return Ok(None);
+        };
+        let tls = tanvrit_tls::ServerTls::api(&config)
+            .with_context(|| "cannot set up TLS for the API (compute.tls)")?;
+        tracing::info!(
+            cert_file = %config.cert_file.display(),
+            sha256 = %tls.cert.fingerprint(),
+            client_certificates = match (&config.client_ca_file, config.client_auth) {
+                (None, _) => "no",
+                (Some(_), tanvrit_tls::ClientAuth::Optional) => "optional",
+                (Some(_), tanvrit_tls::ClientAuth::Required) => "required",
+            },
+            "the API is served over TLS (HTTP/2 and HTTP/1.1)"
+        );
+        Ok(Some(tls))
+    }
+}
+
+/// How often the certificate files are checked for a change.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads `cert` when its files change and on SIGHUP; the tasks run until aborted.
+pub(crate) fn reload_on_change(
+    cert: &std::sync::Arc<tanvrit_tls::ReloadingCert>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![cert.watch(CERT_CHECK_INTERVAL)];
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                let cert = cert.clone();
+                tasks.push(tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        if let Err(error) = cert.reload() {
+                            tracing::error!(
+                                code = error.code(),
+                                %error,
+                                "SIGHUP: the TLS certificate cannot be reloaded; still serving \
+                                 the previous one"
+                            );
+                        }
+                    }
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler: certificates reload on file change only")
+            }
+        }
+    }
+    tasks
+}
+
 /// What a started replica tells its caller.
 pub(crate) struct ReadyInfo {
     /// The URL clients use (a wildcard bind address becomes loopback).
     url: String,
+    /// The CA the API's certificate chains to, for this process's own clients (`dev`).
+    ca_file: Option<PathBuf>,
     data_dir: PathBuf,
     bootstrap_key: Option<String>,
     bootstrap: Option<BootstrapOutcome>,
@@ -234,9 +323,14 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 /// the agent stops first (its running jobs are stopped and reported while the API still
 /// answers), then the server.
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
     if args.replicas > 1 {
-        return crate::dev_cluster::run(config, usize::from(args.replicas)).await;
+        return crate::dev_cluster::run(config, usize::from(args.replicas), !args.insecure).await;
+    }
+    if !args.insecure {
+        create_private_dir(&config.data_dir)?;
+        let base = config.data_dir.clone();
+        crate::dev_tls::apply(&mut config, &base, 1)?;
     }
     let replica = Replica::open(config).await?;
     let (stop_server, server_stop) = tokio::sync::oneshot::channel::<()>();
@@ -274,6 +368,7 @@ impl LocalAgent {
                 let admin = Client::new(ClientConfig {
                     endpoints: vec![info.url.clone()],
                     api_key: Some(secret.to_string()),
+                    ca_file: info.ca_file.clone(),
                     ..ClientConfig::default()
                 })
                 .map_err(|e| e.to_string())?;
@@ -292,6 +387,10 @@ impl LocalAgent {
             key,
             Duration::from_secs(30),
             Duration::from_secs(5),
+            crate::agent::AgentTls {
+                ca_file: info.ca_file.clone(),
+                identity: None,
+            },
         )
         .map_err(|e| e.to_string())?;
         // The replica's files (every business's jobs, the keys) are not the jobs' to read:
@@ -348,7 +447,7 @@ async fn dev_ready(info: ReadyInfo) -> Option<LocalAgent> {
         println!("listening on {}", info.url);
         return agent;
     };
-    let credits = welcome_top_up(&info.url, &secret).await;
+    let credits = welcome_top_up(&info.url, info.ca_file.as_deref(), &secret).await;
     println!("tanvrit dev: a single-node control plane");
     println!("  data dir:  {}", info.data_dir.display());
     println!("  admin key: {secret}  ({source})");
@@ -363,8 +462,9 @@ async fn dev_ready(info: ReadyInfo) -> Option<LocalAgent> {
     let agent = local_agent(&info, Some(&secret)).await;
     println!();
     println!(
-        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret} TANVRIT_BUSINESS={DEV_BUSINESS}",
-        info.url
+        "  export TANVRIT_ADDR={} TANVRIT_API_KEY={secret} TANVRIT_BUSINESS={DEV_BUSINESS}{}",
+        info.url,
+        ca_export(info.ca_file.as_deref())
     );
     println!();
     println!("listening on {}", info.url);
@@ -429,6 +529,14 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// ` TANVRIT_CA_FILE=<ca>` for the `export` line, when the API is over TLS.
+pub(crate) fn ca_export(ca_file: Option<&Path>) -> String {
+    match ca_file {
+        Some(ca) => format!(" TANVRIT_CA_FILE={}", ca.display()),
+        None => String::new(),
+    }
+}
+
 pub(crate) fn read_secret(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let secret = text.trim();
@@ -439,11 +547,13 @@ pub(crate) fn read_secret(path: &Path) -> Option<String> {
 /// returns the business's available balance.
 pub(crate) async fn welcome_top_up(
     url: &str,
+    ca_file: Option<&Path>,
     secret: &str,
 ) -> Result<i64, tanvrit_client::ClientError> {
     let client = Client::new(ClientConfig {
         endpoints: vec![url.to_string()],
         api_key: Some(secret.to_string()),
+        ca_file: ca_file.map(Path::to_path_buf),
         ..ClientConfig::default()
     })?;
     client
@@ -464,14 +574,15 @@ pub(crate) async fn welcome_top_up(
     Ok(balance.available)
 }
 
-/// The base URL clients use for a bound address.
-pub(crate) fn client_url(addr: SocketAddr) -> String {
+/// The base URL clients use for a bound address (`https://` when served over TLS).
+pub(crate) fn client_url(addr: SocketAddr, https: bool) -> String {
     let ip = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
         ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -521,16 +632,16 @@ mod tests {
     #[test]
     fn wildcard_binds_are_reached_through_loopback() {
         assert_eq!(
-            client_url("0.0.0.0:7070".parse().unwrap()),
+            client_url("0.0.0.0:7070".parse().unwrap(), false),
             "http://127.0.0.1:7070"
         );
         assert_eq!(
-            client_url("[::]:7070".parse().unwrap()),
+            client_url("[::]:7070".parse().unwrap(), false),
             "http://[::1]:7070"
         );
         assert_eq!(
-            client_url("10.1.2.3:80".parse().unwrap()),
-            "http://10.1.2.3:80"
+            client_url("10.1.2.3:443".parse().unwrap(), true),
+            "https://10.1.2.3:443"
         );
     }
 }

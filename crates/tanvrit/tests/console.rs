@@ -15,6 +15,8 @@ use tanvrit_api::{JobSpec, JobSubmitRequest, KeyCreateRequest, Scope};
 use tanvrit_testkit::browser::{Browser, Locator};
 use tanvrit_testkit::process::{ProcessCluster, ServerProcess, TEST_ADMIN_KEY};
 
+/// The browser speaks plain HTTP to `dev` (it would not trust the throwaway CA).
+const INSECURE: &[(&str, &str)] = &[("TANVRIT_DEV_INSECURE", "true")];
 const BIN: &str = env!("CARGO_BIN_EXE_tanvrit");
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,7 +68,7 @@ async fn the_console_signs_in_follows_jobs_live_and_cancels_one() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // `dev`: a local agent runs the jobs, and business `default` has credits.
-    let dev = ServerProcess::start_mode(Path::new(BIN), "dev", &dir.path().join("data"), &[])
+    let dev = ServerProcess::start_mode(Path::new(BIN), "dev", &dir.path().join("data"), INSECURE)
         .await
         .unwrap();
     let url = dev.url().trim_end_matches('/').to_string();
@@ -328,7 +330,7 @@ async fn the_topology_page_shows_a_new_leader_after_the_leader_is_killed() {
 async fn the_console_fits_a_phone_screen_and_signs_in_by_keyboard() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let dev = ServerProcess::start_mode(Path::new(BIN), "dev", &dir.path().join("data"), &[])
+    let dev = ServerProcess::start_mode(Path::new(BIN), "dev", &dir.path().join("data"), INSECURE)
         .await
         .unwrap();
     let url = dev.url().trim_end_matches('/').to_string();

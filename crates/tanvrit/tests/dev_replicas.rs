@@ -1,6 +1,7 @@
 //! `tanvrit dev --replicas 3` as a real process: three Raft replicas in one process on
 //! consecutive ports, one admin key, writes through any of them, a clean stop.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -59,7 +60,8 @@ async fn dev_with_three_replicas_serves_writes_on_every_address_and_stops_cleanl
     .expect("dev printed `listening on` within 60 s");
     let text = lines.join("\n");
     for k in 0..3u16 {
-        let api = format!("api http://127.0.0.1:{}", base + 2 * k);
+        // TLS by default: the API over https, replica RPC over mutual TLS.
+        let api = format!("api https://127.0.0.1:{}", base + 2 * k);
         let raft = format!("raft 127.0.0.1:{}", base + 2 * k + 1);
         assert!(text.contains(&api) && text.contains(&raft), "{text}");
     }
@@ -77,6 +79,8 @@ async fn dev_with_three_replicas_serves_writes_on_every_address_and_stops_cleanl
             .to_string()
     };
     let (addr, key) = (value("TANVRIT_ADDR"), value("TANVRIT_API_KEY"));
+    let ca = value("TANVRIT_CA_FILE");
+    assert_eq!(Path::new(&ca), data.path().join("tls/ca.pem"));
     assert_eq!(addr.split(',').count(), 3, "{addr}");
     assert_eq!(
         std::fs::read_to_string(data.path().join("admin.key"))
@@ -90,6 +94,7 @@ async fn dev_with_three_replicas_serves_writes_on_every_address_and_stops_cleanl
             .args(["job", "submit", "--", "echo", "hi"])
             .env("TANVRIT_ADDR", url)
             .env("TANVRIT_API_KEY", &key)
+            .env("TANVRIT_CA_FILE", &ca)
             .env("TANVRIT_BUSINESS", "default")
             .output()
             .await

@@ -218,7 +218,8 @@ async fn the_replicas_of_a_raft_cluster_of_the_previous_format_start_and_keep_ev
     let expected = expected(&dir);
     // The ports the fixture's cluster was made on: its membership names them.
     let mut cluster = tokio::process::Command::new(BIN)
-        .args(["dev", "--replicas", "3", "--data-dir"])
+        // Plain HTTP, as the fixture's cluster was made (a secret between replicas).
+        .args(["dev", "--insecure", "--replicas", "3", "--data-dir"])
         .arg(&dir)
         .args(["--api-addr", "127.0.0.1:27101"])
         .env("RUST_LOG", "error")

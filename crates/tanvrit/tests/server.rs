@@ -30,6 +30,8 @@ struct Running {
     child: Child,
     lines: Vec<String>,
     url: String,
+    /// The CA file `dev` exported (its API is over TLS).
+    ca: Option<String>,
 }
 
 /// Starts `tanvrit <mode>` on a free port and waits (bounded) for its `listening on` line.
@@ -60,7 +62,17 @@ async fn start(mode: &str, data_dir: &Path, env: &[(&str, &str)]) -> Running {
     })
     .await
     .expect("no `listening on` line within 60 s");
-    Running { child, lines, url }
+    let ca = lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix("TANVRIT_CA_FILE="))
+        .map(str::to_string);
+    Running {
+        child,
+        lines,
+        url,
+        ca,
+    }
 }
 
 impl Running {
@@ -90,10 +102,14 @@ impl Running {
     }
 }
 
-/// Runs a client command against `url` with `key`; returns (exit code, stdout, stderr).
-async fn client(url: &str, key: &str, args: &[&str]) -> (i32, String, String) {
-    let output = clean(args)
-        .env("TANVRIT_ADDR", url)
+/// Runs a client command against `server` with `key`; returns (exit code, stdout, stderr).
+async fn client(server: &Running, key: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = clean(args);
+    if let Some(ca) = &server.ca {
+        command.env("TANVRIT_CA_FILE", ca);
+    }
+    let output = command
+        .env("TANVRIT_ADDR", &server.url)
         .env("TANVRIT_API_KEY", key)
         .output()
         .await
@@ -105,10 +121,10 @@ async fn client(url: &str, key: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-async fn client_json(url: &str, key: &str, args: &[&str]) -> Value {
+async fn client_json(server: &Running, key: &str, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let (code, stdout, stderr) = client(url, key, &all).await;
+    let (code, stdout, stderr) = client(server, key, &all).await;
     assert_eq!(code, 0, "{args:?} failed: {stderr}");
     serde_json::from_str(&stdout).unwrap()
 }
@@ -125,6 +141,12 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     let dev = start("dev", data.path(), &[]).await;
     let key = dev.exported("TANVRIT_API_KEY");
     assert_eq!(dev.exported("TANVRIT_ADDR"), dev.url);
+    // TLS by default, with a throwaway CA in the data directory.
+    assert!(dev.url.starts_with("https://"), "{}", dev.url);
+    assert_eq!(
+        Path::new(&dev.exported("TANVRIT_CA_FILE")),
+        data.path().join("tls/ca.pem")
+    );
     assert!(
         dev.lines.iter().any(|l| l.contains("local agent: ")),
         "{:?}",
@@ -136,29 +158,24 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     assert_eq!(mode & 0o777, 0o700, "the jobs it runs cannot read its data");
 
     let (code, stdout, stderr) =
-        client(&dev.url, &key, &["job", "submit", "--", "echo", "hello"]).await;
+        client(&dev, &key, &["job", "submit", "--", "echo", "hello"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("pending"), "{stdout}");
-    let jobs = client_json(&dev.url, &key, &["job", "list"]).await;
+    let jobs = client_json(&dev, &key, &["job", "list"]).await;
     assert_eq!(jobs["jobs"][0]["business"], "default");
     // The local agent runs it: following its logs shows the output, then ends.
     let id = jobs["jobs"][0]["id"].as_str().unwrap().to_string();
     let (code, stdout, stderr) = tokio::time::timeout(
         Duration::from_secs(60),
-        client(&dev.url, &key, &["job", "logs", "-f", &id]),
+        client(&dev, &key, &["job", "logs", "-f", &id]),
     )
     .await
     .expect("`job logs -f` ends once the job has");
     assert_eq!((code, stdout.as_str()), (0, "hello\n"), "{stderr}");
-    let job = client_json(&dev.url, &key, &["job", "get", &id]).await;
+    let job = client_json(&dev, &key, &["job", "get", &id]).await;
     assert_eq!(job["job"]["state"], "succeeded");
 
-    let entries = client_json(
-        &dev.url,
-        &key,
-        &["credit", "entries", "--business", "default"],
-    )
-    .await;
+    let entries = client_json(&dev, &key, &["credit", "entries", "--business", "default"]).await;
     let top_ups = |entries: &Value| {
         entries["entries"]
             .as_array()
@@ -175,13 +192,13 @@ async fn dev_works_out_of_the_box_and_tops_up_once_across_restarts() {
     let again = start("dev", data.path(), &[]).await;
     assert_eq!(again.exported("TANVRIT_API_KEY"), key);
     let entries = client_json(
-        &again.url,
+        &again,
         &key,
         &["credit", "entries", "--business", "default"],
     )
     .await;
     assert_eq!(top_ups(&entries), vec![1_000_000_000]);
-    let jobs = client_json(&again.url, &key, &["job", "list"]).await;
+    let jobs = client_json(&again, &key, &["job", "list"]).await;
     assert_eq!(
         jobs["jobs"].as_array().unwrap().len(),
         1,
@@ -200,7 +217,7 @@ async fn server_uses_the_bootstrap_key_and_reports_its_topology() {
         &[("TANVRIT_BOOTSTRAP_KEY", key), ("TANVRIT_REPLICA_ID", "r7")],
     )
     .await;
-    let topology = client_json(&server.url, key, &["cluster", "topology"]).await;
+    let topology = client_json(&server, key, &["cluster", "topology"]).await;
     assert_eq!(topology["this_replica"], "r7");
     assert_eq!(topology["mode"], "single_node");
     assert_eq!(
@@ -211,7 +228,7 @@ async fn server_uses_the_bootstrap_key_and_reports_its_topology() {
         server.url,
         "the topology shows the bound port, not port 0"
     );
-    let (code, _, stderr) = client(&server.url, "wrong-key-wrong-key", &["key", "list"]).await;
+    let (code, _, stderr) = client(&server, "wrong-key-wrong-key", &["key", "list"]).await;
     assert_eq!(code, 1);
     assert!(stderr.starts_with("error: unauthorized: "), "{stderr}");
     server.terminate().await;
@@ -264,8 +281,7 @@ async fn raft_mode_with_no_peers_is_a_one_voter_cluster_that_takes_writes() {
     // The admin key is written once the replica elected itself; poll for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let topology = loop {
-        let (code, stdout, stderr) =
-            client(&server.url, key, &["--json", "cluster", "topology"]).await;
+        let (code, stdout, stderr) = client(&server, key, &["--json", "cluster", "topology"]).await;
         if code == 0 {
             break serde_json::from_str::<Value>(&stdout).unwrap();
         }
@@ -285,7 +301,7 @@ async fn raft_mode_with_no_peers_is_a_one_voter_cluster_that_takes_writes() {
         server.url
     );
     let (code, stdout, stderr) = client(
-        &server.url,
+        &server,
         key,
         &["job", "submit", "--business", "acme", "--", "echo", "hi"],
     )

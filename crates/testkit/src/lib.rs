@@ -12,7 +12,8 @@
 //! - [`poll`]: [`eventually`], waiting for a condition instead of sleeping.
 //! - [`process`]: the real `tanvrit` binary as a child process: start on a free port,
 //!   `kill -9`, restart on the same address and data directory; [`ProcessCluster`],
-//!   several of them as one Raft cluster.
+//!   several of them as one Raft cluster (over mutual TLS with [`TestPki`]).
+//! - [`tls`]: [`TestPki`], a throwaway CA and certificates for replicas and agents.
 //!
 //! Tests poll for conditions; nothing here sleeps a fixed time except to emulate the
 //! network (a dropped message costs its caller the whole timeout, as on a real one).
@@ -24,12 +25,14 @@ pub mod commands;
 pub mod faults;
 pub mod poll;
 pub mod process;
+pub mod tls;
 pub mod transport;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use faults::Faults;
 pub use poll::eventually;
 pub use process::{ProcessCluster, ServerProcess};
+pub use tls::TestPki;
 pub use transport::{FaultyTransport, InProcess};
 
 /// Sends `tracing` output to the test's captured output, filtered by `RUST_LOG`

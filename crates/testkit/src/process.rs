@@ -30,6 +30,10 @@ pub struct ServerProcess {
     api_addr: String,
     child: Option<Child>,
     url: String,
+    /// The CA this process's API certificate chains to, for the clients made here.
+    ca_file: Option<PathBuf>,
+    /// Where its stderr (its log) goes; `None`: the test's own stderr.
+    log_file: Option<PathBuf>,
 }
 
 impl ServerProcess {
@@ -45,6 +49,18 @@ impl ServerProcess {
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::start_logged(bin, mode, data_dir, env, None).await
+    }
+
+    /// [`start_mode`](Self::start_mode) with its log (stderr) appended to `log_file`, for
+    /// tests that check what a server says.
+    pub async fn start_logged(
+        bin: &Path,
+        mode: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log_file: Option<&Path>,
+    ) -> std::io::Result<Self> {
         let mut process = ServerProcess {
             bin: bin.to_path_buf(),
             mode: mode.to_string(),
@@ -56,12 +72,18 @@ impl ServerProcess {
             api_addr: "127.0.0.1:0".into(),
             child: None,
             url: String::new(),
+            ca_file: env
+                .iter()
+                .find(|(k, _)| *k == "TANVRIT_TLS_CA_FILE")
+                .map(|(_, v)| PathBuf::from(v)),
+            log_file: log_file.map(Path::to_path_buf),
         };
         process.spawn().await?;
         // Later restarts reuse the port the first start got, so clients keep their URL.
         process.api_addr = process
             .url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_string();
         Ok(process)
@@ -88,7 +110,15 @@ impl ServerProcess {
             )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log_file {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                ),
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true);
         let (child, url) = spawn_until_line(&mut command, "listening on ").await?;
         self.child = Some(child);
@@ -162,6 +192,11 @@ impl ServerProcess {
             .secret
     }
 
+    /// The CA file clients of this server need (its `TANVRIT_TLS_CA_FILE`), if any.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
     /// An SDK client for this server with `key`.
     pub fn client(&self, key: &str, max_retries: u32) -> Client {
         Client::new(ClientConfig {
@@ -169,6 +204,7 @@ impl ServerProcess {
             api_key: Some(key.to_string()),
             timeout: Duration::from_secs(10),
             max_retries,
+            ca_file: self.ca_file.clone(),
             ..ClientConfig::default()
         })
         .expect("client config is valid")
@@ -367,6 +403,7 @@ pub const TEST_CLUSTER_SECRET: &str = "tanvrit-test-cluster-secret";
 pub struct ProcessCluster {
     replicas: Vec<ServerProcess>,
     peers: String,
+    ca_file: Option<PathBuf>,
 }
 
 /// Free loopback ports, reserved by binding them all at once and then released.
@@ -389,6 +426,28 @@ impl ProcessCluster {
         count: usize,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::start_with(bin, root, count, env, None).await
+    }
+
+    /// [`start`](Self::start) over TLS: each replica serves its API over TLS and speaks
+    /// mutual TLS to its peers with a certificate of `pki` (no cluster secret).
+    pub async fn start_mtls(
+        bin: &Path,
+        root: &Path,
+        count: usize,
+        env: &[(&str, &str)],
+        pki: &crate::TestPki,
+    ) -> std::io::Result<Self> {
+        Self::start_with(bin, root, count, env, Some(pki)).await
+    }
+
+    async fn start_with(
+        bin: &Path,
+        root: &Path,
+        count: usize,
+        env: &[(&str, &str)],
+        pki: Option<&crate::TestPki>,
+    ) -> std::io::Result<Self> {
         let ports = free_ports(count)?;
         let peers = ports
             .iter()
@@ -399,18 +458,28 @@ impl ProcessCluster {
         let mut replicas = Vec::with_capacity(count);
         for i in 0..count {
             let name = format!("replica-{}", i + 1);
+            let tls = pki
+                .map(|pki| pki.replica_env(i as u64 + 1))
+                .unwrap_or_default();
             let mut all: Vec<(&str, &str)> = vec![
                 ("TANVRIT_CLUSTER_RAFT", "true"),
                 ("TANVRIT_PEERS", &peers),
                 ("TANVRIT_REPLICA_ID", &name),
-                ("TANVRIT_CLUSTER_SECRET", TEST_CLUSTER_SECRET),
             ];
+            if pki.is_none() {
+                all.push(("TANVRIT_CLUSTER_SECRET", TEST_CLUSTER_SECRET));
+            }
+            all.extend(tls.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             all.extend_from_slice(env);
             let dir = root.join(&name);
             std::fs::create_dir_all(&dir)?;
             replicas.push(ServerProcess::start(bin, &dir, &all).await?);
         }
-        Ok(ProcessCluster { replicas, peers })
+        Ok(ProcessCluster {
+            replicas,
+            peers,
+            ca_file: pki.map(crate::TestPki::ca_file),
+        })
     }
 
     /// Starts `replicas` replicas in the LAN profile (quiet unless `RUST_LOG` asks, as
@@ -491,6 +560,7 @@ impl ProcessCluster {
             api_key: Some(TEST_ADMIN_KEY.to_string()),
             timeout: Duration::from_secs(10),
             max_retries,
+            ca_file: self.ca_file.clone(),
             ..ClientConfig::default()
         })
         .expect("client config is valid")
@@ -505,6 +575,7 @@ impl ProcessCluster {
             endpoints: vec![replica.url().to_string()],
             timeout: Duration::from_secs(2),
             max_retries: 0,
+            ca_file: self.ca_file.clone(),
             ..ClientConfig::default()
         })
         .ok()?;

@@ -86,8 +86,12 @@ pub struct RaftClusterConfig {
     pub api_addr: String,
     /// The voters of the initial cluster (`TANVRIT_PEERS`); this replica is added if absent.
     pub peers: Vec<Peer>,
-    /// Shared secret every replica RPC carries (`TANVRIT_CLUSTER_SECRET`).
+    /// Shared secret every replica RPC carries (`TANVRIT_CLUSTER_SECRET`); not used (and
+    /// not required) with `tls`.
     pub cluster_secret: String,
+    /// Mutual TLS for replica RPC. `None`: plain HTTP with the shared secret. Default
+    /// `None`.
+    pub tls: Option<crate::raft::ReplicaTls>,
     /// The data directory (the database is `<data_dir>/tanvrit.redb`).
     pub data_dir: PathBuf,
     /// Leader heartbeat interval (also each AppendEntries deadline). Default 500 ms.
@@ -157,6 +161,7 @@ impl RaftClusterConfig {
             api_addr: "127.0.0.1:7070".into(),
             peers: Vec::new(),
             cluster_secret: cluster_secret.into(),
+            tls: None,
             data_dir: data_dir.into(),
             heartbeat: Duration::from_millis(500),
             election_min: Duration::from_millis(1000),
@@ -218,7 +223,7 @@ impl RaftClusterConfig {
         if self.node_id == 0 {
             return fail("node_id must be non-zero".into());
         }
-        if self.cluster_secret.len() < 16 {
+        if self.tls.is_none() && self.cluster_secret.len() < 16 {
             return fail("the cluster secret must be at least 16 characters".into());
         }
         if self.heartbeat < Duration::from_millis(10) {

@@ -1,8 +1,8 @@
 //! [`RaftCluster`]: the [`ClusterService`] of a replicated control plane on openraft 0.9.
 //!
 //! Each replica keeps its Raft log, vote, snapshots and job logs in its own redb
-//! database, serves replica RPC on its own address (authenticated with the cluster
-//! secret), and applies committed commands to an in-memory [`State`](tanvrit_state::State)
+//! database, serves replica RPC on its own address (mutual TLS with the cluster CA, or
+//! without TLS a shared cluster secret), and applies committed commands to an in-memory [`State`](tanvrit_state::State)
 //! shared with its [`Reader`].
 //!
 //! # Layout
@@ -13,6 +13,7 @@
 //! - [`rpc`]: replica-to-replica messages and their wire form.
 //! - [`transport`]: [`RaftTransport`], [`HttpTransport`], and openraft's network traits.
 //! - [`server`]: the replica RPC listener (axum).
+//! - [`tls`]: [`ReplicaTls`], mutual TLS for replica RPC, and its listener.
 //! - `node`: one running replica (`Node`): its parts, and who leads.
 //! - `write`: writes, proposed here when leader, forwarded otherwise.
 //! - `read`: read barriers and the leader's read index.
@@ -53,6 +54,7 @@ pub mod server;
 mod snapshot_data;
 pub mod stats;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod types;
 pub mod upgrade;
@@ -77,6 +79,7 @@ pub use log_store::LogStore;
 pub use rpc::{MembershipView, ReplicaStatus, Rpc, RpcKind, RpcReply};
 pub use stats::{LatencyHistogram, RaftStats};
 pub use storage::{SnapshotBuilder, StateMachine};
+pub use tls::ReplicaTls;
 pub use transport::{HttpTransport, RaftTransport, TransportError};
 pub use types::{NodeId, ReplicaNode, TypeConfig, WriteOutcome, WriteRequest};
 
@@ -110,7 +113,7 @@ impl RaftCluster {
         let listener = TcpListener::bind(&config.raft_addr).await.map_err(|e| {
             ClusterError::Config(format!("cannot listen on {}: {e}", config.raft_addr))
         })?;
-        let transport = HttpTransport::new(config.cluster_secret.clone(), config.rpc_timeout)?;
+        let transport = HttpTransport::for_config(&config)?;
         Self::start_with(config, Some(listener), Arc::new(transport)).await
     }
 
@@ -179,6 +182,9 @@ impl RaftCluster {
         )
         .await
         .map_err(|e| ClusterError::Internal(format!("cannot start Raft: {e}")))?;
+        if let Some(tls) = &config.tls {
+            tls.follow(raft.metrics());
+        }
         if rejoining {
             // No election of its own until it caught up (`Node::check_rejoined`).
             raft.runtime_config().elect(false);
@@ -225,9 +231,16 @@ impl RaftCluster {
             let mut until = stop_rx.clone();
             let served = node.clone();
             let secret = node.config.cluster_secret.clone();
+            let tls = match &node.config.tls {
+                Some(tls) => Some(tls.server(&node.config.cluster_id)?),
+                None => None,
+            };
+            if let Some(tls) = &tls {
+                tasks.push(tls.cert.watch(Duration::from_secs(2)));
+            }
             tasks.push(tokio::spawn(async move {
                 let shutdown = async move { monitor::stopped(&mut until).await };
-                if let Err(err) = server::serve(listener, served, &secret, shutdown).await {
+                if let Err(err) = server::serve(listener, served, &secret, tls, shutdown).await {
                     tracing::error!(error = %err, "replica RPC listener failed");
                 }
             }));

@@ -1,6 +1,8 @@
 //! The replica RPC listener: axum on `raft_addr`, separate from the public API.
 //!
-//! One route, `POST /raft/v1/{kind}`: the secret is checked (in constant time), the body
+//! One route, `POST /raft/v1/{kind}`. Over mutual TLS ([`crate::raft::tls`]) the
+//! handshake has admitted a member replica already; without TLS the secret is checked
+//! (in constant time). Then the body
 //! is decoded as the message its path names, and the replica's handler answers. A wrong
 //! or missing secret is a 401 with the usual error body; an unknown kind a 404; a body
 //! that does not decode a 400; a body over the limit a 413.
@@ -28,7 +30,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 struct Served {
     node: Arc<Node>,
-    secret: Arc<[u8]>,
+    /// `None` over mutual TLS.
+    secret: Option<Arc<[u8]>>,
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -47,7 +50,11 @@ async fn handle(
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     // `ct_eq` compares every byte whatever the first difference (lengths may differ).
-    if !bool::from(presented.ct_eq(&served.secret)) {
+    let refused = served
+        .secret
+        .as_ref()
+        .is_some_and(|secret| !bool::from(presented.ct_eq(secret)));
+    if refused {
         return error(
             StatusCode::UNAUTHORIZED,
             "cluster_secret_invalid",
@@ -85,21 +92,26 @@ async fn handle(
     }
 }
 
-/// Serves replica RPC on `listener` until `shutdown` resolves.
+/// Serves replica RPC on `listener` until `shutdown` resolves: over mutual TLS with
+/// `tls`, else in plain HTTP checking `secret`.
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     secret: &str,
+    tls: Option<tanvrit_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let served = Served {
         node,
-        secret: Arc::from(secret.as_bytes()),
+        secret: tls.is_none().then(|| Arc::from(secret.as_bytes())),
     };
     let app = Router::new()
         .route("/raft/v1/{kind}", post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(served);
+    if let Some(tls) = tls {
+        return crate::raft::tls::serve(listener, app, tls, shutdown).await;
+    }
     // Replica RPC is small request/answer pairs on kept-alive connections: no Nagle
     // delay on the answers (axum 0.8 leaves TCP_NODELAY off; the client sets it).
     let listener = listener.tap_io(|tcp| {

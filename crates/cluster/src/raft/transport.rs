@@ -81,10 +81,12 @@ pub trait RaftTransport: Send + Sync + 'static {
     ) -> Result<RpcReply, TransportError>;
 }
 
-/// Replica RPC over HTTP/1.1 with reqwest: `POST http://<addr>/raft/v1/<kind>`.
+/// Replica RPC over HTTP/1.1 with reqwest: `POST http://<addr>/raft/v1/<kind>`, or
+/// `https://` with mutual TLS.
 pub struct HttpTransport {
     client: reqwest::Client,
     secret: String,
+    scheme: &'static str,
 }
 
 impl HttpTransport {
@@ -105,7 +107,40 @@ impl HttpTransport {
         Ok(HttpTransport {
             client,
             secret: secret.into(),
+            scheme: "http",
         })
+    }
+
+    /// A client over mutual TLS (`tls`, for a replica of `cluster`): it presents the
+    /// replica's certificate and accepts only member replicas; no secret is sent.
+    pub fn mtls(
+        tls: &crate::raft::ReplicaTls,
+        cluster: &str,
+        connect_timeout: Duration,
+    ) -> Result<HttpTransport, ClusterError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy()
+            .use_preconfigured_tls(tls.client(cluster)?)
+            .build()
+            .map_err(|e| ClusterError::Internal(format!("cannot build the RPC client: {e}")))?;
+        Ok(HttpTransport {
+            client,
+            secret: String::new(),
+            scheme: "https",
+        })
+    }
+
+    /// The transport `config` asks for: mutual TLS when it has `tls`, else the secret.
+    pub fn for_config(
+        config: &crate::raft::RaftClusterConfig,
+    ) -> Result<HttpTransport, ClusterError> {
+        match &config.tls {
+            Some(tls) => HttpTransport::mtls(tls, &config.cluster_id, config.rpc_timeout),
+            None => HttpTransport::new(config.cluster_secret.clone(), config.rpc_timeout),
+        }
     }
 }
 
@@ -133,10 +168,15 @@ impl RaftTransport for HttpTransport {
         let body = rpc
             .encode()
             .map_err(|e| TransportError::Network(e.to_string()))?;
-        let response = self
-            .client
-            .post(format!("http://{addr}/raft/v1/{}", kind.segment()))
-            .header(SECRET_HEADER, &self.secret)
+        let mut request = self.client.post(format!(
+            "{}://{addr}/raft/v1/{}",
+            self.scheme,
+            kind.segment()
+        ));
+        if !self.secret.is_empty() {
+            request = request.header(SECRET_HEADER, &self.secret);
+        }
+        let response = request
             .header(FROM_HEADER, from.to_string())
             .body(body)
             .timeout(timeout)

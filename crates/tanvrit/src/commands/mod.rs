@@ -1,4 +1,5 @@
-//! The client commands, one file per resource; each talks to the API through the SDK.
+//! The client commands, one file per resource; each talks to the API through the SDK
+//! (but `tls`, which makes certificates locally).
 
 pub mod bench;
 pub mod bench_process;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod scale;
 pub mod schedule;
 pub mod schedule_bench;
+pub mod tls;
 
 use tanvrit_client::{Client, ClientError};
 
