@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{AttemptId, BusinessId, Consistency, Index, JobId, MicroCredits, Millis, NodeId};
 
@@ -22,7 +22,41 @@ pub struct Resources {
     pub gpus: u32,
 }
 
+/// CPU a job reserves when it names none, in millicores (one core).
+pub const DEFAULT_JOB_CPU_MILLIS: u64 = 1000;
+/// Memory a job reserves when it names none, in MB.
+pub const DEFAULT_JOB_MEMORY_MB: u64 = 256;
+
 impl Resources {
+    /// What a job that names no resources reserves: [`DEFAULT_JOB_CPU_MILLIS`],
+    /// [`DEFAULT_JOB_MEMORY_MB`] and no GPU. Nothing runs free or unlimited.
+    pub const JOB_DEFAULT: Resources = Resources {
+        cpu_millis: DEFAULT_JOB_CPU_MILLIS,
+        memory_mb: DEFAULT_JOB_MEMORY_MB,
+        gpus: 0,
+    };
+
+    /// [`Resources::JOB_DEFAULT`], as a serde default.
+    pub fn job_default() -> Self {
+        Self::JOB_DEFAULT
+    }
+
+    /// These resources with zero CPU or memory replaced by the job defaults (for
+    /// templates stored before the defaults existed).
+    pub fn or_job_defaults(self) -> Self {
+        Resources {
+            cpu_millis: match self.cpu_millis {
+                0 => DEFAULT_JOB_CPU_MILLIS,
+                millis => millis,
+            },
+            memory_mb: match self.memory_mb {
+                0 => DEFAULT_JOB_MEMORY_MB,
+                mb => mb,
+            },
+            gpus: self.gpus,
+        }
+    }
+
     /// True when `other` fits inside `self`.
     pub fn fits(&self, other: &Resources) -> bool {
         other.cpu_millis <= self.cpu_millis
@@ -42,6 +76,11 @@ pub struct Rates {
     pub memory_gb_second: MicroCredits,
     /// Micro-credits per GPU-second.
     pub gpu_second: MicroCredits,
+    /// Micro-credits every attempt is charged at least, however short its run, and held
+    /// at least at admission: no job runs free, so a business with no credits starts
+    /// nothing. 0 in jobs recorded before it existed.
+    #[serde(default)]
+    pub attempt_minimum: MicroCredits,
 }
 
 /// What to run: the job template shared by submissions and schedules.
@@ -64,8 +103,10 @@ pub struct JobSpec {
     /// Working directory on the node.
     #[serde(default)]
     pub working_dir: Option<String>,
-    /// Resources reserved on the node for the job's run.
-    #[serde(default)]
+    /// Resources reserved on the node for the job's run, and enforced there. A job that
+    /// names none, or leaves out `cpu_millis` or `memory_mb`, gets 1000 millicores and
+    /// 256 MB; zero CPU or memory is refused (422 `zero_resources`).
+    #[serde(default = "Resources::job_default", deserialize_with = "job_resources")]
     pub resources: Resources,
     /// Higher runs first.
     #[serde(default)]
@@ -81,6 +122,35 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A job's `resources` as sent: what it leaves out is the job default, not zero.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobResources {
+    #[serde(default = "default_cpu_millis")]
+    cpu_millis: u64,
+    #[serde(default = "default_memory_mb")]
+    memory_mb: u64,
+    #[serde(default)]
+    gpus: u32,
+}
+
+fn default_cpu_millis() -> u64 {
+    DEFAULT_JOB_CPU_MILLIS
+}
+
+fn default_memory_mb() -> u64 {
+    DEFAULT_JOB_MEMORY_MB
+}
+
+fn job_resources<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D::Error> {
+    let sent = JobResources::deserialize(deserializer)?;
+    Ok(Resources {
+        cpu_millis: sent.cpu_millis,
+        memory_mb: sent.memory_mb,
+        gpus: sent.gpus,
+    })
+}
+
 /// One hour: the timeout of a job that names none.
 pub fn default_timeout_secs() -> u64 {
     3600
@@ -94,7 +164,7 @@ impl Default for JobSpec {
             shell: None,
             env: BTreeMap::new(),
             working_dir: None,
-            resources: Resources::default(),
+            resources: Resources::JOB_DEFAULT,
             priority: 0,
             max_retries: 0,
             timeout_secs: default_timeout_secs(),
@@ -421,4 +491,79 @@ pub struct JobLogsResponse {
     pub complete: bool,
     /// The replica's applied index this read reflects.
     pub index: Index,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> JobSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_spec_naming_no_resources_reserves_the_job_defaults() {
+        let none = spec(r#"{"command": ["true"]}"#);
+        assert_eq!(none.resources, Resources::JOB_DEFAULT);
+        assert_eq!(none.resources.cpu_millis, 1000);
+        assert_eq!(none.resources.memory_mb, 256);
+        assert_eq!(JobSpec::default().resources, Resources::JOB_DEFAULT);
+    }
+
+    #[test]
+    fn a_field_left_out_of_resources_is_its_default_and_an_explicit_zero_stays_zero() {
+        let cpu_only = spec(r#"{"command": ["true"], "resources": {"cpu_millis": 500}}"#);
+        assert_eq!(
+            cpu_only.resources,
+            Resources {
+                cpu_millis: 500,
+                memory_mb: 256,
+                gpus: 0
+            }
+        );
+        let zero = spec(r#"{"command": ["true"], "resources": {"cpu_millis": 0, "memory_mb": 0}}"#);
+        assert_eq!(
+            (zero.resources.cpu_millis, zero.resources.memory_mb),
+            (0, 0)
+        );
+        let unknown: Result<JobSpec, _> =
+            serde_json::from_str(r#"{"command": ["x"], "resources": {"cpus": 1}}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn a_stored_spec_decodes_to_exactly_what_was_stored() {
+        let stored = JobSpec {
+            command: vec!["true".into()],
+            resources: Resources::default(),
+            ..JobSpec::default()
+        };
+        let text = serde_json::to_string(&stored).unwrap();
+        assert_eq!(spec(&text), stored);
+    }
+
+    #[test]
+    fn zero_cpu_or_memory_is_replaced_by_the_job_defaults_and_the_rest_kept() {
+        let old = Resources {
+            cpu_millis: 0,
+            memory_mb: 64,
+            gpus: 1,
+        };
+        assert_eq!(
+            old.or_job_defaults(),
+            Resources {
+                cpu_millis: 1000,
+                memory_mb: 64,
+                gpus: 1
+            }
+        );
+    }
+
+    #[test]
+    fn rates_recorded_before_the_attempt_minimum_have_none() {
+        let old: Rates =
+            serde_json::from_str(r#"{"cpu_second": 1, "memory_gb_second": 2, "gpu_second": 3}"#)
+                .unwrap();
+        assert_eq!(old.attempt_minimum, 0);
+    }
 }

@@ -286,6 +286,7 @@ mod tests {
                 cpu_second: 10,
                 memory_gb_second: 0,
                 gpu_second: 0,
+                attempt_minimum: 0,
             },
             at: 1,
         }

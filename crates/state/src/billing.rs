@@ -27,9 +27,23 @@ pub fn cost(resources: &Resources, rates: &Rates, millis: u64) -> MicroCredits {
     total.min(MicroCredits::MAX as u128) as MicroCredits
 }
 
-/// The hold a job needs: its reservation for its whole timeout.
+/// The hold a job needs: its reservation for its whole timeout, and never less than the
+/// attempt minimum.
 pub fn hold_for(resources: &Resources, rates: &Rates, timeout_secs: u64) -> MicroCredits {
-    cost(resources, rates, timeout_secs.saturating_mul(1000))
+    cost(resources, rates, timeout_secs.saturating_mul(1000)).max(rates.attempt_minimum.max(0))
+}
+
+/// What an attempt that ran `millis` is charged: its cost, at least the attempt minimum,
+/// and never more than `held` (the hold bounds every charge, so no balance goes negative).
+pub fn charge(
+    resources: &Resources,
+    rates: &Rates,
+    millis: u64,
+    held: MicroCredits,
+) -> MicroCredits {
+    cost(resources, rates, millis)
+        .max(rates.attempt_minimum.max(0))
+        .min(held.max(0))
 }
 
 #[cfg(test)]
@@ -47,6 +61,7 @@ mod tests {
             cpu_second: 10,
             memory_gb_second: 3,
             gpu_second: 1000,
+            ..Rates::default()
         };
         assert_eq!(cost(&r, &rates, 1000), 10);
         assert_eq!(cost(&r, &rates, 1), 1, "a started unit rounds up");
@@ -64,10 +79,41 @@ mod tests {
             cpu_second: 10,
             memory_gb_second: 3,
             gpu_second: 1000,
+            ..Rates::default()
         };
         // 5 + 6 + 2000 per second, for 10 seconds.
         assert_eq!(cost(&r, &rates, 10_000), 20_110);
         assert_eq!(hold_for(&r, &rates, 10), 20_110);
+    }
+
+    #[test]
+    fn every_attempt_is_held_and_charged_at_least_the_minimum_and_never_past_its_hold() {
+        let r = Resources {
+            cpu_millis: 1000,
+            memory_mb: 0,
+            gpus: 0,
+        };
+        let rates = Rates {
+            cpu_second: 10,
+            attempt_minimum: 500,
+            ..Rates::default()
+        };
+        assert_eq!(
+            hold_for(&r, &rates, 1),
+            500,
+            "ten for the second, 500 at least"
+        );
+        assert_eq!(hold_for(&r, &rates, 100), 1000);
+        assert_eq!(charge(&r, &rates, 0, 1000), 500);
+        assert_eq!(charge(&r, &rates, 80_000, 1000), 800);
+        assert_eq!(
+            charge(&r, &rates, 200_000, 1000),
+            1000,
+            "bounded by the hold"
+        );
+        let free = Rates::default();
+        assert_eq!(hold_for(&r, &free, 100), 0);
+        assert_eq!(charge(&r, &free, 100, 0), 0);
     }
 
     #[test]
@@ -81,6 +127,7 @@ mod tests {
             cpu_second: i64::MAX,
             memory_gb_second: i64::MAX,
             gpu_second: i64::MAX,
+            ..Rates::default()
         };
         assert_eq!(cost(&r, &rates, 1), MicroCredits::MAX);
     }

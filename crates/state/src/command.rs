@@ -228,6 +228,12 @@ pub enum Command {
     SchedulesFire {
         fires: Vec<Fire>,
         rates: Rates,
+        /// What a fired job reserves in place of its template's zero CPU or memory
+        /// (templates stored before jobs had defaults); the leader sets
+        /// [`Resources::JOB_DEFAULT`]. Absent from entries written before it: those fired
+        /// such templates as they were, and still do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template_defaults: Option<Resources>,
         at: Millis,
     },
     /// A client write sent with an `Idempotency-Key`. The first delivery of

@@ -382,8 +382,13 @@ impl State {
                 rates,
                 skip_reason,
                 at,
-            } => self.schedule_fire(index, schedule, *due_at, job, rates, skip_reason, *at),
-            Command::SchedulesFire { fires, rates, at } => Ok(Effect::FiredMany {
+            } => self.schedule_fire(index, schedule, *due_at, job, rates, None, skip_reason, *at),
+            Command::SchedulesFire {
+                fires,
+                rates,
+                template_defaults,
+                at,
+            } => Ok(Effect::FiredMany {
                 fires: fires
                     .iter()
                     .map(|fire| {
@@ -393,6 +398,7 @@ impl State {
                             fire.due_at,
                             &fire.job,
                             rates,
+                            *template_defaults,
                             &fire.skip_reason,
                             *at,
                         )

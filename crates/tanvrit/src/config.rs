@@ -24,6 +24,7 @@
 //! | `rates.cpu_second` | `TANVRIT_RATE_CPU_SECOND` | 10 |
 //! | `rates.memory_gb_second` | `TANVRIT_RATE_MEMORY_GB_SECOND` | 2 |
 //! | `rates.gpu_second` | `TANVRIT_RATE_GPU_SECOND` | 1000 |
+//! | `rates.attempt_minimum` | `TANVRIT_RATE_ATTEMPT_MINIMUM` (micro-credits every attempt is held and charged at least) | 100 |
 //! | `snapshot_every` | `TANVRIT_SNAPSHOT_EVERY` | 10000 |
 //! | `snapshot_logs_kept` | `TANVRIT_SNAPSHOT_LOGS_KEPT` (Raft) | 1000 |
 //! | `log_retention_bytes_per_job` | `TANVRIT_LOG_RETENTION_BYTES_PER_JOB` | 16 MiB |
@@ -118,6 +119,7 @@ const ENV_TYPED: &[(&str, &str)] = &[
     ("rate_cpu_second", "rates.cpu_second"),
     ("rate_memory_gb_second", "rates.memory_gb_second"),
     ("rate_gpu_second", "rates.gpu_second"),
+    ("rate_attempt_minimum", "rates.attempt_minimum"),
     ("snapshot_every", "snapshot_every"),
     ("snapshot_logs_kept", "snapshot_logs_kept"),
     ("log_retention_bytes_per_job", "log_retention_bytes_per_job"),
@@ -248,6 +250,9 @@ pub struct RatesSection {
     pub memory_gb_second: MicroCredits,
     /// Per GPU-second.
     pub gpu_second: MicroCredits,
+    /// Every attempt is held (at admission) and charged (when it ran) at least this, so
+    /// no job runs free and a business with no credits starts nothing.
+    pub attempt_minimum: MicroCredits,
 }
 
 impl Default for RatesSection {
@@ -256,6 +261,7 @@ impl Default for RatesSection {
             cpu_second: 10,
             memory_gb_second: 2,
             gpu_second: 1000,
+            attempt_minimum: 100,
         }
     }
 }
@@ -266,6 +272,7 @@ impl From<RatesSection> for Rates {
             cpu_second: r.cpu_second,
             memory_gb_second: r.memory_gb_second,
             gpu_second: r.gpu_second,
+            attempt_minimum: r.attempt_minimum,
         }
     }
 }
@@ -607,6 +614,7 @@ impl Config {
             self.rates.cpu_second,
             self.rates.memory_gb_second,
             self.rates.gpu_second,
+            self.rates.attempt_minimum,
         ];
         if rates.iter().any(|r| *r < 0) {
             return invalid("rates must not be negative".into());
@@ -804,6 +812,7 @@ mod tests {
             jail.set_env("TANVRIT_API_ADDR", "127.0.0.1:2222");
             jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
             jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
+            jail.set_env("TANVRIT_RATE_ATTEMPT_MINIMUM", "7");
             jail.set_env("TANVRIT_NODE_TTL", "2s");
             let mut flags = flags_with_file("tanvrit.toml");
             flags.replica_id = Some("flag-replica".into());
@@ -819,6 +828,7 @@ mod tests {
             assert_eq!(config.node_ttl, Duration::from_secs(2));
             assert_eq!(config.rates.gpu_second, 5);
             assert_eq!(config.rates.cpu_second, 42);
+            assert_eq!(config.rates().attempt_minimum, 7);
             assert_eq!(
                 config.rates.memory_gb_second, 2,
                 "untouched rates keep defaults"

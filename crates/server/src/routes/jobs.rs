@@ -331,6 +331,7 @@ pub(crate) fn submit_command(
     let business = principal.required_business(request.business.as_ref())?;
     validate::identifier("business", business.as_str())?;
     validate::job_spec(&request.spec)?;
+    validate::admission_resources(&request.spec.resources)?;
     let idempotency_key = merge_idempotency(request.idempotency_key, header_key)?;
     Ok(Command::JobSubmit {
         job: JobId(new_id("job")),
@@ -584,6 +585,7 @@ mod tests {
             cpu_second: 7,
             memory_gb_second: 1,
             gpu_second: 0,
+            attempt_minimum: 0,
         };
         let request = JobSubmitRequest {
             business: None,
@@ -650,6 +652,28 @@ mod tests {
         };
         let error = submit_command(&user("acme"), other, None, Rates::default(), 1).unwrap_err();
         assert_eq!(error.status().as_u16(), 404);
+    }
+
+    #[test]
+    fn a_submission_naming_zero_cpu_or_memory_is_refused_with_zero_resources() {
+        for (cpu_millis, memory_mb) in [(0, 256), (1000, 0)] {
+            let mut zero = spec();
+            zero.resources = Resources {
+                cpu_millis,
+                memory_mb,
+                gpus: 0,
+            };
+            let request = JobSubmitRequest {
+                business: Some(BusinessId::from("acme")),
+                spec: zero,
+                idempotency_key: None,
+            };
+            let error = submit_command(&admin(), request, None, Rates::default(), 1).unwrap_err();
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (422, "zero_resources")
+            );
+        }
     }
 
     #[test]

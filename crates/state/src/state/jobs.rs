@@ -472,7 +472,13 @@ impl State {
             .current_attempt()
             .expect("end_attempt without an attempt");
         let runtime = at.saturating_sub(attempt.started_at.unwrap_or(at)).max(0) as u64;
-        let charge = billing::cost(&job.spec.resources, &job.rates, runtime).min(job.held);
+        // An attempt whose process never started (lost or evicted before its start) is
+        // not charged the attempt minimum: it did not run.
+        let charge = if attempt.started_at.is_some() {
+            billing::charge(&job.spec.resources, &job.rates, runtime, job.held)
+        } else {
+            billing::cost(&job.spec.resources, &job.rates, runtime).min(job.held)
+        };
         let held = job.held;
         let business = job.business.clone();
         let attempt_id = attempt.id.clone();

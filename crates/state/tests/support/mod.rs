@@ -9,6 +9,7 @@ pub const RATES: Rates = Rates {
     cpu_second: 10,
     memory_gb_second: 2,
     gpu_second: 1000,
+    attempt_minimum: 0,
 };
 
 pub fn spec(cpu: u64, timeout: u64) -> JobSpec {
