@@ -17,7 +17,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tanvrit_client::api::{AttemptFinishedRequest, AttemptId, AttemptOutcome, JobId, JobSpec};
+use tanvrit_client::api::{
+    AttemptFinishedRequest, AttemptId, AttemptOutcome, AttemptUsage, JobId, JobSpec,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -364,7 +366,12 @@ async fn supervise(
         );
     }
     let memory_mb = sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024));
-    classify(cause, status, run.spec.timeout_secs, usage, memory_mb)
+    let mut result = classify(cause, status, run.spec.timeout_secs, usage, memory_mb);
+    result.usage = usage.map(|u| AttemptUsage {
+        cpu_ms: u.cpu_ns.map(|ns| ns / 1_000_000),
+        peak_memory_bytes: u.peak_memory_bytes,
+    });
+    result
 }
 
 /// The result for how the process ended, why the agent ended it (if it did), and
@@ -446,6 +453,7 @@ fn finished(
         exit_code,
         reason,
         finished_at: Some(now_ms()),
+        usage: None,
     }
 }
 

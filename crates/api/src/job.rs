@@ -65,6 +65,56 @@ impl Resources {
     }
 }
 
+/// What a finished attempt is charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BillingBasis {
+    /// What it reserved (CPU, memory, GPUs) for as long as it ran.
+    #[default]
+    Reserved,
+    /// What its node measured: CPU time used, and its peak memory for as long as it ran
+    /// (GPUs as reserved). An attempt its node did not measure is charged as reserved.
+    Used,
+}
+
+impl BillingBasis {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingBasis::Reserved => "reserved",
+            BillingBasis::Used => "used",
+        }
+    }
+}
+
+impl std::str::FromStr for BillingBasis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reserved" => Ok(BillingBasis::Reserved),
+            "used" => Ok(BillingBasis::Used),
+            other => Err(format!(
+                "`{other}` is not a billing basis: `reserved` or `used`"
+            )),
+        }
+    }
+}
+
+/// What an attempt used, as its node's kernel measured it (the attempt's cgroup). A
+/// figure the node could not measure is absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AttemptUsage {
+    /// CPU time of all its processes (user and system), in milliseconds.
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
+    /// The most memory it held at once, in bytes.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+}
+
 /// Credit rates recorded on a job at submission, so a rate change never re-prices it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -81,6 +131,10 @@ pub struct Rates {
     /// nothing. 0 in jobs recorded before it existed.
     #[serde(default)]
     pub attempt_minimum: MicroCredits,
+    /// What attempts are charged for: `reserved` (the default, and what jobs recorded
+    /// before it existed use) or `used`. The hold is the reservation either way.
+    #[serde(default)]
+    pub basis: BillingBasis,
 }
 
 /// What to run: the job template shared by submissions and schedules.
@@ -317,6 +371,9 @@ pub struct Attempt {
     /// Micro-credits charged for this attempt's runtime.
     #[serde(default)]
     pub charged: MicroCredits,
+    /// What it used, as its node measured it (reported with its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
 }
 
 /// A job, as every replica stores and returns it.
@@ -565,5 +622,13 @@ mod tests {
             serde_json::from_str(r#"{"cpu_second": 1, "memory_gb_second": 2, "gpu_second": 3}"#)
                 .unwrap();
         assert_eq!(old.attempt_minimum, 0);
+        assert_eq!(old.basis, BillingBasis::Reserved);
+        let used: Rates = serde_json::from_str(
+            r#"{"cpu_second": 1, "memory_gb_second": 2, "gpu_second": 3, "basis": "used"}"#,
+        )
+        .unwrap();
+        assert_eq!(used.basis, BillingBasis::Used);
+        assert_eq!("used".parse(), Ok(BillingBasis::Used));
+        assert!("measured".parse::<BillingBasis>().is_err());
     }
 }

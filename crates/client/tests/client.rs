@@ -763,6 +763,7 @@ async fn agent_calls_use_their_routes_and_the_work_poll_waits_past_the_timeout()
                 exit_code: Some(0),
                 reason: None,
                 finished_at: Some(1),
+                usage: None,
             },
         )
         .await

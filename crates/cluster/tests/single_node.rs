@@ -100,6 +100,7 @@ fn job_life(job: &str, attempt: &str, node: &str) -> Vec<Command> {
             kind: FinishKind::Succeeded,
             exit_code: Some(0),
             reason: None,
+            usage: None,
             at: 2_005,
         },
     ]

@@ -287,6 +287,7 @@ mod tests {
                 memory_gb_second: 0,
                 gpu_second: 0,
                 attempt_minimum: 0,
+                basis: tanvrit_api::BillingBasis::Reserved,
             },
             at: 1,
         }
@@ -451,6 +452,7 @@ mod tests {
             kind: tanvrit_state::FinishKind::Succeeded,
             exit_code: Some(0),
             reason: None,
+            usage: None,
             at: 6,
         };
         assert_eq!(agrees_with_apply(&state, &finished), None);

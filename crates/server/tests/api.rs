@@ -42,6 +42,7 @@ fn config() -> ServerConfig {
             memory_gb_second: 0,
             gpu_second: 0,
             attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         },
         min_index_wait: Duration::from_millis(200),
         ..ServerConfig::default()
@@ -568,6 +569,7 @@ async fn a_log_long_poll_returns_new_output_and_completes_when_the_attempt_ends(
         kind: FinishKind::Succeeded,
         exit_code: Some(0),
         reason: None,
+        usage: None,
         at: 5,
     })
     .await;

@@ -53,6 +53,7 @@ fn config() -> ServerConfig {
             memory_gb_second: 0,
             gpu_second: 0,
             attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         },
         min_index_wait: Duration::from_millis(200),
         ..ServerConfig::default()

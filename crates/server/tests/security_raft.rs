@@ -88,6 +88,7 @@ async fn submissions_refused_through_a_follower_enter_no_replicas_log() {
                 memory_gb_second: 0,
                 gpu_second: 0,
                 attempt_minimum: 0,
+                basis: tanvrit_api::BillingBasis::Reserved,
             },
             ..ServerConfig::default()
         },

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tanvrit_api::{
-    AttemptId, BusinessId, CatchUpPolicy, EntryId, EntryKind, JobId, JobSpec, KeyId, MicroCredits,
-    Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId, ScheduleUpdateRequest, Scope,
+    AttemptId, AttemptUsage, BusinessId, CatchUpPolicy, EntryId, EntryKind, JobId, JobSpec, KeyId,
+    MicroCredits, Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId,
+    ScheduleUpdateRequest, Scope,
 };
 
 /// The commands [`Command::Idempotent`] may not wrap, by [`Command::name`]: an envelope
@@ -101,6 +102,10 @@ pub enum Command {
         exit_code: Option<i32>,
         #[serde(default)]
         reason: Option<String>,
+        /// What the attempt used, as its node measured it. Left out of the encoding when
+        /// absent, so a report without it encodes as before the field existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<AttemptUsage>,
         at: Millis,
     },
     /// A chunk of an attempt's output at a byte offset (the store keeps the bytes).

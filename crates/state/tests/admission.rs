@@ -14,6 +14,7 @@ const MINIMUM_ONLY: Rates = Rates {
     memory_gb_second: 0,
     gpu_second: 0,
     attempt_minimum: 500,
+    basis: tanvrit_api::BillingBasis::Reserved,
 };
 
 fn submit_at(job: &str, spec: JobSpec, rates: Rates) -> Command {

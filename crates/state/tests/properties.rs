@@ -17,8 +17,10 @@ use tanvrit_state::{invariants, Command, FinishKind, Placement, State, NOT_WRAPP
 
 /// Every job here is held and charged at least this per attempt.
 const ATTEMPT_MINIMUM: MicroCredits = 100;
+/// Jobs are billed on measured usage where their attempts report it.
 const RATES: Rates = Rates {
     attempt_minimum: ATTEMPT_MINIMUM,
+    basis: BillingBasis::Used,
     ..BASE_RATES
 };
 const BUSINESSES: [&str; 2] = ["acme", "globex"];
@@ -326,6 +328,12 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             ][*kind as usize],
             exit_code: Some(*kind as i32),
             reason: None,
+            // Measured for half the reports (billed on it), not for the others (billed
+            // on the reservation).
+            usage: (*kind % 2 == 0).then_some(AttemptUsage {
+                cpu_ms: Some(*kind as u64 * 700),
+                peak_memory_bytes: Some(3 << 20),
+            }),
             at,
         },
         Op::Log { job, len, skew } => {

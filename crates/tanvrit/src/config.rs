@@ -24,6 +24,7 @@
 //! | `rates.cpu_second` | `TANVRIT_RATE_CPU_SECOND` | 10 |
 //! | `rates.memory_gb_second` | `TANVRIT_RATE_MEMORY_GB_SECOND` | 2 |
 //! | `rates.gpu_second` | `TANVRIT_RATE_GPU_SECOND` | 1000 |
+//! | `compute.billing.basis` | `TANVRIT_BILLING_BASIS` (`reserved`: what an attempt reserved; `used`: the CPU time and peak memory its node measured) | `reserved` |
 //! | `rates.attempt_minimum` | `TANVRIT_RATE_ATTEMPT_MINIMUM` (micro-credits every attempt is held and charged at least) | 100 |
 //! | `snapshot_every` | `TANVRIT_SNAPSHOT_EVERY` | 10000 |
 //! | `snapshot_logs_kept` | `TANVRIT_SNAPSHOT_LOGS_KEPT` (Raft) | 1000 |
@@ -65,7 +66,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use tanvrit_api::{MicroCredits, Rates};
+use tanvrit_api::{BillingBasis, MicroCredits, Rates};
 use tanvrit_cluster::raft::Peer as RaftPeer;
 use tanvrit_cluster::RaftClusterConfig;
 
@@ -103,6 +104,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
     ("IDEMPOTENCY_WINDOW", "idempotency_window"),
     ("RETENTION_JOBS", "compute.retention.jobs"),
+    ("BILLING_BASIS", "compute.billing.basis"),
     (
         "LIMITS_HEADER_READ_TIMEOUT",
         "compute.limits.header_read_timeout",
@@ -187,6 +189,20 @@ pub struct ComputeSection {
     pub retention: RetentionSection,
     /// `[compute.limits]`.
     pub limits: LimitsSection,
+    /// `[compute.billing]`.
+    pub billing: BillingSection,
+}
+
+/// `[compute.billing]`: what attempts are charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingSection {
+    /// `reserved` (default): what an attempt reserved, for as long as it ran; `used`:
+    /// the CPU time and peak memory its node measured (GPUs as reserved), falling back
+    /// to the reservation for an attempt that was not measured. The hold at submission
+    /// is the reservation either way, so no balance goes below zero. Recorded on each
+    /// job at submission (`TANVRIT_BILLING_BASIS`).
+    pub basis: BillingBasis,
 }
 
 /// `[compute.retention]`: how long finished work is kept.
@@ -273,6 +289,7 @@ impl From<RatesSection> for Rates {
             memory_gb_second: r.memory_gb_second,
             gpu_second: r.gpu_second,
             attempt_minimum: r.attempt_minimum,
+            basis: BillingBasis::Reserved,
         }
     }
 }
@@ -477,7 +494,10 @@ impl Config {
 
     /// The rates as the wire type jobs record.
     pub fn rates(&self) -> Rates {
-        self.rates.into()
+        Rates {
+            basis: self.compute.billing.basis,
+            ..self.rates.into()
+        }
     }
 
     /// The bootstrap key, if one is configured.
@@ -813,6 +833,7 @@ mod tests {
             jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
             jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
             jail.set_env("TANVRIT_RATE_ATTEMPT_MINIMUM", "7");
+            jail.set_env("TANVRIT_BILLING_BASIS", "used");
             jail.set_env("TANVRIT_NODE_TTL", "2s");
             let mut flags = flags_with_file("tanvrit.toml");
             flags.replica_id = Some("flag-replica".into());
@@ -829,6 +850,7 @@ mod tests {
             assert_eq!(config.rates.gpu_second, 5);
             assert_eq!(config.rates.cpu_second, 42);
             assert_eq!(config.rates().attempt_minimum, 7);
+            assert_eq!(config.rates().basis, BillingBasis::Used);
             assert_eq!(
                 config.rates.memory_gb_second, 2,
                 "untouched rates keep defaults"

@@ -80,8 +80,8 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
         // Memory free: the holds below are CPU alone (a job reserves at least 1 MB).
         &[("TANVRIT_RATE_MEMORY_GB_SECOND", "0")],
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let admin = server.admin_client(0);
 
     // Probes, metrics and the API description need no key.

@@ -586,6 +586,7 @@ mod tests {
             memory_gb_second: 1,
             gpu_second: 0,
             attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         };
         let request = JobSubmitRequest {
             business: None,
@@ -875,6 +876,7 @@ mod tests {
                 kind,
                 exit_code: Some(0),
                 reason: None,
+                usage: None,
                 at: 34,
             });
         }
@@ -949,6 +951,7 @@ mod tests {
                     kind: FinishKind::Succeeded,
                     exit_code: Some(0),
                     reason: None,
+                    usage: None,
                     at: 40,
                 },
             )

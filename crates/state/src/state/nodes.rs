@@ -111,6 +111,7 @@ impl State {
                 AttemptState::Lost,
                 None,
                 Some(reason.to_string()),
+                None,
                 consume_retry,
                 at,
             );

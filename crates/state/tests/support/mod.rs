@@ -10,6 +10,7 @@ pub const RATES: Rates = Rates {
     memory_gb_second: 2,
     gpu_second: 1000,
     attempt_minimum: 0,
+    basis: tanvrit_api::BillingBasis::Reserved,
 };
 
 pub fn spec(cpu: u64, timeout: u64) -> JobSpec {
@@ -88,6 +89,7 @@ pub fn finished(job: &str, attempt: &str, kind: FinishKind, at: Millis) -> Comma
         kind,
         exit_code: Some(if kind == FinishKind::Succeeded { 0 } else { 1 }),
         reason: None,
+        usage: None,
         at,
     }
 }

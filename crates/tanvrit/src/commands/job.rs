@@ -185,8 +185,8 @@ impl JobCommand {
                 println!("{}", job_details(&response.job));
                 if !response.job.attempts.is_empty() {
                     let mut t = table([
-                        "#", "ATTEMPT", "NODE", "STATE", "STARTED", "FINISHED", "EXIT", "CHARGED",
-                        "REASON",
+                        "#", "ATTEMPT", "NODE", "STATE", "STARTED", "FINISHED", "EXIT", "CPU",
+                        "PEAK MEM", "CHARGED", "REASON",
                     ]);
                     for a in &response.job.attempts {
                         t.add_row(vec![
@@ -197,6 +197,12 @@ impl JobCommand {
                             format_opt_time(a.started_at),
                             format_opt_time(a.finished_at),
                             or_dash(a.exit_code),
+                            or_dash(a.usage.and_then(|u| u.cpu_ms).map(|ms| format!("{ms} ms"))),
+                            or_dash(
+                                a.usage
+                                    .and_then(|u| u.peak_memory_bytes)
+                                    .map(|b| format!("{:.1} MB", b as f64 / (1024.0 * 1024.0))),
+                            ),
                             format_credits(a.charged),
                             or_dash(a.reason.as_ref()),
                         ]);
