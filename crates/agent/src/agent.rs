@@ -90,7 +90,18 @@ impl Agent {
         config.check()?;
         secure_data_dir(&config.data_dir)?;
         let node = load_or_create_node_id(&config.data_dir)?;
-        let isolation = Isolation::prepare(&config.isolation, &node, &config.data_dir)?;
+        let docker = config
+            .docker
+            .as_ref()
+            .map(crate::docker::Docker::detect)
+            .transpose()
+            .map_err(|e| AgentError::Config(format!("the docker driver cannot be offered: {e}")))?;
+        if !config.gpus.is_empty() {
+            config.resources.gpus = config.gpus.len() as u32;
+        }
+        let gpus = crate::gpus::GpuPool::new(config.gpus.clone());
+        let isolation = Isolation::prepare(&config.isolation, &node, &config.data_dir)?
+            .with_devices(docker, gpus);
         if config.isolation.mode == IsolationMode::None {
             tracing::warn!(
                 "isolation is off (--isolation none): jobs run as the agent's own user, with \
@@ -496,6 +507,7 @@ async fn register(shared: &Shared, first: bool) -> Result<Node, AgentError> {
         name: config.name.clone(),
         resources: config.resources,
         labels: config.labels.clone(),
+        drivers: shared.isolation.drivers(),
     };
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
     loop {

@@ -22,6 +22,9 @@
 //!   the code run between fork and exec that puts its process in them.
 //! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
 //!   OOM kills.
+//! - [`docker`]: the `docker` driver: jobs naming an image run in containers with the
+//!   same limits, a non-root user and no network.
+//! - [`gpus`]: the node's GPU devices, shared out so no two attempts hold one.
 //! - [`uids`]: the range of uids attempts run as, shared out between the host's agents.
 //! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
 //!   the control plane's stored output.
@@ -55,7 +58,9 @@ mod attempt;
 pub mod backoff;
 pub mod cgroup;
 pub mod config;
+pub mod docker;
 pub mod error;
+pub mod gpus;
 pub mod isolation;
 pub mod lease;
 pub mod process;

@@ -1,5 +1,6 @@
 //! Running one attempt's process: spawned in its own process group (and, with
-//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]) with
+//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]; a job
+//! naming an `image` runs in a container instead: see [`crate::docker`]) with
 //! the job's argv (or `/bin/sh -c`), a clean environment (the job's variables plus the
 //! documented `TANVRIT_*` ones) and working directory; stdout and stderr share one pipe
 //! so their interleaving is kept; output decoded and spooled as it arrives; stopped with
@@ -11,6 +12,7 @@
 //! group is read for at most [`DRAIN_AFTER_EXIT`]. A job the kernel killed for going over
 //! its memory ends `failed` with a reason starting [`REASON_OOM_KILLED`].
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -24,7 +26,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::cgroup::Usage;
+use crate::cgroup::{Limits, Usage};
+use crate::docker::Docker;
 use crate::isolation::{safe_name, Isolation};
 use crate::sandbox::Sandbox;
 use crate::spool::Spool;
@@ -142,6 +145,15 @@ struct Spawned {
     child: tokio::process::Child,
     pgid: i32,
     output: tokio::net::unix::pipe::Receiver,
+    /// The attempt's container, for a job naming an image.
+    container: Option<Container>,
+}
+
+/// A container the attempt runs in.
+struct Container {
+    docker: Docker,
+    name: String,
+    memory_mb: u64,
 }
 
 fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
@@ -169,32 +181,25 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
     let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
     let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
     let stderr = stdout.try_clone().map_err(pipe_error)?;
+    let env = job_env(run, resources);
+    if let Some(image) = &spec.image {
+        return spawn_container(
+            run,
+            image,
+            sandbox,
+            &env,
+            stdout.into(),
+            stderr.into(),
+            reader,
+        );
+    }
 
     let mut command = tokio::process::Command::new(program);
     command
         .args(&args)
-        // Nothing of the agent's environment (its key above all) reaches the job: only
-        // a PATH and HOME it may replace, its own variables, and the documented ones.
+        // Nothing of the agent's environment (its key above all) reaches the job.
         .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", &run.scratch_dir)
-        .env("TMPDIR", &run.scratch_dir)
-        .envs(&spec.env)
-        .env(ENV_JOB_ID, run.job.as_str())
-        .env(ENV_ATTEMPT_ID, run.attempt.as_str())
-        .env(
-            ENV_CPU_MILLIS,
-            resources
-                .map_or(spec.resources.cpu_millis, |l| l.cpu_millis)
-                .to_string(),
-        )
-        .env(
-            ENV_MEMORY_MB,
-            resources
-                .map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024))
-                .to_string(),
-        )
-        .env(ENV_GPUS, spec.resources.gpus.to_string())
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -221,6 +226,83 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
         child,
         pgid,
         output: reader,
+        container: None,
+    })
+}
+
+/// The job's environment: for a host command a PATH, HOME and TMPDIR it may replace
+/// (a container keeps its image's), its own variables, then the documented ones, which
+/// it may not.
+fn job_env(run: &RunSpec, limits: Option<Limits>) -> BTreeMap<String, String> {
+    let spec = &run.spec;
+    let mut env = BTreeMap::new();
+    if spec.image.is_none() {
+        let scratch = run.scratch_dir.display().to_string();
+        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        env.insert("HOME".to_string(), scratch.clone());
+        env.insert("TMPDIR".to_string(), scratch);
+    }
+    env.extend(spec.env.clone());
+    let cpu = limits.map_or(spec.resources.cpu_millis, |l| l.cpu_millis);
+    let memory = limits.map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024));
+    for (key, value) in [
+        (ENV_JOB_ID, run.job.to_string()),
+        (ENV_ATTEMPT_ID, run.attempt.to_string()),
+        (ENV_CPU_MILLIS, cpu.to_string()),
+        (ENV_MEMORY_MB, memory.to_string()),
+        (ENV_GPUS, spec.resources.gpus.to_string()),
+    ] {
+        env.insert(key.to_string(), value);
+    }
+    env
+}
+
+/// Starts `docker run` for a job naming `image`: the attempt's limits (the sandbox's, or
+/// the defaults for its resources), its uid (or `nobody`), output to the pipe.
+fn spawn_container(
+    run: &RunSpec,
+    image: &str,
+    sandbox: Option<&Sandbox>,
+    env: &BTreeMap<String, String>,
+    stdout: Stdio,
+    stderr: Stdio,
+    output: tokio::net::unix::pipe::Receiver,
+) -> Result<Spawned, String> {
+    let docker = run
+        .isolation
+        .docker()
+        .ok_or("this node offers no docker driver (start the agent with --docker)")?;
+    let limits = sandbox.map_or_else(
+        || crate::isolation::limits(&run.spec.resources, run.isolation.pids_max()),
+        Sandbox::limits,
+    );
+    let uid = sandbox.map_or(crate::docker::NOBODY, Sandbox::uid);
+    let name = Docker::container_name(&run.attempt);
+    // A container of this attempt left by an agent that died mid-run.
+    let _ = std::process::Command::new(docker.bin())
+        .args(["rm", "--force", &name])
+        .stdin(Stdio::null())
+        .output();
+    let env: Vec<(String, String)> = env.clone().into_iter().collect();
+    let args = Docker::run_args(&name, image, &run.spec, &limits, uid, &env);
+    let mut command = docker.run_command(&args);
+    command.stdout(stdout).stderr(stderr);
+    // SAFETY: runs in the forked child before exec; see `die_with_the_agent`.
+    unsafe { die_with_the_agent(&mut command) };
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", docker.bin().display()))?;
+    drop(command);
+    let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
+    Ok(Spawned {
+        child,
+        pgid,
+        output,
+        container: Some(Container {
+            docker: docker.clone(),
+            name,
+            memory_mb: limits.memory_bytes / (1024 * 1024),
+        }),
     })
 }
 
@@ -259,6 +341,7 @@ async fn supervise(
         mut child,
         pgid,
         mut output,
+        container,
     } = spawned;
     spool.mark_started(&run.attempt, now_ms());
     notify.notify_one();
@@ -331,6 +414,9 @@ async fn supervise(
                 if let Some(sandbox) = sandbox {
                     sandbox.kill_all();
                 }
+                if let Some(c) = &container {
+                    c.docker.kill(&c.name);
+                }
                 kill_at = None;
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -343,6 +429,17 @@ async fn supervise(
     if !tail.is_empty() {
         spool.append(&run.attempt, &tail);
     }
+    // A container: what the engine recorded (an OOM kill), then it goes.
+    let container_usage = match &container {
+        Some(c) => {
+            let usage = c.docker.usage(&c.name).await;
+            if !c.docker.remove(&c.name).await {
+                tracing::error!(container = c.name, "cannot remove the attempt's container");
+            }
+            Some(usage)
+        }
+        None => None,
+    };
     let status = match status {
         Some(Ok(status)) => status,
         Some(Err(e)) => {
@@ -354,7 +451,10 @@ async fn supervise(
         }
         None => unreachable!("the loop ends only after the process exited"),
     };
-    let usage = sandbox.map(Sandbox::usage);
+    let usage = match &container_usage {
+        Some(usage) => Some(*usage),
+        None => sandbox.map(Sandbox::usage),
+    };
     if let (Some(usage), Some(sandbox)) = (usage, sandbox) {
         tracing::info!(
             attempt = %run.attempt,
@@ -365,12 +465,17 @@ async fn supervise(
             "usage measured by the attempt's cgroup"
         );
     }
-    let memory_mb = sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024));
+    let memory_mb = match &container {
+        Some(c) => c.memory_mb,
+        None => sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024)),
+    };
     let mut result = classify(cause, status, run.spec.timeout_secs, usage, memory_mb);
-    result.usage = usage.map(|u| AttemptUsage {
-        cpu_ms: u.cpu_ns.map(|ns| ns / 1_000_000),
-        peak_memory_bytes: u.peak_memory_bytes,
-    });
+    result.usage = usage
+        .filter(|u| u.cpu_ns.is_some() || u.peak_memory_bytes.is_some())
+        .map(|u| AttemptUsage {
+            cpu_ms: u.cpu_ns.map(|ns| ns / 1_000_000),
+            peak_memory_bytes: u.peak_memory_bytes,
+        });
     result
 }
 

@@ -174,6 +174,18 @@ pub struct JobSpec {
     /// Node labels the job requires (every pair must match).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Run in a container of this image, taken from the node's local image store (never
+    /// pulled), on a node offering the `docker` driver. Absent: a host command (`exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// With `image`: give the container a network (Docker's default bridge). Default:
+    /// none at all (`--network none`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A job's `resources` as sent: what it leaves out is the job default, not zero.
@@ -223,6 +235,8 @@ impl Default for JobSpec {
             max_retries: 0,
             timeout_secs: default_timeout_secs(),
             labels: BTreeMap::new(),
+            image: None,
+            network: false,
         }
     }
 }

@@ -832,6 +832,7 @@ async fn a_keyed_handle_sends_its_key_with_every_write_and_nothing_else() {
                 id: node.clone(),
                 name: "n1".into(),
                 resources: Resources::default(),
+                drivers: Vec::new(),
                 labels: Default::default(),
             })
             .await

@@ -31,6 +31,7 @@ fn node_register(node: &str) -> Command {
             gpus: 0,
         },
         labels: BTreeMap::new(),
+        drivers: Vec::new(),
         at: 1_000,
     }
 }

@@ -403,6 +403,7 @@ mod tests {
                         gpus: 0,
                     },
                     labels: Default::default(),
+                    drivers: Vec::new(),
                     at: 2,
                 },
             )

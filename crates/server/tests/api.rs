@@ -502,6 +502,7 @@ async fn run(api: &Api, job: &str) -> AttemptId {
             gpus: 0,
         },
         labels: Default::default(),
+        drivers: Vec::new(),
         at: 1,
     })
     .await;

@@ -791,6 +791,7 @@ async fn serve_runs_the_leader_loops_until_shutdown() {
                 gpus: 0,
             },
             labels: Default::default(),
+            drivers: Vec::new(),
             at: now_ms(),
         },
         Command::JobSubmit {

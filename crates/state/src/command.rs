@@ -123,6 +123,10 @@ pub enum Command {
         resources: Resources,
         #[serde(default)]
         labels: BTreeMap<String, String>,
+        /// The drivers it offers (`exec`, `docker`). Left out of the encoding when empty,
+        /// so a registration without it encodes as before the field existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drivers: Vec<String>,
         at: Millis,
     },
     /// Stop placing on a node; stop its work at the deadline, if one is given.

@@ -302,8 +302,9 @@ impl State {
                 name,
                 resources,
                 labels,
+                drivers,
                 at,
-            } => self.node_register(index, node, name, resources, labels, *at),
+            } => self.node_register(index, node, name, resources, labels, drivers, *at),
             Command::NodeDrain { node, deadline, at } => {
                 self.node_drain(index, node, *deadline, *at)
             }

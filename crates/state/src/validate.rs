@@ -37,6 +37,7 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
         .chain(spec.shell.iter())
         .chain(spec.name.iter())
         .chain(spec.working_dir.iter())
+        .chain(spec.image.iter())
         .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
         .chain(spec.labels.iter().flat_map(|(k, v)| [k, v]));
     for s in strings {
@@ -64,6 +65,23 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
         return invalid(format!(
             "`timeout_secs` must be between 1 and {MAX_TIMEOUT_SECS}"
         ));
+    }
+    if let Some(image) = &spec.image {
+        let ok = !image.is_empty()
+            && image.len() <= 256
+            && !image.starts_with('-')
+            && image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
+        if !ok {
+            return invalid(format!(
+                "image `{}` must be 1-256 characters of letters, digits, `-_.:/@`",
+                short(image)
+            ));
+        }
+    }
+    if spec.network && spec.image.is_none() {
+        return invalid("`network` applies to jobs with an `image`".into());
     }
     if spec.max_retries > 100 {
         return invalid("`max_retries` must be at most 100".into());

@@ -364,6 +364,7 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
                 gpus: 0,
             },
             labels: BTreeMap::new(),
+            drivers: Vec::new(),
             at,
         },
         Op::Drain { node } => Command::NodeDrain {

@@ -241,6 +241,7 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
                 memory_mb: 8192,
                 gpus: 0,
             },
+            drivers: Vec::new(),
             labels: [("zone".to_string(), "eu".to_string())].into(),
         })
         .await

@@ -842,6 +842,7 @@ mod tests {
                         gpus: 0,
                     },
                     labels: Default::default(),
+                    drivers: Vec::new(),
                     at: 30,
                 },
             )

@@ -339,6 +339,12 @@ impl State {
                 node.id, job.id
             )));
         }
+        if !node.runs(&job.spec) {
+            return Err(Rejection::invalid(format!(
+                "node `{}` offers no docker driver for job `{}`'s image",
+                node.id, job.id
+            )));
+        }
         let mut needed = self
             .idx
             .node_allocated

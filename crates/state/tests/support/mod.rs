@@ -59,6 +59,7 @@ pub fn register(node: &str, cpu: u64) -> Command {
             gpus: 0,
         },
         labels: Default::default(),
+        drivers: Vec::new(),
         at: 5,
     }
 }

@@ -94,6 +94,13 @@ pub struct TemplateArgs {
     /// Working directory on the node.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Run in a container of this image (from the node's local store; placed only on
+    /// nodes offering the `docker` driver).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// With --image: give the container a network (default: none).
+    #[arg(long, requires = "image")]
+    pub network: bool,
     /// Run this string with `/bin/sh -c` instead of a command after `--`.
     #[arg(long, conflicts_with = "command")]
     pub shell: Option<String>,
@@ -120,6 +127,8 @@ impl TemplateArgs {
             max_retries: self.max_retries,
             timeout_secs: self.timeout,
             labels: self.labels.iter().cloned().collect(),
+            image: self.image.clone(),
+            network: self.network,
         }
     }
 }
