@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::cgroup::{Limits, Usage};
 use crate::docker::Docker;
+use crate::gpus::{GpuLease, ENV_CUDA_VISIBLE_DEVICES, ENV_NVIDIA_VISIBLE_DEVICES};
 use crate::isolation::{safe_name, Isolation};
 use crate::sandbox::Sandbox;
 use crate::spool::Spool;
@@ -117,13 +118,27 @@ pub async fn run(
     notify: &Notify,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> AttemptFinishedRequest {
-    let sandbox = run
-        .isolation
-        .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir);
+    // Its GPUs first (given back when this returns): an attempt that cannot have the
+    // ones it was placed for runs nothing.
+    let gpus = run.isolation.gpus().take(run.spec.resources.gpus);
+    let sandbox = match &gpus {
+        None => Err(format!(
+            "the job asks for {} GPUs; this node has {} and not that many free",
+            run.spec.resources.gpus,
+            run.isolation.gpus().len()
+        )),
+        Some(_) => run
+            .isolation
+            .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir),
+    };
+    let devices = gpus
+        .as_ref()
+        .map(GpuLease::visible_devices)
+        .unwrap_or_default();
     let result = match sandbox {
         Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
         Ok(sandbox) => {
-            let result = match spawn(run, sandbox.as_ref()) {
+            let result = match spawn(run, sandbox.as_ref(), &devices) {
                 Ok(spawned) => {
                     supervise(run, spawned, sandbox.as_ref(), spool, notify, &mut stop).await
                 }
@@ -156,7 +171,7 @@ struct Container {
     memory_mb: u64,
 }
 
-fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
+fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>, gpus: &str) -> Result<Spawned, String> {
     let spec = &run.spec;
     let (program, args): (&str, Vec<&str>) = match (&spec.shell, spec.command.split_first()) {
         (Some(shell), _) => ("/bin/sh", vec!["-c", shell.as_str()]),
@@ -181,7 +196,7 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
     let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
     let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
     let stderr = stdout.try_clone().map_err(pipe_error)?;
-    let env = job_env(run, resources);
+    let env = job_env(run, resources, gpus);
     if let Some(image) = &spec.image {
         return spawn_container(
             run,
@@ -232,8 +247,8 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
 
 /// The job's environment: for a host command a PATH, HOME and TMPDIR it may replace
 /// (a container keeps its image's), its own variables, then the documented ones, which
-/// it may not.
-fn job_env(run: &RunSpec, limits: Option<Limits>) -> BTreeMap<String, String> {
+/// it may not, the GPU devices it holds (`gpus`, comma-separated) among them.
+fn job_env(run: &RunSpec, limits: Option<Limits>, gpus: &str) -> BTreeMap<String, String> {
     let spec = &run.spec;
     let mut env = BTreeMap::new();
     if spec.image.is_none() {
@@ -251,6 +266,13 @@ fn job_env(run: &RunSpec, limits: Option<Limits>) -> BTreeMap<String, String> {
         (ENV_CPU_MILLIS, cpu.to_string()),
         (ENV_MEMORY_MB, memory.to_string()),
         (ENV_GPUS, spec.resources.gpus.to_string()),
+        // Only its own devices; none for a job that asked for none (an empty list, not
+        // an unset variable, which would mean every device).
+        (ENV_CUDA_VISIBLE_DEVICES, gpus.to_string()),
+        (
+            ENV_NVIDIA_VISIBLE_DEVICES,
+            if gpus.is_empty() { "void" } else { gpus }.to_string(),
+        ),
     ] {
         env.insert(key.to_string(), value);
     }
