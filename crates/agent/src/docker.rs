@@ -11,6 +11,7 @@
 //! the SIGKILL after the grace period is `docker kill`, and the container is removed when
 //! the attempt ends, so nothing of it outlives the attempt.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -18,6 +19,8 @@ use tanvrit_client::api::{AttemptId, JobSpec};
 
 use crate::cgroup::{Limits, Usage};
 use crate::isolation::safe_name;
+use crate::process::{RunSpec, Spawned};
+use crate::sandbox::Sandbox;
 
 /// The `docker` CLI used unless configured.
 pub const DEFAULT_DOCKER_BIN: &str = "docker";
@@ -190,6 +193,62 @@ impl Docker {
             Err(_) => false,
         }
     }
+}
+
+/// A container the attempt runs in.
+pub(crate) struct Container {
+    pub(crate) docker: Docker,
+    pub(crate) name: String,
+    pub(crate) memory_mb: u64,
+}
+
+/// Starts `docker run` for a job naming `image`: the attempt's limits (the sandbox's, or
+/// the defaults for its resources), its uid (or `nobody`), output to the pipe.
+pub(crate) fn spawn_container(
+    run: &RunSpec,
+    image: &str,
+    sandbox: Option<&Sandbox>,
+    env: &BTreeMap<String, String>,
+    stdout: Stdio,
+    stderr: Stdio,
+    output: tokio::net::unix::pipe::Receiver,
+) -> Result<Spawned, String> {
+    let docker = run
+        .isolation
+        .docker()
+        .ok_or("this node offers no docker driver (start the agent with --docker)")?;
+    let limits = sandbox.map_or_else(
+        || crate::isolation::limits(&run.spec.resources, run.isolation.pids_max()),
+        Sandbox::limits,
+    );
+    let uid = sandbox.map_or(crate::docker::NOBODY, Sandbox::uid);
+    let name = Docker::container_name(&run.attempt);
+    // A container of this attempt left by an agent that died mid-run.
+    let _ = std::process::Command::new(docker.bin())
+        .args(["rm", "--force", &name])
+        .stdin(Stdio::null())
+        .output();
+    let env: Vec<(String, String)> = env.clone().into_iter().collect();
+    let args = Docker::run_args(&name, image, &run.spec, &limits, uid, &env);
+    let mut command = docker.run_command(&args);
+    command.stdout(stdout).stderr(stderr);
+    // SAFETY: runs in the forked child before exec; see `die_with_the_agent`.
+    unsafe { crate::process::die_with_the_agent(&mut command) };
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", docker.bin().display()))?;
+    drop(command);
+    let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
+    Ok(Spawned {
+        child,
+        pgid,
+        output,
+        container: Some(Container {
+            docker: docker.clone(),
+            name,
+            memory_mb: limits.memory_bytes / (1024 * 1024),
+        }),
+    })
 }
 
 #[cfg(test)]

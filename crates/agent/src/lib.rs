@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`agent`]: [`Agent`]: registration, the heartbeat and work loops, the table of
 //!   attempts, shutdown.
+//! - `registration`: registering the node (resources, labels, drivers) and setting up
+//!   its devices (the Docker engine, GPUs).
 //! - [`lease`]: [`lease::Lease`], how long the agent may run and start attempts without
 //!   an acknowledged heartbeat (it stops them before the control plane retries them
 //!   elsewhere).
@@ -64,6 +66,7 @@ pub mod gpus;
 pub mod isolation;
 pub mod lease;
 pub mod process;
+mod registration;
 pub mod sandbox;
 pub mod spool;
 pub mod uids;

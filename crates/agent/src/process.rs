@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::cgroup::{Limits, Usage};
-use crate::docker::Docker;
+use crate::docker::Container;
 use crate::gpus::{GpuLease, ENV_CUDA_VISIBLE_DEVICES, ENV_NVIDIA_VISIBLE_DEVICES};
 use crate::isolation::{safe_name, Isolation};
 use crate::sandbox::Sandbox;
@@ -156,19 +156,12 @@ pub async fn run(
     result
 }
 
-struct Spawned {
-    child: tokio::process::Child,
-    pgid: i32,
-    output: tokio::net::unix::pipe::Receiver,
+pub(crate) struct Spawned {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pgid: i32,
+    pub(crate) output: tokio::net::unix::pipe::Receiver,
     /// The attempt's container, for a job naming an image.
-    container: Option<Container>,
-}
-
-/// A container the attempt runs in.
-struct Container {
-    docker: Docker,
-    name: String,
-    memory_mb: u64,
+    pub(crate) container: Option<Container>,
 }
 
 fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>, gpus: &str) -> Result<Spawned, String> {
@@ -198,7 +191,7 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>, gpus: &str) -> Result<Spawned
     let stderr = stdout.try_clone().map_err(pipe_error)?;
     let env = job_env(run, resources, gpus);
     if let Some(image) = &spec.image {
-        return spawn_container(
+        return crate::docker::spawn_container(
             run,
             image,
             sandbox,
@@ -279,60 +272,11 @@ fn job_env(run: &RunSpec, limits: Option<Limits>, gpus: &str) -> BTreeMap<String
     env
 }
 
-/// Starts `docker run` for a job naming `image`: the attempt's limits (the sandbox's, or
-/// the defaults for its resources), its uid (or `nobody`), output to the pipe.
-fn spawn_container(
-    run: &RunSpec,
-    image: &str,
-    sandbox: Option<&Sandbox>,
-    env: &BTreeMap<String, String>,
-    stdout: Stdio,
-    stderr: Stdio,
-    output: tokio::net::unix::pipe::Receiver,
-) -> Result<Spawned, String> {
-    let docker = run
-        .isolation
-        .docker()
-        .ok_or("this node offers no docker driver (start the agent with --docker)")?;
-    let limits = sandbox.map_or_else(
-        || crate::isolation::limits(&run.spec.resources, run.isolation.pids_max()),
-        Sandbox::limits,
-    );
-    let uid = sandbox.map_or(crate::docker::NOBODY, Sandbox::uid);
-    let name = Docker::container_name(&run.attempt);
-    // A container of this attempt left by an agent that died mid-run.
-    let _ = std::process::Command::new(docker.bin())
-        .args(["rm", "--force", &name])
-        .stdin(Stdio::null())
-        .output();
-    let env: Vec<(String, String)> = env.clone().into_iter().collect();
-    let args = Docker::run_args(&name, image, &run.spec, &limits, uid, &env);
-    let mut command = docker.run_command(&args);
-    command.stdout(stdout).stderr(stderr);
-    // SAFETY: runs in the forked child before exec; see `die_with_the_agent`.
-    unsafe { die_with_the_agent(&mut command) };
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start `{}`: {e}", docker.bin().display()))?;
-    drop(command);
-    let pgid = child.id().map(|pid| pid as i32).unwrap_or(0);
-    Ok(Spawned {
-        child,
-        pgid,
-        output,
-        container: Some(Container {
-            docker: docker.clone(),
-            name,
-            memory_mb: limits.memory_bytes / (1024 * 1024),
-        }),
-    })
-}
-
 /// Without a sandbox: the job is killed when the agent dies.
 ///
 /// # Safety
 /// Installs a `pre_exec` hook that makes only async-signal-safe calls.
-unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
+pub(crate) unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
     #[cfg(target_os = "linux")]
     {
         let agent = libc::getpid();
