@@ -4,7 +4,8 @@
 //! Docker flags (`--memory` with no swap beyond it, `--cpus`, `--pids-limit`), a non-root
 //! user (the attempt's uid under `cgroup` isolation, else `nobody`), no capabilities,
 //! `no-new-privileges`, only the job's environment and the documented `TANVRIT_*`
-//! variables, and no network unless the job asks for one. Images come from the node's
+//! variables (passed by name, their values in the CLI's environment, so no value shows in
+//! a command line), and no network unless the job asks for one. Images come from the node's
 //! local store only (`--pull never`): no registry is ever contacted.
 //!
 //! Stops: SIGTERM goes to the `docker run` process, which passes it to the container;
@@ -27,6 +28,16 @@ pub const DEFAULT_DOCKER_BIN: &str = "docker";
 /// The user a container runs as when the agent has no uid of its own for the attempt
 /// (`--isolation none`): `nobody`.
 pub const NOBODY: u32 = 65534;
+/// The agent's environment variables the `docker` CLI keeps: how it finds the engine.
+const CLI_ENV: [&str; 7] = [
+    "PATH",
+    "HOME",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+];
 /// Prefix of the containers the agent starts: `tanvrit-<attempt>`.
 pub const CONTAINER_PREFIX: &str = "tanvrit-";
 
@@ -121,8 +132,10 @@ impl Docker {
         if let Some(dir) = &spec.working_dir {
             args.extend(["--workdir".into(), dir.clone()]);
         }
-        for (key, value) in env {
-            args.extend(["--env".into(), format!("{key}={value}")]);
+        // Names only: the values travel in the CLI's environment (see `run_command`),
+        // never in its command line, which every user of the host can read.
+        for (key, _) in env {
+            args.extend(["--env".into(), key.clone()]);
         }
         args.push(image.into());
         match &spec.shell {
@@ -133,13 +146,23 @@ impl Docker {
     }
 
     /// `docker run` for one attempt, its output to `stdout`/`stderr`, in a process group
-    /// of its own (signals to the group reach the CLI, which passes them on).
-    pub fn run_command(&self, args: &[String]) -> tokio::process::Command {
+    /// of its own (signals to the group reach the CLI, which passes them on). The CLI's
+    /// environment is the job's `env` (whose names `args` pass on with `--env`) and, of the
+    /// agent's, only what the CLI itself needs to reach the engine: never the agent's key.
+    pub fn run_command(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.bin);
+        command.args(args).env_clear();
+        for name in CLI_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
-            .args(args)
-            // The CLI is the agent's own tool: it keeps the agent's environment (the
-            // Docker host, its config); the container gets only `--env`.
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
@@ -230,7 +253,7 @@ pub(crate) fn spawn_container(
         .output();
     let env: Vec<(String, String)> = env.clone().into_iter().collect();
     let args = Docker::run_args(&name, image, &run.spec, &limits, uid, &env);
-    let mut command = docker.run_command(&args);
+    let mut command = docker.run_command(&args, &env);
     command.stdout(stdout).stderr(stderr);
     // SAFETY: runs in the forked child before exec; see `die_with_the_agent`.
     unsafe { crate::process::die_with_the_agent(&mut command) };
@@ -283,7 +306,12 @@ mod tests {
         assert_eq!(pair(&args, "--user"), Some("2000000001:2000000001"));
         assert_eq!(pair(&args, "--network"), Some("none"));
         assert_eq!(pair(&args, "--pull"), Some("never"));
-        assert_eq!(pair(&args, "--env"), Some("FOO=bar"));
+        assert_eq!(
+            pair(&args, "--env"),
+            Some("FOO"),
+            "the value is not in argv"
+        );
+        assert!(!args.iter().any(|a| a.contains("bar")));
         assert_eq!(pair(&args, "--cap-drop"), Some("ALL"));
         assert_eq!(&args[args.len() - 3..], ["img:1", "echo", "hi"]);
     }
