@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use tanvrit_client::api::{
     Assignment, AttemptId, AttemptOutcome, AttemptState, HeartbeatRequest, Index, JobId, Node,
-    NodeId, NodeRegisterRequest, WorkRequest, WorkResponse,
+    NodeId, WorkRequest, WorkResponse,
 };
-use tanvrit_client::{Client, ClientError};
+use tanvrit_client::Client;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -34,6 +34,7 @@ use crate::config::{load_or_create_node_id, AgentConfig};
 use crate::isolation::{secure_data_dir, Isolation, IsolationMode};
 use crate::lease::Lease;
 use crate::process::{scratch_dir, RunSpec, StopReason, DRAIN_AFTER_EXIT};
+use crate::registration::{needs_registration, node_unknown, register};
 use crate::spool::Spool;
 use crate::AgentError;
 
@@ -91,6 +92,7 @@ impl Agent {
         secure_data_dir(&config.data_dir)?;
         let node = load_or_create_node_id(&config.data_dir)?;
         let isolation = Isolation::prepare(&config.isolation, &node, &config.data_dir)?;
+        let isolation = crate::registration::with_devices(isolation, &mut config)?;
         if config.isolation.mode == IsolationMode::None {
             tracing::warn!(
                 "isolation is off (--isolation none): jobs run as the agent's own user, with \
@@ -462,65 +464,6 @@ fn stop(slot: &Slot, reason: StopReason) {
     });
 }
 
-/// True for answers that mean the node must register again: unknown (404), or down or
-/// deleted (409 `illegal_transition`).
-fn needs_registration(err: &ClientError) -> bool {
-    node_unknown(err)
-        || matches!(err, ClientError::Api { code, .. } if code == "illegal_transition")
-}
-
-/// True when the control plane does not know the node at all (404): nothing the agent
-/// runs can be its own any more. A node that is only down (409) may still own its
-/// attempts: it went down after the TTL, but they are lost only after `lost_after`.
-fn node_unknown(err: &ClientError) -> bool {
-    matches!(err, ClientError::Api { status: 404, .. })
-}
-
-/// True for refusals that no retry can change (only on the first registration do they
-/// end the agent: later, an operator may fix the key while the agent keeps its work).
-fn refused_for_good(err: &ClientError) -> bool {
-    match err {
-        ClientError::Api { status, .. } => {
-            (400..500).contains(status) && !matches!(status, 408 | 429)
-        }
-        // The control plane's certificate is not trusted, or it refused ours: a CA file
-        // or certificate to fix, not a network blip.
-        ClientError::Config(_) | ClientError::Tls { .. } => true,
-        _ => false,
-    }
-}
-
-/// Registers the node, retrying with backoff while the control plane is unreachable.
-async fn register(shared: &Shared, first: bool) -> Result<Node, AgentError> {
-    let config = &shared.config;
-    let request = NodeRegisterRequest {
-        id: shared.node.clone(),
-        name: config.name.clone(),
-        resources: config.resources,
-        labels: config.labels.clone(),
-    };
-    let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
-    loop {
-        match shared.client.register_node(request.clone()).await {
-            Ok(response) => {
-                tracing::info!(node = %response.node.id, index = response.index, "registered");
-                shared
-                    .lease
-                    .send_modify(|lease| lease.registered(response.index));
-                return Ok(response.node);
-            }
-            Err(err) if first && refused_for_good(&err) => return Err(AgentError::Refused(err)),
-            Err(err) => {
-                let delay = backoff.next_delay();
-                if backoff.failures() == 1 || refused_for_good(&err) {
-                    tracing::warn!(error = %err, "cannot register the node; retrying");
-                }
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// Heartbeats at the interval the server asks for; renews the lease with each
 /// acknowledged one (from its send, with the TTL the server tells); forwards `stop`
 /// lists; revokes the lease and registers again when the node was declared down.
@@ -629,9 +572,11 @@ async fn work_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registration::refused_for_good;
     use std::path::PathBuf;
     use tanvrit_client::api::JobSpec;
     use tanvrit_client::ClientConfig;
+    use tanvrit_client::ClientError;
 
     /// A main loop with a real spool and real processes, and a client that reaches
     /// nobody: the tests play the heartbeat loop by renewing and revoking the lease.

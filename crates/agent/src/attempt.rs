@@ -212,6 +212,7 @@ pub(crate) fn result_without_process(
         exit_code: None,
         reason: Some(reason.to_string()),
         finished_at: Some(process::now_ms()),
+        usage: None,
     }
 }
 

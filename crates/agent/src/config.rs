@@ -53,6 +53,12 @@ pub struct AgentConfig {
     pub shutdown_delivery: Duration,
     /// How attempts are kept apart. Default: cgroups and a uid per attempt.
     pub isolation: IsolationConfig,
+    /// The `docker` CLI, to offer the `docker` driver (jobs naming an image); the agent
+    /// refuses to start when the engine does not answer. Default `None`: `exec` only.
+    pub docker: Option<PathBuf>,
+    /// The node's GPU devices, by index or UUID; when given, the node offers that many
+    /// GPUs and each attempt sees only its own in `CUDA_VISIBLE_DEVICES`. Default none.
+    pub gpus: Vec<String>,
 }
 
 impl AgentConfig {
@@ -72,6 +78,8 @@ impl AgentConfig {
             log_flush_interval: Duration::from_millis(100),
             shutdown_delivery: Duration::from_secs(5),
             isolation: IsolationConfig::default(),
+            docker: None,
+            gpus: Vec::new(),
         }
     }
 

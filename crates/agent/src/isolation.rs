@@ -15,10 +15,13 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use tanvrit_client::api::{AttemptId, NodeId, Resources};
 
 use crate::cgroup::{self, Cgroup, CgroupVersion, Limits};
+use crate::docker::Docker;
+use crate::gpus::GpuPool;
 use crate::sandbox::Sandbox;
 use crate::uids::{UidPool, UidRange, DEFAULT_JOB_UIDS, DEFAULT_UID_LOCK_FILE};
 use crate::AgentError;
@@ -106,6 +109,10 @@ impl Default for IsolationConfig {
 pub struct Isolation {
     work_root: PathBuf,
     enforced: Option<Enforced>,
+    /// The Docker engine, when the node offers the `docker` driver.
+    docker: Option<Docker>,
+    /// The node's GPU devices, shared out to attempts.
+    gpus: Arc<GpuPool>,
 }
 
 #[derive(Debug)]
@@ -125,6 +132,8 @@ impl Isolation {
         Self {
             work_root: work_root.into(),
             enforced: None,
+            docker: None,
+            gpus: GpuPool::new([]),
         }
     }
 
@@ -183,6 +192,8 @@ impl Isolation {
         }
         Ok(Self {
             work_root,
+            docker: None,
+            gpus: GpuPool::new([]),
             enforced: Some(Enforced {
                 node: node_cgroup,
                 uids,
@@ -190,6 +201,40 @@ impl Isolation {
                 private_proc,
             }),
         })
+    }
+
+    /// This isolation with the `docker` driver (when `docker` is given) and the node's
+    /// GPU devices.
+    pub fn with_devices(mut self, docker: Option<Docker>, gpus: Arc<GpuPool>) -> Self {
+        self.docker = docker;
+        self.gpus = gpus;
+        self
+    }
+
+    /// The Docker engine, when the node offers the `docker` driver.
+    pub fn docker(&self) -> Option<&Docker> {
+        self.docker.as_ref()
+    }
+
+    /// The node's GPU devices.
+    pub fn gpus(&self) -> &Arc<GpuPool> {
+        &self.gpus
+    }
+
+    /// The drivers the node offers: `exec`, and `docker` when enabled.
+    pub fn drivers(&self) -> Vec<String> {
+        let mut drivers = vec![tanvrit_client::api::DRIVER_EXEC.to_string()];
+        if self.docker.is_some() {
+            drivers.push(tanvrit_client::api::DRIVER_DOCKER.to_string());
+        }
+        drivers
+    }
+
+    /// Processes and threads per attempt (containers too).
+    pub fn pids_max(&self) -> u64 {
+        self.enforced
+            .as_ref()
+            .map_or(DEFAULT_PIDS_MAX, |e| e.pids_max)
     }
 
     /// The cgroup interface enforcing limits; `None` without isolation.

@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`agent`]: [`Agent`]: registration, the heartbeat and work loops, the table of
 //!   attempts, shutdown.
+//! - `registration`: registering the node (resources, labels, drivers) and setting up
+//!   its devices (the Docker engine, GPUs).
 //! - [`lease`]: [`lease::Lease`], how long the agent may run and start attempts without
 //!   an acknowledged heartbeat (it stops them before the control plane retries them
 //!   elsewhere).
@@ -22,6 +24,9 @@
 //!   the code run between fork and exec that puts its process in them.
 //! - [`cgroup`]: finding the agent's cgroup (v1 or v2), attempt cgroups, limits, usage,
 //!   OOM kills.
+//! - [`docker`]: the `docker` driver: jobs naming an image run in containers with the
+//!   same limits, a non-root user and no network.
+//! - [`gpus`]: the node's GPU devices, shared out so no two attempts hold one.
 //! - [`uids`]: the range of uids attempts run as, shared out between the host's agents.
 //! - [`spool`]: undelivered output and results on disk, bounded, with offsets that match
 //!   the control plane's stored output.
@@ -55,10 +60,13 @@ mod attempt;
 pub mod backoff;
 pub mod cgroup;
 pub mod config;
+pub mod docker;
 pub mod error;
+pub mod gpus;
 pub mod isolation;
 pub mod lease;
 pub mod process;
+mod registration;
 pub mod sandbox;
 pub mod spool;
 pub mod uids;

@@ -1,5 +1,6 @@
 //! Running one attempt's process: spawned in its own process group (and, with
-//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]) with
+//! isolation, its own cgroup, uid and private directory: see [`crate::isolation`]; a job
+//! naming an `image` runs in a container instead: see [`crate::docker`]) with
 //! the job's argv (or `/bin/sh -c`), a clean environment (the job's variables plus the
 //! documented `TANVRIT_*` ones) and working directory; stdout and stderr share one pipe
 //! so their interleaving is kept; output decoded and spooled as it arrives; stopped with
@@ -11,18 +12,23 @@
 //! group is read for at most [`DRAIN_AFTER_EXIT`]. A job the kernel killed for going over
 //! its memory ends `failed` with a reason starting [`REASON_OOM_KILLED`].
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tanvrit_client::api::{AttemptFinishedRequest, AttemptId, AttemptOutcome, JobId, JobSpec};
+use tanvrit_client::api::{
+    AttemptFinishedRequest, AttemptId, AttemptOutcome, AttemptUsage, JobId, JobSpec,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::cgroup::Usage;
+use crate::cgroup::{Limits, Usage};
+use crate::docker::Container;
+use crate::gpus::{GpuLease, ENV_CUDA_VISIBLE_DEVICES, ENV_NVIDIA_VISIBLE_DEVICES};
 use crate::isolation::{safe_name, Isolation};
 use crate::sandbox::Sandbox;
 use crate::spool::Spool;
@@ -112,13 +118,27 @@ pub async fn run(
     notify: &Notify,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> AttemptFinishedRequest {
-    let sandbox = run
-        .isolation
-        .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir);
+    // Its GPUs first (given back when this returns): an attempt that cannot have the
+    // ones it was placed for runs nothing.
+    let gpus = run.isolation.gpus().take(run.spec.resources.gpus);
+    let sandbox = match &gpus {
+        None => Err(format!(
+            "the job asks for {} GPUs; this node has {} and not that many free",
+            run.spec.resources.gpus,
+            run.isolation.gpus().len()
+        )),
+        Some(_) => run
+            .isolation
+            .sandbox(&run.attempt, &run.spec.resources, &run.scratch_dir),
+    };
+    let devices = gpus
+        .as_ref()
+        .map(GpuLease::visible_devices)
+        .unwrap_or_default();
     let result = match sandbox {
         Err(message) => finished(AttemptOutcome::Failed, None, Some(message)),
         Ok(sandbox) => {
-            let result = match spawn(run, sandbox.as_ref()) {
+            let result = match spawn(run, sandbox.as_ref(), &devices) {
                 Ok(spawned) => {
                     supervise(run, spawned, sandbox.as_ref(), spool, notify, &mut stop).await
                 }
@@ -136,13 +156,15 @@ pub async fn run(
     result
 }
 
-struct Spawned {
-    child: tokio::process::Child,
-    pgid: i32,
-    output: tokio::net::unix::pipe::Receiver,
+pub(crate) struct Spawned {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pgid: i32,
+    pub(crate) output: tokio::net::unix::pipe::Receiver,
+    /// The attempt's container, for a job naming an image.
+    pub(crate) container: Option<Container>,
 }
 
-fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
+fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>, gpus: &str) -> Result<Spawned, String> {
     let spec = &run.spec;
     let (program, args): (&str, Vec<&str>) = match (&spec.shell, spec.command.split_first()) {
         (Some(shell), _) => ("/bin/sh", vec!["-c", shell.as_str()]),
@@ -167,32 +189,25 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
     let (writer, reader) = tokio::net::unix::pipe::pipe().map_err(pipe_error)?;
     let stdout = writer.into_blocking_fd().map_err(pipe_error)?;
     let stderr = stdout.try_clone().map_err(pipe_error)?;
+    let env = job_env(run, resources, gpus);
+    if let Some(image) = &spec.image {
+        return crate::docker::spawn_container(
+            run,
+            image,
+            sandbox,
+            &env,
+            stdout.into(),
+            stderr.into(),
+            reader,
+        );
+    }
 
     let mut command = tokio::process::Command::new(program);
     command
         .args(&args)
-        // Nothing of the agent's environment (its key above all) reaches the job: only
-        // a PATH and HOME it may replace, its own variables, and the documented ones.
+        // Nothing of the agent's environment (its key above all) reaches the job.
         .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", &run.scratch_dir)
-        .env("TMPDIR", &run.scratch_dir)
-        .envs(&spec.env)
-        .env(ENV_JOB_ID, run.job.as_str())
-        .env(ENV_ATTEMPT_ID, run.attempt.as_str())
-        .env(
-            ENV_CPU_MILLIS,
-            resources
-                .map_or(spec.resources.cpu_millis, |l| l.cpu_millis)
-                .to_string(),
-        )
-        .env(
-            ENV_MEMORY_MB,
-            resources
-                .map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024))
-                .to_string(),
-        )
-        .env(ENV_GPUS, spec.resources.gpus.to_string())
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
@@ -219,14 +234,49 @@ fn spawn(run: &RunSpec, sandbox: Option<&Sandbox>) -> Result<Spawned, String> {
         child,
         pgid,
         output: reader,
+        container: None,
     })
+}
+
+/// The job's environment: for a host command a PATH, HOME and TMPDIR it may replace
+/// (a container keeps its image's), its own variables, then the documented ones, which
+/// it may not, the GPU devices it holds (`gpus`, comma-separated) among them.
+fn job_env(run: &RunSpec, limits: Option<Limits>, gpus: &str) -> BTreeMap<String, String> {
+    let spec = &run.spec;
+    let mut env = BTreeMap::new();
+    if spec.image.is_none() {
+        let scratch = run.scratch_dir.display().to_string();
+        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        env.insert("HOME".to_string(), scratch.clone());
+        env.insert("TMPDIR".to_string(), scratch);
+    }
+    env.extend(spec.env.clone());
+    let cpu = limits.map_or(spec.resources.cpu_millis, |l| l.cpu_millis);
+    let memory = limits.map_or(spec.resources.memory_mb, |l| l.memory_bytes / (1024 * 1024));
+    for (key, value) in [
+        (ENV_JOB_ID, run.job.to_string()),
+        (ENV_ATTEMPT_ID, run.attempt.to_string()),
+        (ENV_CPU_MILLIS, cpu.to_string()),
+        (ENV_MEMORY_MB, memory.to_string()),
+        (ENV_GPUS, spec.resources.gpus.to_string()),
+        // Only its own devices; none for a job that asked for none (an empty list, not
+        // an unset variable, which would mean every device).
+        (ENV_CUDA_VISIBLE_DEVICES, gpus.to_string()),
+        (
+            ENV_NVIDIA_VISIBLE_DEVICES,
+            if gpus.is_empty() { "void" } else { gpus }.to_string(),
+        ),
+    ] {
+        env.insert(key.to_string(), value);
+    }
+    env
 }
 
 /// Without a sandbox: the job is killed when the agent dies.
 ///
 /// # Safety
 /// Installs a `pre_exec` hook that makes only async-signal-safe calls.
-unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
+pub(crate) unsafe fn die_with_the_agent(command: &mut tokio::process::Command) {
     #[cfg(target_os = "linux")]
     {
         let agent = libc::getpid();
@@ -257,6 +307,7 @@ async fn supervise(
         mut child,
         pgid,
         mut output,
+        container,
     } = spawned;
     spool.mark_started(&run.attempt, now_ms());
     notify.notify_one();
@@ -329,6 +380,9 @@ async fn supervise(
                 if let Some(sandbox) = sandbox {
                     sandbox.kill_all();
                 }
+                if let Some(c) = &container {
+                    c.docker.kill(&c.name);
+                }
                 kill_at = None;
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -341,6 +395,17 @@ async fn supervise(
     if !tail.is_empty() {
         spool.append(&run.attempt, &tail);
     }
+    // A container: what the engine recorded (an OOM kill), then it goes.
+    let container_usage = match &container {
+        Some(c) => {
+            let usage = c.docker.usage(&c.name).await;
+            if !c.docker.remove(&c.name).await {
+                tracing::error!(container = c.name, "cannot remove the attempt's container");
+            }
+            Some(usage)
+        }
+        None => None,
+    };
     let status = match status {
         Some(Ok(status)) => status,
         Some(Err(e)) => {
@@ -352,7 +417,10 @@ async fn supervise(
         }
         None => unreachable!("the loop ends only after the process exited"),
     };
-    let usage = sandbox.map(Sandbox::usage);
+    let usage = match &container_usage {
+        Some(usage) => Some(*usage),
+        None => sandbox.map(Sandbox::usage),
+    };
     if let (Some(usage), Some(sandbox)) = (usage, sandbox) {
         tracing::info!(
             attempt = %run.attempt,
@@ -363,8 +431,18 @@ async fn supervise(
             "usage measured by the attempt's cgroup"
         );
     }
-    let memory_mb = sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024));
-    classify(cause, status, run.spec.timeout_secs, usage, memory_mb)
+    let memory_mb = match &container {
+        Some(c) => c.memory_mb,
+        None => sandbox.map_or(0, |s| s.limits().memory_bytes / (1024 * 1024)),
+    };
+    let mut result = classify(cause, status, run.spec.timeout_secs, usage, memory_mb);
+    result.usage = usage
+        .filter(|u| u.cpu_ns.is_some() || u.peak_memory_bytes.is_some())
+        .map(|u| AttemptUsage {
+            cpu_ms: u.cpu_ns.map(|ns| ns / 1_000_000),
+            peak_memory_bytes: u.peak_memory_bytes,
+        });
+    result
 }
 
 /// The result for how the process ended, why the agent ended it (if it did), and
@@ -446,6 +524,7 @@ fn finished(
         exit_code,
         reason,
         finished_at: Some(now_ms()),
+        usage: None,
     }
 }
 

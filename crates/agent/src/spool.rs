@@ -734,6 +734,7 @@ mod tests {
             exit_code: Some(0),
             reason: None,
             finished_at: Some(5),
+            usage: None,
         }
     }
 

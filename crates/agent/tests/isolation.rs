@@ -342,6 +342,9 @@ async fn a_job_sees_only_its_own_environment_uid_and_private_directory() {
     let dir = node.dir_of(&env);
     assert_eq!(finish_ok(&node, env).await, {
         let mut expected = vec![
+            // No GPU asked for: none visible (an empty list, not every device).
+            "CUDA_VISIBLE_DEVICES=".to_string(),
+            "NVIDIA_VISIBLE_DEVICES=void".to_string(),
             format!("HOME={}", dir.display()),
             "MY_VAR=mine".to_string(),
             format!("PATH={}", process::DEFAULT_PATH),

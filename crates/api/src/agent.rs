@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptId, AttemptState, Index, JobId, JobSpec, Millis};
+use crate::{AttemptId, AttemptState, AttemptUsage, Index, JobId, JobSpec, Millis};
 
 /// `POST /api/compute/nodes/{id}/heartbeat`: not a write; the leader keeps last-seen times.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +118,10 @@ pub struct AttemptFinishedRequest {
     /// after an outage is billed for the real runtime, not the outage.
     #[serde(default)]
     pub finished_at: Option<Millis>,
+    /// What the attempt used, as the node's kernel measured it (absent when the node
+    /// does not measure, e.g. without isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
 }
 
 /// `POST .../attempts/{attempt}/logs`: the next chunk of output.

@@ -6,7 +6,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusinessId, Consistency, EntryId, Index, JobId, MicroCredits, Millis};
+use crate::{
+    AttemptUsage, BillingBasis, BusinessId, Consistency, EntryId, Index, JobId, MicroCredits,
+    Millis,
+};
+
+/// How a charge was computed: on which basis, over what runtime, from which measured
+/// figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChargeDetails {
+    /// The basis the charge was computed on: `used` only when the node measured the
+    /// attempt (the job's basis was `used`), else `reserved`.
+    pub basis: BillingBasis,
+    /// The attempt's runtime, in milliseconds.
+    pub runtime_ms: u64,
+    /// What the node measured, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
+}
 
 /// What a ledger entry records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +100,10 @@ pub struct LedgerEntry {
     pub note: Option<String>,
     /// When it was written.
     pub at: Millis,
+    /// For charges: how the amount was computed (basis, runtime, measured usage).
+    /// Absent from entries written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<ChargeDetails>,
 }
 
 /// `POST /api/compute/credits/entries/create` (admin): a top-up, refund or adjustment.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{AttemptId, BusinessId, Consistency, Index, JobId, MicroCredits, Millis, NodeId};
 
@@ -22,13 +22,97 @@ pub struct Resources {
     pub gpus: u32,
 }
 
+/// CPU a job reserves when it names none, in millicores (one core).
+pub const DEFAULT_JOB_CPU_MILLIS: u64 = 1000;
+/// Memory a job reserves when it names none, in MB.
+pub const DEFAULT_JOB_MEMORY_MB: u64 = 256;
+
 impl Resources {
+    /// What a job that names no resources reserves: [`DEFAULT_JOB_CPU_MILLIS`],
+    /// [`DEFAULT_JOB_MEMORY_MB`] and no GPU. Nothing runs free or unlimited.
+    pub const JOB_DEFAULT: Resources = Resources {
+        cpu_millis: DEFAULT_JOB_CPU_MILLIS,
+        memory_mb: DEFAULT_JOB_MEMORY_MB,
+        gpus: 0,
+    };
+
+    /// [`Resources::JOB_DEFAULT`], as a serde default.
+    pub fn job_default() -> Self {
+        Self::JOB_DEFAULT
+    }
+
+    /// These resources with zero CPU or memory replaced by the job defaults (for
+    /// templates stored before the defaults existed).
+    pub fn or_job_defaults(self) -> Self {
+        Resources {
+            cpu_millis: match self.cpu_millis {
+                0 => DEFAULT_JOB_CPU_MILLIS,
+                millis => millis,
+            },
+            memory_mb: match self.memory_mb {
+                0 => DEFAULT_JOB_MEMORY_MB,
+                mb => mb,
+            },
+            gpus: self.gpus,
+        }
+    }
+
     /// True when `other` fits inside `self`.
     pub fn fits(&self, other: &Resources) -> bool {
         other.cpu_millis <= self.cpu_millis
             && other.memory_mb <= self.memory_mb
             && other.gpus <= self.gpus
     }
+}
+
+/// What a finished attempt is charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BillingBasis {
+    /// What it reserved (CPU, memory, GPUs) for as long as it ran.
+    #[default]
+    Reserved,
+    /// What its node measured: CPU time used, and its peak memory for as long as it ran
+    /// (GPUs as reserved). An attempt its node did not measure is charged as reserved.
+    Used,
+}
+
+impl BillingBasis {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingBasis::Reserved => "reserved",
+            BillingBasis::Used => "used",
+        }
+    }
+}
+
+impl std::str::FromStr for BillingBasis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reserved" => Ok(BillingBasis::Reserved),
+            "used" => Ok(BillingBasis::Used),
+            other => Err(format!(
+                "`{other}` is not a billing basis: `reserved` or `used`"
+            )),
+        }
+    }
+}
+
+/// What an attempt used, as its node's kernel measured it (the attempt's cgroup). A
+/// figure the node could not measure is absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AttemptUsage {
+    /// CPU time of all its processes (user and system), in milliseconds.
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
+    /// The most memory it held at once, in bytes.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// Credit rates recorded on a job at submission, so a rate change never re-prices it.
@@ -42,6 +126,15 @@ pub struct Rates {
     pub memory_gb_second: MicroCredits,
     /// Micro-credits per GPU-second.
     pub gpu_second: MicroCredits,
+    /// Micro-credits every attempt is charged at least, however short its run, and held
+    /// at least at admission: no job runs free, so a business with no credits starts
+    /// nothing. 0 in jobs recorded before it existed.
+    #[serde(default)]
+    pub attempt_minimum: MicroCredits,
+    /// What attempts are charged for: `reserved` (the default, and what jobs recorded
+    /// before it existed use) or `used`. The hold is the reservation either way.
+    #[serde(default)]
+    pub basis: BillingBasis,
 }
 
 /// What to run: the job template shared by submissions and schedules.
@@ -64,8 +157,10 @@ pub struct JobSpec {
     /// Working directory on the node.
     #[serde(default)]
     pub working_dir: Option<String>,
-    /// Resources reserved on the node for the job's run.
-    #[serde(default)]
+    /// Resources reserved on the node for the job's run, and enforced there. A job that
+    /// names none, or leaves out `cpu_millis` or `memory_mb`, gets 1000 millicores and
+    /// 256 MB; zero CPU or memory is refused (422 `zero_resources`).
+    #[serde(default = "Resources::job_default", deserialize_with = "job_resources")]
     pub resources: Resources,
     /// Higher runs first.
     #[serde(default)]
@@ -79,6 +174,47 @@ pub struct JobSpec {
     /// Node labels the job requires (every pair must match).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Run in a container of this image, taken from the node's local image store (never
+    /// pulled), on a node offering the `docker` driver. Absent: a host command (`exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// With `image`: give the container a network (Docker's default bridge). Default:
+    /// none at all (`--network none`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A job's `resources` as sent: what it leaves out is the job default, not zero.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobResources {
+    #[serde(default = "default_cpu_millis")]
+    cpu_millis: u64,
+    #[serde(default = "default_memory_mb")]
+    memory_mb: u64,
+    #[serde(default)]
+    gpus: u32,
+}
+
+fn default_cpu_millis() -> u64 {
+    DEFAULT_JOB_CPU_MILLIS
+}
+
+fn default_memory_mb() -> u64 {
+    DEFAULT_JOB_MEMORY_MB
+}
+
+fn job_resources<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Resources, D::Error> {
+    let sent = JobResources::deserialize(deserializer)?;
+    Ok(Resources {
+        cpu_millis: sent.cpu_millis,
+        memory_mb: sent.memory_mb,
+        gpus: sent.gpus,
+    })
 }
 
 /// One hour: the timeout of a job that names none.
@@ -94,11 +230,13 @@ impl Default for JobSpec {
             shell: None,
             env: BTreeMap::new(),
             working_dir: None,
-            resources: Resources::default(),
+            resources: Resources::JOB_DEFAULT,
             priority: 0,
             max_retries: 0,
             timeout_secs: default_timeout_secs(),
             labels: BTreeMap::new(),
+            image: None,
+            network: false,
         }
     }
 }
@@ -247,6 +385,9 @@ pub struct Attempt {
     /// Micro-credits charged for this attempt's runtime.
     #[serde(default)]
     pub charged: MicroCredits,
+    /// What it used, as its node measured it (reported with its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
 }
 
 /// A job, as every replica stores and returns it.

@@ -4,6 +4,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The driver that runs host commands; every node offers it.
+pub const DRIVER_EXEC: &str = "exec";
+/// The driver that runs jobs naming an `image` in containers of the Docker engine.
+pub const DRIVER_DOCKER: &str = "docker";
+
 use crate::{Index, Millis, NodeId, Resources};
 
 /// Where a node is in its life.
@@ -46,6 +51,10 @@ pub struct Node {
     /// Labels jobs can require.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The drivers it offers: `exec` (host commands; every node) and `docker` (jobs
+    /// naming an `image`). Empty for nodes registered before drivers existed: `exec`.
+    #[serde(default)]
+    pub drivers: Vec<String>,
     /// Where it is.
     pub state: NodeState,
     /// When it first registered.
@@ -110,6 +119,17 @@ pub struct NodeRegisterRequest {
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The drivers it offers (`exec`, `docker`); absent: `exec` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<String>,
+}
+
+impl Node {
+    /// Whether the node can run `spec`: a job naming an `image` needs the `docker`
+    /// driver; any other runs with `exec`, which every node offers.
+    pub fn runs(&self, spec: &crate::JobSpec) -> bool {
+        spec.image.is_none() || self.drivers.iter().any(|d| d == DRIVER_DOCKER)
+    }
 }
 
 /// `POST /api/compute/nodes/{id}/drain`.

@@ -764,6 +764,7 @@ async fn agent_calls_use_their_routes_and_the_work_poll_waits_past_the_timeout()
                 exit_code: Some(0),
                 reason: None,
                 finished_at: Some(1),
+                usage: None,
             },
         )
         .await
@@ -832,6 +833,7 @@ async fn a_keyed_handle_sends_its_key_with_every_write_and_nothing_else() {
                 id: node.clone(),
                 name: "n1".into(),
                 resources: Resources::default(),
+                drivers: Vec::new(),
                 labels: Default::default(),
             })
             .await

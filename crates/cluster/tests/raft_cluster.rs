@@ -223,6 +223,7 @@ async fn retention_removes_the_same_jobs_and_their_output_on_every_replica() {
         kind: FinishKind::Succeeded,
         exit_code: Some(0),
         reason: None,
+        usage: None,
         at: 2_010,
     });
     // Still running: retention never takes it.

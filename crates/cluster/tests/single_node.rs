@@ -31,6 +31,7 @@ fn node_register(node: &str) -> Command {
             gpus: 0,
         },
         labels: BTreeMap::new(),
+        drivers: Vec::new(),
         at: 1_000,
     }
 }
@@ -100,6 +101,7 @@ fn job_life(job: &str, attempt: &str, node: &str) -> Vec<Command> {
             kind: FinishKind::Succeeded,
             exit_code: Some(0),
             reason: None,
+            usage: None,
             at: 2_005,
         },
     ]

@@ -286,6 +286,8 @@ mod tests {
                 cpu_second: 10,
                 memory_gb_second: 0,
                 gpu_second: 0,
+                attempt_minimum: 0,
+                basis: tanvrit_api::BillingBasis::Reserved,
             },
             at: 1,
         }
@@ -401,6 +403,7 @@ mod tests {
                         gpus: 0,
                     },
                     labels: Default::default(),
+                    drivers: Vec::new(),
                     at: 2,
                 },
             )
@@ -450,6 +453,7 @@ mod tests {
             kind: tanvrit_state::FinishKind::Succeeded,
             exit_code: Some(0),
             reason: None,
+            usage: None,
             at: 6,
         };
         assert_eq!(agrees_with_apply(&state, &finished), None);

@@ -41,6 +41,8 @@ fn config() -> ServerConfig {
             cpu_second: 10,
             memory_gb_second: 0,
             gpu_second: 0,
+            attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         },
         min_index_wait: Duration::from_millis(200),
         ..ServerConfig::default()
@@ -500,6 +502,7 @@ async fn run(api: &Api, job: &str) -> AttemptId {
             gpus: 0,
         },
         labels: Default::default(),
+        drivers: Vec::new(),
         at: 1,
     })
     .await;
@@ -567,6 +570,7 @@ async fn a_log_long_poll_returns_new_output_and_completes_when_the_attempt_ends(
         kind: FinishKind::Succeeded,
         exit_code: Some(0),
         reason: None,
+        usage: None,
         at: 5,
     })
     .await;

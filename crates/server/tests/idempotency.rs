@@ -47,6 +47,8 @@ fn config() -> ServerConfig {
             cpu_second: 10,
             memory_gb_second: 0,
             gpu_second: 0,
+            attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         },
         min_index_wait: Duration::from_millis(200),
         ..ServerConfig::default()

@@ -52,6 +52,8 @@ fn config() -> ServerConfig {
             cpu_second: 10,
             memory_gb_second: 0,
             gpu_second: 0,
+            attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         },
         min_index_wait: Duration::from_millis(200),
         ..ServerConfig::default()
@@ -789,6 +791,7 @@ async fn serve_runs_the_leader_loops_until_shutdown() {
                 gpus: 0,
             },
             labels: Default::default(),
+            drivers: Vec::new(),
             at: now_ms(),
         },
         Command::JobSubmit {

@@ -87,6 +87,8 @@ async fn submissions_refused_through_a_follower_enter_no_replicas_log() {
                 cpu_second: 10,
                 memory_gb_second: 0,
                 gpu_second: 0,
+                attempt_minimum: 0,
+                basis: tanvrit_api::BillingBasis::Reserved,
             },
             ..ServerConfig::default()
         },

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tanvrit_api::{
-    AttemptId, BusinessId, CatchUpPolicy, EntryId, EntryKind, JobId, JobSpec, KeyId, MicroCredits,
-    Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId, ScheduleUpdateRequest, Scope,
+    AttemptId, AttemptUsage, BusinessId, CatchUpPolicy, EntryId, EntryKind, JobId, JobSpec, KeyId,
+    MicroCredits, Millis, NodeId, OverlapPolicy, Rates, Resources, ScheduleId,
+    ScheduleUpdateRequest, Scope,
 };
 
 /// The commands [`Command::Idempotent`] may not wrap, by [`Command::name`]: an envelope
@@ -101,6 +102,10 @@ pub enum Command {
         exit_code: Option<i32>,
         #[serde(default)]
         reason: Option<String>,
+        /// What the attempt used, as its node measured it. Left out of the encoding when
+        /// absent, so a report without it encodes as before the field existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<AttemptUsage>,
         at: Millis,
     },
     /// A chunk of an attempt's output at a byte offset (the store keeps the bytes).
@@ -118,6 +123,10 @@ pub enum Command {
         resources: Resources,
         #[serde(default)]
         labels: BTreeMap<String, String>,
+        /// The drivers it offers (`exec`, `docker`). Left out of the encoding when empty,
+        /// so a registration without it encodes as before the field existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drivers: Vec<String>,
         at: Millis,
     },
     /// Stop placing on a node; stop its work at the deadline, if one is given.
@@ -228,6 +237,12 @@ pub enum Command {
     SchedulesFire {
         fires: Vec<Fire>,
         rates: Rates,
+        /// What a fired job reserves in place of its template's zero CPU or memory
+        /// (templates stored before jobs had defaults); the leader sets
+        /// [`Resources::JOB_DEFAULT`]. Absent from entries written before it: those fired
+        /// such templates as they were, and still do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template_defaults: Option<Resources>,
         at: Millis,
     },
     /// A client write sent with an `Idempotency-Key`. The first delivery of

@@ -46,6 +46,13 @@ pub enum Rejection {
     /// A log chunk does not start where the stored output ends.
     #[error("log chunk at offset {offset} does not continue the output ending at {expected}")]
     LogGap { offset: u64, expected: u64 },
+    /// A job (or schedule template) names zero CPU or zero memory: nothing runs with no
+    /// reservation (leave the field out to get the default).
+    #[error(
+        "`resources.{resource}` must be at least 1 (leave it out for the default: \
+         1000 millicores, 256 MB)"
+    )]
+    ZeroResources { resource: String },
 }
 
 impl Rejection {
@@ -61,6 +68,7 @@ impl Rejection {
             Rejection::IdempotencyConflict { .. } => "idempotency_conflict",
             Rejection::NodeBusy { .. } => "node_busy",
             Rejection::LogGap { .. } => "log_gap",
+            Rejection::ZeroResources { .. } => "zero_resources",
         }
     }
 
@@ -74,7 +82,9 @@ impl Rejection {
             | Rejection::NodeBusy { .. }
             | Rejection::LogGap { .. } => 409,
             Rejection::InsufficientCredits { .. } => 402,
-            Rejection::Invalid { .. } | Rejection::IdempotencyConflict { .. } => 422,
+            Rejection::Invalid { .. }
+            | Rejection::IdempotencyConflict { .. }
+            | Rejection::ZeroResources { .. } => 422,
         }
     }
 

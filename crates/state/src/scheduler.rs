@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use tanvrit_api::{BusinessId, JobId, MicroCredits, Millis, NodeId, NodeState, Resources};
+use tanvrit_api::{BusinessId, JobId, MicroCredits, Millis, Node, NodeId, NodeState, Resources};
 
 use crate::{billing, labels_match, State};
 
@@ -70,12 +70,12 @@ pub fn plan(
     max: usize,
 ) -> (Vec<Planned>, PlanReport) {
     let mut report = PlanReport::default();
-    let mut nodes: Vec<(NodeId, Resources, Resources, &BTreeMap<String, String>)> = state
+    let mut nodes: Vec<(NodeId, Resources, Resources, &Node)> = state
         .nodes()
         .filter(|n| n.state == NodeState::Ready)
         .map(|n| {
             let free = free_of(&n.resources, &state.node_allocated(&n.id));
-            (n.id.clone(), n.resources, free, &n.labels)
+            (n.id.clone(), n.resources, free, n)
         })
         .collect();
     // Keyed by reference: a long queue is scanned every round, and cloning each job's
@@ -83,7 +83,7 @@ pub fn plan(
     let mut available: HashMap<&BusinessId, MicroCredits> = HashMap::new();
     // Shapes (resources + labels) that found no node this round: identical jobs behind
     // them cannot fit either, which keeps a saturated queue cheap to scan.
-    let mut full_shapes: HashSet<(Resources, &BTreeMap<String, String>)> = HashSet::new();
+    let mut full_shapes: HashSet<(Resources, &BTreeMap<String, String>, bool)> = HashSet::new();
     let mut planned = Vec::new();
     for job in state.pending_jobs() {
         if planned.len() >= max {
@@ -103,13 +103,19 @@ pub fn plan(
             report.waiting_for_credits += 1;
             continue;
         }
-        let shape = (job.spec.resources, &job.spec.labels);
+        let shape = (
+            job.spec.resources,
+            &job.spec.labels,
+            job.spec.image.is_some(),
+        );
         if full_shapes.contains(&shape) {
             report.no_capacity += 1;
             continue;
         }
-        let candidates = nodes.iter_mut().filter(|(_, _, free, labels)| {
-            free.fits(&job.spec.resources) && labels_match(&job.spec.labels, labels)
+        let candidates = nodes.iter_mut().filter(|(_, _, free, node)| {
+            free.fits(&job.spec.resources)
+                && labels_match(&job.spec.labels, &node.labels)
+                && node.runs(&job.spec)
         });
         // Judge each node by what it would have left after taking the job.
         let left =

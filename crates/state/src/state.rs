@@ -278,8 +278,18 @@ impl State {
                 kind,
                 exit_code,
                 reason,
+                usage,
                 at,
-            } => self.attempt_finished(index, job, attempt, *kind, *exit_code, reason.clone(), *at),
+            } => self.attempt_finished(
+                index,
+                job,
+                attempt,
+                *kind,
+                *exit_code,
+                reason.clone(),
+                *usage,
+                *at,
+            ),
             Command::LogAppend {
                 job,
                 attempt,
@@ -292,8 +302,9 @@ impl State {
                 name,
                 resources,
                 labels,
+                drivers,
                 at,
-            } => self.node_register(index, node, name, resources, labels, *at),
+            } => self.node_register(index, node, name, resources, labels, drivers, *at),
             Command::NodeDrain { node, deadline, at } => {
                 self.node_drain(index, node, *deadline, *at)
             }
@@ -382,8 +393,13 @@ impl State {
                 rates,
                 skip_reason,
                 at,
-            } => self.schedule_fire(index, schedule, *due_at, job, rates, skip_reason, *at),
-            Command::SchedulesFire { fires, rates, at } => Ok(Effect::FiredMany {
+            } => self.schedule_fire(index, schedule, *due_at, job, rates, None, skip_reason, *at),
+            Command::SchedulesFire {
+                fires,
+                rates,
+                template_defaults,
+                at,
+            } => Ok(Effect::FiredMany {
                 fires: fires
                     .iter()
                     .map(|fire| {
@@ -393,6 +409,7 @@ impl State {
                             fire.due_at,
                             &fire.job,
                             rates,
+                            *template_defaults,
                             &fire.skip_reason,
                             *at,
                         )

@@ -1,6 +1,6 @@
 //! Pure checks of user input, shared by the API (to answer 422 early) and `apply`.
 
-use tanvrit_api::JobSpec;
+use tanvrit_api::{JobSpec, Resources};
 
 use crate::Rejection;
 
@@ -37,6 +37,7 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
         .chain(spec.shell.iter())
         .chain(spec.name.iter())
         .chain(spec.working_dir.iter())
+        .chain(spec.image.iter())
         .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
         .chain(spec.labels.iter().flat_map(|(k, v)| [k, v]));
     for s in strings {
@@ -65,6 +66,23 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
             "`timeout_secs` must be between 1 and {MAX_TIMEOUT_SECS}"
         ));
     }
+    if let Some(image) = &spec.image {
+        let ok = !image.is_empty()
+            && image.len() <= 256
+            && !image.starts_with('-')
+            && image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
+        if !ok {
+            return invalid(format!(
+                "image `{}` must be 1-256 characters of letters, digits, `-_.:/@`",
+                short(image)
+            ));
+        }
+    }
+    if spec.network && spec.image.is_none() {
+        return invalid("`network` applies to jobs with an `image`".into());
+    }
     if spec.max_retries > 100 {
         return invalid("`max_retries` must be at most 100".into());
     }
@@ -79,6 +97,24 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), Rejection> {
         );
     }
     Ok(())
+}
+
+/// Checks the resources a new job (or a schedule's template) reserves: zero CPU or zero
+/// memory is refused, so nothing runs with no reservation, no limit and no charge.
+///
+/// Called at admission (the API, before a submission or template is proposed), not by
+/// `apply`: log entries written before the rule replay exactly as they applied.
+pub fn admission_resources(resources: &Resources) -> Result<(), Rejection> {
+    let zero = if resources.cpu_millis == 0 {
+        "cpu_millis"
+    } else if resources.memory_mb == 0 {
+        "memory_mb"
+    } else {
+        return Ok(());
+    };
+    Err(Rejection::ZeroResources {
+        resource: zero.into(),
+    })
 }
 
 /// Longest idempotency key.
@@ -167,6 +203,21 @@ mod tests {
         assert!(job_spec(&spec).is_err());
         spec.timeout_secs = MAX_TIMEOUT_SECS + 1;
         assert!(job_spec(&spec).is_err());
+    }
+
+    #[test]
+    fn zero_cpu_or_memory_is_refused_at_admission_with_its_own_code() {
+        assert!(admission_resources(&Resources::JOB_DEFAULT).is_ok());
+        for (cpu_millis, memory_mb, named) in [(0, 256, "cpu_millis"), (1000, 0, "memory_mb")] {
+            let err = admission_resources(&Resources {
+                cpu_millis,
+                memory_mb,
+                gpus: 0,
+            })
+            .unwrap_err();
+            assert_eq!((err.code(), err.http_status()), ("zero_resources", 422));
+            assert!(err.to_string().contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -497,6 +497,7 @@ fn fires_in_one_entry_apply_as_the_same_fires_one_by_one() {
             &Command::SchedulesFire {
                 fires: fires.clone(),
                 rates: RATES,
+                template_defaults: None,
                 at: 130_000,
             },
         )

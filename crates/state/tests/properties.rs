@@ -11,10 +11,18 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use proptest::prelude::*;
-use support::{collection_was_sound, domain, RATES};
+use support::{collection_was_sound, domain, RATES as BASE_RATES};
 use tanvrit_api::*;
 use tanvrit_state::{invariants, Command, FinishKind, Placement, State, NOT_WRAPPABLE};
 
+/// Every job here is held and charged at least this per attempt.
+const ATTEMPT_MINIMUM: MicroCredits = 100;
+/// Jobs are billed on measured usage where their attempts report it.
+const RATES: Rates = Rates {
+    attempt_minimum: ATTEMPT_MINIMUM,
+    basis: BillingBasis::Used,
+    ..BASE_RATES
+};
 const BUSINESSES: [&str; 2] = ["acme", "globex"];
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const JOBS: usize = 8;
@@ -320,6 +328,12 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
             ][*kind as usize],
             exit_code: Some(*kind as i32),
             reason: None,
+            // Measured for half the reports (billed on it), not for the others (billed
+            // on the reservation).
+            usage: (*kind % 2 == 0).then_some(AttemptUsage {
+                cpu_ms: Some(*kind as u64 * 700),
+                peak_memory_bytes: Some(3 << 20),
+            }),
             at,
         },
         Op::Log { job, len, skew } => {
@@ -350,6 +364,7 @@ fn concretize(op: &Op, state: &State, index: u64, previous: Option<&Command>) ->
                 gpus: 0,
             },
             labels: BTreeMap::new(),
+            drivers: Vec::new(),
             at,
         },
         Op::Drain { node } => Command::NodeDrain {
@@ -483,6 +498,13 @@ fn charged_exactly_once(state: &State) -> Result<(), String> {
             let (count, total) = charges.get(&key).copied().unwrap_or_default();
             if count > 1 {
                 return Err(format!("attempt {} charged {count} times", attempt.id));
+            }
+            let ended = !attempt.state.is_active();
+            if ended && attempt.started_at.is_some() && attempt.charged < ATTEMPT_MINIMUM {
+                return Err(format!(
+                    "attempt {} ran but was charged {}, under the minimum {ATTEMPT_MINIMUM}",
+                    attempt.id, attempt.charged
+                ));
             }
             if total != attempt.charged {
                 return Err(format!(

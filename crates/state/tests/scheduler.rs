@@ -73,6 +73,7 @@ fn labels_and_node_state_restrict_placement() {
                 gpus: 0,
             },
             labels: [("zone".to_string(), "eu".to_string())].into(),
+            drivers: Vec::new(),
             at: 5,
         },
         Command::NodeDrain {

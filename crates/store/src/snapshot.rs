@@ -126,6 +126,7 @@ pub(crate) mod tests {
                     gpus: 0,
                 },
                 labels: BTreeMap::new(),
+                drivers: Vec::new(),
                 at: 10,
             },
             Command::LedgerEntryCreate {

@@ -20,6 +20,14 @@ pub const DEV_AGENT_KEY_FILE: &str = "agent.key";
 /// The dev agent's data directory, inside the replica's.
 pub const DEV_AGENT_DIR: &str = "agent";
 
+/// `--gpus`: device indexes or UUIDs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuDevices(pub Vec<String>);
+
+fn parse_gpus(text: &str) -> Result<GpuDevices, String> {
+    tanvrit_agent::gpus::parse_devices(text).map(GpuDevices)
+}
+
 /// `tanvrit agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -88,9 +96,21 @@ pub struct AgentArgs {
     /// Memory offered, in MB [default: the machine's total memory].
     #[arg(long)]
     pub memory_mb: Option<u64>,
-    /// GPUs offered.
-    #[arg(long, default_value_t = 0)]
-    pub gpus: u32,
+    /// The node's GPU devices, by index or UUID, comma-separated (`0,1`,
+    /// `GPU-8f3a...`): the node offers that many GPUs, and each attempt sees only the ones
+    /// it was given in CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES; no two running
+    /// attempts share one.
+    #[arg(long, value_name = "ID[,ID...]", value_parser = parse_gpus)]
+    pub gpus: Option<GpuDevices>,
+    /// Offer the `docker` driver: jobs naming an `image` run in containers of the local
+    /// Docker engine (images from its local store only), with the same limits, a
+    /// non-root user and no network. The agent refuses to start if the engine does not
+    /// answer.
+    #[arg(long, env = "TANVRIT_AGENT_DOCKER")]
+    pub docker: bool,
+    /// The `docker` CLI the driver uses.
+    #[arg(long, value_name = "PATH", default_value = tanvrit_agent::docker::DEFAULT_DOCKER_BIN)]
+    pub docker_bin: PathBuf,
     /// Between SIGTERM and SIGKILL when an attempt is stopped (at most a tenth of the
     /// node TTL when the agent's lease runs out).
     #[arg(long, default_value = "10s", value_parser = parse::duration)]
@@ -122,7 +142,12 @@ impl AgentArgs {
         if let Some(memory) = self.memory_mb {
             config.resources.memory_mb = memory;
         }
-        config.resources.gpus = self.gpus;
+        if let Some(GpuDevices(devices)) = &self.gpus {
+            config.gpus = devices.clone();
+        }
+        if self.docker {
+            config.docker = Some(self.docker_bin.clone());
+        }
         config.stop_grace = self.stop_grace;
         config.backoff_max = self.backoff_max;
         config.spool_limit_bytes = self.spool_limit_mib.saturating_mul(1024 * 1024);

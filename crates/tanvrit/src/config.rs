@@ -24,6 +24,8 @@
 //! | `rates.cpu_second` | `TANVRIT_RATE_CPU_SECOND` | 10 |
 //! | `rates.memory_gb_second` | `TANVRIT_RATE_MEMORY_GB_SECOND` | 2 |
 //! | `rates.gpu_second` | `TANVRIT_RATE_GPU_SECOND` | 1000 |
+//! | `compute.billing.basis` | `TANVRIT_BILLING_BASIS` (`reserved`: what an attempt reserved; `used`: the CPU time and peak memory its node measured) | `reserved` |
+//! | `rates.attempt_minimum` | `TANVRIT_RATE_ATTEMPT_MINIMUM` (micro-credits every attempt is held and charged at least) | 100 |
 //! | `snapshot_every` | `TANVRIT_SNAPSHOT_EVERY` | 10000 |
 //! | `snapshot_logs_kept` | `TANVRIT_SNAPSHOT_LOGS_KEPT` (Raft) | 1000 |
 //! | `log_retention_bytes_per_job` | `TANVRIT_LOG_RETENTION_BYTES_PER_JOB` | 16 MiB |
@@ -68,7 +70,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use tanvrit_api::{MicroCredits, Rates};
+use tanvrit_api::{BillingBasis, MicroCredits, Rates};
 use tanvrit_cluster::raft::Peer as RaftPeer;
 use tanvrit_cluster::RaftClusterConfig;
 
@@ -108,6 +110,7 @@ const ENV_TEXT: &[(&str, &str)] = &[
     ("CRON_SKIP_GRACE", "cron_skip_grace"),
     ("IDEMPOTENCY_WINDOW", "idempotency_window"),
     ("RETENTION_JOBS", "compute.retention.jobs"),
+    ("BILLING_BASIS", "compute.billing.basis"),
     (
         "LIMITS_HEADER_READ_TIMEOUT",
         "compute.limits.header_read_timeout",
@@ -124,6 +127,7 @@ const ENV_TYPED: &[(&str, &str)] = &[
     ("rate_cpu_second", "rates.cpu_second"),
     ("rate_memory_gb_second", "rates.memory_gb_second"),
     ("rate_gpu_second", "rates.gpu_second"),
+    ("rate_attempt_minimum", "rates.attempt_minimum"),
     ("snapshot_every", "snapshot_every"),
     ("snapshot_logs_kept", "snapshot_logs_kept"),
     ("log_retention_bytes_per_job", "log_retention_bytes_per_job"),
@@ -193,6 +197,20 @@ pub struct ComputeSection {
     pub limits: LimitsSection,
     /// `[compute.tls]`.
     pub tls: TlsSection,
+    /// `[compute.billing]`.
+    pub billing: BillingSection,
+}
+
+/// `[compute.billing]`: what attempts are charged for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingSection {
+    /// `reserved` (default): what an attempt reserved, for as long as it ran; `used`:
+    /// the CPU time and peak memory its node measured (GPUs as reserved), falling back
+    /// to the reservation for an attempt that was not measured. The hold at submission
+    /// is the reservation either way, so no balance goes below zero. Recorded on each
+    /// job at submission (`TANVRIT_BILLING_BASIS`).
+    pub basis: BillingBasis,
 }
 
 /// `[compute.retention]`: how long finished work is kept.
@@ -256,6 +274,9 @@ pub struct RatesSection {
     pub memory_gb_second: MicroCredits,
     /// Per GPU-second.
     pub gpu_second: MicroCredits,
+    /// Every attempt is held (at admission) and charged (when it ran) at least this, so
+    /// no job runs free and a business with no credits starts nothing.
+    pub attempt_minimum: MicroCredits,
 }
 
 impl Default for RatesSection {
@@ -264,6 +285,7 @@ impl Default for RatesSection {
             cpu_second: 10,
             memory_gb_second: 2,
             gpu_second: 1000,
+            attempt_minimum: 100,
         }
     }
 }
@@ -274,6 +296,8 @@ impl From<RatesSection> for Rates {
             cpu_second: r.cpu_second,
             memory_gb_second: r.memory_gb_second,
             gpu_second: r.gpu_second,
+            attempt_minimum: r.attempt_minimum,
+            basis: BillingBasis::Reserved,
         }
     }
 }
@@ -478,7 +502,10 @@ impl Config {
 
     /// The rates as the wire type jobs record.
     pub fn rates(&self) -> Rates {
-        self.rates.into()
+        Rates {
+            basis: self.compute.billing.basis,
+            ..self.rates.into()
+        }
     }
 
     /// The bootstrap key, if one is configured.
@@ -635,6 +662,7 @@ impl Config {
             self.rates.cpu_second,
             self.rates.memory_gb_second,
             self.rates.gpu_second,
+            self.rates.attempt_minimum,
         ];
         if rates.iter().any(|r| *r < 0) {
             return invalid("rates must not be negative".into());
@@ -832,6 +860,8 @@ mod tests {
             jail.set_env("TANVRIT_API_ADDR", "127.0.0.1:2222");
             jail.set_env("TANVRIT_REPLICA_ID", "env-replica");
             jail.set_env("TANVRIT_RATE_CPU_SECOND", "42");
+            jail.set_env("TANVRIT_RATE_ATTEMPT_MINIMUM", "7");
+            jail.set_env("TANVRIT_BILLING_BASIS", "used");
             jail.set_env("TANVRIT_NODE_TTL", "2s");
             let mut flags = flags_with_file("tanvrit.toml");
             flags.replica_id = Some("flag-replica".into());
@@ -847,6 +877,8 @@ mod tests {
             assert_eq!(config.node_ttl, Duration::from_secs(2));
             assert_eq!(config.rates.gpu_second, 5);
             assert_eq!(config.rates.cpu_second, 42);
+            assert_eq!(config.rates().attempt_minimum, 7);
+            assert_eq!(config.rates().basis, BillingBasis::Used);
             assert_eq!(
                 config.rates.memory_gb_second, 2,
                 "untouched rates keep defaults"

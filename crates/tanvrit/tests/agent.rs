@@ -218,7 +218,7 @@ fn with_cpu(spec: JobSpec, cpu_millis: u64) -> JobSpec {
     JobSpec {
         resources: Resources {
             cpu_millis,
-            ..Resources::default()
+            ..Resources::JOB_DEFAULT
         },
         ..spec
     }

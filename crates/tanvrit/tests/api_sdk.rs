@@ -49,7 +49,7 @@ fn echo(business: &str) -> JobSubmitRequest {
             command: vec!["echo".into(), "hello".into()],
             resources: Resources {
                 cpu_millis: 1000,
-                memory_mb: 0,
+                memory_mb: 1,
                 gpus: 0,
             },
             timeout_secs: 60,
@@ -74,9 +74,14 @@ async fn job_count(admin: &Client) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_api_through_the_sdk_against_a_real_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(Path::new(BIN), &dir.path().join("data"), &[])
-        .await
-        .unwrap();
+    let mut server = ServerProcess::start(
+        Path::new(BIN),
+        &dir.path().join("data"),
+        // Memory free: the holds below are CPU alone (a job reserves at least 1 MB).
+        &[("TANVRIT_RATE_MEMORY_GB_SECOND", "0")],
+    )
+    .await
+    .unwrap();
     let admin = server.admin_client(0);
 
     // Probes, metrics and the API description need no key.
@@ -236,6 +241,7 @@ async fn the_whole_api_through_the_sdk_against_a_real_server() {
                 memory_mb: 8192,
                 gpus: 0,
             },
+            drivers: Vec::new(),
             labels: [("zone".to_string(), "eu".to_string())].into(),
         })
         .await

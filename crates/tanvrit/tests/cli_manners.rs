@@ -336,6 +336,7 @@ async fn node_list_watch_prints_a_node_that_registers_after_the_list() {
                 memory_mb: 512,
                 gpus: 0,
             },
+            drivers: Vec::new(),
             labels: Default::default(),
         })
         .await

@@ -74,6 +74,7 @@ pub fn node_register(node: &str) -> Command {
             gpus: 0,
         },
         labels: BTreeMap::new(),
+        drivers: Vec::new(),
         at: 1_000,
     }
 }

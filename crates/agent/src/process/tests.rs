@@ -139,8 +139,8 @@ async fn argv_env_and_the_scratch_directory_are_the_jobs() {
     assert_eq!(
         f.output(),
         format!(
-            "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_CPU_MILLIS=0\nTANVRIT_GPUS=0\n\
-             TANVRIT_JOB_ID=job-1\nTANVRIT_MEMORY_MB=0\n{}\n",
+            "arg-one bar\nTANVRIT_ATTEMPT_ID=att-1\nTANVRIT_CPU_MILLIS=1000\nTANVRIT_GPUS=0\n\
+             TANVRIT_JOB_ID=job-1\nTANVRIT_MEMORY_MB=256\n{}\n",
             scratch.display()
         )
     );

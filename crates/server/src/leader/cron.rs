@@ -172,6 +172,7 @@ async fn fire(context: &LeaderContext, fires: Vec<Fire>) -> Result<(), ProposeEr
     let command = Command::SchedulesFire {
         fires: fires.clone(),
         rates: context.config.rates,
+        template_defaults: Some(tanvrit_api::Resources::JOB_DEFAULT),
         at: now_ms(),
     };
     let (outcome, _) = context.propose(command).await?;

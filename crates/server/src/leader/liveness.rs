@@ -355,6 +355,7 @@ mod tests {
                         gpus: 0,
                     },
                     labels: Default::default(),
+                    drivers: Vec::new(),
                     at: 1,
                 },
             );

@@ -161,6 +161,7 @@ pub(crate) async fn handle_report_attempt_finished(
         kind: finish_kind(request.outcome),
         exit_code: request.exit_code,
         reason: request.reason,
+        usage: request.usage,
         at,
     };
     let (effect, index) = app.write(command).await?;
@@ -443,6 +444,7 @@ mod tests {
                     gpus: 0,
                 },
                 labels: Default::default(),
+                drivers: Vec::new(),
                 at: 1,
             },
         );
@@ -533,6 +535,7 @@ mod tests {
                 kind: FinishKind::Cancelled,
                 exit_code: None,
                 reason: None,
+                usage: None,
                 at: 400,
             },
         );

@@ -121,6 +121,7 @@ mod tests {
                 name: "n".into(),
                 resources: Resources::default(),
                 labels: Default::default(),
+                drivers: Vec::new(),
                 at: 3,
             },
         ];

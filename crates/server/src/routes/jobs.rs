@@ -331,6 +331,7 @@ pub(crate) fn submit_command(
     let business = principal.required_business(request.business.as_ref())?;
     validate::identifier("business", business.as_str())?;
     validate::job_spec(&request.spec)?;
+    validate::admission_resources(&request.spec.resources)?;
     let idempotency_key = merge_idempotency(request.idempotency_key, header_key)?;
     Ok(Command::JobSubmit {
         job: JobId(new_id("job")),
@@ -584,6 +585,8 @@ mod tests {
             cpu_second: 7,
             memory_gb_second: 1,
             gpu_second: 0,
+            attempt_minimum: 0,
+            basis: tanvrit_api::BillingBasis::Reserved,
         };
         let request = JobSubmitRequest {
             business: None,
@@ -650,6 +653,28 @@ mod tests {
         };
         let error = submit_command(&user("acme"), other, None, Rates::default(), 1).unwrap_err();
         assert_eq!(error.status().as_u16(), 404);
+    }
+
+    #[test]
+    fn a_submission_naming_zero_cpu_or_memory_is_refused_with_zero_resources() {
+        for (cpu_millis, memory_mb) in [(0, 256), (1000, 0)] {
+            let mut zero = spec();
+            zero.resources = Resources {
+                cpu_millis,
+                memory_mb,
+                gpus: 0,
+            };
+            let request = JobSubmitRequest {
+                business: Some(BusinessId::from("acme")),
+                spec: zero,
+                idempotency_key: None,
+            };
+            let error = submit_command(&admin(), request, None, Rates::default(), 1).unwrap_err();
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (422, "zero_resources")
+            );
+        }
     }
 
     #[test]
@@ -817,6 +842,7 @@ mod tests {
                         gpus: 0,
                     },
                     labels: Default::default(),
+                    drivers: Vec::new(),
                     at: 30,
                 },
             )
@@ -851,6 +877,7 @@ mod tests {
                 kind,
                 exit_code: Some(0),
                 reason: None,
+                usage: None,
                 at: 34,
             });
         }
@@ -925,6 +952,7 @@ mod tests {
                     kind: FinishKind::Succeeded,
                     exit_code: Some(0),
                     reason: None,
+                    usage: None,
                     at: 40,
                 },
             )

@@ -85,8 +85,9 @@ pub(crate) enum ApiErrors {
     /// `unsupported_media_type`: a body that is not `application/json`.
     #[response(status = 415)]
     UnsupportedMediaType(ErrorBody),
-    /// `invalid`: a value is not acceptable; `idempotency_conflict`: the
-    /// `Idempotency-Key` was used for another request.
+    /// `invalid`: a value is not acceptable; `zero_resources`: a job or schedule template
+    /// names zero CPU or memory; `idempotency_conflict`: the `Idempotency-Key` was used for
+    /// another request.
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// `rate_limited`: the key is over its scope's request rate; `too_many_streams`: it

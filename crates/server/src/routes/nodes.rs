@@ -209,6 +209,7 @@ pub(crate) fn register_command(
         name: request.name,
         resources: request.resources,
         labels: request.labels,
+        drivers: request.drivers,
         at,
     })
 }
@@ -262,6 +263,7 @@ mod tests {
                 gpus: 0,
             },
             labels: Default::default(),
+            drivers: vec!["exec".into(), "docker".into()],
         }
     }
 

@@ -213,6 +213,7 @@ pub(crate) fn create_command(
     parse_firing_expression(&request.cron).map_err(invalid)?;
     parse_zone(&timezone).map_err(invalid)?;
     validate::job_spec(&request.template)?;
+    validate::admission_resources(&request.template.resources)?;
     check_catch_up(request.catch_up)?;
     Ok(Command::ScheduleCreate {
         schedule: ScheduleId(new_id("sch")),
@@ -240,6 +241,7 @@ pub(crate) fn check_patch(patch: &ScheduleUpdateRequest) -> Result<(), ApiError>
     }
     if let Some(template) = &patch.template {
         validate::job_spec(template)?;
+        validate::admission_resources(&template.resources)?;
     }
     Ok(())
 }

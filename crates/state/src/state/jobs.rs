@@ -2,8 +2,8 @@
 //! started/finished (charging the runtime), and log appends.
 
 use tanvrit_api::{
-    Attempt, AttemptId, AttemptState, BusinessId, EntryKind, Index, Job, JobId, JobSpec, JobState,
-    MicroCredits, Millis, NodeState, Rates, ScheduleId,
+    Attempt, AttemptId, AttemptState, AttemptUsage, BusinessId, EntryKind, Index, Job, JobId,
+    JobSpec, JobState, MicroCredits, Millis, NodeState, Rates, ScheduleId,
 };
 
 use super::indexes::add;
@@ -339,6 +339,12 @@ impl State {
                 node.id, job.id
             )));
         }
+        if !node.runs(&job.spec) {
+            return Err(Rejection::invalid(format!(
+                "node `{}` offers no docker driver for job `{}`'s image",
+                node.id, job.id
+            )));
+        }
         let mut needed = self
             .idx
             .node_allocated
@@ -398,6 +404,7 @@ impl State {
                 reason: None,
                 log_bytes: 0,
                 charged: 0,
+                usage: None,
             });
         });
         Ok(())
@@ -464,6 +471,7 @@ impl State {
         ended: AttemptState,
         exit_code: Option<i32>,
         reason: Option<String>,
+        usage: Option<AttemptUsage>,
         consume_retry: bool,
         at: Millis,
     ) {
@@ -472,7 +480,14 @@ impl State {
             .current_attempt()
             .expect("end_attempt without an attempt");
         let runtime = at.saturating_sub(attempt.started_at.unwrap_or(at)).max(0) as u64;
-        let charge = billing::cost(&job.spec.resources, &job.rates, runtime).min(job.held);
+        // An attempt whose process never started (lost or evicted before its start) is
+        // not charged the attempt minimum: it did not run.
+        let (charge, details) = if attempt.started_at.is_some() {
+            billing::settle(&job.spec.resources, &job.rates, runtime, usage, job.held)
+        } else {
+            let (_, details) = billing::settle(&job.spec.resources, &job.rates, 0, usage, 0);
+            (0, details)
+        };
         let held = job.held;
         let business = job.business.clone();
         let attempt_id = attempt.id.clone();
@@ -492,14 +507,23 @@ impl State {
             );
         }
         if charge > 0 {
-            self.post(
+            let note = match (details.basis, usage) {
+                (tanvrit_api::BillingBasis::Used, Some(u)) => format!(
+                    "attempt {attempt_id}: {runtime} ms, used: cpu {} ms, peak memory {} bytes",
+                    u.cpu_ms.map_or("-".into(), |v| v.to_string()),
+                    u.peak_memory_bytes.map_or("-".into(), |v| v.to_string()),
+                ),
+                _ => format!("attempt {attempt_id}: {runtime} ms"),
+            };
+            self.post_entry(
                 &business,
                 EntryKind::Charge,
                 -charge,
                 Some(id),
                 format!("charge:{attempt_id}"),
-                Some(format!("attempt {attempt_id}: {runtime} ms")),
+                Some(note),
                 None,
+                Some(details),
                 at,
             );
         }
@@ -511,6 +535,9 @@ impl State {
             attempt.finished_at = Some(at);
             attempt.exit_code = exit_code;
             attempt.charged = charge;
+            if usage.is_some() {
+                attempt.usage = usage;
+            }
             if reason.is_some() {
                 attempt.reason = reason;
             }
@@ -550,6 +577,7 @@ impl State {
         kind: FinishKind,
         exit_code: Option<i32>,
         reason: Option<String>,
+        usage: Option<AttemptUsage>,
         at: Millis,
     ) -> Outcome {
         let (current, state) = self.attempt_of(job, attempt)?;
@@ -567,7 +595,16 @@ impl State {
             };
         }
         debug_assert!(current, "only the current attempt can be active");
-        self.end_attempt(index, job, finish_state(kind), exit_code, reason, true, at);
+        self.end_attempt(
+            index,
+            job,
+            finish_state(kind),
+            exit_code,
+            reason,
+            usage,
+            true,
+            at,
+        );
         self.job_effect(job, false)
     }
 

@@ -1,7 +1,9 @@
 //! The credit ledger: balances, posting entries (holds, charges and releases come from
 //! the job handlers), and hand-written entries (top-ups, refunds, adjustments).
 
-use tanvrit_api::{BusinessId, EntryId, EntryKind, JobId, LedgerEntry, MicroCredits, Millis};
+use tanvrit_api::{
+    BusinessId, ChargeDetails, EntryId, EntryKind, JobId, LedgerEntry, MicroCredits, Millis,
+};
 
 use super::State;
 use crate::{validate, Effect, Outcome, Rejection};
@@ -27,6 +29,33 @@ impl State {
         entry_id: Option<EntryId>,
         at: Millis,
     ) -> LedgerEntry {
+        self.post_entry(
+            business,
+            kind,
+            amount,
+            job,
+            idempotency_key,
+            note,
+            entry_id,
+            None,
+            at,
+        )
+    }
+
+    /// [`State::post`], with how a charge was computed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn post_entry(
+        &mut self,
+        business: &BusinessId,
+        kind: EntryKind,
+        amount: MicroCredits,
+        job: Option<&JobId>,
+        idempotency_key: String,
+        note: Option<String>,
+        entry_id: Option<EntryId>,
+        charge: Option<ChargeDetails>,
+        at: Millis,
+    ) -> LedgerEntry {
         let account = self.data.accounts.entry(business.clone()).or_default();
         account.available += amount;
         // A hold (negative) moves credits into `held`; a release (positive) moves them back.
@@ -45,6 +74,7 @@ impl State {
             idempotency_key: idempotency_key.clone(),
             note,
             at,
+            charge,
         };
         account.by_key.insert(idempotency_key, seq);
         account.entries.push_back(entry.clone());

@@ -27,6 +27,7 @@ impl State {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn node_register(
         &mut self,
         index: Index,
@@ -34,9 +35,15 @@ impl State {
         name: &str,
         resources: &Resources,
         labels: &BTreeMap<String, String>,
+        drivers: &[String],
         at: Millis,
     ) -> Outcome {
         validate::identifier("node id", id.as_str())?;
+        if drivers.len() > 16 || drivers.iter().any(|d| d.is_empty() || d.len() > 64) {
+            return Err(Rejection::invalid(
+                "drivers are at most 16 names of 1-64 bytes",
+            ));
+        }
         if name.is_empty() || name.len() > 256 {
             return Err(Rejection::invalid("node names are 1-256 bytes"));
         }
@@ -50,6 +57,7 @@ impl State {
             name: name.to_string(),
             resources: *resources,
             labels: labels.clone(),
+            drivers: drivers.to_vec(),
             state: NodeState::Ready,
             registered_at: at,
             updated_at: at,
@@ -59,6 +67,7 @@ impl State {
         node.name = name.to_string();
         node.resources = *resources;
         node.labels = labels.clone();
+        node.drivers = drivers.to_vec();
         node.updated_at = at;
         node.modify_index = index;
         if matches!(node.state, NodeState::Down | NodeState::Deleted) {
@@ -111,6 +120,7 @@ impl State {
                 AttemptState::Lost,
                 None,
                 Some(reason.to_string()),
+                None,
                 consume_retry,
                 at,
             );

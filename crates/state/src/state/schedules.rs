@@ -2,7 +2,7 @@
 //! command, so a tick fires once even across leader failover).
 
 use tanvrit_api::{
-    CatchUpPolicy, Index, JobId, Millis, OverlapPolicy, Rates, Schedule, ScheduleId,
+    CatchUpPolicy, Index, JobId, Millis, OverlapPolicy, Rates, Resources, Schedule, ScheduleId,
     ScheduleUpdateRequest,
 };
 
@@ -104,6 +104,7 @@ impl State {
         due_at: Millis,
         job_id: &JobId,
         rates: &Rates,
+        template_defaults: Option<Resources>,
         skip_reason: &Option<String>,
         at: Millis,
     ) -> Outcome {
@@ -134,7 +135,18 @@ impl State {
             skip = Some("overlap".into());
         }
         let business = schedule.business.clone();
-        let template = schedule.template.clone();
+        let mut template = schedule.template.clone();
+        if let Some(defaults) = template_defaults {
+            let r = template.resources;
+            template.resources.cpu_millis = match r.cpu_millis {
+                0 => defaults.cpu_millis,
+                millis => millis,
+            };
+            template.resources.memory_mb = match r.memory_mb {
+                0 => defaults.memory_mb,
+                mb => mb,
+            };
+        }
         let replace = schedule.overlap == OverlapPolicy::Replace;
         let hold = if skip.is_none() {
             match self.check_new_job(job_id, &business, &template, rates) {

@@ -9,6 +9,8 @@ pub const RATES: Rates = Rates {
     cpu_second: 10,
     memory_gb_second: 2,
     gpu_second: 1000,
+    attempt_minimum: 0,
+    basis: tanvrit_api::BillingBasis::Reserved,
 };
 
 pub fn spec(cpu: u64, timeout: u64) -> JobSpec {
@@ -57,6 +59,7 @@ pub fn register(node: &str, cpu: u64) -> Command {
             gpus: 0,
         },
         labels: Default::default(),
+        drivers: Vec::new(),
         at: 5,
     }
 }
@@ -87,6 +90,7 @@ pub fn finished(job: &str, attempt: &str, kind: FinishKind, at: Millis) -> Comma
         kind,
         exit_code: Some(if kind == FinishKind::Succeeded { 0 } else { 1 }),
         reason: None,
+        usage: None,
         at,
     }
 }

@@ -427,6 +427,7 @@ pub fn placement(jobs: usize, nodes: usize, per_write: usize) -> PlacementReport
                     gpus: if n % 10 == 0 { 4 } else { 0 },
                 },
                 labels: [("zone".to_string(), format!("z{}", n % 4))].into(),
+                drivers: Vec::new(),
                 at: 1,
             },
         );

@@ -94,6 +94,13 @@ pub struct TemplateArgs {
     /// Working directory on the node.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Run in a container of this image (from the node's local store; placed only on
+    /// nodes offering the `docker` driver).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// With --image: give the container a network (default: none).
+    #[arg(long, requires = "image")]
+    pub network: bool,
     /// Run this string with `/bin/sh -c` instead of a command after `--`.
     #[arg(long, conflicts_with = "command")]
     pub shell: Option<String>,
@@ -120,6 +127,8 @@ impl TemplateArgs {
             max_retries: self.max_retries,
             timeout_secs: self.timeout,
             labels: self.labels.iter().cloned().collect(),
+            image: self.image.clone(),
+            network: self.network,
         }
     }
 }
@@ -185,8 +194,8 @@ impl JobCommand {
                 println!("{}", job_details(&response.job));
                 if !response.job.attempts.is_empty() {
                     let mut t = table([
-                        "#", "ATTEMPT", "NODE", "STATE", "STARTED", "FINISHED", "EXIT", "CHARGED",
-                        "REASON",
+                        "#", "ATTEMPT", "NODE", "STATE", "STARTED", "FINISHED", "EXIT", "CPU",
+                        "PEAK MEM", "CHARGED", "REASON",
                     ]);
                     for a in &response.job.attempts {
                         t.add_row(vec![
@@ -197,6 +206,12 @@ impl JobCommand {
                             format_opt_time(a.started_at),
                             format_opt_time(a.finished_at),
                             or_dash(a.exit_code),
+                            or_dash(a.usage.and_then(|u| u.cpu_ms).map(|ms| format!("{ms} ms"))),
+                            or_dash(
+                                a.usage
+                                    .and_then(|u| u.peak_memory_bytes)
+                                    .map(|b| format!("{:.1} MB", b as f64 / (1024.0 * 1024.0))),
+                            ),
                             format_credits(a.charged),
                             or_dash(a.reason.as_ref()),
                         ]);
