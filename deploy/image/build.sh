@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the `tanvrit:dev` image from this repository alone: a static glibc binary
-# (profile `image`) and busybox-static's applets (for `sh`, `wget` in health checks and
+# (profile `image`) and busybox-static's applets (for `sh` in health checks and
 # jobs' shell commands) on `scratch`. No registry is contacted.
 #
 #   deploy/image/build.sh [TAG]        # default tanvrit:dev

@@ -1,9 +1,11 @@
 //! The container deployment (deploy/compose.yaml on the `tanvrit:dev` image from
 //! deploy/image/build.sh), brought up with docker-compose under a project name of its
-//! own: three Raft replicas in three regions form a cluster by themselves, both agents
-//! register, a job submitted through a follower runs on an agent (its output names the
-//! agent's host), and after `docker kill` of the leader's container another replica
-//! leads and a second job still runs.
+//! own: three Raft replicas in three regions form a cluster by themselves over mutual
+//! TLS, both agents register over TLS with certificates of the cluster CA, a job
+//! submitted through a follower (forwarded over replica mTLS) runs on an agent (its
+//! output names the agent's host), and after `docker kill` of the leader's container
+//! another replica leads and a second job still runs. The test's clients reach the API
+//! over TLS with the CA the `pki` service made.
 //!
 //! The image is (re)built first with deploy/image/build.sh, so the test always runs the
 //! code being tested (a no-op rebuild takes seconds). Without a `docker` command the
@@ -21,7 +23,6 @@ use tanvrit_client::{Client, ClientConfig};
 use tanvrit_testkit::process::ProcessCluster;
 
 const ADMIN_KEY: &str = "tvk-compose-test-admin-0123456789abcdef";
-const CLUSTER_SECRET: &str = "compose-test-cluster-secret";
 const BUSINESS: &str = "acme";
 const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
 const AGENTS: [&str; 2] = ["agent-eu", "agent-us"];
@@ -82,6 +83,8 @@ fn run(command: &mut Command) -> Output {
 struct Project {
     name: String,
     ports: Vec<u16>,
+    /// The cluster CA, copied out of the `pki` volume once the project is up.
+    ca: Option<PathBuf>,
 }
 
 impl Project {
@@ -91,7 +94,6 @@ impl Project {
             .current_dir(repo_root())
             .args(["-f", "deploy/compose.yaml", "-p", &self.name])
             .env("TANVRIT_ADMIN_KEY", ADMIN_KEY)
-            .env("TANVRIT_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("RUST_LOG", "warn");
         for (i, port) in self.ports.iter().enumerate() {
             command.env(format!("TANVRIT_R{}_PORT", i + 1), port.to_string());
@@ -100,7 +102,17 @@ impl Project {
     }
 
     fn url(&self, replica: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[replica])
+        format!("https://127.0.0.1:{}", self.ports[replica])
+    }
+
+    /// Copies the cluster CA out of replica r1 into `dir`.
+    fn fetch_ca(&mut self, dir: &Path) {
+        let output = run(self
+            .compose()
+            .args(["exec", "-T", "r1", "cat", "/pki/ca.pem"]));
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &output.stdout).unwrap();
+        self.ca = Some(path);
     }
 
     fn client(&self, replicas: &[usize]) -> Client {
@@ -109,6 +121,7 @@ impl Project {
             api_key: Some(ADMIN_KEY.to_string()),
             timeout: Duration::from_secs(10),
             max_retries: 5,
+            ca_file: self.ca.clone(),
             ..ClientConfig::default()
         })
         .expect("client config is valid")
@@ -120,6 +133,7 @@ impl Project {
             endpoints: vec![self.url(i)],
             timeout: Duration::from_secs(2),
             max_retries: 0,
+            ca_file: self.ca.clone(),
             ..ClientConfig::default()
         })
         .ok()?;
@@ -223,15 +237,19 @@ async fn compose_cluster_forms_runs_jobs_on_agents_and_survives_a_killed_leader(
     run(&mut image_build());
     eprintln!("image built in {:?}", started.elapsed());
 
-    let project = Project {
+    let mut project = Project {
         name: format!("tanvrit-test-{}", std::process::id()),
         ports: (0..3)
             .map(|_| ProcessCluster::free_port().unwrap())
             .collect(),
+        ca: None,
     };
     let up = Instant::now();
-    // `up` returns once the replicas are healthy and the agents started.
+    // `up` returns once the certificates are made, the replicas are healthy and the
+    // agents started.
     run(project.compose().args(["up", "-d"]));
+    let scratch = tempfile::tempdir().unwrap();
+    project.fetch_ca(scratch.path());
     let all = [0, 1, 2];
     let leader = project
         .leader(&all, PATIENCE)
