@@ -221,6 +221,29 @@ mod tests {
     }
 
     #[test]
+    fn images_are_plain_references_and_a_network_needs_an_image() {
+        let with = |image: &str| JobSpec {
+            image: Some(image.into()),
+            ..argv(&["true"])
+        };
+        assert!(job_spec(&with("tanvrit-test-busybox:1")).is_ok());
+        assert!(job_spec(&with("registry.local/team/app@sha256:abc")).is_ok());
+        for bad in ["", "--privileged", "img name", "img;rm", &"i".repeat(257)] {
+            assert!(job_spec(&with(bad)).is_err(), "{bad:?}");
+        }
+        let network_only = JobSpec {
+            network: true,
+            ..argv(&["true"])
+        };
+        assert!(job_spec(&network_only).is_err());
+        assert!(job_spec(&JobSpec {
+            network: true,
+            ..with("img")
+        })
+        .is_ok());
+    }
+
+    #[test]
     fn idempotency_keys_are_short_printable_ascii() {
         assert!(idempotency_key("retry-42").is_ok());
         assert!(idempotency_key("a b~!").is_ok());
