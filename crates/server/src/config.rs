@@ -51,6 +51,10 @@ pub struct ServerConfig {
     /// Under a schedule's `skip` catch-up policy, a due time is still fired if the leader
     /// gets to it at most this late; older due times are recorded as skipped. Default 5 s.
     pub cron_skip_grace: Duration,
+    /// When true this replica, as leader, fires no schedule (due times are handled once
+    /// a leader without it takes over): for maintenance, and for tests that start old
+    /// data whose schedules would otherwise fire. Default false.
+    pub schedules_paused: bool,
     /// How long the answer to a write sent with an `Idempotency-Key` is kept: a retry
     /// within it gets the first answer, after it the key is free again. The window
     /// travels in each keyed command, so replicas agree whatever their own setting.
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             scheduler_strategy: Strategy::BinPack,
             max_placements_per_write: 1000,
             cron_skip_grace: Duration::from_secs(5),
+            schedules_paused: false,
             idempotency_window: Duration::from_secs(24 * 3600),
             job_retention: Duration::from_secs(7 * 24 * 3600),
             retention_interval: Duration::from_secs(30),

@@ -36,6 +36,7 @@
 //! | `node_lost_after` | `TANVRIT_NODE_LOST_AFTER` (`0`: at the TTL) | `5m` |
 //! | `scheduler_strategy` | `TANVRIT_SCHEDULER_STRATEGY` (`bin_pack`, `spread`) | `bin_pack` |
 //! | `cron_skip_grace` | `TANVRIT_CRON_SKIP_GRACE` | `5s` |
+//! | `schedules_paused` | `TANVRIT_SCHEDULES_PAUSED` (a leader fires no schedule) | `false` |
 //! | `idempotency_window` | `TANVRIT_IDEMPOTENCY_WINDOW` | `24h` |
 //! | `compute.retention.jobs` | `TANVRIT_RETENTION_JOBS` (`7d`, `12h`; `0` keeps every job) | `7d` |
 //! | `compute.limits.{admin,user,agent}_per_second` | `TANVRIT_LIMITS_{ADMIN,USER,AGENT}_PER_SECOND` (0: unlimited) | `0` / `100` / `1000` |
@@ -123,6 +124,7 @@ const ENV_TYPED: &[(&str, &str)] = &[
     ("cluster_raft", "compute.cluster.raft"),
     ("raft_node_id", "raft_node_id"),
     ("raft_auto_bootstrap", "raft_auto_bootstrap"),
+    ("schedules_paused", "schedules_paused"),
     ("body_limit_bytes", "body_limit_bytes"),
     ("rate_cpu_second", "rates.cpu_second"),
     ("rate_memory_gb_second", "rates.memory_gb_second"),
@@ -387,6 +389,8 @@ pub struct Config {
     /// With catch-up `skip`, a due time this late still fires.
     #[serde(with = "human_duration")]
     pub cron_skip_grace: Duration,
+    /// As leader, fire no schedule (maintenance; tests that start old data).
+    pub schedules_paused: bool,
     /// How long an `Idempotency-Key` is remembered: a retry within it gets the first answer.
     #[serde(with = "human_duration")]
     pub idempotency_window: Duration,
@@ -424,6 +428,7 @@ impl Default for Config {
             node_lost_after: Duration::from_secs(300),
             scheduler_strategy: tanvrit_state::scheduler::Strategy::BinPack,
             cron_skip_grace: Duration::from_secs(5),
+            schedules_paused: false,
             idempotency_window: Duration::from_secs(24 * 3600),
         }
     }

@@ -152,6 +152,7 @@ impl Replica {
             node_lost_after: self.config.node_lost_after,
             scheduler_strategy: self.config.scheduler_strategy,
             cron_skip_grace: self.config.cron_skip_grace,
+            schedules_paused: self.config.schedules_paused,
             idempotency_window: self.config.idempotency_window,
             job_retention: self.config.compute.retention.jobs,
             rate_limits: self.config.compute.limits.rate_limits(),

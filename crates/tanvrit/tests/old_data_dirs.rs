@@ -175,6 +175,8 @@ async fn a_single_node_data_directory_of_the_previous_format_starts_and_keeps_ev
             .arg(&dir)
             .args(["--api-addr", "127.0.0.1:27110", "--snapshot-every", "5"])
             .env("RUST_LOG", "warn")
+            // The fixture's `nightly` schedule would fire its latest missed time.
+            .env("TANVRIT_SCHEDULES_PAUSED", "true")
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -223,6 +225,7 @@ async fn the_replicas_of_a_raft_cluster_of_the_previous_format_start_and_keep_ev
         .arg(&dir)
         .args(["--api-addr", "127.0.0.1:27101"])
         .env("RUST_LOG", "error")
+        .env("TANVRIT_SCHEDULES_PAUSED", "true")
         .env("TANVRIT_BOOTSTRAP_KEY", KEY)
         .stdout(Stdio::null())
         .kill_on_drop(true)

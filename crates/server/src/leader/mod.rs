@@ -105,6 +105,7 @@ impl LoopKind {
     fn enabled(self, config: &ServerConfig) -> bool {
         match self {
             LoopKind::Retention => !config.job_retention.is_zero(),
+            LoopKind::Cron => !config.schedules_paused,
             _ => true,
         }
     }
