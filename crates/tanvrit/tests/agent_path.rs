@@ -39,17 +39,7 @@ async fn plane(lost_after: &str) -> Plane {
     )
     .await
     .expect("the server starts");
-    let admin = server.admin_client(3);
-    admin
-        .create_credit_entry(CreditEntryCreateRequest {
-            business: BusinessId::from(BUSINESS),
-            kind: EntryKind::TopUp,
-            amount: 1_000_000_000,
-            idempotency_key: Some("test-top-up".into()),
-            note: None,
-        })
-        .await
-        .unwrap();
+    let admin = server.admin_with_credits(BUSINESS, 1_000_000_000).await;
     Plane { dir, server, admin }
 }
 

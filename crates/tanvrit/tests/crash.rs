@@ -142,17 +142,7 @@ async fn crash_and_recover(data_dir: &Path, rounds: usize, per_round: usize, env
         .await
         .expect("server starts");
     // Jobs reserve the default resources, so the business must be able to pay for them.
-    server
-        .admin_client(5)
-        .create_credit_entry(CreditEntryCreateRequest {
-            business: "acme".into(),
-            kind: EntryKind::TopUp,
-            amount: 1_000_000_000_000,
-            idempotency_key: Some("fund".into()),
-            note: None,
-        })
-        .await
-        .expect("fund the business");
+    server.admin_with_credits("acme", 1_000_000_000_000).await;
     let acked = Arc::new(Mutex::new(Acked::default()));
     for round in 0..rounds {
         let writers: Vec<_> = (0..WRITERS)

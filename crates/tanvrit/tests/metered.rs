@@ -36,17 +36,7 @@ async fn on_the_used_basis_a_sleeping_job_pays_for_near_zero_cpu_and_the_ledger_
     )
     .await
     .expect("the server starts");
-    let admin = server.admin_client(3);
-    admin
-        .create_credit_entry(CreditEntryCreateRequest {
-            business: BusinessId::from(BUSINESS),
-            kind: EntryKind::TopUp,
-            amount: 1_000_000_000,
-            idempotency_key: Some("metered-top-up".into()),
-            note: None,
-        })
-        .await
-        .unwrap();
+    let admin = server.admin_with_credits(BUSINESS, 1_000_000_000).await;
     let key = server.agent_key().await;
     let _agent = AgentProcess::start(
         Path::new(BIN),

@@ -23,17 +23,7 @@ async fn server(dir: &Path) -> (ServerProcess, Client) {
     let server = ServerProcess::start(Path::new(BIN), &dir.join("server"), &[])
         .await
         .expect("the server starts");
-    let admin = server.admin_client(3);
-    admin
-        .create_credit_entry(CreditEntryCreateRequest {
-            business: BusinessId::from(BUSINESS),
-            kind: EntryKind::TopUp,
-            amount: 1_000_000_000,
-            idempotency_key: Some("drivers-top-up".into()),
-            note: None,
-        })
-        .await
-        .unwrap();
+    let admin = server.admin_with_credits(BUSINESS, 1_000_000_000).await;
     (server, admin)
 }
 

@@ -177,6 +177,23 @@ impl ServerProcess {
         self.client(TEST_ADMIN_KEY, max_retries)
     }
 
+    /// An admin client (3 retries), after giving `business` `amount` credits: jobs
+    /// reserve resources, so a test's business must be able to pay for them.
+    pub async fn admin_with_credits(&self, business: &str, amount: i64) -> Client {
+        let admin = self.admin_client(3);
+        admin
+            .create_credit_entry(CreditEntryCreateRequest {
+                business: business.into(),
+                kind: EntryKind::TopUp,
+                amount,
+                idempotency_key: Some(format!("test-top-up-{business}")),
+                note: None,
+            })
+            .await
+            .expect("top up the test business");
+        admin
+    }
+
     /// Creates a new key with the `agent` scope (through the API, as admin) and returns
     /// its secret.
     pub async fn agent_key(&self) -> String {
